@@ -1,0 +1,68 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .treatAllWarnings(as: .error),
+]
+
+let package = Package(
+    name: "Keel",
+    products: [
+        .library(name: "KeelBuffers", targets: ["KeelBuffers"]),
+        .library(name: "KeelEngine", targets: ["KeelEngine"]),
+        .executable(name: "keel-demo", targets: ["keel-demo"]),
+        .executable(name: "keel-microbench", targets: ["keel-microbench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
+    ],
+    targets: [
+        // Layer 1: the kernel's UAPI headers and raw syscalls, as static inline C.
+        .target(name: "CKeelLinux"),
+        // Layer 2: the one place that calls libc. Typed errors, EINTR retried, EAGAIN classified.
+        .target(
+            name: "KeelSystem",
+            dependencies: ["CKeelLinux", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        // Layer 2': pooled I/O buffers. Imports nothing else of Keel.
+        .target(name: "KeelBuffers", swiftSettings: strict),
+        // Layer 3: I/O threads, io_uring and epoll backends, timers, work pool.
+        .target(
+            name: "KeelEngine",
+            dependencies: [
+                "CKeelLinux", "KeelSystem", "KeelBuffers",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(name: "keel-demo", dependencies: ["KeelEngine"], swiftSettings: strict),
+        .executableTarget(
+            name: "keel-microbench",
+            dependencies: ["KeelEngine", "KeelBuffers", "KeelSystem"],
+            swiftSettings: strict
+        ),
+        // Test-only: counts malloc calls per thread by interposing malloc in the test executable.
+        .target(name: "CKeelAllocationCounter", path: "Tests/CKeelAllocationCounter"),
+        .target(
+            name: "KeelTestSupport",
+            dependencies: ["CKeelAllocationCounter", "KeelEngine", "KeelSystem"],
+            path: "Tests/KeelTestSupport",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelBuffersTests",
+            dependencies: ["KeelBuffers", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelEngineTests",
+            dependencies: ["KeelEngine", "KeelSystem", "KeelBuffers", "KeelTestSupport", "CKeelLinux"],
+            swiftSettings: strict
+        ),
+    ]
+)

@@ -1,0 +1,274 @@
+/*
+ * CKeelLinux: the kernel UAPI surface Keel needs, as small static inline functions.
+ * Raw syscalls only (no liburing). Functions return -1 and set errno like libc, except where noted.
+ * Swift cannot import function-like macros, packed structs or anonymous unions reliably; each gets a
+ * wrapper here so the Swift layers above never touch the raw layouts.
+ */
+#ifndef CKEEL_LINUX_H
+#define CKEEL_LINUX_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <linux/time_types.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Constants that may be missing from older UAPI headers (values are the kernel's ABI). */
+#ifndef IORING_SETUP_COOP_TASKRUN
+#define IORING_SETUP_COOP_TASKRUN (1U << 8)
+#endif
+#ifndef IORING_SETUP_SUBMIT_ALL
+#define IORING_SETUP_SUBMIT_ALL (1U << 7)
+#endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+#ifndef IORING_FEAT_EXT_ARG
+#define IORING_FEAT_EXT_ARG (1U << 8)
+#endif
+#ifndef IORING_FEAT_NODROP
+#define IORING_FEAT_NODROP (1U << 1)
+#endif
+#ifndef IORING_FEAT_SINGLE_MMAP
+#define IORING_FEAT_SINGLE_MMAP (1U << 0)
+#endif
+
+/* Setup flags and feature bits, as plain constants Swift can import. */
+static const uint32_t CKEEL_SETUP_CLAMP = IORING_SETUP_CLAMP;
+static const uint32_t CKEEL_SETUP_CQSIZE = IORING_SETUP_CQSIZE;
+static const uint32_t CKEEL_SETUP_SUBMIT_ALL = IORING_SETUP_SUBMIT_ALL;
+static const uint32_t CKEEL_SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;
+static const uint32_t CKEEL_SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER;
+static const uint32_t CKEEL_SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN;
+static const uint32_t CKEEL_FEAT_SINGLE_MMAP = IORING_FEAT_SINGLE_MMAP;
+static const uint32_t CKEEL_FEAT_NODROP = IORING_FEAT_NODROP;
+static const uint32_t CKEEL_FEAT_EXT_ARG = IORING_FEAT_EXT_ARG;
+static const uint32_t CKEEL_ENTER_GETEVENTS = IORING_ENTER_GETEVENTS;
+static const uint32_t CKEEL_ENTER_EXT_ARG = IORING_ENTER_EXT_ARG;
+static const uint32_t CKEEL_SQ_NEED_WAKEUP = IORING_SQ_NEED_WAKEUP;
+static const uint32_t CKEEL_SQ_CQ_OVERFLOW = IORING_SQ_CQ_OVERFLOW;
+static const uint32_t CKEEL_SQ_TASKRUN = IORING_SQ_TASKRUN;
+static const uint32_t CKEEL_CQE_F_BUFFER = IORING_CQE_F_BUFFER;
+static const uint32_t CKEEL_CQE_F_MORE = IORING_CQE_F_MORE;
+static const uint32_t CKEEL_CQE_BUFFER_SHIFT = IORING_CQE_BUFFER_SHIFT;
+static const uint64_t CKEEL_OFF_SQ_RING = IORING_OFF_SQ_RING;
+static const uint64_t CKEEL_OFF_CQ_RING = IORING_OFF_CQ_RING;
+static const uint64_t CKEEL_OFF_SQES = IORING_OFF_SQES;
+static const uint32_t CKEEL_REGISTER_PROBE = IORING_REGISTER_PROBE;
+static const uint32_t CKEEL_REGISTER_PBUF_RING = IORING_REGISTER_PBUF_RING;
+static const uint32_t CKEEL_UNREGISTER_PBUF_RING = IORING_UNREGISTER_PBUF_RING;
+static const uint32_t CKEEL_OP_LAST = IORING_OP_LAST;
+static const uint32_t CKEEL_EPOLLIN = EPOLLIN;
+static const uint32_t CKEEL_EPOLLOUT = EPOLLOUT;
+static const uint32_t CKEEL_EPOLLERR = EPOLLERR;
+static const uint32_t CKEEL_EPOLLHUP = EPOLLHUP;
+static const uint32_t CKEEL_EPOLLRDHUP = EPOLLRDHUP;
+static const uint32_t CKEEL_EPOLLONESHOT = EPOLLONESHOT;
+static const uint32_t CKEEL_EPOLLET = EPOLLET;
+
+/* ---- errno and clocks ---- */
+
+static inline int ckeel_errno(void) { return errno; }
+static inline void ckeel_set_errno(int value) { errno = value; }
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+static inline uint64_t ckeel_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time (user + system) used by this process, in nanoseconds. */
+static inline uint64_t ckeel_process_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- io_uring syscalls (-1 + errno on failure) ---- */
+
+static inline int ckeel_io_uring_setup(unsigned entries, struct io_uring_params *params) {
+    return (int)syscall(__NR_io_uring_setup, entries, params);
+}
+
+static inline int ckeel_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags,
+                                       const void *arg, size_t argsz) {
+    return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz);
+}
+
+static inline int ckeel_io_uring_register(int fd, unsigned opcode, void *arg, unsigned nr_args) {
+    return (int)syscall(__NR_io_uring_register, fd, opcode, arg, nr_args);
+}
+
+/* Acquire/release accessors for the ring indices shared with the kernel. */
+static inline uint32_t ckeel_load_acquire(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void ckeel_store_release(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint32_t ckeel_load_relaxed(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline uint16_t ckeel_load_acquire16(const uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void ckeel_store_release16(uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+/* ---- SQE preparation: pure setters over a zeroed entry ---- */
+
+static inline void ckeel_sqe_prep(struct io_uring_sqe *sqe, uint8_t opcode, int fd, uint64_t addr, uint32_t len,
+                                  uint64_t offset, uint64_t user_data) {
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = opcode;
+    sqe->fd = fd;
+    sqe->addr = addr;
+    sqe->len = len;
+    sqe->off = offset;
+    sqe->user_data = user_data;
+}
+
+static inline void ckeel_sqe_nop(struct io_uring_sqe *sqe, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_NOP, -1, 0, 0, 0, user_data);
+}
+
+/* Relative timeout; `ts` must stay valid until the SQE is submitted (the kernel copies it at submit). */
+static inline void ckeel_sqe_timeout(struct io_uring_sqe *sqe, const struct __kernel_timespec *ts, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_TIMEOUT, -1, (uint64_t)(uintptr_t)ts, 1, 0, user_data);
+}
+
+/* Cancel the request whose user_data equals `target`. */
+static inline void ckeel_sqe_cancel(struct io_uring_sqe *sqe, uint64_t target, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_ASYNC_CANCEL, -1, target, 0, 0, user_data);
+}
+
+/* Remove the timeout whose user_data equals `target`. */
+static inline void ckeel_sqe_timeout_remove(struct io_uring_sqe *sqe, uint64_t target, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_TIMEOUT_REMOVE, -1, target, 0, 0, user_data);
+}
+
+static inline void ckeel_sqe_read(struct io_uring_sqe *sqe, int fd, void *buf, uint32_t len, uint64_t user_data) {
+    /* offset -1: use and advance the file position (pipes, sockets, eventfd). */
+    ckeel_sqe_prep(sqe, IORING_OP_READ, fd, (uint64_t)(uintptr_t)buf, len, (uint64_t)-1, user_data);
+}
+
+static inline void ckeel_sqe_write(struct io_uring_sqe *sqe, int fd, const void *buf, uint32_t len,
+                                   uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_WRITE, fd, (uint64_t)(uintptr_t)buf, len, (uint64_t)-1, user_data);
+}
+
+static inline void ckeel_sqe_writev(struct io_uring_sqe *sqe, int fd, const struct iovec *iov, uint32_t count,
+                                    uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_WRITEV, fd, (uint64_t)(uintptr_t)iov, count, (uint64_t)-1, user_data);
+}
+
+/* recv with IOSQE_BUFFER_SELECT: the kernel picks a buffer from provided-buffer group `group`. */
+static inline void ckeel_sqe_recv_provided(struct io_uring_sqe *sqe, int fd, uint16_t group, uint32_t len,
+                                           uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_RECV, fd, 0, len, 0, user_data);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = group;
+}
+
+/* ---- Provided buffer rings ---- */
+
+static inline size_t ckeel_buf_ring_entry_size(void) { return sizeof(struct io_uring_buf); }
+
+/* Put buffer `bid` at `addr` in slot (tail + offset) & mask; publish later with ckeel_buf_ring_advance. */
+static inline void ckeel_buf_ring_add(struct io_uring_buf_ring *br, uint32_t mask, uint16_t offset,
+                                      void *addr, uint32_t len, uint16_t bid) {
+    struct io_uring_buf *buf = &br->bufs[(br->tail + offset) & mask];
+    buf->addr = (uint64_t)(uintptr_t)addr;
+    buf->len = len;
+    buf->bid = bid;
+}
+
+static inline void ckeel_buf_ring_advance(struct io_uring_buf_ring *br, uint16_t count) {
+    __atomic_store_n(&br->tail, (uint16_t)(br->tail + count), __ATOMIC_RELEASE);
+}
+
+static inline void ckeel_buf_ring_init(struct io_uring_buf_ring *br) { br->tail = 0; }
+
+static inline int ckeel_register_buf_ring(int ring_fd, void *ring_addr, uint32_t entries, uint16_t group) {
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)ring_addr;
+    reg.ring_entries = entries;
+    reg.bgid = group;
+    return ckeel_io_uring_register(ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1);
+}
+
+static inline int ckeel_unregister_buf_ring(int ring_fd, uint16_t group) {
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.bgid = group;
+    return ckeel_io_uring_register(ring_fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
+}
+
+/* ---- Opcode probe ---- */
+
+/* Returns 1 if `opcode` is supported by the ring, 0 if not, -1 + errno if the probe failed. */
+static inline int ckeel_probe_opcode(int ring_fd, uint8_t opcode) {
+    size_t size = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
+    struct io_uring_probe *probe = (struct io_uring_probe *)calloc(1, size);
+    if (!probe) { errno = ENOMEM; return -1; }
+    int rc = ckeel_io_uring_register(ring_fd, IORING_REGISTER_PROBE, probe, 256);
+    if (rc < 0) { int e = errno; free(probe); errno = e; return -1; }
+    int supported = opcode <= probe->last_op && (probe->ops[opcode].flags & IO_URING_OP_SUPPORTED) != 0;
+    free(probe);
+    return supported;
+}
+
+/* ---- epoll (struct epoll_event is packed on x86_64: accessors keep Swift away from its layout) ---- */
+
+static inline size_t ckeel_epoll_event_size(void) { return sizeof(struct epoll_event); }
+
+static inline int ckeel_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event ev;
+    ev.events = events;
+    ev.data.u64 = data;
+    return epoll_ctl(epfd, op, fd, &ev);
+}
+
+static inline int ckeel_epoll_wait(int epfd, void *events, int max, int timeout_ms) {
+    return epoll_wait(epfd, (struct epoll_event *)events, max, timeout_ms);
+}
+
+static inline uint32_t ckeel_epoll_event_events(const void *events, int index) {
+    return ((const struct epoll_event *)events)[index].events;
+}
+
+static inline uint64_t ckeel_epoll_event_data(const void *events, int index) {
+    return ((const struct epoll_event *)events)[index].data.u64;
+}
+
+/* ---- threads ---- */
+
+typedef void *(*ckeel_thread_entry)(void *);
+
+static inline int ckeel_thread_create(pthread_t *thread, ckeel_thread_entry entry, void *context) {
+    return pthread_create(thread, NULL, entry, context);
+}
+
+/* Names the calling thread (truncated to 15 bytes). Defined in shim.c, which has _GNU_SOURCE. */
+void ckeel_thread_set_name(const char *name);
+
+/* pipe2(2), which needs _GNU_SOURCE. Defined in shim.c. */
+int ckeel_pipe2(int fds[2], int flags);
+
+static inline uint64_t ckeel_thread_id(void) { return (uint64_t)syscall(SYS_gettid); }
+
+/* The IOThread bound to the calling OS thread (opaque), or NULL. Defined in shim.c. */
+void *ckeel_current_io_thread(void);
+void ckeel_set_current_io_thread(void *thread);
+
+#endif /* CKEEL_LINUX_H */

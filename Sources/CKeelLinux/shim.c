@@ -1,0 +1,18 @@
+/* CKeelLinux is header-only; SwiftPM needs one source file to build the target. */
+#define _GNU_SOURCE 1
+#include "CKeelLinux.h"
+
+/* The IOThread running on this OS thread, or NULL. One TLS slot shared by all of Keel. */
+static __thread void *ckeel_current_io_thread_slot = NULL;
+
+void *ckeel_current_io_thread(void) { return ckeel_current_io_thread_slot; }
+void ckeel_set_current_io_thread(void *thread) { ckeel_current_io_thread_slot = thread; }
+
+void ckeel_thread_set_name(const char *name) {
+    char truncated[16];
+    strncpy(truncated, name, 15);
+    truncated[15] = 0;
+    pthread_setname_np(pthread_self(), truncated);
+}
+
+int ckeel_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }

@@ -1,0 +1,299 @@
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A pool of fixed-size I/O buffers carved from page-aligned slabs, owned by one thread.
+///
+/// ```
+///  slab 0 (mmap, page-aligned)            slab 1
+///  +---------+---------+-----+---------+  +---------+-----
+///  | chunk 0 | chunk 1 | ... | chunk63 |  | chunk64 | ...
+///  +---------+---------+-----+---------+  +---------+-----
+///  free stack (owner only):  [63, 62, ...]    return queue (any thread → owner): lock-free stack
+/// ```
+///
+/// Chunks are identified by a 32-bit index; the kernel sees the same index as a provided-buffer id,
+/// and slabs never move, so a chunk's address is stable for the pool's lifetime.
+///
+/// **Threading:** create the pool on the thread that will own it. ``acquire()`` and the kernel-lending
+/// calls run on the owner thread only. Buffers may be released on any thread: a release off the owner
+/// thread pushes the chunk onto a lock-free return queue that the owner drains, so the owner's hot path
+/// never takes a lock. Statistics can be read from any thread.
+///
+/// **Lifetime:** every buffer retains its pool, so a pool lives until its last buffer is released.
+public final class BufferPool: @unchecked Sendable {
+    // @unchecked Sendable: `state` is touched only on the owner thread (asserted in debug builds);
+    // the return queue and statistics are atomics; everything else is immutable after init.
+
+    /// The configuration the pool was made with.
+    public let configuration: BufferPoolConfiguration
+    /// Capacity in bytes of every buffer.
+    public let bufferSize: Int
+
+    @usableFromInline let maximumChunks: Int
+    private let owner: pthread_t
+    /// Owner-thread-only state, behind a pointer so mutation costs no exclusivity checks.
+    @usableFromInline let state: UnsafeMutablePointer<OwnerState>
+    /// Address of every chunk, indexed by chunk (valid for chunks of mapped slabs).
+    @usableFromInline let addresses: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    /// Per-chunk link used by the return queue and by ``BufferChain`` (only the chunk's owner touches it).
+    @usableFromInline let links: UnsafeMutablePointer<UInt32>
+    /// Per-chunk reader/writer indices while a chunk sits in a chain.
+    @usableFromInline let chainIndices: UnsafeMutablePointer<(reader: UInt32, writer: UInt32)>
+    private let slabs: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+
+    /// Head of the cross-thread return stack; `UInt32.max` when empty.
+    private let returnHead = Atomic<UInt32>(BufferPool.none)
+    private let counters = Counters()
+
+    @usableFromInline static let none = UInt32.max
+
+    @usableFromInline struct OwnerState {
+        var freeCount: Int = 0
+        var free: UnsafeMutablePointer<UInt32>
+        var mappedSlabs: Int = 0
+        var inUse: Int = 0
+        var heldByKernel: Int = 0
+    }
+
+    private final class Counters: Sendable {
+        let inUse = Atomic<Int>(0)
+        let highWater = Atomic<Int>(0)
+        let heldByKernel = Atomic<Int>(0)
+        let slabBytes = Atomic<Int>(0)
+        let acquisitions = Atomic<Int>(0)
+        let failed = Atomic<Int>(0)
+        let crossThreadReturns = Atomic<Int>(0)
+    }
+
+    /// Creates a pool owned by the calling thread. No memory is mapped until the first acquisition.
+    public init(configuration: BufferPoolConfiguration = .default) {
+        self.configuration = configuration
+        self.bufferSize = configuration.bufferSize
+        self.maximumChunks = configuration.maximumBuffers
+        precondition(maximumChunks < Int(BufferPool.none), "too many buffers for 32-bit chunk ids")
+        self.owner = pthread_self()
+        let slabCount = maximumChunks / configuration.buffersPerSlab
+        self.slabs = .allocate(capacity: slabCount)
+        self.slabs.initialize(repeating: nil, count: slabCount)
+        self.addresses = .allocate(capacity: maximumChunks)
+        self.addresses.initialize(repeating: nil, count: maximumChunks)
+        self.links = .allocate(capacity: maximumChunks)
+        self.links.initialize(repeating: BufferPool.none, count: maximumChunks)
+        self.chainIndices = .allocate(capacity: maximumChunks)
+        self.chainIndices.initialize(repeating: (0, 0), count: maximumChunks)
+        let free = UnsafeMutablePointer<UInt32>.allocate(capacity: maximumChunks)
+        self.state = .allocate(capacity: 1)
+        self.state.initialize(to: OwnerState(free: free))
+    }
+
+    deinit {
+        let slabBytes = configuration.bufferSize * configuration.buffersPerSlab
+        for i in 0..<state.pointee.mappedSlabs {
+            munmap(slabs[i], slabBytes)
+        }
+        state.pointee.free.deallocate()
+        state.deallocate()
+        slabs.deallocate()
+        addresses.deallocate()
+        links.deallocate()
+        chainIndices.deallocate()
+    }
+
+    // MARK: Acquire and release
+
+    /// Hands out an empty buffer of ``bufferSize`` bytes.
+    ///
+    /// Steady state allocates nothing: the chunk comes from the free stack (refilled from the return
+    /// queue), and a new slab is mapped only while the pool grows toward its cap.
+    ///
+    /// **Threading:** owner thread only.
+    /// - Throws: ``BufferPoolError`` with code `exhausted` when the cap is reached and no buffer is free.
+    @inlinable
+    public func acquire() throws(BufferPoolError) -> IOBuffer {
+        let chunk = try takeChunk()
+        noteAcquired()
+        return IOBuffer(pool: self, chunk: chunk, base: addresses[Int(chunk)].unsafelyUnwrapped)
+    }
+
+    @usableFromInline
+    func takeChunk() throws(BufferPoolError) -> UInt32 {
+        assertOwner()
+        if state.pointee.freeCount == 0 {
+            drainReturns()
+            if state.pointee.freeCount == 0 {
+                try mapSlab()
+            }
+        }
+        state.pointee.freeCount -= 1
+        return state.pointee.free[state.pointee.freeCount]
+    }
+
+    @usableFromInline
+    func noteAcquired() {
+        let inUse = state.pointee.inUse + 1
+        state.pointee.inUse = inUse
+        counters.inUse.store(inUse, ordering: .relaxed)
+        if inUse > counters.highWater.load(ordering: .relaxed) {
+            counters.highWater.store(inUse, ordering: .relaxed)
+        }
+        counters.acquisitions.store(counters.acquisitions.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+    }
+
+    /// Returns a chunk to the pool. On the owner thread it goes straight onto the free stack; on any
+    /// other thread it goes onto the lock-free return queue.
+    @usableFromInline
+    func release(chunk: UInt32) {
+        #if DEBUG
+        // Poison freed memory so use-after-release shows up as garbage, not as plausible data.
+        addresses[Int(chunk)].unsafelyUnwrapped.initializeMemory(as: UInt8.self, repeating: 0xDD, count: bufferSize)
+        #endif
+        if pthread_equal(pthread_self(), owner) != 0 {
+            pushFree(chunk)
+            let inUse = state.pointee.inUse - 1
+            state.pointee.inUse = inUse
+            counters.inUse.store(inUse, ordering: .relaxed)
+        } else {
+            var head = returnHead.load(ordering: .relaxed)
+            while true {
+                links[Int(chunk)] = head
+                let (exchanged, current) = returnHead.compareExchange(
+                    expected: head, desired: chunk, successOrdering: .releasing, failureOrdering: .relaxed)
+                if exchanged { break }
+                head = current
+            }
+        }
+    }
+
+    @inline(__always)
+    private func pushFree(_ chunk: UInt32) {
+        state.pointee.free[state.pointee.freeCount] = chunk
+        state.pointee.freeCount += 1
+    }
+
+    /// Moves buffers released on other threads back onto the free stack. Cheap when there are none
+    /// (one atomic load). The engine calls it once per loop iteration; ``acquire()`` calls it when the
+    /// free stack is empty.
+    ///
+    /// **Threading:** owner thread only.
+    /// - Returns: how many buffers came back.
+    @discardableResult
+    public func drainReturns() -> Int {
+        assertOwner()
+        if returnHead.load(ordering: .relaxed) == BufferPool.none { return 0 }
+        var chunk = returnHead.exchange(BufferPool.none, ordering: .acquiring)
+        var count = 0
+        while chunk != BufferPool.none {
+            let next = links[Int(chunk)]
+            pushFree(chunk)
+            chunk = next
+            count += 1
+        }
+        let inUse = state.pointee.inUse - count
+        state.pointee.inUse = inUse
+        counters.inUse.store(inUse, ordering: .relaxed)
+        counters.crossThreadReturns.store(
+            counters.crossThreadReturns.load(ordering: .relaxed) &+ count, ordering: .relaxed)
+        return count
+    }
+
+    private func mapSlab() throws(BufferPoolError) {
+        let perSlab = configuration.buffersPerSlab
+        let slabIndex = state.pointee.mappedSlabs
+        guard (slabIndex + 1) * perSlab <= maximumChunks else {
+            counters.failed.store(counters.failed.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+            throw BufferPoolError(
+                code: .exhausted,
+                context: "all \(maximumChunks) buffers of \(bufferSize) bytes in use (cap \(configuration.maximumBytes) bytes)")
+        }
+        let slabBytes = bufferSize * perSlab
+        let memory = mmap(nil, slabBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if memory == MAP_FAILED || memory == nil {
+            counters.failed.store(counters.failed.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+            throw BufferPoolError(code: .outOfMemory, context: "mmap of a \(slabBytes)-byte slab failed")
+        }
+        slabs[slabIndex] = memory
+        let first = slabIndex * perSlab
+        for i in 0..<perSlab {
+            addresses[first + i] = memory! + i * bufferSize
+        }
+        // Push in reverse so the lowest chunk is handed out first.
+        for i in stride(from: perSlab - 1, through: 0, by: -1) {
+            pushFree(UInt32(first + i))
+        }
+        state.pointee.mappedSlabs = slabIndex + 1
+        counters.slabBytes.store((slabIndex + 1) * slabBytes, ordering: .relaxed)
+    }
+
+    @inline(__always)
+    @usableFromInline
+    func assertOwner() {
+        assert(pthread_equal(pthread_self(), owner) != 0, "BufferPool used off its owner thread")
+    }
+
+    /// True when the calling thread owns this pool.
+    public var isOwnedByCurrentThread: Bool { pthread_equal(pthread_self(), owner) != 0 }
+
+    // MARK: Statistics
+
+    /// A snapshot of the counters. Buffers released on other threads but not yet drained still count
+    /// as in use.
+    public var statistics: BufferPoolStatistics {
+        BufferPoolStatistics(
+            inUse: counters.inUse.load(ordering: .relaxed),
+            highWater: counters.highWater.load(ordering: .relaxed),
+            heldByKernel: counters.heldByKernel.load(ordering: .relaxed),
+            slabBytes: counters.slabBytes.load(ordering: .relaxed),
+            acquisitions: counters.acquisitions.load(ordering: .relaxed),
+            failedAcquisitions: counters.failed.load(ordering: .relaxed),
+            crossThreadReturns: counters.crossThreadReturns.load(ordering: .relaxed))
+    }
+
+    // MARK: Lending chunks to the kernel (provided buffer rings)
+
+    /// Takes a free chunk to hand to the kernel as a provided buffer, e.g. in an io_uring buffer ring.
+    /// The chunk id fits in 16 bits when the pool has at most 65,536 buffers (io_uring's buffer-id width).
+    ///
+    /// **Threading:** owner thread only.
+    /// - Returns: the chunk id and its stable address, or `nil` when the pool is exhausted.
+    public func lendToKernel() -> (chunk: UInt32, address: UnsafeMutableRawPointer)? {
+        guard let chunk = try? takeChunk() else { return nil }
+        state.pointee.heldByKernel += 1
+        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
+        return (chunk, addresses[Int(chunk)].unsafelyUnwrapped)
+    }
+
+    /// Wraps a chunk the kernel has filled with `length` bytes (a provided-buffer receive completed)
+    /// into an ``IOBuffer``, without copying.
+    ///
+    /// **Threading:** owner thread only.
+    public func adoptFromKernel(chunk: UInt32, length: Int) -> IOBuffer {
+        assertOwner()
+        precondition(length >= 0 && length <= bufferSize, "kernel reported \(length) bytes in a \(bufferSize)-byte buffer")
+        state.pointee.heldByKernel -= 1
+        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
+        noteAcquired()
+        var buffer = IOBuffer(pool: self, chunk: chunk, base: addresses[Int(chunk)].unsafelyUnwrapped)
+        buffer.moveWriterIndex(forwardBy: length)
+        return buffer
+    }
+
+    /// Takes back a chunk the kernel no longer holds (its buffer ring was unregistered) without use.
+    ///
+    /// **Threading:** owner thread only.
+    public func reclaimFromKernel(chunk: UInt32) {
+        assertOwner()
+        state.pointee.heldByKernel -= 1
+        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
+        pushFree(chunk)
+    }
+
+    /// The stable address of a chunk.
+    public func address(ofChunk chunk: UInt32) -> UnsafeMutableRawPointer {
+        addresses[Int(chunk)].unsafelyUnwrapped
+    }
+}

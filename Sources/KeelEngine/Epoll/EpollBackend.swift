@@ -1,0 +1,233 @@
+import CKeelLinux
+import KeelSystem
+import SystemPackage
+
+/// The epoll backend: the same completion model as io_uring, produced in user space.
+///
+/// Each operation is tried at once (non-blocking); when it would block, the descriptor is armed
+/// one-shot for the readiness it needs, and on readiness the operation is performed and a completion
+/// produced. Completions are delivered from the loop, never from inside `push`, so callers see the
+/// same ordering guarantees as on io_uring.
+///
+/// Limits: at most one read and one write in flight per descriptor (a second gets `-EBUSY`).
+///
+/// **Threading:** one per I/O thread, used only there (``wakeup()`` excepted).
+final class EpollBackend {
+    let epollFD: Int32
+    let wakeupFD: Int32
+    private let events: UnsafeMutableRawPointer
+    private let eventCapacity: Int32 = 256
+    private let state: UnsafeMutablePointer<State>
+
+    private static let wakeupMarker = UInt64.max
+
+    private struct PendingIO {
+        var token: Token
+        var address: UInt
+        var length: UInt32
+    }
+
+    private struct Interest {
+        var read: PendingIO?
+        var write: PendingIO?
+    }
+
+    private struct State {
+        var interests: [Interest] = []
+        var completed: [(Token, IOCompletion)] = []
+        var spare: [(Token, IOCompletion)] = []
+        var timeouts: [(deadline: UInt64, token: Token)] = []
+    }
+
+    init() throws(SystemError) {
+        let epollFD = try retryingSyscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        let wakeupFD: Int32
+        do {
+            wakeupFD = try Descriptors.eventFD()
+        } catch {
+            Descriptors.close(epollFD)
+            throw error
+        }
+        do {
+            _ = try retryingSyscall("epoll_ctl(ADD eventfd)") {
+                ckeel_epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeupFD, CKEEL_EPOLLIN, EpollBackend.wakeupMarker)
+            }
+        } catch {
+            Descriptors.close(wakeupFD)
+            Descriptors.close(epollFD)
+            throw error
+        }
+        self.epollFD = epollFD
+        self.wakeupFD = wakeupFD
+        events = .allocate(byteCount: Int(eventCapacity) * ckeel_epoll_event_size(), alignment: 8)
+        state = .allocate(capacity: 1)
+        state.initialize(to: State())
+        state.pointee.completed.reserveCapacity(256)
+        state.pointee.spare.reserveCapacity(256)
+    }
+
+    func close() {
+        Descriptors.close(wakeupFD)
+        Descriptors.close(epollFD)
+        events.deallocate()
+        state.deinitialize(count: 1)
+        state.deallocate()
+    }
+
+    /// Wakes the I/O thread from any thread.
+    func wakeup() { Descriptors.signal(eventFD: wakeupFD) }
+
+    /// Starts `operation` under `token`. A result that is ready at once is still delivered by ``drain(_:)``.
+    func push(_ operation: IOOperation, token: Token) {
+        switch operation.core {
+        case .nop:
+            complete(token, 0)
+        case .timeout(let nanoseconds):
+            state.pointee.timeouts.append((ckeel_monotonic_ns() &+ nanoseconds, token))
+        case .read(let fd, let address, let length):
+            startIO(fd: fd, isRead: true, PendingIO(token: token, address: address, length: length))
+        case .write(let fd, let address, let length):
+            startIO(fd: fd, isRead: false, PendingIO(token: token, address: address, length: length))
+        }
+    }
+
+    private func complete(_ token: Token, _ result: Int32) {
+        state.pointee.completed.append((token, IOCompletion(result: result)))
+    }
+
+    private func startIO(fd: Int32, isRead: Bool, _ io: PendingIO) {
+        guard fd >= 0 else { return complete(io.token, -EBADF) }
+        ensureInterestSlot(fd)
+        let busy = isRead ? state.pointee.interests[Int(fd)].read != nil : state.pointee.interests[Int(fd)].write != nil
+        if busy { return complete(io.token, -EBUSY) }
+        if let result = perform(fd: fd, isRead: isRead, io) {
+            return complete(io.token, result)
+        }
+        if isRead { state.pointee.interests[Int(fd)].read = io } else { state.pointee.interests[Int(fd)].write = io }
+        arm(fd)
+    }
+
+    /// Runs the syscall. Returns the completion result, or nil when it would block.
+    private func perform(fd: Int32, isRead: Bool, _ io: PendingIO) -> Int32? {
+        while true {
+            let n = isRead
+                ? CKeelLinux.read(fd, UnsafeMutableRawPointer(bitPattern: io.address), Int(io.length))
+                : CKeelLinux.write(fd, UnsafeRawPointer(bitPattern: io.address), Int(io.length))
+            if n >= 0 { return Int32(n) }
+            let code = ckeel_errno()
+            if code == EINTR { continue }
+            if code == EAGAIN || code == EWOULDBLOCK { return nil }
+            return -code
+        }
+    }
+
+    private func ensureInterestSlot(_ fd: Int32) {
+        if Int(fd) >= state.pointee.interests.count {
+            state.pointee.interests.append(
+                contentsOf: repeatElement(Interest(), count: Int(fd) + 1 - state.pointee.interests.count + 64))
+        }
+    }
+
+    /// Arms `fd` one-shot for the readiness its pending operations need (or disarms it).
+    private func arm(_ fd: Int32) {
+        let interest = state.pointee.interests[Int(fd)]
+        var mask = CKEEL_EPOLLONESHOT | CKEEL_EPOLLRDHUP
+        if interest.read != nil { mask |= CKEEL_EPOLLIN }
+        if interest.write != nil { mask |= CKEEL_EPOLLOUT }
+        if ckeel_epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, mask, UInt64(fd)) == 0 { return }
+        if ckeel_errno() == ENOENT, ckeel_epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, mask, UInt64(fd)) == 0 { return }
+        // The descriptor cannot be watched (closed, or a regular file): fail what waits on it.
+        let code = ckeel_errno()
+        if let read = interest.read { complete(read.token, -code) }
+        if let write = interest.write { complete(write.token, -code) }
+        state.pointee.interests[Int(fd)] = Interest()
+    }
+
+    /// Cancels the operation under `token`: it completes with `-ECANCELED`. Unknown tokens are ignored.
+    func cancel(_ token: Token) {
+        if let index = state.pointee.timeouts.firstIndex(where: { $0.token == token }) {
+            state.pointee.timeouts.remove(at: index)
+            return complete(token, -ECANCELED)
+        }
+        for fd in state.pointee.interests.indices {
+            if state.pointee.interests[fd].read?.token == token {
+                state.pointee.interests[fd].read = nil
+                return complete(token, -ECANCELED)
+            }
+            if state.pointee.interests[fd].write?.token == token {
+                state.pointee.interests[fd].write = nil
+                return complete(token, -ECANCELED)
+            }
+        }
+    }
+
+    /// Waits for readiness up to `waitNanoseconds` (nil: no limit; 0: poll) and performs what became ready.
+    func submitAndWait(waitNanoseconds: UInt64?) throws(SystemError) {
+        var wait = waitNanoseconds
+        if !state.pointee.completed.isEmpty { wait = 0 }
+        let now = ckeel_monotonic_ns()
+        for entry in state.pointee.timeouts {
+            let remaining = entry.deadline > now ? entry.deadline - now : 0
+            wait = min(wait ?? remaining, remaining)
+        }
+        let timeoutMS: Int32 = wait.map { Int32(clamping: ($0 + 999_999) / 1_000_000) } ?? -1
+        let count = ckeel_epoll_wait(epollFD, events, eventCapacity, timeoutMS)
+        if count < 0 {
+            let code = ckeel_errno()
+            if code != EINTR { throw SystemError(code: code, call: "epoll_wait") }
+        }
+        for i in 0..<max(0, count) {
+            let data = ckeel_epoll_event_data(events, i)
+            if data == EpollBackend.wakeupMarker {
+                Descriptors.drain(eventFD: wakeupFD)
+                continue
+            }
+            handleReadiness(fd: Int32(truncatingIfNeeded: data), events: ckeel_epoll_event_events(events, i))
+        }
+        expireTimeouts()
+    }
+
+    private func handleReadiness(fd: Int32, events: UInt32) {
+        guard Int(fd) < state.pointee.interests.count else { return }
+        let failed = events & (CKEEL_EPOLLERR | CKEEL_EPOLLHUP) != 0
+        if events & (CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP) != 0 || failed, let io = state.pointee.interests[Int(fd)].read {
+            if let result = perform(fd: fd, isRead: true, io) {
+                state.pointee.interests[Int(fd)].read = nil
+                complete(io.token, result)
+            }
+        }
+        if events & CKEEL_EPOLLOUT != 0 || failed, let io = state.pointee.interests[Int(fd)].write {
+            if let result = perform(fd: fd, isRead: false, io) {
+                state.pointee.interests[Int(fd)].write = nil
+                complete(io.token, result)
+            }
+        }
+        let interest = state.pointee.interests[Int(fd)]
+        if interest.read != nil || interest.write != nil { arm(fd) }
+    }
+
+    private func expireTimeouts() {
+        guard !state.pointee.timeouts.isEmpty else { return }
+        let now = ckeel_monotonic_ns()
+        var i = 0
+        while i < state.pointee.timeouts.count {
+            if state.pointee.timeouts[i].deadline <= now {
+                complete(state.pointee.timeouts[i].token, -ETIME)
+                state.pointee.timeouts.remove(at: i)
+            } else {
+                i += 1
+            }
+        }
+    }
+
+    /// Delivers the completions produced so far. Completions produced while delivering (by handlers
+    /// that submit again) wait for the next call.
+    func drain(_ body: (Token, IOCompletion) -> Void) {
+        if state.pointee.completed.isEmpty { return }
+        swap(&state.pointee.completed, &state.pointee.spare)
+        for (token, completion) in state.pointee.spare {
+            body(token, completion)
+        }
+        state.pointee.spare.removeAll(keepingCapacity: true)
+    }
+}

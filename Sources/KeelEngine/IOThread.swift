@@ -1,0 +1,289 @@
+import CKeelLinux
+import KeelBuffers
+import KeelSystem
+import Logging
+import Synchronization
+
+/// One I/O thread: an OS thread running a loop over its own backend (an io_uring ring or an epoll
+/// instance), its timer wheel, its buffer pool and its inbox of work from other threads.
+///
+/// The loop, one screen long:
+/// ```
+/// run inbox tasks → fire due timers → submit + wait (until a completion, a wake-up or the next timer)
+///   → dispatch completions by token → take back buffers released on other threads
+/// ```
+///
+/// **Threading:** methods marked *I/O thread only* must run on this thread (inside a completion, a
+/// timer, or a task given to ``execute(_:)``); they check it with a precondition. ``execute(_:)``,
+/// ``schedule(_:)`` and ``isCurrent`` may be called from anywhere.
+public final class IOThread: @unchecked Sendable {
+    // @unchecked Sendable: all mutable state (`loop`, the backend, the buffer pool's owner side) is
+    // confined to the OS thread running `run()`, enforced by `preconditionCurrent()`. Other threads
+    // reach it only through `inbox` (a Mutex) and the backend's eventfd wake-up.
+
+    /// Position of this thread in its pool.
+    public let index: Int
+    /// The backend this thread runs.
+    public let backendKind: BackendKind
+    /// This thread's buffer pool (created on this thread, which owns it).
+    public let bufferPool: BufferPool
+    /// The pool's work pool, for blocking work whose results come back to this thread.
+    public let workPool: WorkPool
+
+    let backend: Backend
+    private let loop: UnsafeMutablePointer<LoopState>
+    private let inbox = Inbox()
+    private let stopRequested = Atomic<Bool>(false)
+
+    struct LoopState {
+        var operations = OperationTable()
+        var timers: TimerWheel
+        var spareTasks: [Inbox.Task] = []
+        var stopping = false
+    }
+
+    init(index: Int, backendKind: BackendKind, backend: Backend, bufferPool: BufferPool, workPool: WorkPool) {
+        self.index = index
+        self.backendKind = backendKind
+        self.backend = backend
+        self.bufferPool = bufferPool
+        self.workPool = workPool
+        loop = .allocate(capacity: 1)
+        loop.initialize(to: LoopState(timers: TimerWheel(nowNanoseconds: ckeel_monotonic_ns())))
+        loop.pointee.spareTasks.reserveCapacity(1024)
+    }
+
+    deinit {
+        loop.deinitialize(count: 1)
+        loop.deallocate()
+    }
+
+    // MARK: Where am I
+
+    /// The I/O thread the caller runs on, or nil on any other thread.
+    public static var current: IOThread? {
+        guard let raw = ckeel_current_io_thread() else { return nil }
+        return Unmanaged<IOThread>.fromOpaque(raw).takeUnretainedValue()
+    }
+
+    /// True when called on this I/O thread.
+    @inline(__always)
+    public var isCurrent: Bool { ckeel_current_io_thread() == Unmanaged.passUnretained(self).toOpaque() }
+
+    @inline(__always)
+    func preconditionCurrent(_ function: StaticString = #function) {
+        precondition(isCurrent, "IOThread.\(function) called off its I/O thread")
+    }
+
+    // MARK: Cross-thread work
+
+    /// Runs `task` on this I/O thread: at once when called on it, otherwise queued and run by the loop
+    /// soon. Tasks from one producer run in the order they were given. Tasks given after shutdown are
+    /// dropped.
+    public func execute(_ task: @escaping @Sendable () -> Void) {
+        if isCurrent {
+            task()
+        } else {
+            schedule(task)
+        }
+    }
+
+    /// Queues `task` to run on this I/O thread on a later loop iteration, even when called on it.
+    /// - Returns: false when the thread has stopped and the task was dropped.
+    @discardableResult
+    public func schedule(_ task: @escaping @Sendable () -> Void) -> Bool {
+        switch inbox.append(task) {
+        case .queuedFirst:
+            backend.wakeup()
+            return true
+        case .queued:
+            return true
+        case .closed:
+            return false
+        }
+    }
+
+    /// Runs `body` on this I/O thread and returns its result to the awaiting task.
+    /// - Throws: ``KeelError/Code-swift.struct/shutDown`` when the thread stops before running it, or what `body` throws.
+    public func submit<Result: Sendable>(_ body: @escaping @Sendable () throws -> Result) async throws -> Result {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Result, any Error>) in
+            let accepted = schedule {
+                continuation.resume(with: Swift.Result { try body() })
+            }
+            if !accepted {
+                continuation.resume(throwing: KeelError(.shutDown, context: "IOThread \(index) has stopped"))
+            }
+        }
+    }
+
+    // MARK: Operations (I/O thread only)
+
+    /// Submits `operation`; `completion` runs on this thread with the result. Submissions are batched:
+    /// the kernel sees them at the next loop iteration.
+    ///
+    /// I/O thread only.
+    @discardableResult
+    public func submit(_ operation: IOOperation, _ completion: @escaping (IOCompletion) -> Void) -> OperationID {
+        preconditionCurrent()
+        let token = loop.pointee.operations.insert(completion)
+        backend.push(operation, token: token)
+        return OperationID(token: token)
+    }
+
+    /// Requests cancellation of an in-flight operation. Its completion still runs, with
+    /// ``IOCompletion/isCancelled`` (or with its real result, if it finished first). Unknown or finished
+    /// operations are ignored.
+    ///
+    /// I/O thread only.
+    public func cancel(_ operation: OperationID) {
+        preconditionCurrent()
+        guard loop.pointee.operations.contains(operation.token) else { return }
+        backend.cancel(operation.token)
+    }
+
+    /// Operations submitted and not yet completed.
+    ///
+    /// I/O thread only.
+    public var inFlightOperations: Int {
+        preconditionCurrent()
+        return loop.pointee.operations.inFlight
+    }
+
+    // MARK: Timers (I/O thread only)
+
+    /// Arms a callback timer on the monotonic clock: it runs on this thread `delay` from now (never
+    /// earlier; within about 1 ms later when the loop is not busy), then every `interval` if given.
+    ///
+    /// I/O thread only.
+    @discardableResult
+    public func scheduleTimer(
+        after delay: Duration, repeating interval: Duration? = nil, _ callback: @escaping () -> Void
+    ) -> TimerHandle {
+        preconditionCurrent()
+        return loop.pointee.timers.schedule(
+            nowNanoseconds: ckeel_monotonic_ns(), delay: delay.nanoseconds, interval: interval?.nanoseconds, callback)
+    }
+
+    /// Moves a pending timer's deadline to `delay` from now, keeping its callback (and interval).
+    /// O(1) and allocation-free: idle timeouts reset this way on every read.
+    /// - Returns: false when the timer already fired (one-shot) or was cancelled.
+    ///
+    /// I/O thread only.
+    @discardableResult
+    public func resetTimer(_ timer: TimerHandle, after delay: Duration) -> Bool {
+        preconditionCurrent()
+        return loop.pointee.timers.reset(timer, nowNanoseconds: ckeel_monotonic_ns(), delay: delay.nanoseconds)
+    }
+
+    /// Disarms a timer. - Returns: false when it already fired (one-shot) or was cancelled.
+    ///
+    /// I/O thread only.
+    @discardableResult
+    public func cancelTimer(_ timer: TimerHandle) -> Bool {
+        preconditionCurrent()
+        return loop.pointee.timers.cancel(timer)
+    }
+
+    /// True while `timer` is armed.
+    ///
+    /// I/O thread only.
+    public func isTimerPending(_ timer: TimerHandle) -> Bool {
+        preconditionCurrent()
+        return loop.pointee.timers.isPending(timer)
+    }
+
+    /// Timers armed on this thread.
+    ///
+    /// I/O thread only.
+    public var pendingTimerCount: Int {
+        preconditionCurrent()
+        return loop.pointee.timers.count
+    }
+
+    // MARK: Blocking work
+
+    /// Runs `work` on the work pool (never on an I/O thread) and delivers its result to `completion`
+    /// on this I/O thread.
+    public func runBlocking<Value: Sendable>(
+        _ work: @escaping @Sendable () throws -> Value,
+        then completion: @escaping @Sendable (Result<Value, any Error>) -> Void
+    ) {
+        workPool.run(work, deliverOn: self, completion)
+    }
+
+    // MARK: The loop
+
+    /// Runs the loop until a stop is requested and in-flight work has drained. Called once, on the
+    /// thread that created the backend.
+    func run() {
+        ckeel_set_current_io_thread(Unmanaged.passUnretained(self).toOpaque())
+        defer { ckeel_set_current_io_thread(nil) }
+        var shutdownDeadline: UInt64 = 0
+        while true {
+            runInbox()
+            let now = ckeel_monotonic_ns()
+            loop.pointee.timers.fireExpired(nowNanoseconds: now)
+
+            if stopRequested.load(ordering: .relaxed) && !loop.pointee.stopping {
+                beginStopping()
+                shutdownDeadline = now + 5_000_000_000
+            }
+            if loop.pointee.stopping && (loop.pointee.operations.inFlight == 0 || now >= shutdownDeadline) {
+                break
+            }
+
+            var wait = loop.pointee.timers.nanosecondsUntilNextTimer(nowNanoseconds: now)
+            if loop.pointee.stopping { wait = min(wait ?? 10_000_000, 10_000_000) }
+            do {
+                try backend.submitAndWait(waitNanoseconds: wait)
+            } catch {
+                BackendKind.logger.error("I/O thread \(index): \(error)")
+            }
+            backend.drain(dispatch)
+            bufferPool.drainReturns()
+        }
+        // Tasks that raced with the stop still run; later ones are refused (schedule returns false).
+        for task in inbox.close() { task() }
+        loop.pointee.timers.deallocate()
+        loop.pointee.operations.deallocate()
+        backend.close()
+    }
+
+    @inline(__always)
+    private func dispatch(_ token: Token, _ completion: IOCompletion) {
+        switch token.kind {
+        case .callback?:
+            if let handler = loop.pointee.operations.remove(token) {
+                handler(completion)
+            }
+        case .wakeup?:
+            if case .ring(let ring) = backend { ring.armWakeup() }
+        case .ignored?, nil:
+            break
+        }
+    }
+
+    private func runInbox() {
+        var tasks = loop.pointee.spareTasks
+        loop.pointee.spareTasks = []
+        if inbox.takeAll(replacingWith: &tasks) {
+            for task in tasks { task() }
+            tasks.removeAll(keepingCapacity: true)
+        }
+        loop.pointee.spareTasks = tasks
+    }
+
+    private func beginStopping() {
+        loop.pointee.stopping = true
+        for token in loop.pointee.operations.inFlightTokens() {
+            backend.cancel(token)
+        }
+    }
+
+    /// Asks the loop to stop: in-flight operations are cancelled (their completions run with
+    /// ``IOCompletion/isCancelled``), pending timers are dropped, and the thread exits.
+    func requestStop() {
+        stopRequested.store(true, ordering: .relaxed)
+        backend.wakeup()
+    }
+}

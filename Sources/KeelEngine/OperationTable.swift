@@ -1,0 +1,94 @@
+/// The in-flight operations of one I/O thread: a flat table of slots addressed by ``Token``.
+///
+/// A slot holds the completion closure until the kernel (or the epoll backend) reports the result.
+/// Each reuse of a slot bumps its 24-bit generation, so a stale completion for an earlier use is
+/// detected and ignored. The table grows by doubling and never shrinks, so steady state allocates
+/// nothing here.
+///
+/// **Threading:** owned by one ``IOThread``; stored inside its loop state (behind a pointer) so
+/// mutation costs no exclusivity checks.
+struct OperationTable {
+    struct Slot {
+        var generation: UInt32
+        var nextFree: UInt32
+        var completion: ((IOCompletion) -> Void)?
+    }
+
+    private var slots: UnsafeMutablePointer<Slot>
+    private var capacity: Int
+    private var freeHead: UInt32
+    /// Operations submitted and not yet completed.
+    private(set) var inFlight: Int = 0
+
+    private static let end = UInt32.max
+
+    init(initialCapacity: Int = 256) {
+        capacity = initialCapacity
+        slots = .allocate(capacity: initialCapacity)
+        for i in 0..<initialCapacity {
+            (slots + i).initialize(to: Slot(generation: 0, nextFree: i + 1 < initialCapacity ? UInt32(i + 1) : Self.end))
+        }
+        freeHead = 0
+    }
+
+    /// Frees the storage. Completions still held are dropped without being called.
+    mutating func deallocate() {
+        slots.deinitialize(count: capacity)
+        slots.deallocate()
+        capacity = 0
+    }
+
+    /// Reserves a slot for `completion` and returns its token.
+    mutating func insert(_ completion: @escaping (IOCompletion) -> Void) -> Token {
+        if freeHead == Self.end { grow() }
+        let slot = freeHead
+        freeHead = slots[Int(slot)].nextFree
+        slots[Int(slot)].completion = completion
+        slots[Int(slot)].nextFree = Self.end
+        inFlight += 1
+        return Token(kind: .callback, generation: slots[Int(slot)].generation, slot: slot)
+    }
+
+    /// Takes the completion for `token` and frees its slot, or returns nil for a stale or unknown token.
+    mutating func remove(_ token: Token) -> ((IOCompletion) -> Void)? {
+        let slot = Int(token.slot)
+        guard slot < capacity, slots[slot].generation == token.generation,
+            let completion = slots[slot].completion
+        else { return nil }
+        slots[slot].completion = nil
+        slots[slot].generation = (slots[slot].generation &+ 1) & Token.generationMask
+        slots[slot].nextFree = freeHead
+        freeHead = token.slot
+        inFlight -= 1
+        return completion
+    }
+
+    /// True when `token` names an operation still in flight.
+    func contains(_ token: Token) -> Bool {
+        let slot = Int(token.slot)
+        return slot < capacity && slots[slot].generation == token.generation && slots[slot].completion != nil
+    }
+
+    /// The tokens of all operations in flight.
+    func inFlightTokens() -> [Token] {
+        var tokens: [Token] = []
+        for i in 0..<capacity where slots[i].completion != nil {
+            tokens.append(Token(kind: .callback, generation: slots[i].generation, slot: UInt32(i)))
+        }
+        return tokens
+    }
+
+    private mutating func grow() {
+        let newCapacity = capacity * 2
+        let newSlots = UnsafeMutablePointer<Slot>.allocate(capacity: newCapacity)
+        newSlots.moveInitialize(from: slots, count: capacity)
+        for i in capacity..<newCapacity {
+            (newSlots + i).initialize(
+                to: Slot(generation: 0, nextFree: i + 1 < newCapacity ? UInt32(i + 1) : Self.end))
+        }
+        slots.deallocate()
+        freeHead = UInt32(capacity)
+        slots = newSlots
+        capacity = newCapacity
+    }
+}

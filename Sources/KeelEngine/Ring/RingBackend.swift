@@ -1,0 +1,92 @@
+import CKeelLinux
+import KeelSystem
+
+/// The io_uring backend: operations go to the kernel as SQEs, results come back as CQEs.
+///
+/// Wake-ups from other threads arrive as the completion of a read on an eventfd that this backend
+/// keeps posted.
+///
+/// **Threading:** one per I/O thread, used only there (``wakeup()`` excepted).
+final class RingBackend {
+    let ring: Ring
+    let wakeupFD: Int32
+    /// The 8 bytes the posted eventfd read fills.
+    private let wakeupValue: UnsafeMutablePointer<UInt64>
+
+    init(entries: UInt32) throws(SystemError) {
+        ring = try Ring(entries: entries)
+        do {
+            wakeupFD = try Descriptors.eventFD()
+        } catch {
+            ring.close()
+            throw error
+        }
+        wakeupValue = .allocate(capacity: 1)
+        wakeupValue.initialize(to: 0)
+        armWakeup()
+    }
+
+    func close() {
+        ring.close()
+        Descriptors.close(wakeupFD)
+        wakeupValue.deallocate()
+    }
+
+    /// Wakes the I/O thread from any thread.
+    func wakeup() { Descriptors.signal(eventFD: wakeupFD) }
+
+    /// Re-posts the eventfd read after its completion.
+    func armWakeup() {
+        let sqe = nextSQE()
+        ckeel_sqe_read(sqe.sqe, wakeupFD, wakeupValue, 8, Token.wakeup.rawValue)
+    }
+
+    /// A free SQE; when the queue is full, submits what is queued first (the kernel consumes entries
+    /// synchronously on submit, so space appears).
+    @inline(__always)
+    private func nextSQE() -> (sqe: UnsafeMutablePointer<io_uring_sqe>, index: Int) {
+        while true {
+            if let entry = ring.nextSQE() { return entry }
+            do {
+                try ring.submitAndWait(waitNanoseconds: 0)
+            } catch {
+                preconditionFailure("io_uring submit failed while the SQ was full: \(error)")
+            }
+        }
+    }
+
+    /// Queues `operation` under `token`; it is submitted at the next ``submitAndWait(waitNanoseconds:)``.
+    func push(_ operation: IOOperation, token: Token) {
+        let (sqe, index) = nextSQE()
+        switch operation.core {
+        case .nop:
+            ckeel_sqe_nop(sqe, token.rawValue)
+        case .timeout(let nanoseconds):
+            ckeel_sqe_timeout(sqe, ring.timespec(at: index, nanoseconds: nanoseconds), token.rawValue)
+        case .read(let fd, let address, let length):
+            ckeel_sqe_read(sqe, fd, UnsafeMutableRawPointer(bitPattern: address), length, token.rawValue)
+        case .write(let fd, let address, let length):
+            ckeel_sqe_write(sqe, fd, UnsafeRawPointer(bitPattern: address), length, token.rawValue)
+        }
+    }
+
+    /// Asks the kernel to cancel the operation under `token`. Its completion arrives with -ECANCELED
+    /// (or its real result, if it finished first).
+    func cancel(_ token: Token) {
+        let (sqe, _) = nextSQE()
+        ckeel_sqe_cancel(sqe, token.rawValue, Token.ignored.rawValue)
+    }
+
+    /// Submits queued SQEs and waits up to `waitNanoseconds` (nil: no limit; 0: don't wait).
+    func submitAndWait(waitNanoseconds: UInt64?) throws(SystemError) {
+        try ring.submitAndWait(waitNanoseconds: ring.hasCompletions ? 0 : waitNanoseconds)
+    }
+
+    /// Delivers every completion in the CQ to `body`.
+    @inline(__always)
+    func drain(_ body: (Token, IOCompletion) -> Void) {
+        ring.forEachCompletion { userData, result, flags in
+            body(Token(rawValue: userData), IOCompletion(result: result, flags: flags))
+        }
+    }
+}

@@ -1,0 +1,39 @@
+#include "CKeelAllocationCounter.h"
+#include <errno.h>
+#include <stddef.h>
+
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void __libc_free(void *);
+
+static __thread uint64_t thread_allocations = 0;
+static uint64_t total_allocations = 0;
+static int active = 0;
+
+static inline void count(void) {
+    thread_allocations++;
+    __atomic_fetch_add(&total_allocations, 1, __ATOMIC_RELAXED);
+    active = 1;
+}
+
+void *malloc(size_t size) { count(); return __libc_malloc(size); }
+void *calloc(size_t n, size_t size) { count(); return __libc_calloc(n, size); }
+void *realloc(void *p, size_t size) { count(); return __libc_realloc(p, size); }
+void free(void *p) { __libc_free(p); }
+
+int posix_memalign(void **out, size_t alignment, size_t size) {
+    count();
+    void *p = __libc_memalign(alignment, size);
+    if (!p) return ENOMEM;
+    *out = p;
+    return 0;
+}
+
+void *aligned_alloc(size_t alignment, size_t size) { count(); return __libc_memalign(alignment, size); }
+void *memalign(size_t alignment, size_t size) { count(); return __libc_memalign(alignment, size); }
+
+uint64_t ckeel_thread_allocations(void) { return thread_allocations; }
+uint64_t ckeel_total_allocations(void) { return __atomic_load_n(&total_allocations, __ATOMIC_RELAXED); }
+int ckeel_allocation_counter_active(void) { return active; }
