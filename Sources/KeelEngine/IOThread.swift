@@ -38,7 +38,6 @@ public final class IOThread: @unchecked Sendable {
     struct LoopState {
         var operations = OperationTable()
         var timers: TimerWheel
-        var spareTasks: [Inbox.Task] = []
         var stopping = false
     }
 
@@ -50,7 +49,6 @@ public final class IOThread: @unchecked Sendable {
         self.workPool = workPool
         loop = .allocate(capacity: 1)
         loop.initialize(to: LoopState(timers: TimerWheel(nowNanoseconds: ckeel_monotonic_ns())))
-        loop.pointee.spareTasks.reserveCapacity(1024)
     }
 
     deinit {
@@ -93,7 +91,7 @@ public final class IOThread: @unchecked Sendable {
     @discardableResult
     public func schedule(_ task: @escaping @Sendable () -> Void) -> Bool {
         switch inbox.append(task) {
-        case .queuedFirst:
+        case .queuedWake:
             backend.wakeup()
             return true
         case .queued:
@@ -220,7 +218,7 @@ public final class IOThread: @unchecked Sendable {
         defer { ckeel_set_current_io_thread(nil) }
         var shutdownDeadline: UInt64 = 0
         while true {
-            runInbox()
+            let moreTasks = runInbox()
             let now = ckeel_monotonic_ns()
             loop.pointee.timers.fireExpired(nowNanoseconds: now)
 
@@ -232,7 +230,7 @@ public final class IOThread: @unchecked Sendable {
                 break
             }
 
-            var wait = loop.pointee.timers.nanosecondsUntilNextTimer(nowNanoseconds: now)
+            var wait = moreTasks ? 0 : loop.pointee.timers.nanosecondsUntilNextTimer(nowNanoseconds: now)
             if loop.pointee.stopping { wait = min(wait ?? 10_000_000, 10_000_000) }
             do {
                 try backend.submitAndWait(waitNanoseconds: wait)
@@ -242,8 +240,8 @@ public final class IOThread: @unchecked Sendable {
             backend.drain(dispatch)
             bufferPool.drainReturns()
         }
-        // Tasks that raced with the stop still run; later ones are refused (schedule returns false).
-        for task in inbox.close() { task() }
+        // Tasks accepted before the stop still run; later ones are refused (schedule returns false).
+        inbox.closeAndDrain()
         loop.pointee.timers.deallocate()
         loop.pointee.operations.deallocate()
         backend.close()
@@ -263,14 +261,14 @@ public final class IOThread: @unchecked Sendable {
         }
     }
 
-    private func runInbox() {
-        var tasks = loop.pointee.spareTasks
-        loop.pointee.spareTasks = []
-        if inbox.takeAll(replacingWith: &tasks) {
-            for task in tasks { task() }
-            tasks.removeAll(keepingCapacity: true)
-        }
-        loop.pointee.spareTasks = tasks
+    /// Tasks run per loop iteration at most, so I/O completions keep flowing under a flood of tasks.
+    private static let inboxBatch = 4096
+
+    /// Runs queued tasks. - Returns: true when more may be waiting (the loop must not sleep).
+    @inline(__always)
+    @discardableResult
+    private func runInbox() -> Bool {
+        inbox.drain(limit: IOThread.inboxBatch)
     }
 
     private func beginStopping() {

@@ -1,58 +1,98 @@
 import Synchronization
 
-/// Work handed to an I/O thread by other threads: a multi-producer, single-consumer queue.
+/// Work handed to an I/O thread by other threads: a lock-free multi-producer, single-consumer queue.
 ///
-/// Producers append under a `Mutex` held only for the append; the consumer swaps the whole queue out
-/// in one short critical section and runs the tasks outside it. Only the producer that finds the queue
-/// empty wakes the consumer, so a burst of tasks costs one wake-up. Order per producer is kept.
-/// Once closed (the thread stopped), appends are refused so no task is silently lost.
-final class Inbox: Sendable {
+/// An intrusive linked queue (Vyukov's design): a producer swaps itself in as the new head with one
+/// atomic exchange and then links its predecessor to it; the consumer walks from its private tail.
+/// No locks, so producers never park on a futex and the consumer never waits for them. Order per
+/// producer is kept.
+///
+/// Wake-ups are coalesced: the consumer clears `wakeupRequested` before each drain, and only the
+/// producer that flips it back to true signals the backend, so a burst costs one eventfd write.
+///
+/// Closing (when the thread stops) refuses further tasks without losing accepted ones: producers
+/// announce themselves in `activeProducers` before checking `closed`, and ``close()`` waits for the
+/// announced ones to finish pushing before the final drain.
+final class Inbox: @unchecked Sendable {
+    // @unchecked Sendable: `tail` is touched only by the consumer (the I/O thread); everything shared
+    // is atomic.
     typealias Task = @Sendable () -> Void
 
+    private final class Node {
+        var task: Task?
+        let next = Atomic<Unmanaged<Node>?>(nil)
+        init(_ task: Task?) { self.task = task }
+    }
+
     enum AppendResult {
-        /// Queued; the queue was empty, so the consumer must be woken.
-        case queuedFirst
-        /// Queued behind other tasks; the consumer has already been woken.
+        /// Queued, and the caller must wake the consumer.
+        case queuedWake
+        /// Queued; a wake-up is already on its way.
         case queued
         /// The inbox is closed; the task was not queued.
         case closed
     }
 
-    private struct State {
-        var tasks: [Task] = []
-        var closed = false
-    }
-
-    private let state = Mutex(State())
+    private let head: Atomic<Unmanaged<Node>>
+    private let tail: UnsafeMutablePointer<Unmanaged<Node>>
+    private let wakeupRequested = Atomic<Bool>(false)
+    private let closed = Atomic<Bool>(false)
+    private let activeProducers = Atomic<Int>(0)
 
     init() {
-        state.withLock { $0.tasks.reserveCapacity(1024) }
+        let stub = Unmanaged.passRetained(Node(nil))
+        head = Atomic(stub)
+        tail = .allocate(capacity: 1)
+        tail.initialize(to: stub)
     }
 
+    deinit {
+        while pop() != nil {}
+        tail.pointee.release()
+        tail.deallocate()
+    }
+
+    /// Queues `task` (any thread).
     func append(_ task: @escaping Task) -> AppendResult {
-        state.withLock { state in
-            if state.closed { return .closed }
-            state.tasks.append(task)
-            return state.tasks.count == 1 ? .queuedFirst : .queued
-        }
+        activeProducers.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        defer { activeProducers.wrappingSubtract(1, ordering: .sequentiallyConsistent) }
+        if closed.load(ordering: .sequentiallyConsistent) { return .closed }
+        let node = Unmanaged.passRetained(Node(task))
+        let previous = head.exchange(node, ordering: .acquiringAndReleasing)
+        previous.takeUnretainedValue().next.store(node, ordering: .releasing)
+        return wakeupRequested.exchange(true, ordering: .acquiringAndReleasing) ? .queued : .queuedWake
     }
 
-    /// Takes every queued task, leaving `spare` (emptied, capacity kept) in its place.
-    /// - Returns: false when there was nothing to take.
-    func takeAll(replacingWith spare: inout [Task]) -> Bool {
-        state.withLock { state in
-            if state.tasks.isEmpty { return false }
-            swap(&state.tasks, &spare)
-            return true
+    /// Runs queued tasks, at most `limit` of them, so a flood of tasks cannot starve I/O (consumer only).
+    /// - Returns: true when the limit was reached and tasks may remain: the caller must not sleep.
+    @discardableResult
+    func drain(limit: Int = .max) -> Bool {
+        wakeupRequested.store(false, ordering: .sequentiallyConsistent)
+        var count = 0
+        while count < limit, let task = pop() {
+            task()
+            count += 1
         }
+        return count == limit
     }
 
-    /// Refuses further tasks and returns those still queued.
-    func close() -> [Task] {
-        state.withLock { state in
-            state.closed = true
-            defer { state.tasks = [] }
-            return state.tasks
-        }
+    private func pop() -> Task? {
+        let current = tail.pointee
+        guard let next = current.takeUnretainedValue().next.load(ordering: .acquiring) else { return nil }
+        let nextNode = next.takeUnretainedValue()
+        let task = nextNode.task
+        nextNode.task = nil  // `next` becomes the new stub
+        tail.pointee = next
+        current.release()
+        return task
+    }
+
+    /// Refuses further tasks, waits for producers already pushing, and returns after running the
+    /// tasks accepted before the close (consumer only).
+    func closeAndDrain() {
+        closed.store(true, ordering: .sequentiallyConsistent)
+        while activeProducers.load(ordering: .sequentiallyConsistent) != 0 {}
+        // A producer that announced itself before the close has finished its exchange and link.
+        drain()
     }
 }

@@ -34,9 +34,47 @@ final class EpollBackend {
 
     private struct State {
         var interests: [Interest] = []
-        var completed: [(Token, IOCompletion)] = []
-        var spare: [(Token, IOCompletion)] = []
+        var completed = CompletionQueue()
         var timeouts: [(deadline: UInt64, token: Token)] = []
+    }
+
+    /// Completions produced and not yet delivered: a growable ring of plain values (no Array, so no
+    /// copy-on-write or retain traffic on the hot path).
+    struct CompletionQueue {
+        private var storage: UnsafeMutablePointer<(token: UInt64, result: Int32)>
+        private var capacity = 256
+        private var head = 0
+        private(set) var count = 0
+
+        init() {
+            storage = .allocate(capacity: capacity)
+        }
+
+        func deallocate() { storage.deallocate() }
+
+        var isEmpty: Bool { count == 0 }
+
+        mutating func append(_ token: Token, _ result: Int32) {
+            if count == capacity { grow() }
+            storage[(head + count) & (capacity - 1)] = (token.rawValue, result)
+            count += 1
+        }
+
+        mutating func popFirst() -> (token: UInt64, result: Int32) {
+            let entry = storage[head]
+            head = (head + 1) & (capacity - 1)
+            count -= 1
+            return entry
+        }
+
+        private mutating func grow() {
+            let bigger = UnsafeMutablePointer<(token: UInt64, result: Int32)>.allocate(capacity: capacity * 2)
+            for i in 0..<count { bigger[i] = storage[(head + i) & (capacity - 1)] }
+            storage.deallocate()
+            storage = bigger
+            capacity *= 2
+            head = 0
+        }
     }
 
     init() throws(SystemError) {
@@ -62,14 +100,13 @@ final class EpollBackend {
         events = .allocate(byteCount: Int(eventCapacity) * ckeel_epoll_event_size(), alignment: 8)
         state = .allocate(capacity: 1)
         state.initialize(to: State())
-        state.pointee.completed.reserveCapacity(256)
-        state.pointee.spare.reserveCapacity(256)
     }
 
     func close() {
         Descriptors.close(wakeupFD)
         Descriptors.close(epollFD)
         events.deallocate()
+        state.pointee.completed.deallocate()
         state.deinitialize(count: 1)
         state.deallocate()
     }
@@ -92,7 +129,7 @@ final class EpollBackend {
     }
 
     private func complete(_ token: Token, _ result: Int32) {
-        state.pointee.completed.append((token, IOCompletion(result: result)))
+        state.pointee.completed.append(token, result)
     }
 
     private func startIO(fd: Int32, isRead: Bool, _ io: PendingIO) {
@@ -223,11 +260,11 @@ final class EpollBackend {
     /// Delivers the completions produced so far. Completions produced while delivering (by handlers
     /// that submit again) wait for the next call.
     func drain(_ body: (Token, IOCompletion) -> Void) {
-        if state.pointee.completed.isEmpty { return }
-        swap(&state.pointee.completed, &state.pointee.spare)
-        for (token, completion) in state.pointee.spare {
-            body(token, completion)
+        var remaining = state.pointee.completed.count
+        while remaining > 0 {
+            let entry = state.pointee.completed.popFirst()
+            remaining -= 1
+            body(Token(rawValue: entry.token), IOCompletion(result: entry.result))
         }
-        state.pointee.spare.removeAll(keepingCapacity: true)
     }
 }

@@ -1,0 +1,183 @@
+import CKeelLinux
+import KeelSystem
+import Synchronization
+import Testing
+
+@testable import KeelEngine
+import KeelTestSupport
+
+@Suite("I/O threads: cross-thread work, timers, work pool", .serialized)
+struct IOThreadTests {
+    @Test(.timeLimit(.minutes(2)), arguments: backendsUnderTest)
+    func eightProducersHundredThousandTasksEachNoneLostNoneDoubledOrderKept(backend: BackendKind) async throws {
+        let producers = 8
+        let perProducer = 100_000
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            // Touched only on the I/O thread.
+            let next = ThreadConfined([Int](repeating: 0, count: producers))
+            let violations = ThreadConfined(0)
+            let done = Semaphore()
+            let remaining = ThreadConfined(producers * perProducer)
+            var workers: [SystemThread] = []
+            for p in 0..<producers {
+                workers.append(SystemThread.spawn(name: "producer-\(p)") {
+                    for sequence in 0..<perProducer {
+                        thread.execute {
+                            if next.value[p] != sequence { violations.value += 1 }
+                            next.value[p] = sequence + 1
+                            remaining.value -= 1
+                            if remaining.value == 0 { done.signal() }
+                        }
+                    }
+                })
+            }
+            for worker in workers { worker.join() }
+            done.wait()
+            let (counts, badOrder): ([Int], Int) = await onThread(thread) { finish in
+                finish((next.value, violations.value))
+            }
+            #expect(counts == [Int](repeating: perProducer, count: producers))
+            #expect(badOrder == 0)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func executeOnTheThreadItselfRunsInline(backend: BackendKind) async throws {
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let order: [Int] = await onThread(thread) { finish in
+                let order = ThreadConfined([1])
+                thread.execute { order.value.append(2) }
+                order.value.append(3)
+                thread.schedule { finish(order.value + [4]) }
+            }
+            #expect(order == [1, 2, 3, 4])
+            #expect(!thread.isCurrent)
+            #expect(IOThread.current == nil)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func timersOnTheLoopFireInOrderAndHonourCancelResetAndRepeat(backend: BackendKind) async throws {
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let events: [String] = await onThread(thread) { finish in
+                var events: [String] = []
+                let start = ckeel_monotonic_ns()
+                func at() -> UInt64 { (ckeel_monotonic_ns() - start) / 1_000_000 }
+                thread.scheduleTimer(after: .milliseconds(30)) { events.append("30ms@\(at() >= 30)") }
+                thread.scheduleTimer(after: .milliseconds(10)) { events.append("10ms@\(at() >= 10)") }
+                let cancelled = thread.scheduleTimer(after: .milliseconds(20)) { events.append("cancelled") }
+                let reset = thread.scheduleTimer(after: .milliseconds(5)) { events.append("reset@\(at() >= 40)") }
+                thread.cancelTimer(cancelled)
+                thread.resetTimer(reset, after: .milliseconds(40))
+                var ticks = 0
+                var repeating: TimerHandle?
+                repeating = thread.scheduleTimer(after: .milliseconds(12), repeating: .milliseconds(12)) {
+                    ticks += 1
+                    events.append("tick\(ticks)")
+                    if ticks == 4 { thread.cancelTimer(repeating!) }
+                }
+                thread.scheduleTimer(after: .milliseconds(80)) {
+                    events.append("pending=\(thread.pendingTimerCount)")
+                    finish(events)
+                }
+            }
+            #expect(events.first == "10ms@true")
+            #expect(!events.contains("cancelled"))
+            #expect(events.filter { $0.hasPrefix("tick") } == ["tick1", "tick2", "tick3", "tick4"])
+            #expect(events.firstIndex(of: "30ms@true")! < events.firstIndex(of: "reset@true")!)
+            #expect(events.last == "pending=0")
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func hundredThousandPendingTimersDoNotSlowTheLoop(backend: BackendKind) async throws {
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let count = 100_000
+            let fired = ThreadConfined(0)
+            let early = ThreadConfined(0)
+            let armedAt: UInt64 = await onThread(thread) { finish in
+                let now = ckeel_monotonic_ns()
+                for i in 0..<count {
+                    let delay = UInt64(200 + i % 1_300)  // 0.2 to 1.5 s
+                    let deadline = now + delay * 1_000_000
+                    thread.scheduleTimer(after: .milliseconds(Int64(delay))) {
+                        if ckeel_monotonic_ns() < deadline { early.value += 1 }
+                        fired.value += 1
+                    }
+                }
+                finish(ckeel_monotonic_ns() - now)
+            }
+            // While they are pending, the loop still answers cross-thread work promptly.
+            var worstRoundTrip: UInt64 = 0
+            for _ in 0..<20 {
+                let sent = ckeel_monotonic_ns()
+                let _: Bool = await onThread(thread) { finish in finish(true) }
+                worstRoundTrip = max(worstRoundTrip, ckeel_monotonic_ns() - sent)
+            }
+            try await Task.sleep(for: .milliseconds(1_700))
+            let (firedCount, earlyCount): (Int, Int) = await onThread(thread) { finish in
+                finish((fired.value, early.value))
+            }
+            #expect(firedCount == count)
+            #expect(earlyCount == 0)
+            #expect(armedAt < 2_000_000_000, "arming 100k timers took \(armedAt) ns")
+            #expect(worstRoundTrip < 500_000_000, "a task waited \(worstRoundTrip) ns behind the timers")
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func workPoolRunsOffTheIOThreadAndHandsBackToTheOriginatingThread(backend: BackendKind) async throws {
+        try await withPool(backend, threads: 2) { pool in
+            for thread in pool.threads {
+                let (ranOnIOThread, deliveredOnOrigin, value): (Bool, Bool, Int) = await onThread(thread) { finish in
+                    thread.runBlocking({ () -> (Bool, Int) in
+                        usleep(2_000)  // blocking is fine here
+                        return (IOThread.current != nil, 42)
+                    }) { result in
+                        let (onIO, value) = (try? result.get()) ?? (true, -1)
+                        finish((onIO, IOThread.current === thread, value))
+                    }
+                }
+                #expect(!ranOnIOThread)
+                #expect(deliveredOnOrigin)
+                #expect(value == 42)
+            }
+            // Errors come back too, and the async form works from any task.
+            struct Failure: Error {}
+            let failed: Bool = await onThread(pool.threads[1]) { finish in
+                pool.threads[1].runBlocking({ () throws -> Int in throw Failure() }) { result in
+                    finish((try? result.get()) == nil)
+                }
+            }
+            #expect(failed)
+            let sum = try await pool.workPool.run { (1...100).reduce(0, +) }
+            #expect(sum == 5050)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func tasksAfterShutdownAreRefusedNotLost() async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: .epoll, workPoolThreadCount: 1))
+        let thread = pool.threads[0]
+        pool.shutdown()
+        #expect(!thread.schedule {})
+        await #expect(throws: KeelError.self) { try await thread.submit { 1 } }
+        await #expect(throws: KeelError.self) { try await pool.workPool.run { 1 } }
+    }
+
+    @Test func backendNamesParse() {
+        #expect(BackendKind(name: "io_uring") == .ioUring)
+        #expect(BackendKind(name: "EPOLL") == .epoll)
+        #expect(BackendKind(name: "kqueue") == nil)
+        #expect((try? BackendKind.resolve(.epoll)) == .epoll)
+        if IOUringSupport.isAvailable {
+            #expect((try? BackendKind.resolve(.ioUring)) == .ioUring)
+        } else {
+            #expect(throws: KeelError.self) { try BackendKind.resolve(.ioUring) }
+        }
+    }
+}

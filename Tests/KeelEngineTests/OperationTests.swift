@@ -1,0 +1,180 @@
+import CKeelLinux
+import Glibc
+import KeelSystem
+import Testing
+
+@testable import KeelEngine
+import KeelTestSupport
+
+@Suite("Operations through the backend")
+struct OperationTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func nopCompletesWithZero(backend: BackendKind) async throws {
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let completion: IOCompletion = await onThread(thread) { finish in
+                thread.submit(.nop) { finish($0) }
+            }
+            #expect(completion.result == 0)
+            #expect(completion.error == nil)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func timeoutExpiresAfterItsDuration(backend: BackendKind) async throws {
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let (completion, elapsed): (IOCompletion, UInt64) = await onThread(thread) { finish in
+                let start = ckeel_monotonic_ns()
+                thread.submit(.timeout(.milliseconds(30))) { finish(($0, ckeel_monotonic_ns() - start)) }
+            }
+            #expect(completion.isTimeout)
+            #expect(elapsed >= 29_000_000)
+            #expect(elapsed < 2_000_000_000)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func cancelledTimeoutCompletesAsCancelled(backend: BackendKind) async throws {
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let (completion, elapsed): (IOCompletion, UInt64) = await onThread(thread) { finish in
+                let start = ckeel_monotonic_ns()
+                let id = thread.submit(.timeout(.seconds(30))) { finish(($0, ckeel_monotonic_ns() - start)) }
+                thread.scheduleTimer(after: .milliseconds(5)) { thread.cancel(id) }
+            }
+            #expect(completion.isCancelled)
+            #expect(elapsed < 5_000_000_000)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func cancelledReadOnEmptyPipeCompletesAsCancelled(backend: BackendKind) async throws {
+        let pipe = try Descriptors.pipe()
+        defer {
+            Descriptors.close(pipe.read)
+            Descriptors.close(pipe.write)
+        }
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { storage.deallocate() }
+            let address = UInt(bitPattern: storage.baseAddress)
+            let completion: IOCompletion = await onThread(thread) { finish in
+                let buffer = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: 64)
+                let id = thread.submit(.read(pipe.read, into: buffer)) { finish($0) }
+                thread.scheduleTimer(after: .milliseconds(10)) { thread.cancel(id) }
+            }
+            #expect(completion.isCancelled)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func readCompletesWhenDataArrivesLater(backend: BackendKind) async throws {
+        let pipe = try Descriptors.pipe()
+        defer {
+            Descriptors.close(pipe.read)
+            Descriptors.close(pipe.write)
+        }
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { storage.deallocate() }
+            let address = UInt(bitPattern: storage.baseAddress)
+            let completion: IOCompletion = await onThread(thread) { finish in
+                let buffer = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: 64)
+                thread.submit(.read(pipe.read, into: buffer)) { finish($0) }
+                // The data arrives after the read is pending: epoll must wait for readiness.
+                thread.scheduleTimer(after: .milliseconds(10)) {
+                    // The written bytes must outlive the operation: the completion frees them.
+                    let message = UnsafeMutableRawBufferPointer.allocate(byteCount: 11, alignment: 1)
+                    message.copyBytes(from: Array("hello, keel".utf8))
+                    thread.submit(.write(pipe.write, from: UnsafeRawBufferPointer(message))) { _ in
+                        message.deallocate()
+                    }
+                }
+            }
+            #expect(completion.result == 11)
+            #expect(Array(storage.prefix(11)) == Array("hello, keel".utf8))
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func batchOfTenThousandOperationsCompletesExactlyOnce(backend: BackendKind) async throws {
+        // A 64-entry ring forces the submission queue to fill and flush many times within one batch.
+        try await withPool(backend, ringEntries: 64) { pool in
+            let thread = pool.threads[0]
+            let total = 10_000
+            let seen: [Int] = await onThread(thread) { finish in
+                let counts = ThreadConfined([Int](repeating: 0, count: total))
+                var completed = 0
+                for i in 0..<total {
+                    thread.submit(.nop) { completion in
+                        precondition(completion.result == 0)
+                        counts.value[i] += 1
+                        completed += 1
+                        if completed == total { finish(counts.value) }
+                    }
+                }
+            }
+            #expect(seen.allSatisfy { $0 == 1 })
+            #expect(seen.count == total)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func shutdownCancelsInFlightOperationsAndClosesEveryDescriptor(backend: BackendKind) async throws {
+        let before = Descriptors.openDescriptors()
+        let pipe = try Descriptors.pipe()
+        let results = ThreadConfined<[IOCompletion]>([])
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+        let address = UInt(bitPattern: storage.baseAddress)
+        do {
+            let pool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 2))
+            #expect(Descriptors.openDescriptors().count > before.count + 2)
+            let thread = pool.threads[1]
+            let _: Bool = await onThread(thread) { finish in
+                let buffer = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: 64)
+                thread.submit(.timeout(.seconds(60))) { results.value.append($0) }
+                thread.submit(.read(pipe.read, into: buffer)) { results.value.append($0) }
+                thread.scheduleTimer(after: .seconds(60)) { Issue.record("timer survived shutdown") }
+                finish(true)
+            }
+            pool.shutdown()
+            pool.shutdown()  // idempotent
+        }
+        storage.deallocate()
+        #expect(results.value.count == 2)
+        #expect(results.value.allSatisfy { $0.isCancelled })
+        Descriptors.close(pipe.read)
+        Descriptors.close(pipe.write)
+        #expect(Descriptors.openDescriptors() == before)
+    }
+
+    @Test func staleTokenForReusedSlotIsIgnored() {
+        var table = OperationTable(initialCapacity: 2)
+        defer { table.deallocate() }
+        let first = table.insert { _ in }
+        #expect(table.remove(first) != nil)
+        let second = table.insert { _ in }
+        #expect(second.slot == first.slot)
+        #expect(second.generation != first.generation)
+        #expect(table.remove(first) == nil, "a stale completion must not reach the slot's new owner")
+        #expect(table.contains(second))
+        #expect(table.remove(second) != nil)
+        #expect(table.remove(second) == nil, "a completion is delivered once")
+        // Growth keeps outstanding tokens valid.
+        let tokens = (0..<100).map { _ in table.insert { _ in } }
+        #expect(table.inFlight == 100)
+        #expect(tokens.allSatisfy { table.remove($0) != nil })
+        #expect(table.inFlight == 0)
+    }
+
+    @Test func tokenPacksKindGenerationAndSlot() {
+        let token = Token(kind: .callback, generation: 0xAB_CDEF, slot: 0xDEAD_BEEF)
+        #expect(token.kind == .callback)
+        #expect(token.generation == 0xAB_CDEF)
+        #expect(token.slot == 0xDEAD_BEEF)
+        #expect(Token(rawValue: 0).kind == nil)
+    }
+}

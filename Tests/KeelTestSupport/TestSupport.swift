@@ -1,0 +1,79 @@
+import CKeelAllocationCounter
+import KeelEngine
+import KeelSystem
+
+/// The backends the engine tests run on: the one `KEEL_BACKEND` names, or every backend this host
+/// supports (epoll always; io_uring when the probe passes). A requested but unavailable io_uring
+/// yields no cases, so those tests are skipped rather than passed.
+public let backendsUnderTest: [BackendKind] = {
+    if let requested = BackendKind.fromEnvironment {
+        if requested == .ioUring && !IOUringSupport.isAvailable {
+            print("KEEL_BACKEND=io_uring but io_uring is \(IOUringSupport.availability): skipping io_uring cases")
+            return []
+        }
+        return [requested]
+    }
+    return IOUringSupport.isAvailable ? [.ioUring, .epoll] : [.epoll]
+}()
+
+/// Starts a pool on `backend`, runs `body`, and always shuts the pool down.
+public func withPool<Result>(
+    _ backend: BackendKind, threads: Int = 1, ringEntries: UInt32 = 256,
+    _ body: (IOPool) async throws -> Result
+) async throws -> Result {
+    let pool = try IOPool(configuration: .init(threadCount: threads, backend: backend, ringEntries: ringEntries,
+                                               workPoolThreadCount: 2))
+    do {
+        let result = try await body(pool)
+        pool.shutdown()
+        return result
+    } catch {
+        pool.shutdown()
+        throw error
+    }
+}
+
+/// Runs `start` on `thread` and suspends until the code it starts calls `finish` (on any thread).
+public func onThread<Value: Sendable>(
+    _ thread: IOThread, _ start: @escaping @Sendable (_ finish: @escaping @Sendable (Value) -> Void) -> Void
+) async -> Value {
+    await withCheckedContinuation { continuation in
+        thread.execute {
+            start { value in continuation.resume(returning: value) }
+        }
+    }
+}
+
+/// Heap allocations counted by the test executable's malloc interposer.
+public enum AllocationCounter {
+    /// True when the interposer is linked in and counting.
+    public static var isActive: Bool { ckeel_allocation_counter_active() != 0 }
+    /// Allocations made so far by the calling thread.
+    public static var currentThread: UInt64 { ckeel_thread_allocations() }
+
+    /// Allocations the calling thread makes while running `body`.
+    public static func count(_ body: () throws -> Void) rethrows -> UInt64 {
+        let before = ckeel_thread_allocations()
+        try body()
+        return ckeel_thread_allocations() - before
+    }
+}
+
+/// A value shared between a test and the I/O thread it drives; all access is on that one thread or
+/// after the test has synchronised with it (through `onThread`), so no lock is needed.
+public final class ThreadConfined<Value>: @unchecked Sendable {
+    // @unchecked Sendable: used only on one I/O thread at a time, with hand-offs ordered by the
+    // continuation resume (a happens-before edge).
+    public var value: Value
+    public init(_ value: Value) { self.value = value }
+}
+
+import Testing
+
+/// `#expect` for conditions over noncopyable values (which the macro cannot capture): the condition
+/// is evaluated first, then recorded at the caller's source location.
+public func check(
+    _ condition: Bool, _ comment: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation
+) {
+    #expect(condition, comment, sourceLocation: sourceLocation)
+}
