@@ -16,3 +16,5 @@ void ckeel_thread_set_name(const char *name) {
 }
 
 int ckeel_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+int ckeel_accept4(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }

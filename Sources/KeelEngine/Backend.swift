@@ -1,3 +1,4 @@
+import KeelBuffers
 import KeelSystem
 
 /// The backend of one I/O thread. An enum rather than a protocol existential: dispatch is a `switch`,
@@ -6,10 +7,21 @@ enum Backend {
     case ring(RingBackend)
     case epoll(EpollBackend)
 
-    init(kind: BackendKind, ringEntries: UInt32) throws(SystemError) {
+    init(kind: BackendKind, ringEntries: UInt32, pool: BufferPool, providedBuffers: UInt32) throws(SystemError) {
         switch kind {
-        case .ioUring: self = .ring(try RingBackend(entries: ringEntries))
-        case .epoll: self = .epoll(try EpollBackend())
+        case .ioUring: self = .ring(try RingBackend(entries: ringEntries, pool: pool, providedBuffers: providedBuffers))
+        case .epoll: self = .epoll(try EpollBackend(pool: pool))
+        }
+    }
+
+    /// The pooled buffer a receive completion carries, as an ``IOBuffer``.
+    func takeBuffer(_ completion: IOCompletion) -> IOBuffer? {
+        switch self {
+        case .ring(let ring):
+            return ring.takeBuffer(completion)
+        case .epoll(let epoll):
+            guard completion.hasBuffer else { return nil }
+            return epoll.pool.adoptFromKernel(chunk: completion.bufferChunk, length: Int(completion.result))
         }
     }
 

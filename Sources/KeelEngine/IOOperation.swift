@@ -13,6 +13,27 @@ public struct IOOperation: Sendable {
         case timeout(nanoseconds: UInt64)
         case read(fd: Int32, address: UInt, length: UInt32)
         case write(fd: Int32, address: UInt, length: UInt32)
+        case accept(fd: Int32, multishot: Bool)
+        case receive(fd: Int32, address: UInt, length: UInt32)
+        case receivePooled(fd: Int32, multishot: Bool)
+        case send(fd: Int32, address: UInt, length: UInt32, flags: UInt32)
+        case sendMessage(fd: Int32, message: UInt, flags: UInt32)
+        case connect(fd: Int32, address: UInt, length: UInt32)
+
+        /// True for operations that wait for the descriptor to become readable (epoll).
+        var waitsForReadable: Bool {
+            switch self {
+            case .read, .accept, .receive, .receivePooled: return true
+            default: return false
+            }
+        }
+
+        var isMultishot: Bool {
+            switch self {
+            case .accept(_, let multishot), .receivePooled(_, let multishot): return multishot
+            default: return false
+            }
+        }
     }
 
     @usableFromInline let core: Core
@@ -40,6 +61,52 @@ public struct IOOperation: Sendable {
     }
 }
 
+extension IOOperation {
+    /// Accepts connections on listening socket `fd`. The result is the new connection's descriptor
+    /// (non-blocking, close-on-exec). With `multishot`, one completion arrives per connection, each
+    /// flagged ``IOCompletion/hasMore``, until the operation is cancelled or fails.
+    public static func accept(_ fd: Int32, multishot: Bool) -> IOOperation {
+        IOOperation(core: .accept(fd: fd, multishot: multishot))
+    }
+
+    /// Receives up to `buffer.count` bytes from socket `fd` into `buffer`.
+    /// - Important: `buffer` must stay valid until the completion runs.
+    public static func receive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> IOOperation {
+        IOOperation(core: .receive(fd: fd, address: UInt(bitPattern: buffer.baseAddress), length: UInt32(buffer.count)))
+    }
+
+    /// Receives from socket `fd` into a buffer of the I/O thread's pool, chosen only when data arrives
+    /// (io_uring provided buffers; emulated on epoll), so a waiting receive holds no memory. Take the
+    /// data in the completion handler with ``IOThread/takeReceivedBuffer(_:)``; a buffer not taken goes
+    /// back to the pool. With `multishot`, one completion arrives per chunk received, each flagged
+    /// ``IOCompletion/hasMore``, until end of stream (result 0), an error, or cancellation. `-ENOBUFS`
+    /// means the pool ran dry: submit again once buffers come back.
+    public static func receivePooled(_ fd: Int32, multishot: Bool) -> IOOperation {
+        IOOperation(core: .receivePooled(fd: fd, multishot: multishot))
+    }
+
+    /// Sends `buffer` on socket `fd` (never raising SIGPIPE). `urgent` sends it as out-of-band data.
+    /// - Important: `buffer` must stay valid until the completion runs.
+    public static func send(_ fd: Int32, from buffer: UnsafeRawBufferPointer, urgent: Bool = false) -> IOOperation {
+        IOOperation(core: .send(
+            fd: fd, address: UInt(bitPattern: buffer.baseAddress), length: UInt32(buffer.count),
+            flags: CKEEL_MSG_NOSIGNAL | (urgent ? CKEEL_MSG_OOB : 0)))
+    }
+
+    /// Sends the iovecs (and optional destination address) of `message` on socket `fd` in one call.
+    /// - Important: the message, its iovec array and the memory they name must stay valid until the
+    ///   completion runs.
+    public static func sendMessage(_ fd: Int32, _ message: UnsafePointer<msghdr>) -> IOOperation {
+        IOOperation(core: .sendMessage(fd: fd, message: UInt(bitPattern: message), flags: CKEEL_MSG_NOSIGNAL))
+    }
+
+    /// Connects socket `fd` (non-blocking) to the address at `address`. The result is 0 or `-errno`.
+    /// - Important: the address must stay valid until the completion runs.
+    public static func connect(_ fd: Int32, to address: UnsafeRawPointer, length: Int) -> IOOperation {
+        IOOperation(core: .connect(fd: fd, address: UInt(bitPattern: address), length: UInt32(length)))
+    }
+}
+
 /// The result of an ``IOOperation``: the kernel's `cqe.res` and `cqe.flags`.
 public struct IOCompletion: Sendable, Hashable, CustomStringConvertible {
     /// Non-negative: the operation's value (bytes transferred, ...). Negative: `-errno`.
@@ -59,6 +126,12 @@ public struct IOCompletion: Sendable, Hashable, CustomStringConvertible {
     public var isCancelled: Bool { result == -ECANCELED }
     /// True when a timeout operation expired (`-ETIME`).
     public var isTimeout: Bool { result == -ETIME }
+    /// True when a multishot operation stays armed and more completions will follow.
+    public var hasMore: Bool { flags & CKEEL_CQE_F_MORE != 0 }
+    /// True when the completion carries a pooled receive buffer.
+    public var hasBuffer: Bool { flags & CKEEL_CQE_F_BUFFER != 0 }
+    /// The pool chunk id of the carried buffer (valid when ``hasBuffer``).
+    var bufferChunk: UInt32 { flags >> CKEEL_CQE_BUFFER_SHIFT }
 
     public var description: String {
         if let error { return "IOCompletion(error: \(error))" }

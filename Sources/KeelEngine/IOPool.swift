@@ -19,6 +19,9 @@ public struct IOPoolConfiguration: Sendable {
     public var bufferPool: BufferPoolConfiguration
     /// Threads of the work pool for blocking work.
     public var workPoolThreadCount: Int
+    /// Buffers each io_uring thread lends the kernel for pooled receives (a power of two). They are
+    /// taken from the thread's buffer pool on the first pooled receive.
+    public var providedBuffersPerThread: UInt32
 
     /// Creates a configuration; every parameter has a production default.
     public init(
@@ -26,8 +29,12 @@ public struct IOPoolConfiguration: Sendable {
         backend: BackendKind? = nil,
         ringEntries: UInt32 = 1024,
         bufferPool: BufferPoolConfiguration = .default,
-        workPoolThreadCount: Int = 2
+        workPoolThreadCount: Int = 2,
+        providedBuffersPerThread: UInt32 = 512
     ) {
+        precondition(providedBuffersPerThread > 0 && providedBuffersPerThread & (providedBuffersPerThread - 1) == 0,
+                     "providedBuffersPerThread must be a power of two")
+        self.providedBuffersPerThread = providedBuffersPerThread
         self.threadCount = threadCount
         self.backend = backend
         self.ringEntries = ringEntries
@@ -79,16 +86,19 @@ public final class IOPool: Sendable {
         for i in 0..<count {
             let startup = startups[i]
             started.append(SystemThread.spawn(name: "keel-io-\(i)") {
+                let bufferPool = BufferPool(configuration: configuration.bufferPool)
                 let backend: Backend
                 do throws(SystemError) {
-                    backend = try Backend(kind: kind, ringEntries: configuration.ringEntries)
+                    backend = try Backend(
+                        kind: kind, ringEntries: configuration.ringEntries, pool: bufferPool,
+                        providedBuffers: min(configuration.providedBuffersPerThread,
+                                             UInt32(configuration.bufferPool.maximumBuffers)))
                 } catch {
                     startup.finish(.failure(error))
                     return
                 }
                 let thread = IOThread(
-                    index: i, backendKind: kind, backend: backend,
-                    bufferPool: BufferPool(configuration: configuration.bufferPool), workPool: workPool)
+                    index: i, backendKind: kind, backend: backend, bufferPool: bufferPool, workPool: workPool)
                 startup.finish(.success(thread))
                 thread.run()
             })

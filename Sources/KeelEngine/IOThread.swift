@@ -37,6 +37,8 @@ public final class IOThread: @unchecked Sendable {
 
     struct LoopState {
         var operations = OperationTable()
+        /// The pooled receive buffer of the completion being dispatched, until its handler takes it.
+        var receivedBuffer: IOCompletion?
         var timers: TimerWheel
         var stopping = false
     }
@@ -137,6 +139,18 @@ public final class IOThread: @unchecked Sendable {
         preconditionCurrent()
         guard loop.pointee.operations.contains(operation.token) else { return }
         backend.cancel(operation.token)
+    }
+
+    /// Takes the pooled buffer a ``IOOperation/receivePooled(_:multishot:)`` completion carries. Call it
+    /// inside that completion's handler; later, or for another completion, it returns nil (the buffer
+    /// has gone back to the pool).
+    ///
+    /// I/O thread only.
+    public func takeReceivedBuffer(_ completion: IOCompletion) -> IOBuffer? {
+        preconditionCurrent()
+        guard let pending = loop.pointee.receivedBuffer, pending == completion else { return nil }
+        loop.pointee.receivedBuffer = nil
+        return backend.takeBuffer(pending)
     }
 
     /// Operations submitted and not yet completed.
@@ -251,8 +265,18 @@ public final class IOThread: @unchecked Sendable {
     private func dispatch(_ token: Token, _ completion: IOCompletion) {
         switch token.kind {
         case .callback?:
-            if let handler = loop.pointee.operations.remove(token) {
-                handler(completion)
+            let handler = completion.hasMore
+                ? loop.pointee.operations.lookup(token) : loop.pointee.operations.remove(token)
+            if completion.hasBuffer {
+                loop.pointee.receivedBuffer = completion
+                handler?(completion)
+                if let untaken = loop.pointee.receivedBuffer {
+                    // Nobody took it (or the operation was stale): back to the pool.
+                    loop.pointee.receivedBuffer = nil
+                    _ = backend.takeBuffer(untaken)
+                }
+            } else {
+                handler?(completion)
             }
         case .wakeup?:
             if case .ring(let ring) = backend { ring.armWakeup() }

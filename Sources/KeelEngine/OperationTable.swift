@@ -63,6 +63,13 @@ struct OperationTable {
         return completion
     }
 
+    /// The completion for `token` without freeing its slot (a multishot operation that stays armed).
+    func lookup(_ token: Token) -> ((IOCompletion) -> Void)? {
+        let slot = Int(token.slot)
+        guard slot < capacity, slots[slot].generation == token.generation else { return nil }
+        return slots[slot].completion
+    }
+
     /// True when `token` names an operation still in flight.
     func contains(_ token: Token) -> Bool {
         let slot = Int(token.slot)

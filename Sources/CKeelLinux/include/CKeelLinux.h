@@ -179,6 +179,53 @@ static inline void ckeel_sqe_recv_provided(struct io_uring_sqe *sqe, int fd, uin
     sqe->buf_group = group;
 }
 
+/* accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC; multishot keeps accepting until cancelled or an error. */
+static inline void ckeel_sqe_accept(struct io_uring_sqe *sqe, int fd, int multishot, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_ACCEPT, fd, 0, 0, 0, user_data);
+    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    if (multishot) sqe->ioprio |= IORING_ACCEPT_MULTISHOT;
+}
+
+static inline void ckeel_sqe_recv(struct io_uring_sqe *sqe, int fd, void *buf, uint32_t len, uint32_t flags,
+                                  uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_RECV, fd, (uint64_t)(uintptr_t)buf, len, 0, user_data);
+    sqe->msg_flags = flags;
+}
+
+/* Multishot recv into buffers of provided-buffer group `group`: one CQE per received chunk. */
+static inline void ckeel_sqe_recv_multishot(struct io_uring_sqe *sqe, int fd, uint16_t group, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_RECV, fd, 0, 0, 0, user_data);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = group;
+    sqe->ioprio |= IORING_RECV_MULTISHOT;
+}
+
+static inline void ckeel_sqe_send(struct io_uring_sqe *sqe, int fd, const void *buf, uint32_t len, uint32_t flags,
+                                  uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_SEND, fd, (uint64_t)(uintptr_t)buf, len, 0, user_data);
+    sqe->msg_flags = flags;
+}
+
+static inline void ckeel_sqe_sendmsg(struct io_uring_sqe *sqe, int fd, const struct msghdr *msg, uint32_t flags,
+                                     uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_SENDMSG, fd, (uint64_t)(uintptr_t)msg, 1, 0, user_data);
+    sqe->msg_flags = flags;
+}
+
+static inline void ckeel_sqe_connect(struct io_uring_sqe *sqe, int fd, const void *addr, uint32_t addrlen,
+                                     uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_CONNECT, fd, (uint64_t)(uintptr_t)addr, 0, addrlen, user_data);
+}
+
+static const uint32_t CKEEL_MSG_NOSIGNAL = MSG_NOSIGNAL;
+static const uint32_t CKEEL_MSG_OOB = MSG_OOB;
+static const int CKEEL_SOCK_STREAM = SOCK_STREAM;
+static const int CKEEL_SOCK_DGRAM = SOCK_DGRAM;
+static const int CKEEL_SOCK_NONBLOCK_CLOEXEC = SOCK_NONBLOCK | SOCK_CLOEXEC;
+
+/* accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC (accept4 needs _GNU_SOURCE: defined in shim.c). */
+int ckeel_accept4(int fd);
+
 /* ---- Provided buffer rings ---- */
 
 static inline size_t ckeel_buf_ring_entry_size(void) { return sizeof(struct io_uring_buf); }

@@ -1,4 +1,5 @@
 import CKeelLinux
+import KeelBuffers
 import KeelSystem
 import SystemPackage
 
@@ -9,7 +10,12 @@ import SystemPackage
 /// produced. Completions are delivered from the loop, never from inside `push`, so callers see the
 /// same ordering guarantees as on io_uring.
 ///
-/// Limits: at most one read and one write in flight per descriptor (a second gets `-EBUSY`).
+/// Pooled receives lend a chunk of the thread's buffer pool only when the socket is readable, like
+/// io_uring's provided buffers, and multishot accept/receive stay armed until they end or are
+/// cancelled, with ``IOCompletion/hasMore`` set as on io_uring.
+///
+/// Limits: at most one readable-side and one writable-side operation in flight per descriptor (a
+/// second gets `-EBUSY`).
 ///
 /// **Threading:** one per I/O thread, used only there (``wakeup()`` excepted).
 final class EpollBackend {
@@ -18,18 +24,28 @@ final class EpollBackend {
     private let events: UnsafeMutableRawPointer
     private let eventCapacity: Int32 = 256
     private let state: UnsafeMutablePointer<State>
+    /// The thread's buffer pool, for pooled receives.
+    let pool: BufferPool
+    /// Completions one readiness event may produce for a multishot operation before yielding.
+    private static let multishotBurst = 32
 
     private static let wakeupMarker = UInt64.max
 
     private struct PendingIO {
         var token: Token
-        var address: UInt
-        var length: UInt32
+        var operation: IOOperation.Core
     }
 
     private struct Interest {
         var read: PendingIO?
         var write: PendingIO?
+    }
+
+    /// What one attempt at an operation produced.
+    private enum Attempt {
+        /// A result; `final` is false for a multishot operation that stays armed.
+        case completed(result: Int32, flags: UInt32, final: Bool)
+        case wouldBlock
     }
 
     private struct State {
@@ -41,7 +57,7 @@ final class EpollBackend {
     /// Completions produced and not yet delivered: a growable ring of plain values (no Array, so no
     /// copy-on-write or retain traffic on the hot path).
     struct CompletionQueue {
-        private var storage: UnsafeMutablePointer<(token: UInt64, result: Int32)>
+        private var storage: UnsafeMutablePointer<(token: UInt64, result: Int32, flags: UInt32)>
         private var capacity = 256
         private var head = 0
         private(set) var count = 0
@@ -54,13 +70,13 @@ final class EpollBackend {
 
         var isEmpty: Bool { count == 0 }
 
-        mutating func append(_ token: Token, _ result: Int32) {
+        mutating func append(_ token: Token, _ result: Int32, _ flags: UInt32) {
             if count == capacity { grow() }
-            storage[(head + count) & (capacity - 1)] = (token.rawValue, result)
+            storage[(head + count) & (capacity - 1)] = (token.rawValue, result, flags)
             count += 1
         }
 
-        mutating func popFirst() -> (token: UInt64, result: Int32) {
+        mutating func popFirst() -> (token: UInt64, result: Int32, flags: UInt32) {
             let entry = storage[head]
             head = (head + 1) & (capacity - 1)
             count -= 1
@@ -68,7 +84,7 @@ final class EpollBackend {
         }
 
         private mutating func grow() {
-            let bigger = UnsafeMutablePointer<(token: UInt64, result: Int32)>.allocate(capacity: capacity * 2)
+            let bigger = UnsafeMutablePointer<(token: UInt64, result: Int32, flags: UInt32)>.allocate(capacity: capacity * 2)
             for i in 0..<count { bigger[i] = storage[(head + i) & (capacity - 1)] }
             storage.deallocate()
             storage = bigger
@@ -77,7 +93,8 @@ final class EpollBackend {
         }
     }
 
-    init() throws(SystemError) {
+    init(pool: BufferPool) throws(SystemError) {
+        self.pool = pool
         let epollFD = try retryingSyscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         let wakeupFD: Int32
         do {
@@ -121,40 +138,124 @@ final class EpollBackend {
             complete(token, 0)
         case .timeout(let nanoseconds):
             state.pointee.timeouts.append((ckeel_monotonic_ns() &+ nanoseconds, token))
-        case .read(let fd, let address, let length):
-            startIO(fd: fd, isRead: true, PendingIO(token: token, address: address, length: length))
-        case .write(let fd, let address, let length):
-            startIO(fd: fd, isRead: false, PendingIO(token: token, address: address, length: length))
+        case .connect(let fd, let address, let length):
+            startConnect(fd: fd, address: address, length: length, token: token)
+        case let core:
+            startIO(PendingIO(token: token, operation: core))
         }
     }
 
-    private func complete(_ token: Token, _ result: Int32) {
-        state.pointee.completed.append(token, result)
+    private func complete(_ token: Token, _ result: Int32, flags: UInt32 = 0) {
+        state.pointee.completed.append(token, result, flags)
     }
 
-    private func startIO(fd: Int32, isRead: Bool, _ io: PendingIO) {
+    private static func descriptor(of operation: IOOperation.Core) -> Int32 {
+        switch operation {
+        case .read(let fd, _, _), .write(let fd, _, _), .accept(let fd, _), .receive(let fd, _, _),
+            .receivePooled(let fd, _), .send(let fd, _, _, _), .sendMessage(let fd, _, _), .connect(let fd, _, _):
+            return fd
+        case .nop, .timeout:
+            return -1
+        }
+    }
+
+    private func startIO(_ io: PendingIO) {
+        let fd = Self.descriptor(of: io.operation)
         guard fd >= 0 else { return complete(io.token, -EBADF) }
         ensureInterestSlot(fd)
-        let busy = isRead ? state.pointee.interests[Int(fd)].read != nil : state.pointee.interests[Int(fd)].write != nil
+        let readable = io.operation.waitsForReadable
+        let busy = readable ? state.pointee.interests[Int(fd)].read != nil : state.pointee.interests[Int(fd)].write != nil
         if busy { return complete(io.token, -EBUSY) }
-        if let result = perform(fd: fd, isRead: isRead, io) {
-            return complete(io.token, result)
+        if run(io, fd: fd) {
+            if readable { state.pointee.interests[Int(fd)].read = io } else { state.pointee.interests[Int(fd)].write = io }
+            arm(fd)
         }
-        if isRead { state.pointee.interests[Int(fd)].read = io } else { state.pointee.interests[Int(fd)].write = io }
-        arm(fd)
     }
 
-    /// Runs the syscall. Returns the completion result, or nil when it would block.
-    private func perform(fd: Int32, isRead: Bool, _ io: PendingIO) -> Int32? {
+    /// Attempts `io` (repeatedly for multishot operations). - Returns: true when it must wait for readiness.
+    private func run(_ io: PendingIO, fd: Int32) -> Bool {
+        let multishot = io.operation.isMultishot
+        for _ in 0..<(multishot ? Self.multishotBurst : 1) {
+            switch attempt(io.operation) {
+            case .wouldBlock:
+                return true
+            case .completed(let result, let flags, let final):
+                let ends = final || !multishot
+                complete(io.token, result, flags: ends ? flags : flags | CKEEL_CQE_F_MORE)
+                if ends { return false }
+            }
+        }
+        return true  // a busy multishot yields to other descriptors; level-triggered readiness brings it back
+    }
+
+    /// One non-blocking syscall for `operation`.
+    private func attempt(_ operation: IOOperation.Core) -> Attempt {
         while true {
-            let n = isRead
-                ? CKeelLinux.read(fd, UnsafeMutableRawPointer(bitPattern: io.address), Int(io.length))
-                : CKeelLinux.write(fd, UnsafeRawPointer(bitPattern: io.address), Int(io.length))
-            if n >= 0 { return Int32(n) }
+            var lentChunk: UInt32?
+            let n: Int
+            switch operation {
+            case .read(let fd, let address, let length):
+                n = CKeelLinux.read(fd, UnsafeMutableRawPointer(bitPattern: address), Int(length))
+            case .write(let fd, let address, let length):
+                n = CKeelLinux.write(fd, UnsafeRawPointer(bitPattern: address), Int(length))
+            case .receive(let fd, let address, let length):
+                n = recv(fd, UnsafeMutableRawPointer(bitPattern: address), Int(length), 0)
+            case .send(let fd, let address, let length, let flags):
+                n = CKeelLinux.send(fd, UnsafeRawPointer(bitPattern: address), Int(length), Int32(flags))
+            case .sendMessage(let fd, let message, let flags):
+                n = sendmsg(fd, UnsafePointer(bitPattern: message), Int32(flags))
+            case .accept(let fd, _):
+                n = Int(ckeel_accept4(fd))
+            case .receivePooled(let fd, _):
+                guard let chunk = pool.lendToKernel() else {
+                    return .completed(result: -ENOBUFS, flags: 0, final: true)
+                }
+                lentChunk = chunk.chunk
+                n = recv(fd, chunk.address, pool.bufferSize, 0)
+            case .connect(let fd, _, _):
+                return .completed(result: Self.pendingSocketError(fd), flags: 0, final: true)
+            case .nop, .timeout:
+                return .completed(result: 0, flags: 0, final: true)
+            }
+            let code = n < 0 ? ckeel_errno() : 0
+            if let chunk = lentChunk {
+                if n > 0 {
+                    return .completed(result: Int32(n), flags: CKEEL_CQE_F_BUFFER | chunk << CKEEL_CQE_BUFFER_SHIFT, final: false)
+                }
+                pool.reclaimFromKernel(chunk: chunk)
+                if n == 0 { return .completed(result: 0, flags: 0, final: true) }
+            } else if n >= 0 {
+                return .completed(result: Int32(n), flags: 0, final: false)
+            }
+            if code == EINTR { continue }
+            if code == EAGAIN || code == EWOULDBLOCK { return .wouldBlock }
+            return .completed(result: -code, flags: 0, final: true)
+        }
+    }
+
+    private static func pendingSocketError(_ fd: Int32) -> Int32 {
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0 { return -ckeel_errno() }
+        return -error
+    }
+
+    private func startConnect(fd: Int32, address: UInt, length: UInt32, token: Token) {
+        guard fd >= 0 else { return complete(token, -EBADF) }
+        ensureInterestSlot(fd)
+        if state.pointee.interests[Int(fd)].write != nil { return complete(token, -EBUSY) }
+        while true {
+            if CKeelLinux.connect(fd, UnsafePointer(bitPattern: address), socklen_t(length)) == 0 {
+                return complete(token, 0)
+            }
             let code = ckeel_errno()
             if code == EINTR { continue }
-            if code == EAGAIN || code == EWOULDBLOCK { return nil }
-            return -code
+            if code == EINPROGRESS || code == EAGAIN {
+                state.pointee.interests[Int(fd)].write = PendingIO(
+                    token: token, operation: .connect(fd: fd, address: address, length: length))
+                return arm(fd)
+            }
+            return complete(token, -code)
         }
     }
 
@@ -165,7 +266,7 @@ final class EpollBackend {
         }
     }
 
-    /// Arms `fd` one-shot for the readiness its pending operations need (or disarms it).
+    /// Arms `fd` one-shot for the readiness its pending operations need.
     private func arm(_ fd: Int32) {
         let interest = state.pointee.interests[Int(fd)]
         var mask = CKEEL_EPOLLONESHOT | CKEEL_EPOLLRDHUP
@@ -228,16 +329,10 @@ final class EpollBackend {
         guard Int(fd) < state.pointee.interests.count else { return }
         let failed = events & (CKEEL_EPOLLERR | CKEEL_EPOLLHUP) != 0
         if events & (CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP) != 0 || failed, let io = state.pointee.interests[Int(fd)].read {
-            if let result = perform(fd: fd, isRead: true, io) {
-                state.pointee.interests[Int(fd)].read = nil
-                complete(io.token, result)
-            }
+            if !run(io, fd: fd) { state.pointee.interests[Int(fd)].read = nil }
         }
         if events & CKEEL_EPOLLOUT != 0 || failed, let io = state.pointee.interests[Int(fd)].write {
-            if let result = perform(fd: fd, isRead: false, io) {
-                state.pointee.interests[Int(fd)].write = nil
-                complete(io.token, result)
-            }
+            if !run(io, fd: fd) { state.pointee.interests[Int(fd)].write = nil }
         }
         let interest = state.pointee.interests[Int(fd)]
         if interest.read != nil || interest.write != nil { arm(fd) }
@@ -264,7 +359,7 @@ final class EpollBackend {
         while remaining > 0 {
             let entry = state.pointee.completed.popFirst()
             remaining -= 1
-            body(Token(rawValue: entry.token), IOCompletion(result: entry.result))
+            body(Token(rawValue: entry.token), IOCompletion(result: entry.result, flags: entry.flags))
         }
     }
 }

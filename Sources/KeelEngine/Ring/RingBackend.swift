@@ -1,5 +1,7 @@
 import CKeelLinux
+import KeelBuffers
 import KeelSystem
+import Logging
 
 /// The io_uring backend: operations go to the kernel as SQEs, results come back as CQEs.
 ///
@@ -12,8 +14,17 @@ final class RingBackend {
     let wakeupFD: Int32
     /// The 8 bytes the posted eventfd read fills.
     private let wakeupValue: UnsafeMutablePointer<UInt64>
+    /// The thread's buffer pool, which stocks the provided-buffer ring.
+    let pool: BufferPool
+    private let providedBufferCount: UInt32
+    /// Registered on first use by a pooled receive, so engines without sockets hold no buffers.
+    private(set) var providedBuffers: ProvidedBufferRing?
 
-    init(entries: UInt32) throws(SystemError) {
+    static let providedBufferGroup: UInt16 = 0
+
+    init(entries: UInt32, pool: BufferPool, providedBuffers: UInt32) throws(SystemError) {
+        self.pool = pool
+        self.providedBufferCount = providedBuffers
         ring = try Ring(entries: entries)
         do {
             wakeupFD = try Descriptors.eventFD()
@@ -27,6 +38,8 @@ final class RingBackend {
     }
 
     func close() {
+        providedBuffers?.close()
+        providedBuffers = nil
         ring.close()
         Descriptors.close(wakeupFD)
         wakeupValue.deallocate()
@@ -67,7 +80,43 @@ final class RingBackend {
             ckeel_sqe_read(sqe, fd, UnsafeMutableRawPointer(bitPattern: address), length, token.rawValue)
         case .write(let fd, let address, let length):
             ckeel_sqe_write(sqe, fd, UnsafeRawPointer(bitPattern: address), length, token.rawValue)
+        case .accept(let fd, let multishot):
+            ckeel_sqe_accept(sqe, fd, multishot ? 1 : 0, token.rawValue)
+        case .receive(let fd, let address, let length):
+            ckeel_sqe_recv(sqe, fd, UnsafeMutableRawPointer(bitPattern: address), length, 0, token.rawValue)
+        case .receivePooled(let fd, let multishot):
+            let group = ensureProvidedBuffers()
+            if multishot {
+                ckeel_sqe_recv_multishot(sqe, fd, group, token.rawValue)
+            } else {
+                ckeel_sqe_recv_provided(sqe, fd, group, 0, token.rawValue)
+            }
+        case .send(let fd, let address, let length, let flags):
+            ckeel_sqe_send(sqe, fd, UnsafeRawPointer(bitPattern: address), length, flags, token.rawValue)
+        case .sendMessage(let fd, let message, let flags):
+            ckeel_sqe_sendmsg(sqe, fd, UnsafePointer(bitPattern: message), flags, token.rawValue)
+        case .connect(let fd, let address, let length):
+            ckeel_sqe_connect(sqe, fd, UnsafeRawPointer(bitPattern: address), length, token.rawValue)
         }
+    }
+
+    /// Registers the provided-buffer ring on first use. A failure leaves no ring: pooled receives then
+    /// complete with -ENOBUFS from the kernel, which callers already handle.
+    private func ensureProvidedBuffers() -> UInt16 {
+        if providedBuffers == nil {
+            do {
+                providedBuffers = try ProvidedBufferRing(
+                    ring: ring, pool: pool, group: RingBackend.providedBufferGroup, entries: providedBufferCount)
+            } catch {
+                BackendKind.logger.error("registering the provided-buffer ring failed: \(error)")
+            }
+        }
+        return RingBackend.providedBufferGroup
+    }
+
+    /// Turns a receive completion's provided buffer into an ``IOBuffer`` and restocks the ring.
+    func takeBuffer(_ completion: IOCompletion) -> IOBuffer? {
+        providedBuffers?.takeBuffer(from: completion)
     }
 
     /// Asks the kernel to cancel the operation under `token`. Its completion arrives with -ECANCELED
