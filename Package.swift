@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .library(name: "KeelBuffers", targets: ["KeelBuffers"]),
         .library(name: "KeelEngine", targets: ["KeelEngine"]),
+        .library(name: "KeelSockets", targets: ["KeelSockets"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
         .executable(name: "keel-microbench", targets: ["keel-microbench"]),
     ],
@@ -40,6 +41,16 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Layer 4: TCP servers, connections and clients.
+        .target(
+            name: "KeelSockets",
+            dependencies: [
+                "CKeelLinux", "KeelSystem", "KeelBuffers", "KeelEngine",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(name: "keel-demo", dependencies: ["KeelEngine"], swiftSettings: strict),
         .executableTarget(
             name: "keel-microbench",
@@ -57,6 +68,11 @@ let package = Package(
         .testTarget(
             name: "KeelBuffersTests",
             dependencies: ["KeelBuffers", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelSocketsTests",
+            dependencies: ["KeelSockets", "KeelEngine", "KeelSystem", "KeelBuffers", "KeelTestSupport", "CKeelLinux"],
             swiftSettings: strict
         ),
         .testTarget(

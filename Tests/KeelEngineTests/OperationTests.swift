@@ -124,7 +124,7 @@ struct OperationTests {
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func shutdownCancelsInFlightOperationsAndClosesEveryDescriptor(backend: BackendKind) async throws {
-        let before = Descriptors.openDescriptors()
+        let before = await openDescriptorsBaseline()
         let pipe = try Descriptors.pipe()
         let results = ThreadConfined<[IOCompletion]>([])
         let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)

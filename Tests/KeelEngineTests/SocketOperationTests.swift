@@ -31,7 +31,7 @@ struct SocketOperationTests {
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func acceptConnectReceivePooledAndSend(backend: BackendKind) async throws {
-        let before = Descriptors.openDescriptors()
+        let before = await openDescriptorsBaseline()
         try await withPool(backend) { pool in
             let thread = pool.threads[0]
             let scenario = Scenario()

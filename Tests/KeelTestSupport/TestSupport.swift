@@ -77,3 +77,11 @@ public func check(
 ) {
     #expect(condition, comment, sourceLocation: sourceLocation)
 }
+
+/// The open descriptors, after making sure the concurrency runtime has created its own lazily
+/// opened ones (libdispatch opens a timerfd on the first `Task.sleep`), so a later comparison sees
+/// only what the code under test opened or leaked.
+public func openDescriptorsBaseline() async -> [Int32] {
+    try? await Task.sleep(for: .milliseconds(1))
+    return Descriptors.openDescriptors()
+}

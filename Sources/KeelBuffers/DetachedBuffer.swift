@@ -1,0 +1,52 @@
+/// A pooled buffer taken out of its ``IOBuffer`` owner so it can sit in a queue of copyable values
+/// (a connection's write queue) or cross threads inside a `@Sendable` closure.
+///
+/// It is a plain value: whoever holds it must eventually call exactly one of ``release()`` or
+/// ``reattach()``. Keel's own layers use it; applications use ``IOBuffer``.
+package struct DetachedBuffer: @unchecked Sendable {
+    // @unchecked Sendable: the chunk is owned by exactly one holder at a time (by contract).
+    let pool: Unmanaged<BufferPool>
+    let chunk: UInt32
+    private(set) var reader: UInt32
+    let writer: UInt32
+
+    init(pool: Unmanaged<BufferPool>, chunk: UInt32, reader: UInt32, writer: UInt32) {
+        self.pool = pool
+        self.chunk = chunk
+        self.reader = reader
+        self.writer = writer
+    }
+
+    /// Bytes not yet consumed.
+    package var readableBytes: Int { Int(writer - reader) }
+
+    /// The readable bytes; valid until the buffer is released.
+    package var readableRegion: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: pool.takeUnretainedValue().address(ofChunk: chunk) + Int(reader), count: readableBytes)
+    }
+
+    /// Marks `count` bytes as sent.
+    package mutating func consume(_ count: Int) {
+        precondition(count >= 0 && count <= readableBytes)
+        reader += UInt32(count)
+    }
+
+    /// Returns the chunk to its pool (on any thread).
+    package func release() {
+        let owner = pool.takeRetainedValue()
+        owner.release(chunk: chunk)
+    }
+
+    /// Turns it back into an owning ``IOBuffer``.
+    package func reattach() -> IOBuffer {
+        IOBuffer(retainedPool: pool, chunk: chunk, reader: reader, writer: writer)
+    }
+}
+
+extension IOBuffer {
+    /// Gives up ownership as a ``DetachedBuffer`` (see its contract).
+    package consuming func detach() -> DetachedBuffer {
+        let parts = _detach()
+        return DetachedBuffer(pool: parts.pool, chunk: parts.chunk, reader: parts.reader, writer: parts.writer)
+    }
+}

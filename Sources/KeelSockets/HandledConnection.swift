@@ -1,0 +1,77 @@
+import KeelBuffers
+import KeelEngine
+
+/// A connection that stores its handler value inline and forwards events to it. Generic over the
+/// handler so calls specialise (no existential dispatch).
+final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @unchecked Sendable {
+    // @unchecked Sendable: as TCPConnection, confined to its I/O thread.
+    var handler: Handler?
+    /// Called when the connection has closed, to recycle the object.
+    var onFinish: ((HandledConnection<Handler>) -> Void)?
+    /// Position in its registry's live list (for O(1) removal).
+    var liveIndex = -1
+
+    override func deliverEstablished() { handler!.connectionEstablished(self) }
+    override func deliverReceived(_ buffer: consuming IOBuffer) { handler!.connectionReceived(buffer, on: self) }
+    override func deliverPeerHalfClosed() { handler!.connectionPeerHalfClosed(self) }
+    override func deliverWriteCompleted(_ bytes: Int) { handler!.connectionWriteCompleted(self, bytes: bytes) }
+    override func deliverClosed(_ reason: TCPCloseReason) { handler?.connectionClosed(self, reason: reason) }
+
+    override func didFinish() {
+        handler = nil
+        onFinish?(self)
+    }
+}
+
+/// The live and recycled connections of one server on one I/O thread.
+///
+/// **Threading:** confined to `thread`.
+final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendable {
+    // @unchecked Sendable: touched only on `thread` (the server reaches it through thread.execute).
+    let thread: IOThread
+    private var live: [HandledConnection<Handler>] = []
+    private var free: [HandledConnection<Handler>] = []
+    private let finished: @Sendable () -> Void
+
+    /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.
+    init(thread: IOThread, finished: @escaping @Sendable () -> Void) {
+        self.thread = thread
+        self.finished = finished
+    }
+
+    /// A connection object ready to open: recycled when one is free, new otherwise.
+    func take() -> HandledConnection<Handler> {
+        let connection: HandledConnection<Handler>
+        if let recycled = free.popLast() {
+            connection = recycled
+        } else {
+            connection = HandledConnection<Handler>(thread: thread)
+            connection.onFinish = { [unowned self] done in
+                self.recycle(done)
+                self.finished()
+            }
+        }
+        connection.liveIndex = live.count
+        live.append(connection)
+        return connection
+    }
+
+    private func recycle(_ connection: HandledConnection<Handler>) {
+        let index = connection.liveIndex
+        let last = live.removeLast()
+        if index < live.count {
+            live[index] = last
+            last.liveIndex = index
+        }
+        connection.liveIndex = -1
+        free.append(connection)
+    }
+
+    /// Closes every live connection with `mode`.
+    func closeAll(_ mode: TCPCloseMode) {
+        for connection in live { connection.close(mode) }
+    }
+
+    /// Connections open on this thread.
+    var liveCount: Int { live.count }
+}

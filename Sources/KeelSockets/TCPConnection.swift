@@ -1,0 +1,396 @@
+import CKeelLinux
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSystem
+import SystemPackage
+
+/// One TCP connection, owned by exactly one I/O thread.
+///
+/// Reads are a multishot pooled receive (io_uring provided buffers; emulated on epoll), so an idle
+/// connection holds no buffer. Writes are always sent in order: when nothing is queued the send is
+/// tried at once (the inline fast path) and only what did not go out is queued and sent with one
+/// vectored `sendmsg` per batch.
+///
+/// **Threading:** use it on its ``thread`` (inside handler callbacks, or in ``IOThread/execute(_:)``).
+/// ``write(_:)-(SharedBuffer)``, ``write(_:)-(IOBuffer)`` and ``close(_:)`` may also be called from
+/// other threads: they are marshalled to the owning thread, and ignored if the connection has closed
+/// (or been recycled for another peer) by then.
+///
+/// **Lifetime:** connection objects are recycled after ``TCPConnectionHandler/connectionClosed(_:reason:)``;
+/// do not keep using one after that callback.
+public class TCPConnection: @unchecked Sendable {
+    // @unchecked Sendable: every mutable property is touched only on `thread` (checked by
+    // `thread.isCurrent` at the public entry points); cross-thread calls are marshalled with a
+    // generation check so a recycled object is never written to by a stale caller.
+
+    /// The I/O thread that owns this connection.
+    public let thread: IOThread
+    /// The socket descriptor (-1 once closed).
+    public private(set) var descriptor: Int32 = -1
+    /// The peer's address.
+    public private(set) var remoteAddress: SocketAddress?
+    /// Why the connection closed, once it has.
+    public private(set) var closeReason: TCPCloseReason?
+
+    enum State { case idle, open, closing, closed }
+    private(set) var state: State = .idle
+    /// Incremented each time the object is reused, so stale cross-thread calls are dropped.
+    private(set) var generation: UInt32 = 0
+
+    private var writeQueue = WriteQueue()
+    private var sendInFlight = false
+    private var receiveActive = false
+    private var peerHalfClosed = false
+    private var writeShutdown = false
+    private var closeMode: TCPCloseMode?
+    private var pendingOperations = 0
+    private var receiveOperation: OperationID?
+    private var sendOperation: OperationID?
+    private var idleTimer: TimerHandle?
+    private var idleTimeout: Duration?
+    private var retryTimer: TimerHandle?
+    private var callbackDepth = 0
+    private var deferredWriteCompleted = 0
+    private var finishDeferred = false
+
+    private let vectors: UnsafeMutablePointer<iovec>
+    private let message: UnsafeMutablePointer<msghdr>
+    private static let maximumVectors = 64
+
+    // Completion closures, made once per object and reused: submitting an operation retains them,
+    // so the steady state allocates nothing.
+    private var onReceive: ((IOCompletion) -> Void)!
+    private var onSend: ((IOCompletion) -> Void)!
+    private var onIdle: (() -> Void)!
+    private var onRetryReceive: (() -> Void)!
+
+    init(thread: IOThread) {
+        self.thread = thread
+        vectors = .allocate(capacity: Self.maximumVectors)
+        message = .allocate(capacity: 1)
+        message.initialize(to: msghdr())
+        onReceive = { [unowned self] in self.receiveCompleted($0) }
+        onSend = { [unowned self] in self.sendCompleted($0) }
+        onIdle = { [unowned self] in self.idleTimerFired() }
+        onRetryReceive = { [unowned self] in
+            self.retryTimer = nil
+            self.startReceiving()
+        }
+    }
+
+    deinit {
+        writeQueue.deallocate()
+        vectors.deallocate()
+        message.deallocate()
+    }
+
+    // MARK: Handler hooks (overridden by the generic subclass that stores the handler)
+
+    func deliverEstablished() {}
+    func deliverReceived(_ buffer: consuming IOBuffer) {}
+    func deliverPeerHalfClosed() { close() }
+    func deliverWriteCompleted(_ bytes: Int) {}
+    func deliverClosed(_ reason: TCPCloseReason) {}
+    /// Called after `deliverClosed`: the owner may reuse the object.
+    func didFinish() {}
+
+    // MARK: Lifecycle
+
+    /// Takes over `fd` (connected, non-blocking) and starts the connection.
+    func open(descriptor fd: Int32, idleTimeout: Duration?, noDelay: Bool, keepAliveIdle: Int32?) {
+        precondition(state == .idle || state == .closed)
+        generation &+= 1
+        finishDeferred = false
+        descriptor = fd
+        state = .open
+        closeReason = nil
+        closeMode = nil
+        peerHalfClosed = false
+        writeShutdown = false
+        deferredWriteCompleted = 0
+        self.idleTimeout = idleTimeout
+        if noDelay { try? Sockets.setNoDelay(fd) }
+        if let keepAliveIdle { try? Sockets.setKeepAlive(fd, idle: keepAliveIdle) }
+        remoteAddress = try? Sockets.peerAddress(fd)
+        if let idleTimeout { idleTimer = thread.scheduleTimer(after: idleTimeout, onIdle) }
+        withCallback { deliverEstablished() }
+        if state == .open { startReceiving() }
+    }
+
+    /// Runs a handler callback, then delivers events it caused (never re-entrantly).
+    @inline(__always)
+    private func withCallback(_ body: () -> Void) {
+        callbackDepth += 1
+        body()
+        endCallback()
+    }
+
+    /// Ends a handler callback and delivers the events it caused.
+    @inline(__always)
+    private func endCallback() {
+        callbackDepth -= 1
+        if callbackDepth == 0 && (deferredWriteCompleted > 0 || finishDeferred) {
+            deliverDeferredEvents()
+        }
+    }
+
+    private func deliverDeferredEvents() {
+        while deferredWriteCompleted > 0 && state != .closed {
+            let bytes = deferredWriteCompleted
+            deferredWriteCompleted = 0
+            callbackDepth += 1
+            deliverWriteCompleted(bytes)
+            callbackDepth -= 1
+        }
+        if finishDeferred {
+            finishDeferred = false
+            finishIfQuiet()
+        }
+    }
+
+    // MARK: Reading
+
+    private func startReceiving() {
+        guard state == .open, !receiveActive, !peerHalfClosed else { return }
+        receiveActive = true
+        pendingOperations += 1
+        receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), onReceive)
+    }
+
+    private func receiveCompleted(_ completion: IOCompletion) {
+        if !completion.hasMore {
+            receiveActive = false
+            receiveOperation = nil
+            pendingOperations -= 1
+        }
+        if let buffer = thread.takeReceivedBuffer(completion) {
+            if let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
+            if state == .open {
+                callbackDepth += 1
+                deliverReceived(buffer)
+                endCallback()
+            }
+        } else if completion.result == 0 {
+            peerHalfClosed = true
+            if state == .open {
+                withCallback { deliverPeerHalfClosed() }
+            }
+        } else if completion.result == -ENOBUFS {
+            // The buffer pool is exhausted: back off and receive again when buffers may be back.
+            if state == .open, retryTimer == nil {
+                retryTimer = thread.scheduleTimer(after: .milliseconds(1), onRetryReceive)
+            }
+        } else if completion.result < 0 && !completion.isCancelled {
+            fail(errno: completion.result)
+        }
+        if !receiveActive {
+            if state == .open && !peerHalfClosed && completion.result != -ENOBUFS {
+                startReceiving()  // a multishot receive can end early (e.g. completion queue overflow)
+            } else if peerHalfClosed && writeShutdown && state == .open {
+                teardown(reason: .peerClosed)
+            }
+        }
+        finishIfQuiet()
+    }
+
+    // MARK: Writing
+
+    /// Sends `buffer` after everything queued before it. Tries the send at once when nothing is
+    /// queued; queues only what did not go out. Ignored (the buffer released) once closing.
+    public func write(_ buffer: consuming IOBuffer) {
+        if !thread.isCurrent {
+            let detached = buffer.detach()
+            let expected = generation
+            thread.execute { [self] in
+                guard self.generation == expected else { return detached.release() }
+                self.write(detached.reattach())
+            }
+            return
+        }
+        guard state == .open, !writeShutdown, closeMode == nil else { return }
+        if writeQueue.isEmpty && !sendInFlight {
+            let readable = buffer.readableBytes
+            if readable == 0 { return }
+            let outcome = buffer.withUnsafeReadableBytes { bytes in
+                Result { () throws(SystemError) in try Sockets.send(descriptor, bytes) }
+            }
+            switch outcome {
+            case .success(.completed(let sent)):
+                if sent == readable {
+                    noteWriteCompleted(sent)
+                    return
+                }
+                buffer.consume(sent)
+                if sent > 0 { noteWriteCompleted(sent) }
+            case .success(.wouldBlock):
+                break
+            case .failure(let error):
+                return fail(errno: -error.errno.rawValue)
+            }
+        }
+        writeQueue.append(.owned(buffer.detach()))
+        if !sendInFlight { submitSend() }
+    }
+
+    /// Sends a shared payload after everything queued before it, without copying it; the payload is
+    /// released when the send completes. One payload may be written to many connections.
+    public func write(_ buffer: SharedBuffer) {
+        if !thread.isCurrent {
+            let expected = generation
+            thread.execute { [self] in
+                guard self.generation == expected else { return }
+                self.write(buffer)
+            }
+            return
+        }
+        guard state == .open, !writeShutdown, closeMode == nil, buffer.readableBytes > 0 else { return }
+        var offset = 0
+        if writeQueue.isEmpty && !sendInFlight {
+            switch Result(catching: { () throws(SystemError) in try Sockets.send(descriptor, buffer.unsafeReadableBytes) }) {
+            case .success(.completed(let sent)):
+                if sent > 0 { noteWriteCompleted(sent) }
+                if sent == buffer.readableBytes { return }
+                offset = sent
+            case .success(.wouldBlock):
+                break
+            case .failure(let error):
+                return fail(errno: -error.errno.rawValue)
+            }
+        }
+        writeQueue.append(.shared(buffer, offset: offset))
+        if !sendInFlight { submitSend() }
+    }
+
+    /// Bytes queued for sending and not yet accepted by the kernel.
+    public var queuedWriteBytes: Int { writeQueue.bytes }
+
+    private func noteWriteCompleted(_ bytes: Int) {
+        if callbackDepth > 0 {
+            deferredWriteCompleted += bytes
+        } else {
+            withCallback { deliverWriteCompleted(bytes) }
+        }
+    }
+
+    private func submitSend() {
+        let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
+        guard count > 0 else { return }
+        message.pointee = msghdr()
+        message.pointee.msg_iov = vectors
+        message.pointee.msg_iovlen = count
+        sendInFlight = true
+        pendingOperations += 1
+        sendOperation = thread.submit(.sendMessage(descriptor, UnsafePointer(message)), onSend)
+    }
+
+    private func sendCompleted(_ completion: IOCompletion) {
+        sendInFlight = false
+        sendOperation = nil
+        pendingOperations -= 1
+        if completion.result >= 0 {
+            let sent = Int(completion.result)
+            writeQueue.consume(sent)
+            if sent > 0 && state == .open { noteWriteCompleted(sent) }
+            if state == .open {
+                if !writeQueue.isEmpty {
+                    submitSend()
+                } else if closeMode != nil {
+                    flushedForClose()
+                }
+            }
+        } else if !completion.isCancelled {
+            fail(errno: completion.result)
+        }
+        finishIfQuiet()
+    }
+
+    // MARK: Closing
+
+    /// Closes the connection (see ``TCPCloseMode``). Safe to call more than once; the first call's
+    /// mode wins, except that an abortive close overrides a pending graceful one.
+    public func close(_ mode: TCPCloseMode = .graceful) {
+        if !thread.isCurrent {
+            let expected = generation
+            thread.execute { [self] in
+                guard self.generation == expected else { return }
+                self.close(mode)
+            }
+            return
+        }
+        guard state == .open || (state == .closing && mode == .abortive && closeMode != .abortive) else { return }
+        if closeMode != nil && mode != .abortive { return }
+        closeMode = mode
+        switch mode {
+        case .abortive:
+            try? Sockets.setAbortiveClose(descriptor)
+            writeQueue.removeAll()
+            teardown(reason: closeReason ?? .local)
+        case .graceful, .halfClose:
+            if writeQueue.isEmpty && !sendInFlight { flushedForClose() }
+        }
+    }
+
+    /// Everything queued has been sent: finish a graceful or half close.
+    private func flushedForClose() {
+        if !writeShutdown {
+            writeShutdown = true
+            try? Sockets.shutdown(descriptor, .write)
+        }
+        if closeMode == .halfClose && !peerHalfClosed {
+            closeMode = nil  // keep receiving until the peer closes its side
+            return
+        }
+        teardown(reason: peerHalfClosed ? .peerClosed : .local)
+    }
+
+    private func fail(errno code: Int32) {
+        let errno = Errno(rawValue: -code)
+        let reason: TCPCloseReason = (errno == .connectionReset || errno == .brokenPipe) ? .reset : .error(errno)
+        writeQueue.removeAll()
+        teardown(reason: reason)
+    }
+
+    private func idleTimerFired() {
+        idleTimer = nil
+        guard state == .open || state == .closing else { return }
+        writeQueue.removeAll()
+        try? Sockets.setAbortiveClose(descriptor)
+        teardown(reason: .idleTimeout)
+    }
+
+    /// Stops all I/O: cancels the receive and (unless flushing) the send; finishes when they are done.
+    private func teardown(reason: TCPCloseReason) {
+        if closeReason == nil { closeReason = reason }
+        guard state == .open || state == .closing else { return }
+        state = .closing
+        if let idleTimer {
+            thread.cancelTimer(idleTimer)
+            self.idleTimer = nil
+        }
+        if let retryTimer {
+            thread.cancelTimer(retryTimer)
+            self.retryTimer = nil
+        }
+        if let receiveOperation { thread.cancel(receiveOperation) }
+        if let sendOperation { thread.cancel(sendOperation) }
+        finishIfQuiet()
+    }
+
+    private func finishIfQuiet() {
+        guard state == .closing, pendingOperations == 0 else { return }
+        if callbackDepth > 0 {
+            finishDeferred = true  // the closed callback must not run inside another callback
+            return
+        }
+        state = .closed
+        writeQueue.removeAll()
+        Descriptors.close(descriptor)
+        descriptor = -1
+        let reason = closeReason ?? .local
+        callbackDepth += 1
+        deliverClosed(reason)
+        callbackDepth -= 1
+        didFinish()
+    }
+}

@@ -1,0 +1,74 @@
+import KeelBuffers
+import SystemPackage
+
+/// Your per-connection logic for a ``TCPServer``, as a value stored inside the connection.
+///
+/// The handler *is* the connection's typed user data: its stored properties belong to that
+/// connection, are touched only on the connection's I/O thread, and need no locks. A struct handler
+/// costs no allocation per connection (connections are recycled).
+///
+/// All callbacks run on the connection's I/O thread. A callback may write, close, and read the
+/// connection's properties; events caused by a callback (a write completing at once, a close) are
+/// delivered after it returns, never re-entrantly.
+public protocol TCPConnectionHandler: SendableMetatype {
+    /// The connection is open. Reading starts after this returns.
+    mutating func connectionEstablished(_ connection: TCPConnection)
+
+    /// Bytes arrived, in a pooled buffer you now own. Keep it to accumulate a message, hand it to
+    /// ``TCPConnection/write(_:)-(IOBuffer)`` to echo it without a copy, or drop it.
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection)
+
+    /// The peer shut down its sending side (end of stream). The default closes the connection
+    /// gracefully; implement it to keep writing to a half-closed peer.
+    mutating func connectionPeerHalfClosed(_ connection: TCPConnection)
+
+    /// `bytes` more bytes reached the kernel (in order). Optional.
+    mutating func connectionWriteCompleted(_ connection: TCPConnection, bytes: Int)
+
+    /// The connection is closed and its descriptor released; `reason` says why. Optional.
+    mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason)
+}
+
+extension TCPConnectionHandler {
+    public mutating func connectionEstablished(_ connection: TCPConnection) {}
+    public mutating func connectionPeerHalfClosed(_ connection: TCPConnection) { connection.close() }
+    public mutating func connectionWriteCompleted(_ connection: TCPConnection, bytes: Int) {}
+    public mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {}
+}
+
+/// Why a connection closed.
+public enum TCPCloseReason: Sendable, Hashable, CustomStringConvertible {
+    /// This side called ``TCPConnection/close(_:)`` (or the server stopped).
+    case local
+    /// The peer closed the connection (end of stream) and this side finished.
+    case peerClosed
+    /// The peer reset the connection (ECONNRESET, EPIPE).
+    case reset
+    /// No activity within the idle timeout.
+    case idleTimeout
+    /// Any other failure, with the kernel's errno.
+    case error(Errno)
+
+    public var description: String {
+        switch self {
+        case .local: return "local close"
+        case .peerClosed: return "peer closed"
+        case .reset: return "reset by peer"
+        case .idleTimeout: return "idle timeout"
+        case .error(let errno): return "error: \(errno)"
+        }
+    }
+}
+
+/// How ``TCPConnection/close(_:)`` ends a connection.
+public enum TCPCloseMode: Sendable, Hashable {
+    /// Send everything queued, shut down the sending side (the peer reads end of stream), then close.
+    case graceful
+    /// Send everything queued and shut down the sending side, but keep receiving until the peer
+    /// closes its side too.
+    case halfClose
+    /// Drop anything queued and close at once with an RST (`SO_LINGER` 0). The connection skips
+    /// TIME_WAIT, which spares the local port table under heavy churn, at the cost that the peer may
+    /// lose data still in flight and sees "connection reset" rather than an orderly end.
+    case abortive
+}

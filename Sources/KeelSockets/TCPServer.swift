@@ -1,0 +1,308 @@
+import CKeelLinux
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSystem
+import Logging
+import Synchronization
+
+/// How a ``TCPServer`` listens and treats its connections.
+public struct TCPServerConfiguration: Sendable {
+    /// The numeric address to bind (`127.0.0.1`, `::1`, `0.0.0.0`, `::`).
+    public var host: String
+    /// The port; 0 lets the kernel choose (read it back from ``TCPServer/localAddress``).
+    public var port: UInt16
+    /// Pending connections the kernel queues before `accept`.
+    public var backlog: Int32
+    /// One `SO_REUSEPORT` listener per I/O thread (accepts never hop threads) instead of one listener
+    /// whose connections are spread round robin.
+    public var reusePort: Bool
+    /// Most connections open at once; at the limit the server stops accepting (new peers wait in the
+    /// backlog) and any accepted beyond it are closed and counted as refused.
+    public var maximumConnections: Int
+    /// Most connections accepted per second (nil: no limit); over it, accepting pauses until the next second.
+    public var maximumAcceptRate: Int?
+    /// Close connections with no received data for this long (nil: never).
+    public var idleTimeout: Duration?
+    /// `TCP_NODELAY` on accepted connections. Default true.
+    public var noDelay: Bool
+    /// TCP keepalive idle seconds on accepted connections (nil: off).
+    public var keepAliveIdleSeconds: Int32?
+
+    /// Creates a configuration.
+    public init(
+        host: String = "127.0.0.1", port: UInt16 = 0, backlog: Int32 = 1024, reusePort: Bool = true,
+        maximumConnections: Int = 100_000, maximumAcceptRate: Int? = nil, idleTimeout: Duration? = nil,
+        noDelay: Bool = true, keepAliveIdleSeconds: Int32? = nil
+    ) {
+        self.host = host
+        self.port = port
+        self.backlog = backlog
+        self.reusePort = reusePort
+        self.maximumConnections = maximumConnections
+        self.maximumAcceptRate = maximumAcceptRate
+        self.idleTimeout = idleTimeout
+        self.noDelay = noDelay
+        self.keepAliveIdleSeconds = keepAliveIdleSeconds
+    }
+}
+
+/// Counters of a ``TCPServer``, readable from any thread.
+public struct TCPServerStatistics: Sendable, Hashable {
+    /// Connections accepted and handed to a handler.
+    public var accepted: Int
+    /// Connections accepted and closed at once because the limit was reached.
+    public var refused: Int
+    /// Connections open now.
+    public var active: Int
+    /// Times accepting failed for lack of descriptors (EMFILE/ENFILE) and backed off.
+    public var descriptorExhaustion: Int
+}
+
+/// A TCP server: listens, accepts within limits, and runs a ``TCPConnectionHandler`` value per connection
+/// on the I/O threads of an ``IOPool``.
+///
+/// ```swift
+/// struct Echo: TCPConnectionHandler {
+///     mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+///         connection.write(buffer)
+///     }
+/// }
+/// let server = try TCPServer(pool: pool, configuration: .init(port: 7007)) { Echo() }
+/// print("listening on \(server.localAddress)")
+/// ```
+///
+/// Connection objects are recycled per thread: after warm-up, accepting a connection allocates nothing
+/// in the server (a struct handler allocates nothing either).
+public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
+    /// The bound address (with the kernel-chosen port when configured with port 0).
+    public let localAddress: SocketAddress
+    /// The configuration the server runs with.
+    public let configuration: TCPServerConfiguration
+
+    private let pool: IOPool
+    private let acceptors: [Acceptor]
+    /// Per I/O thread (by index): live and recycled connections, confined to that thread.
+    private let registries: [ConnectionRegistry<Handler>]
+    private let counters = Counters()
+    private let stopped = Atomic<Bool>(false)
+    private let makeHandler: @Sendable () -> Handler
+    static var logger: Logger { Logger(label: "keel.tcp") }
+
+    final class Counters: Sendable {
+        let accepted = Atomic<Int>(0)
+        let refused = Atomic<Int>(0)
+        let active = Atomic<Int>(0)
+        let exhaustion = Atomic<Int>(0)
+    }
+
+    /// Binds, listens and starts accepting.
+    /// - Throws: ``SystemError`` when binding or listening fails (address in use, permission...).
+    public init(
+        pool: IOPool, configuration: TCPServerConfiguration, makeHandler: @escaping @Sendable () -> Handler
+    ) throws(SystemError) {
+        self.pool = pool
+        self.configuration = configuration
+        self.makeHandler = makeHandler
+        var address = try SocketAddress(host: configuration.host, port: configuration.port)
+        let listenerCount = configuration.reusePort ? pool.threads.count : 1
+        var listeners: [Int32] = []
+        do {
+            for _ in 0..<listenerCount {
+                let fd = try Sockets.makeStreamSocket(family: address.addressFamily)
+                listeners.append(fd)
+                try Sockets.setReuseAddress(fd)
+                if configuration.reusePort { try Sockets.setReusePort(fd) }
+                if address.family == .ipv6 { try Sockets.setIPv6Only(fd, true) }
+                try Sockets.bind(fd, to: address)
+                try Sockets.listen(fd, backlog: configuration.backlog)
+                address = try Sockets.localAddress(fd)  // later listeners bind the same (chosen) port
+            }
+        } catch {
+            for fd in listeners { Descriptors.close(fd) }
+            throw error
+        }
+        localAddress = address
+        let finished = LateBoundAction()
+        registries = pool.threads.map { ConnectionRegistry(thread: $0) { finished.run() } }
+        acceptors = listeners.enumerated().map { index, fd in
+            Acceptor(listener: fd, thread: pool.threads[index])
+        }
+        finished.bind { [unowned self] in self.connectionFinished() }
+        for acceptor in acceptors {
+            acceptor.thread.execute { [self] in self.startAccepting(acceptor) }
+        }
+    }
+
+    /// Counters, readable from any thread.
+    public var statistics: TCPServerStatistics {
+        TCPServerStatistics(
+            accepted: counters.accepted.load(ordering: .relaxed), refused: counters.refused.load(ordering: .relaxed),
+            active: counters.active.load(ordering: .relaxed), descriptorExhaustion: counters.exhaustion.load(ordering: .relaxed))
+    }
+
+    /// Stops accepting and closes the listeners, then closes every open connection with `mode`.
+    /// Returns when the listeners are closed; connections finish closing on their threads.
+    public func stop(closing mode: TCPCloseMode = .graceful) async {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        for acceptor in acceptors {
+            _ = try? await acceptor.thread.submit { [self] in self.stopAccepting(acceptor, closing: mode) }
+        }
+        for thread in pool.threads where !acceptors.contains(where: { $0.thread === thread }) {
+            _ = try? await thread.submit { [self] in self.closeConnections(on: thread, mode: mode) }
+        }
+    }
+
+    // MARK: Accepting (on the acceptor's thread)
+
+    /// One listener and its accept loop, confined to `thread`.
+    final class Acceptor: @unchecked Sendable {
+        // @unchecked Sendable: mutable state is touched only on `thread`.
+        let listener: Int32
+        let thread: IOThread
+        var acceptOperation: OperationID?
+        var paused = false
+        var resumeTimer: TimerHandle?
+        var backoff: Duration = .milliseconds(10)
+        var windowStart: UInt64 = 0
+        var acceptedInWindow = 0
+        var closed = false
+        var nextThread = 0
+
+        init(listener: Int32, thread: IOThread) {
+            self.listener = listener
+            self.thread = thread
+        }
+    }
+
+    private func startAccepting(_ acceptor: Acceptor) {
+        guard !acceptor.closed, acceptor.acceptOperation == nil else { return }
+        acceptor.acceptOperation = acceptor.thread.submit(.accept(acceptor.listener, multishot: true)) { [self] completion in
+            self.acceptCompleted(completion, acceptor)
+        }
+    }
+
+    private func acceptCompleted(_ completion: IOCompletion, _ acceptor: Acceptor) {
+        if !completion.hasMore { acceptor.acceptOperation = nil }
+        if completion.result >= 0 {
+            acceptor.backoff = .milliseconds(10)
+            admit(descriptor: completion.result, acceptor)
+        } else if completion.result == -EMFILE || completion.result == -ENFILE || completion.result == -ENOBUFS
+            || completion.result == -ENOMEM
+        {
+            // Out of descriptors or memory: pause, then try again, doubling the pause up to a second.
+            counters.exhaustion.wrappingAdd(1, ordering: .relaxed)
+            Self.logger.warning("accept: \(completion) — pausing \(acceptor.backoff)")
+            pause(acceptor, for: acceptor.backoff)
+            acceptor.backoff = min(acceptor.backoff * 2, .seconds(1))
+            return
+        } else if completion.isCancelled || acceptor.closed {
+            return
+        } else if completion.result != -ECONNABORTED && completion.result != -EAGAIN {
+            Self.logger.error("accept on \(localAddress): \(completion)")
+        }
+        if acceptor.acceptOperation == nil && !acceptor.paused { startAccepting(acceptor) }
+    }
+
+    private func admit(descriptor fd: Int32, _ acceptor: Acceptor) {
+        let active = counters.active.wrappingAdd(1, ordering: .relaxed).newValue
+        if active > configuration.maximumConnections || stopped.load(ordering: .relaxed) {
+            counters.active.wrappingSubtract(1, ordering: .relaxed)
+            counters.refused.wrappingAdd(1, ordering: .relaxed)
+            Descriptors.close(fd)
+            pause(acceptor, for: nil)
+            return
+        }
+        counters.accepted.wrappingAdd(1, ordering: .relaxed)
+        if active >= configuration.maximumConnections { pause(acceptor, for: nil) }
+        if let rate = configuration.maximumAcceptRate {
+            let now = ckeel_monotonic_ns()
+            if now - acceptor.windowStart >= 1_000_000_000 {
+                acceptor.windowStart = now
+                acceptor.acceptedInWindow = 0
+            }
+            acceptor.acceptedInWindow += 1
+            if acceptor.acceptedInWindow >= rate {
+                pause(acceptor, for: .nanoseconds(Int64(1_000_000_000 - (now - acceptor.windowStart))))
+            }
+        }
+        // With one listener, spread connections round robin; with SO_REUSEPORT the kernel already did.
+        let target: IOThread
+        if acceptors.count == 1 && pool.threads.count > 1 {
+            target = pool.threads[acceptor.nextThread % pool.threads.count]
+            acceptor.nextThread &+= 1
+        } else {
+            target = acceptor.thread
+        }
+        if target === acceptor.thread {
+            establish(descriptor: fd, on: target)
+        } else {
+            target.execute { [self] in self.establish(descriptor: fd, on: target) }
+        }
+    }
+
+    /// Stops accepting for `duration` (nil: until the connection count drops below the limit).
+    private func pause(_ acceptor: Acceptor, for duration: Duration?) {
+        guard !acceptor.paused else { return }
+        acceptor.paused = true
+        if let operation = acceptor.acceptOperation { acceptor.thread.cancel(operation) }
+        if let duration {
+            acceptor.resumeTimer = acceptor.thread.scheduleTimer(after: duration) { [self] in
+                acceptor.resumeTimer = nil
+                self.resume(acceptor)
+            }
+        }
+    }
+
+    private func resume(_ acceptor: Acceptor) {
+        guard acceptor.paused, !acceptor.closed else { return }
+        if counters.active.load(ordering: .relaxed) >= configuration.maximumConnections { return }
+        acceptor.paused = false
+        startAccepting(acceptor)
+    }
+
+    /// A connection closed somewhere: let paused acceptors that waited for room go on.
+    private func connectionFinished() {
+        let active = counters.active.wrappingSubtract(1, ordering: .relaxed).newValue
+        guard active < configuration.maximumConnections else { return }
+        for acceptor in acceptors {
+            acceptor.thread.execute { [self] in
+                if acceptor.paused && acceptor.resumeTimer == nil { self.resume(acceptor) }
+            }
+        }
+    }
+
+    private func stopAccepting(_ acceptor: Acceptor, closing mode: TCPCloseMode) {
+        acceptor.closed = true
+        if let operation = acceptor.acceptOperation { acceptor.thread.cancel(operation) }
+        if let timer = acceptor.resumeTimer { acceptor.thread.cancelTimer(timer) }
+        // Closing the listener now is safe: the cancelled accept holds its own file reference (io_uring)
+        // or is no longer armed (epoll).
+        Descriptors.close(acceptor.listener)
+        closeConnections(on: acceptor.thread, mode: mode)
+    }
+
+    // MARK: Connections (on their threads)
+
+    private func establish(descriptor fd: Int32, on thread: IOThread) {
+        let registry = registries[thread.index]
+        let connection = registry.take()
+        connection.handler = makeHandler()
+        connection.open(
+            descriptor: fd, idleTimeout: configuration.idleTimeout, noDelay: configuration.noDelay,
+            keepAliveIdle: configuration.keepAliveIdleSeconds)
+    }
+
+    private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {
+        registries[thread.index].closeAll(mode)
+    }
+}
+
+/// An action bound after construction (a registry is made before the server it reports to exists).
+final class LateBoundAction: @unchecked Sendable {
+    // @unchecked Sendable: `action` is written once, in the server's init, before any connection
+    // exists (thread starts and `execute` publish it to the I/O threads).
+    private var action: (@Sendable () -> Void)?
+    func bind(_ action: @escaping @Sendable () -> Void) { self.action = action }
+    func run() { action?() }
+}

@@ -1,0 +1,103 @@
+import Glibc
+import KeelBuffers
+
+/// A connection's queued writes, in order: owned (detached) buffers and shared broadcast buffers.
+///
+/// A growable ring of plain items; steady state allocates nothing. ``fillIOVecs(_:maximum:)`` describes
+/// the head of the queue for one `sendmsg`, and ``consume(_:)`` drops what the kernel took, releasing
+/// finished buffers.
+struct WriteQueue {
+    enum Item {
+        case owned(DetachedBuffer)
+        case shared(SharedBuffer, offset: Int)
+
+        var readableRegion: UnsafeRawBufferPointer {
+            switch self {
+            case .owned(let buffer): return buffer.readableRegion
+            case .shared(let buffer, let offset):
+                return UnsafeRawBufferPointer(rebasing: buffer.unsafeReadableBytes[offset...])
+            }
+        }
+    }
+
+    private var storage: UnsafeMutablePointer<Item>
+    private var capacity: Int
+    private var head = 0
+    private(set) var count = 0
+    /// Bytes queued and not yet sent.
+    private(set) var bytes = 0
+
+    init(capacity: Int = 16) {
+        self.capacity = capacity
+        storage = .allocate(capacity: capacity)
+    }
+
+    /// Releases everything queued and frees the storage.
+    mutating func deallocate() {
+        removeAll()
+        storage.deallocate()
+    }
+
+    var isEmpty: Bool { count == 0 }
+
+    mutating func append(_ item: Item) {
+        if count == capacity { grow() }
+        (storage + ((head + count) & (capacity - 1))).initialize(to: item)
+        count += 1
+        bytes += item.readableRegion.count
+    }
+
+    /// Fills `vectors` with up to `maximum` leading items. - Returns: how many were filled.
+    func fillIOVecs(_ vectors: UnsafeMutablePointer<iovec>, maximum: Int) -> Int {
+        let n = min(count, maximum)
+        for i in 0..<n {
+            let region = storage[(head + i) & (capacity - 1)].readableRegion
+            vectors[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
+        }
+        return n
+    }
+
+    /// Drops `sent` bytes from the front, releasing finished items.
+    mutating func consume(_ sent: Int) {
+        var remaining = sent
+        bytes -= sent
+        while remaining > 0 {
+            let slot = storage + head
+            let available = slot.pointee.readableRegion.count
+            if remaining < available {
+                switch slot.pointee {
+                case .owned(var buffer):
+                    buffer.consume(remaining)
+                    slot.pointee = .owned(buffer)
+                case .shared(let buffer, let offset):
+                    slot.pointee = .shared(buffer, offset: offset + remaining)
+                }
+                return
+            }
+            remaining -= available
+            popFront()
+        }
+    }
+
+    /// Releases every queued item.
+    mutating func removeAll() {
+        while count > 0 { popFront() }
+        bytes = 0
+    }
+
+    private mutating func popFront() {
+        let item = (storage + head).move()
+        if case .owned(let buffer) = item { buffer.release() }
+        head = (head + 1) & (capacity - 1)
+        count -= 1
+    }
+
+    private mutating func grow() {
+        let bigger = UnsafeMutablePointer<Item>.allocate(capacity: capacity * 2)
+        for i in 0..<count { (bigger + i).moveInitialize(from: storage + ((head + i) & (capacity - 1)), count: 1) }
+        storage.deallocate()
+        storage = bigger
+        capacity *= 2
+        head = 0
+    }
+}

@@ -1,0 +1,106 @@
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+import KeelSystem
+import Synchronization
+import Testing
+
+/// The rolling pattern every echo test sends: byte `i` of stream `stream`.
+@inline(__always)
+func patternByte(stream: Int, offset: Int) -> UInt8 {
+    UInt8(truncatingIfNeeded: (stream &* 31 &+ offset) % 251)
+}
+
+/// Collects results from I/O threads and lets a test wait for them with a deadline.
+final class Collector<Value: Sendable>: Sendable {
+    private let values = Mutex<[Value]>([])
+
+    func add(_ value: Value) { values.withLock { $0.append(value) } }
+    var snapshot: [Value] { values.withLock { $0 } }
+
+    /// Waits until `count` values arrived or `timeout` passed. - Returns: the values so far.
+    func wait(for count: Int, timeout: Duration = .seconds(20)) async -> [Value] {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let current = snapshot
+            if current.count >= count { return current }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return snapshot
+    }
+}
+
+/// Waits until `condition` holds or `timeout` passes. - Returns: whether it held.
+func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return condition()
+}
+
+/// Echoes every buffer back without copying.
+struct EchoHandler: TCPConnectionHandler {
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+        connection.write(buffer)
+    }
+}
+
+/// Sum of buffers in use over every thread of `pool` (0 when nothing leaked).
+func buffersInUse(_ pool: IOPool) -> Int {
+    pool.threads.reduce(0) { $0 + $1.bufferPool.statistics.inUse }
+}
+
+/// A blocking client socket for tests that need a misbehaving peer.
+struct RawClient {
+    let fd: Int32
+
+    init(connectingTo address: SocketAddress) throws {
+        fd = socket(address.addressFamily, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let rc = address.withSockAddr { sa, length in Glibc.connect(fd, sa, length) }
+        if rc != 0 {
+            let code = errno
+            Glibc.close(fd)
+            throw SystemError(code: code, call: "connect")
+        }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func send(_ bytes: [UInt8]) -> Int { bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+
+    /// Reads until `count` bytes, end of stream, an error or the 10 s receive timeout.
+    func receive(count: Int) -> [UInt8] {
+        var result: [UInt8] = []
+        var scratch = [UInt8](repeating: 0, count: 65536)
+        while result.count < count {
+            let n = recv(fd, &scratch, min(scratch.count, count - result.count), 0)
+            if n <= 0 { break }
+            result += scratch[0..<n]
+        }
+        return result
+    }
+
+    /// Reads until end of stream (0), returning what came and the final recv result.
+    func receiveUntilClosed() -> (bytes: [UInt8], end: Int) {
+        var result: [UInt8] = []
+        var scratch = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &scratch, scratch.count, 0)
+            if n <= 0 { return (result, n == 0 ? 0 : -Int(errno)) }
+            result += scratch[0..<n]
+        }
+    }
+
+    func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    func resetAndClose() {
+        var value = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
+        Glibc.close(fd)
+    }
+
+    func close() { Glibc.close(fd) }
+}
