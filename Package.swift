@@ -14,12 +14,14 @@ let package = Package(
         .library(name: "KeelBuffers", targets: ["KeelBuffers"]),
         .library(name: "KeelEngine", targets: ["KeelEngine"]),
         .library(name: "KeelSockets", targets: ["KeelSockets"]),
+        .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
         .executable(name: "keel-microbench", targets: ["keel-microbench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
     ],
     targets: [
         // Layer 1: the kernel's UAPI headers and raw syscalls, as static inline C.
@@ -48,6 +50,14 @@ let package = Package(
                 "CKeelLinux", "KeelSystem", "KeelBuffers", "KeelEngine",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-echo",
+            dependencies: [
+                "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
         ),

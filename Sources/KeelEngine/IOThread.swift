@@ -37,6 +37,8 @@ public final class IOThread: @unchecked Sendable {
 
     struct LoopState {
         var operations = OperationTable()
+        /// Run once when the thread begins stopping, before in-flight operations are cancelled.
+        var shutdownHooks: [() -> Void] = []
         /// The pooled receive buffer of the completion being dispatched, until its handler takes it.
         var receivedBuffer: IOCompletion?
         var timers: TimerWheel
@@ -295,7 +297,19 @@ public final class IOThread: @unchecked Sendable {
         inbox.drain(limit: IOThread.inboxBatch)
     }
 
+    /// Registers `hook` to run on this thread when it begins stopping (``IOPool/shutdown()``), before
+    /// in-flight operations are cancelled: servers close their listeners and connections there.
+    ///
+    /// I/O thread only.
+    public func onShutdown(_ hook: @escaping () -> Void) {
+        preconditionCurrent()
+        loop.pointee.shutdownHooks.append(hook)
+    }
+
     private func beginStopping() {
+        let hooks = loop.pointee.shutdownHooks
+        loop.pointee.shutdownHooks = []
+        for hook in hooks { hook() }
         loop.pointee.stopping = true
         for token in loop.pointee.operations.inFlightTokens() {
             backend.cancel(token)

@@ -181,7 +181,9 @@ public class TCPConnection: @unchecked Sendable {
             if state == .open, retryTimer == nil {
                 retryTimer = thread.scheduleTimer(after: .milliseconds(1), onRetryReceive)
             }
-        } else if completion.result < 0 && !completion.isCancelled {
+        } else if completion.isCancelled {
+            if state == .open { teardown(reason: .local) }  // cancelled from outside: the thread is stopping
+        } else if completion.result < 0 {
             fail(errno: completion.result)
         }
         if !receiveActive {

@@ -99,7 +99,11 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
         self.pool = pool
         self.configuration = configuration
         let active = self.active
-        registries = pool.threads.map { ConnectionRegistry(thread: $0) { active.decrement() } }
+        let registries = pool.threads.map { ConnectionRegistry<Handler>(thread: $0) { active.decrement() } }
+        self.registries = registries
+        for (index, thread) in pool.threads.enumerated() {
+            thread.execute { thread.onShutdown { registries[index].closeAll(.abortive) } }
+        }
     }
 
     /// Connections made by this connector and still open.

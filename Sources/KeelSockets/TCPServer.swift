@@ -17,8 +17,9 @@ public struct TCPServerConfiguration: Sendable {
     /// One `SO_REUSEPORT` listener per I/O thread (accepts never hop threads) instead of one listener
     /// whose connections are spread round robin.
     public var reusePort: Bool
-    /// Most connections open at once; at the limit the server stops accepting (new peers wait in the
-    /// backlog) and any accepted beyond it are closed and counted as refused.
+    /// Most connections open at once. At the limit the server stops accepting: new peers wait in the
+    /// kernel's backlog, and the few a multishot accept already took wait in a short parked queue;
+    /// past that queue (64 per listener) connections are closed and counted as refused.
     public var maximumConnections: Int
     /// Most connections accepted per second (nil: no limit); over it, accepting pauses until the next second.
     public var maximumAcceptRate: Int?
@@ -51,7 +52,7 @@ public struct TCPServerConfiguration: Sendable {
 public struct TCPServerStatistics: Sendable, Hashable {
     /// Connections accepted and handed to a handler.
     public var accepted: Int
-    /// Connections accepted and closed at once because the limit was reached.
+    /// Connections accepted and closed at once because the limit was reached and the parked queue was full.
     public var refused: Int
     /// Connections open now.
     public var active: Int
@@ -132,6 +133,18 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         for acceptor in acceptors {
             acceptor.thread.execute { [self] in self.startAccepting(acceptor) }
         }
+        // When the pool shuts down, close listeners and connections on each thread first.
+        for thread in pool.threads {
+            thread.execute { [self] in
+                thread.onShutdown { [self] in
+                    self.stopped.store(true, ordering: .relaxed)
+                    for acceptor in self.acceptors where acceptor.thread === thread && !acceptor.closed {
+                        self.stopAccepting(acceptor, closing: .abortive)
+                    }
+                    self.closeConnections(on: thread, mode: .abortive)
+                }
+            }
+        }
     }
 
     /// Counters, readable from any thread.
@@ -168,6 +181,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         var acceptedInWindow = 0
         var closed = false
         var nextThread = 0
+        /// Accepted while at the connection limit: admitted in order as room frees up.
+        var parked: [Int32] = []
+        static var maximumParked: Int { 64 }
 
         init(listener: Int32, thread: IOThread) {
             self.listener = listener
@@ -208,8 +224,12 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         let active = counters.active.wrappingAdd(1, ordering: .relaxed).newValue
         if active > configuration.maximumConnections || stopped.load(ordering: .relaxed) {
             counters.active.wrappingSubtract(1, ordering: .relaxed)
-            counters.refused.wrappingAdd(1, ordering: .relaxed)
-            Descriptors.close(fd)
+            if acceptor.parked.count < Acceptor.maximumParked && !stopped.load(ordering: .relaxed) {
+                acceptor.parked.append(fd)
+            } else {
+                counters.refused.wrappingAdd(1, ordering: .relaxed)
+                Descriptors.close(fd)
+            }
             pause(acceptor, for: nil)
             return
         }
@@ -256,8 +276,15 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 
     private func resume(_ acceptor: Acceptor) {
         guard acceptor.paused, !acceptor.closed else { return }
-        if counters.active.load(ordering: .relaxed) >= configuration.maximumConnections { return }
         acceptor.paused = false
+        // Parked connections go first, in arrival order, while there is room.
+        while !acceptor.parked.isEmpty && counters.active.load(ordering: .relaxed) < configuration.maximumConnections {
+            admit(descriptor: acceptor.parked.removeFirst(), acceptor)
+        }
+        if counters.active.load(ordering: .relaxed) >= configuration.maximumConnections {
+            acceptor.paused = true
+            return
+        }
         startAccepting(acceptor)
     }
 
@@ -276,6 +303,8 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         acceptor.closed = true
         if let operation = acceptor.acceptOperation { acceptor.thread.cancel(operation) }
         if let timer = acceptor.resumeTimer { acceptor.thread.cancelTimer(timer) }
+        for fd in acceptor.parked { Descriptors.close(fd) }
+        acceptor.parked = []
         // Closing the listener now is safe: the cancelled accept holds its own file reference (io_uring)
         // or is no longer armed (epoll).
         Descriptors.close(acceptor.listener)
