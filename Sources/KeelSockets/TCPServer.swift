@@ -181,6 +181,8 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         var acceptedInWindow = 0
         var closed = false
         var nextThread = 0
+        /// Set while paused for lack of room, so closing connections know to wake this acceptor.
+        let waitingForRoom = Atomic<Bool>(false)
         /// Accepted while at the connection limit: admitted in order as room frees up.
         var parked: [Int32] = []
         static var maximumParked: Int { 64 }
@@ -263,6 +265,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 
     /// Stops accepting for `duration` (nil: until the connection count drops below the limit).
     private func pause(_ acceptor: Acceptor, for duration: Duration?) {
+        if duration == nil { acceptor.waitingForRoom.store(true, ordering: .relaxed) }
         guard !acceptor.paused else { return }
         acceptor.paused = true
         if let operation = acceptor.acceptOperation { acceptor.thread.cancel(operation) }
@@ -277,6 +280,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     private func resume(_ acceptor: Acceptor) {
         guard acceptor.paused, !acceptor.closed else { return }
         acceptor.paused = false
+        acceptor.waitingForRoom.store(false, ordering: .relaxed)
         // Parked connections go first, in arrival order, while there is room.
         while !acceptor.parked.isEmpty && counters.active.load(ordering: .relaxed) < configuration.maximumConnections {
             admit(descriptor: acceptor.parked.removeFirst(), acceptor)
@@ -288,11 +292,16 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         startAccepting(acceptor)
     }
 
-    /// A connection closed somewhere: let paused acceptors that waited for room go on.
+    /// A connection closed somewhere: let paused acceptors that waited for room go on. Allocation-free
+    /// unless an acceptor is actually waiting.
     private func connectionFinished() {
         let active = counters.active.wrappingSubtract(1, ordering: .relaxed).newValue
         guard active < configuration.maximumConnections else { return }
-        for acceptor in acceptors {
+        var index = 0
+        while index < acceptors.count {
+            let acceptor = acceptors[index]
+            index += 1
+            guard acceptor.waitingForRoom.load(ordering: .relaxed) else { continue }
             acceptor.thread.execute { [self] in
                 if acceptor.paused && acceptor.resumeTimer == nil { self.resume(acceptor) }
             }

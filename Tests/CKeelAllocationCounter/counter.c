@@ -11,6 +11,7 @@
 #ifdef CKEEL_SANITIZED
 /* Sanitizers interpose malloc themselves: count nothing, and say so. */
 uint64_t ckeel_thread_allocations(void) { return 0; }
+void ckeel_allocation_trace(int on) { (void)on; }
 uint64_t ckeel_total_allocations(void) { return 0; }
 int ckeel_allocation_counter_active(void) { return 0; }
 #else
@@ -25,7 +26,20 @@ static __thread uint64_t thread_allocations = 0;
 static uint64_t total_allocations = 0;
 
 
+#include <execinfo.h>
+static __thread int trace_allocations = 0;
+static __thread int tracing = 0;
+
+void ckeel_allocation_trace(int on) { trace_allocations = on; }
+
 static inline void count(void) {
+    if (trace_allocations && !tracing) {
+        tracing = 1;
+        void *frames[24];
+        int n = backtrace(frames, 24);
+        backtrace_symbols_fd(frames, n, 2);
+        tracing = 0;
+    }
     thread_allocations++;
     __atomic_fetch_add(&total_allocations, 1, __ATOMIC_RELAXED);
 }

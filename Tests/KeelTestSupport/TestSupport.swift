@@ -51,6 +51,9 @@ public enum AllocationCounter {
     /// Allocations made so far by the calling thread.
     public static var currentThread: UInt64 { ckeel_thread_allocations() }
 
+    /// Debugging aid: while on, every allocation on the calling thread prints a backtrace to stderr.
+    public static func trace(_ on: Bool) { ckeel_allocation_trace(on ? 1 : 0) }
+
     /// Allocations the calling thread makes while running `body`.
     public static func count(_ body: () throws -> Void) rethrows -> UInt64 {
         let before = ckeel_thread_allocations()

@@ -304,9 +304,13 @@ final class EpollBackend {
         var wait = waitNanoseconds
         if !state.pointee.completed.isEmpty { wait = 0 }
         let now = ckeel_monotonic_ns()
-        for entry in state.pointee.timeouts {
-            let remaining = entry.deadline > now ? entry.deadline - now : 0
+        // Index loop, not for-in: an unspecialised array iterator allocates in debug builds.
+        var index = 0
+        while index < state.pointee.timeouts.count {
+            let deadline = state.pointee.timeouts[index].deadline
+            let remaining = deadline > now ? deadline - now : 0
             wait = min(wait ?? remaining, remaining)
+            index += 1
         }
         let timeoutMS: Int32 = wait.map { Int32(clamping: ($0 + 999_999) / 1_000_000) } ?? -1
         let count = ckeel_epoll_wait(epollFD, events, eventCapacity, timeoutMS)
@@ -314,7 +318,10 @@ final class EpollBackend {
             let code = ckeel_errno()
             if code != EINTR { throw SystemError(code: code, call: "epoll_wait") }
         }
-        for i in 0..<max(0, count) {
+        // An Int range: iterating a Range<Int32> goes through an unspecialised iterator that
+        // allocates in debug builds.
+        for index in 0..<Int(max(0, count)) {
+            let i = Int32(index)
             let data = ckeel_epoll_event_data(events, i)
             if data == EpollBackend.wakeupMarker {
                 Descriptors.drain(eventFD: wakeupFD)

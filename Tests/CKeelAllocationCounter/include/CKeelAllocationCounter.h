@@ -11,6 +11,8 @@
 uint64_t ckeel_thread_allocations(void);
 /* Allocations made by all threads since the process started. */
 uint64_t ckeel_total_allocations(void);
+/* Debugging aid: while on, every allocation on the calling thread prints a backtrace to stderr. */
+void ckeel_allocation_trace(int on);
 /* 1 when the interposer is active in this process. */
 int ckeel_allocation_counter_active(void);
 
