@@ -5,6 +5,20 @@ import KeelEngine
 import KeelSystem
 import SystemPackage
 
+/// The timers a connection runs on its I/O thread's timer wheel (O(1) reset on every event).
+public struct TCPTimeouts: Sendable, Hashable {
+    /// Close after this long with nothing received or sent (nil: never).
+    public var idle: Duration?
+    /// Close after this long with nothing received, even while sending (nil: never).
+    public var read: Duration?
+
+    /// Creates the timeouts.
+    public init(idle: Duration? = nil, read: Duration? = nil) {
+        self.idle = idle
+        self.read = read
+    }
+}
+
 /// One TCP connection, owned by exactly one I/O thread.
 ///
 /// Reads are a multishot pooled receive (io_uring provided buffers; emulated on epoll), so an idle
@@ -49,6 +63,8 @@ public class TCPConnection: @unchecked Sendable {
     private var sendOperation: OperationID?
     private var idleTimer: TimerHandle?
     private var idleTimeout: Duration?
+    private var readTimer: TimerHandle?
+    private var readTimeout: Duration?
     private var retryTimer: TimerHandle?
     private var callbackDepth = 0
     private var deferredWriteCompleted = 0
@@ -63,6 +79,7 @@ public class TCPConnection: @unchecked Sendable {
     private var onReceive: ((IOCompletion) -> Void)!
     private var onSend: ((IOCompletion) -> Void)!
     private var onIdle: (() -> Void)!
+    private var onReadTimeout: (() -> Void)!
     private var onRetryReceive: (() -> Void)!
 
     init(thread: IOThread) {
@@ -72,7 +89,8 @@ public class TCPConnection: @unchecked Sendable {
         message.initialize(to: msghdr())
         onReceive = { [unowned self] in self.receiveCompleted($0) }
         onSend = { [unowned self] in self.sendCompleted($0) }
-        onIdle = { [unowned self] in self.idleTimerFired() }
+        onIdle = { [unowned self] in self.timedOut(.idleTimeout) }
+        onReadTimeout = { [unowned self] in self.timedOut(.readTimeout) }
         onRetryReceive = { [unowned self] in
             self.retryTimer = nil
             self.startReceiving()
@@ -98,7 +116,7 @@ public class TCPConnection: @unchecked Sendable {
     // MARK: Lifecycle
 
     /// Takes over `fd` (connected, non-blocking) and starts the connection.
-    func open(descriptor fd: Int32, idleTimeout: Duration?, noDelay: Bool, keepAliveIdle: Int32?) {
+    func open(descriptor fd: Int32, timeouts: TCPTimeouts, noDelay: Bool, keepAliveIdle: Int32?) {
         precondition(state == .idle || state == .closed)
         generation &+= 1
         finishDeferred = false
@@ -109,11 +127,13 @@ public class TCPConnection: @unchecked Sendable {
         peerHalfClosed = false
         writeShutdown = false
         deferredWriteCompleted = 0
-        self.idleTimeout = idleTimeout
+        idleTimeout = timeouts.idle
+        readTimeout = timeouts.read
         if noDelay { try? Sockets.setNoDelay(fd) }
         if let keepAliveIdle { try? Sockets.setKeepAlive(fd, idle: keepAliveIdle) }
         remoteAddress = try? Sockets.peerAddress(fd)
         if let idleTimeout { idleTimer = thread.scheduleTimer(after: idleTimeout, onIdle) }
+        if let readTimeout { readTimer = thread.scheduleTimer(after: readTimeout, onReadTimeout) }
         withCallback { deliverEstablished() }
         if state == .open { startReceiving() }
     }
@@ -166,6 +186,7 @@ public class TCPConnection: @unchecked Sendable {
         }
         if let buffer = thread.takeReceivedBuffer(completion) {
             if let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
+            if let readTimer, let readTimeout { thread.resetTimer(readTimer, after: readTimeout) }
             if state == .open {
                 callbackDepth += 1
                 deliverReceived(buffer)
@@ -264,6 +285,14 @@ public class TCPConnection: @unchecked Sendable {
         if !sendInFlight { submitSend() }
     }
 
+    /// Sends every buffer of `chain`, in order, after everything queued before it (one vectored send
+    /// per batch of up to 64 buffers).
+    public func write(_ chain: consuming BufferChain) {
+        while let buffer = chain.popFirst() {
+            write(buffer)
+        }
+    }
+
     /// Bytes queued for sending and not yet accepted by the kernel.
     public var queuedWriteBytes: Int { writeQueue.bytes }
 
@@ -293,6 +322,7 @@ public class TCPConnection: @unchecked Sendable {
         if completion.result >= 0 {
             let sent = Int(completion.result)
             writeQueue.consume(sent)
+            if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
             if sent > 0 && state == .open { noteWriteCompleted(sent) }
             if state == .open {
                 if !writeQueue.isEmpty {
@@ -353,12 +383,12 @@ public class TCPConnection: @unchecked Sendable {
         teardown(reason: reason)
     }
 
-    private func idleTimerFired() {
-        idleTimer = nil
+    private func timedOut(_ reason: TCPCloseReason) {
+        if reason == .idleTimeout { idleTimer = nil } else { readTimer = nil }
         guard state == .open || state == .closing else { return }
         writeQueue.removeAll()
         try? Sockets.setAbortiveClose(descriptor)
-        teardown(reason: .idleTimeout)
+        teardown(reason: reason)
     }
 
     /// Stops all I/O: cancels the receive and (unless flushing) the send; finishes when they are done.
@@ -369,6 +399,10 @@ public class TCPConnection: @unchecked Sendable {
         if let idleTimer {
             thread.cancelTimer(idleTimer)
             self.idleTimer = nil
+        }
+        if let readTimer {
+            thread.cancelTimer(readTimer)
+            self.readTimer = nil
         }
         if let retryTimer {
             thread.cancelTimer(retryTimer)

@@ -44,8 +44,10 @@ public enum TCPCloseReason: Sendable, Hashable, CustomStringConvertible {
     case peerClosed
     /// The peer reset the connection (ECONNRESET, EPIPE).
     case reset
-    /// No activity within the idle timeout.
+    /// Nothing received or sent within the idle timeout.
     case idleTimeout
+    /// Nothing received within the read timeout.
+    case readTimeout
     /// Any other failure, with the kernel's errno.
     case error(Errno)
 
@@ -55,6 +57,7 @@ public enum TCPCloseReason: Sendable, Hashable, CustomStringConvertible {
         case .peerClosed: return "peer closed"
         case .reset: return "reset by peer"
         case .idleTimeout: return "idle timeout"
+        case .readTimeout: return "read timeout"
         case .error(let errno): return "error: \(errno)"
         }
     }

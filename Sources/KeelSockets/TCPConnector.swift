@@ -67,18 +67,21 @@ public struct TCPConnectError: Error, Sendable, Hashable, CustomStringConvertibl
 public struct TCPConnectorConfiguration: Sendable {
     /// Give up a connection attempt after this long.
     public var connectTimeout: Duration
-    /// Close connections with no received data for this long (nil: never).
+    /// Close connections with nothing received or sent for this long (nil: never).
     public var idleTimeout: Duration?
+    /// Close connections with nothing received for this long, even while sending (nil: never).
+    public var readTimeout: Duration?
     /// `TCP_NODELAY`. Default true.
     public var noDelay: Bool
     /// TCP keepalive idle seconds (nil: off).
     public var keepAliveIdleSeconds: Int32?
 
     /// Creates a configuration.
-    public init(connectTimeout: Duration = .seconds(10), idleTimeout: Duration? = nil, noDelay: Bool = true,
-                keepAliveIdleSeconds: Int32? = nil) {
+    public init(connectTimeout: Duration = .seconds(10), idleTimeout: Duration? = nil, readTimeout: Duration? = nil,
+                noDelay: Bool = true, keepAliveIdleSeconds: Int32? = nil) {
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
+        self.readTimeout = readTimeout
         self.noDelay = noDelay
         self.keepAliveIdleSeconds = keepAliveIdleSeconds
     }
@@ -182,7 +185,7 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
                 self.active.increment()
                 let connection = self.registries[thread.index].take()
                 connection.handler = makeHandler()
-                connection.open(descriptor: fd, idleTimeout: self.configuration.idleTimeout,
+                connection.open(descriptor: fd, timeouts: TCPTimeouts(idle: self.configuration.idleTimeout, read: self.configuration.readTimeout),
                                 noDelay: self.configuration.noDelay, keepAliveIdle: self.configuration.keepAliveIdleSeconds)
                 return
             }

@@ -23,8 +23,10 @@ public struct TCPServerConfiguration: Sendable {
     public var maximumConnections: Int
     /// Most connections accepted per second (nil: no limit); over it, accepting pauses until the next second.
     public var maximumAcceptRate: Int?
-    /// Close connections with no received data for this long (nil: never).
+    /// Close connections with nothing received or sent for this long (nil: never).
     public var idleTimeout: Duration?
+    /// Close connections with nothing received for this long, even while sending (nil: never).
+    public var readTimeout: Duration?
     /// `TCP_NODELAY` on accepted connections. Default true.
     public var noDelay: Bool
     /// TCP keepalive idle seconds on accepted connections (nil: off).
@@ -34,8 +36,9 @@ public struct TCPServerConfiguration: Sendable {
     public init(
         host: String = "127.0.0.1", port: UInt16 = 0, backlog: Int32 = 1024, reusePort: Bool = true,
         maximumConnections: Int = 100_000, maximumAcceptRate: Int? = nil, idleTimeout: Duration? = nil,
-        noDelay: Bool = true, keepAliveIdleSeconds: Int32? = nil
+        readTimeout: Duration? = nil, noDelay: Bool = true, keepAliveIdleSeconds: Int32? = nil
     ) {
+        self.readTimeout = readTimeout
         self.host = host
         self.port = port
         self.backlog = backlog
@@ -327,7 +330,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         let connection = registry.take()
         connection.handler = makeHandler()
         connection.open(
-            descriptor: fd, idleTimeout: configuration.idleTimeout, noDelay: configuration.noDelay,
+            descriptor: fd, timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout), noDelay: configuration.noDelay,
             keepAliveIdle: configuration.keepAliveIdleSeconds)
     }
 

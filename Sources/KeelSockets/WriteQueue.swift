@@ -1,3 +1,4 @@
+import CKeelLinux
 import Glibc
 import KeelBuffers
 

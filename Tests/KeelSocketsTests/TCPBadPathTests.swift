@@ -16,6 +16,7 @@ struct RecordingHandler: TCPConnectionHandler {
         case stream(bytes: Int)
         case replyOnPeerHalfClose([UInt8])
         case greetThenHalfClose([UInt8])
+        case chainThenForeignThreadWrite
     }
 
     let behaviour: Behaviour
@@ -47,6 +48,18 @@ struct RecordingHandler: TCPConnectionHandler {
         case .greetThenHalfClose(let greeting):
             connection.write(Self.buffer(greeting, connection))
             connection.close(.halfClose)
+        case .chainThenForeignThreadWrite:
+            var chain = BufferChain()
+            for part in ["a", "b", "c"] { chain.append(Self.buffer(Array(part.utf8), connection)) }
+            connection.write(chain)
+            connection.write(Self.buffer(Array("d".utf8), connection).share())
+            let shared = Self.buffer(Array("e".utf8), connection).share()
+            let target = connection
+            // Another thread writes and closes: both are marshalled to the connection's I/O thread.
+            _ = SystemThread.spawn(name: "foreign-writer") {
+                target.write(shared)
+                target.close()
+            }
         default:
             break
         }
@@ -223,6 +236,35 @@ struct TCPBadPathTests {
         #expect(end <= 0)
         #expect(elapsed >= .milliseconds(100) && elapsed < .seconds(5))
         #expect(await fixture.reasons.wait(for: 1) == [.idleTimeout])
+        await fixture.finish()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func readTimeoutClosesASilentPeer(backend: BackendKind) async throws {
+        let fixture = try ServerFixture(backend, .echo) { $0.readTimeout = .milliseconds(150) }
+        let address = fixture.server.localAddress
+        let end = await onPlainThread { () -> Int in
+            guard let client = try? RawClient(connectingTo: address) else { return 1 }
+            defer { client.close() }
+            return client.receiveUntilClosed().end
+        }
+        #expect(end <= 0)
+        #expect(await fixture.reasons.wait(for: 1) == [.readTimeout])
+        await fixture.finish()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func chainsSharedBuffersAndForeignThreadWritesArriveInOrder(backend: BackendKind) async throws {
+        let fixture = try ServerFixture(backend, .chainThenForeignThreadWrite)
+        let address = fixture.server.localAddress
+        let (bytes, end) = await onPlainThread { () -> ([UInt8], Int) in
+            guard let client = try? RawClient(connectingTo: address) else { return ([], 1) }
+            defer { client.close() }
+            return client.receiveUntilClosed()
+        }
+        #expect(String(decoding: bytes, as: UTF8.self) == "abcde")
+        #expect(end == 0)
+        #expect(await fixture.reasons.wait(for: 1) == [.local])
         await fixture.finish()
     }
 
