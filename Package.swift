@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "KeelEngine", targets: ["KeelEngine"]),
         .library(name: "KeelSockets", targets: ["KeelSockets"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
+        .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
         .executable(name: "keel-microbench", targets: ["keel-microbench"]),
     ],
@@ -53,10 +54,24 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Shared command-line options and signal handling of the example servers.
+        .target(
+            name: "KeelCommandLine",
+            dependencies: ["KeelEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "keel-echo",
             dependencies: [
-                "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem",
+                "KeelSockets", "KeelEngine", "KeelBuffers", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-async-echo",
+            dependencies: [
+                "KeelSockets", "KeelEngine", "KeelCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

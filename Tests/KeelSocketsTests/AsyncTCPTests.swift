@@ -1,0 +1,91 @@
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+import KeelSystem
+import Synchronization
+import Testing
+
+import KeelTestSupport
+
+@Suite("Async TCP API", .serialized)
+struct AsyncTCPTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func asyncEchoReturnsEveryByteOnTheConnectionsThread(backend: BackendKind) async throws {
+        let before = await openDescriptorsBaseline()
+        let serverPool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 1))
+        let clientPool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let offThread = Atomic<Int>(0)
+        let server = try AsyncTCPServer(pool: serverPool, configuration: .init(host: "127.0.0.1", port: 0)) { connection in
+            for try await payload in connection.inbound {
+                if !connection.thread.isCurrent { offThread.wrappingAdd(1, ordering: .relaxed) }
+                try await connection.write(payload)
+            }
+        }
+        let connections = 100
+        let perConnection = 64 * 1024
+        let reports = Collector<PatternClient.Report>()
+        let connector = TCPConnector<PatternClient>(pool: clientPool)
+        for stream in 0..<connections {
+            connector.connect(to: server.localAddress, makeHandler: {
+                PatternClient(stream: stream, total: perConnection, chunk: 4096, window: 16 * 1024, reports: reports)
+            })
+        }
+        let results = await reports.wait(for: connections, timeout: .seconds(30))
+        #expect(results.count == connections)
+        #expect(results.allSatisfy { $0.validated == perConnection && $0.mismatch < 0 })
+        #expect(offThread.load(ordering: .relaxed) == 0, "the async body ran off its I/O thread")
+        #expect(await eventually { server.statistics.active == 0 })
+        await server.stop()
+        #expect(await eventually { buffersInUse(serverPool) == 0 && buffersInUse(clientPool) == 0 })
+        clientPool.shutdown()
+        serverPool.shutdown()
+        #expect(Descriptors.openDescriptors() == before)
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func asyncWritesSuspendUnderBackpressureSoQueuesStayBounded(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let total = 8 * 1024 * 1024
+        let chunk = 64 * 1024
+        let maximumQueued = Atomic<Int>(0)
+        let server = try AsyncTCPServer(pool: pool, configuration: .init(host: "127.0.0.1", port: 0)) { connection in
+            var offset = 0
+            while offset < total {
+                let bytes = (0..<chunk).map { patternByte(stream: 3, offset: offset + $0) }
+                try await connection.write(bytes)
+                offset += chunk
+                let queued = connection.queuedWriteBytes
+                if queued > maximumQueued.load(ordering: .relaxed) { maximumQueued.store(queued, ordering: .relaxed) }
+            }
+        }
+        let address = server.localAddress
+        let (count, firstBad) = await onPlainThread { () -> (Int, Int) in
+            guard let client = try? RawClient(connectingTo: address) else { return (0, -2) }
+            defer { client.close() }
+            usleep(300_000)  // a reader that stalls first
+            var count = 0
+            var firstBad = -1
+            var scratch = [UInt8](repeating: 0, count: 256 * 1024)
+            while count < total {
+                let n = recv(client.fd, &scratch, scratch.count, 0)
+                if n <= 0 { break }
+                if firstBad < 0 {
+                    for i in 0..<n where scratch[i] != patternByte(stream: 3, offset: count + i) {
+                        firstBad = count + i
+                        break
+                    }
+                }
+                count += n
+            }
+            return (count, firstBad)
+        }
+        #expect(count == total)
+        #expect(firstBad == -1)
+        let peak = maximumQueued.load(ordering: .relaxed)
+        #expect(peak <= 256 * 1024 + chunk, "queued \(peak) bytes: writes did not wait for the reader")
+        await server.stop()
+        #expect(await eventually { buffersInUse(pool) == 0 })
+        pool.shutdown()
+    }
+}
