@@ -24,6 +24,11 @@ public struct SystemThread: Sendable {
         _ = pthread_join(handle, nil)
     }
 
+    /// Lets the thread finish on its own; it cannot be joined afterwards.
+    public func detach() {
+        _ = pthread_detach(handle)
+    }
+
     /// The kernel thread id of the calling thread.
     public static var currentID: UInt64 { ckeel_thread_id() }
 }

@@ -19,6 +19,7 @@ struct SocketOperationTests {
         var acceptMore: [Bool] = []
         var receiveCompletions = 0
         var finished = false
+        var receiveOperation: OperationID?
         var address = try! SocketAddress(host: "127.0.0.1", port: 0)
         let payload = Array("ping through the engine".utf8)
         var sendBuffer: UnsafeMutableRawBufferPointer
@@ -57,7 +58,7 @@ struct SocketOperationTests {
                     guard completion.result >= 0 else { return }
                     let fd = completion.result
                     scenario.accepted.append(fd)
-                    thread.submit(.receivePooled(fd, multishot: true)) { received in
+                    scenario.receiveOperation = thread.submit(.receivePooled(fd, multishot: true)) { received in
                         scenario.receiveCompletions += 1
                         if let buffer = thread.takeReceivedBuffer(received) {
                             scenario.received += buffer.readableByteArray
@@ -84,20 +85,24 @@ struct SocketOperationTests {
                 }
             }
             #expect(outcome == "ok")
-            #expect(scenario.received == scenario.payload)
-            #expect(scenario.accepted.count == 1)
-            #expect(scenario.acceptMore.first == true, "multishot accept stays armed")
-            // After cancellation the accept's last completion has no 'more' flag.
-            let (acceptFlags, inUse): ([Bool], Int) = await onThread(thread) { finish in
+            // Read the results, then tear down, on the I/O thread that owns them: the accept's last
+            // completion (after its cancellation) has no 'more' flag.
+            let (received, accepted, acceptFlags, inUse): ([UInt8], Int, [Bool], Int) = await onThread(thread) { finish in
+                if let receive = scenario.receiveOperation { thread.cancel(receive) }
                 thread.scheduleTimer(after: .milliseconds(20)) {
-                    finish((scenario.acceptMore, thread.bufferPool.statistics.inUse))
+                    let result = (scenario.received, scenario.accepted.count, scenario.acceptMore,
+                                  thread.bufferPool.statistics.inUse)
+                    for fd in scenario.accepted { close(fd) }
+                    close(scenario.client)
+                    close(listener)
+                    finish(result)
                 }
             }
+            #expect(received == scenario.payload)
+            #expect(accepted == 1)
+            #expect(acceptFlags.first == true, "multishot accept stays armed")
             #expect(acceptFlags.last == false)
             #expect(inUse == 0, "received buffers went back to the pool")
-            for fd in scenario.accepted { close(fd) }
-            close(scenario.client)
-            close(listener)
         }
         #expect(Descriptors.openDescriptors() == before)
     }

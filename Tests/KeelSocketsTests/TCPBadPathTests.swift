@@ -56,10 +56,10 @@ struct RecordingHandler: TCPConnectionHandler {
             let shared = Self.buffer(Array("e".utf8), connection).share()
             let target = connection
             // Another thread writes and closes: both are marshalled to the connection's I/O thread.
-            _ = SystemThread.spawn(name: "foreign-writer") {
+            SystemThread.spawn(name: "foreign-writer") {
                 target.write(shared)
                 target.close()
-            }
+            }.detach()
         default:
             break
         }
@@ -120,7 +120,7 @@ struct ServerFixture {
 /// Runs blocking client code on a plain thread and awaits its result.
 func onPlainThread<Value: Sendable>(_ body: @escaping @Sendable () -> Value) async -> Value {
     await withCheckedContinuation { continuation in
-        _ = SystemThread.spawn(name: "test-client") { continuation.resume(returning: body()) }
+        SystemThread.spawn(name: "test-client") { continuation.resume(returning: body()) }.detach()
     }
 }
 
