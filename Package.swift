@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "KeelBuffers", targets: ["KeelBuffers"]),
         .library(name: "KeelEngine", targets: ["KeelEngine"]),
         .library(name: "KeelSockets", targets: ["KeelSockets"]),
+        .library(name: "KeelFraming", targets: ["KeelFraming"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
@@ -52,6 +53,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
+            swiftSettings: strict
+        ),
+        // Layer 5: framing over pooled buffers (no sockets, so it runs anywhere).
+        .target(name: "KeelFraming", dependencies: ["KeelBuffers"], swiftSettings: strict),
+        .testTarget(
+            name: "KeelFramingTests",
+            dependencies: ["KeelFraming", "KeelBuffers", "KeelTestSupport"],
             swiftSettings: strict
         ),
         // Shared command-line options and signal handling of the example servers.
