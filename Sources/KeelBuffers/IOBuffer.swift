@@ -93,6 +93,15 @@ public struct IOBuffer: ~Copyable, @unchecked Sendable {
         try body(UnsafeRawBufferPointer(start: _base + Int(_reader), count: Int(_writer &- _reader)))
     }
 
+    /// Calls `body` with the readable bytes, mutable in place (unmasking, decrypting, case folding).
+    /// The pointer is valid only inside `body`.
+    @inlinable
+    public mutating func withUnsafeMutableReadableBytes<Result, Failure: Error>(
+        _ body: (UnsafeMutableRawBufferPointer) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        try body(UnsafeMutableRawBufferPointer(start: _base + Int(_reader), count: Int(_writer &- _reader)))
+    }
+
     /// Calls `body` with the writable region; after filling `n` bytes call ``moveWriterIndex(forwardBy:)``.
     /// The pointer is valid only inside `body`.
     @inlinable

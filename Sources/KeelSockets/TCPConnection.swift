@@ -53,6 +53,8 @@ public class TCPConnection: @unchecked Sendable {
     private(set) var generation: UInt32 = 0
 
     private var writeQueue = WriteQueue()
+    /// The filter stack, bottom (socket side) first. Empty for most connections.
+    private var filters: [any TCPConnectionFilter] = []
     private var sendInFlight = false
     private var receiveActive = false
     private var peerHalfClosed = false
@@ -116,7 +118,11 @@ public class TCPConnection: @unchecked Sendable {
     // MARK: Lifecycle
 
     /// Takes over `fd` (connected, non-blocking) and starts the connection.
-    func open(descriptor fd: Int32, timeouts: TCPTimeouts, noDelay: Bool, keepAliveIdle: Int32?) {
+    func open(
+        descriptor fd: Int32, timeouts: TCPTimeouts, noDelay: Bool, keepAliveIdle: Int32?,
+        filters: [any TCPConnectionFilter] = []
+    ) {
+        self.filters = filters
         precondition(state == .idle || state == .closed)
         generation &+= 1
         finishDeferred = false
@@ -189,7 +195,11 @@ public class TCPConnection: @unchecked Sendable {
             if let readTimer, let readTimeout { thread.resetTimer(readTimer, after: readTimeout) }
             if state == .open {
                 callbackDepth += 1
-                deliverReceived(buffer)
+                if filters.isEmpty {
+                    deliverReceived(buffer)
+                } else {
+                    filters[0].filterInbound(buffer, context: TCPFilterContext(connection: self, index: 0))
+                }
                 endCallback()
             }
         } else if completion.result == 0 {
@@ -221,6 +231,7 @@ public class TCPConnection: @unchecked Sendable {
 
     /// Sends `buffer` after everything queued before it. Tries the send at once when nothing is
     /// queued; queues only what did not go out. Ignored (the buffer released) once closing.
+    /// With filters installed, the buffer goes down through them first.
     public func write(_ buffer: consuming IOBuffer) {
         if !thread.isCurrent {
             let detached = buffer.detach()
@@ -231,6 +242,33 @@ public class TCPConnection: @unchecked Sendable {
             }
             return
         }
+        if filters.isEmpty {
+            writeToSocket(buffer)
+        } else {
+            filters[filters.count - 1].filterOutbound(buffer, context: TCPFilterContext(connection: self, index: filters.count - 1))
+        }
+    }
+
+    /// Moves `buffer` from filter `index` to the layer above it.
+    func passInbound(_ buffer: consuming IOBuffer, from index: Int) {
+        guard state == .open else { return }
+        if index + 1 < filters.count {
+            filters[index + 1].filterInbound(buffer, context: TCPFilterContext(connection: self, index: index + 1))
+        } else {
+            deliverReceived(buffer)
+        }
+    }
+
+    /// Moves `buffer` from filter `index` to the layer below it.
+    func passOutbound(_ buffer: consuming IOBuffer, from index: Int) {
+        if index > 0 {
+            filters[index - 1].filterOutbound(buffer, context: TCPFilterContext(connection: self, index: index - 1))
+        } else {
+            writeToSocket(buffer)
+        }
+    }
+
+    private func writeToSocket(_ buffer: consuming IOBuffer) {
         guard state == .open, !writeShutdown, closeMode == nil else { return }
         if writeQueue.isEmpty && !sendInFlight {
             let readable = buffer.readableBytes
@@ -257,13 +295,23 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     /// Sends a shared payload after everything queued before it, without copying it; the payload is
-    /// released when the send completes. One payload may be written to many connections.
+    /// released when the send completes. One payload may be written to many connections. (With filters
+    /// installed it is copied into a pooled buffer so the filters see it like any other write.)
     public func write(_ buffer: SharedBuffer) {
         if !thread.isCurrent {
             let expected = generation
             thread.execute { [self] in
                 guard self.generation == expected else { return }
                 self.write(buffer)
+            }
+            return
+        }
+        if !filters.isEmpty {
+            var remaining = buffer.unsafeReadableBytes
+            while !remaining.isEmpty, var copy = try? thread.bufferPool.acquire() {
+                let count = copy.append(remaining)
+                remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
+                write(copy)
             }
             return
         }
@@ -415,6 +463,7 @@ public class TCPConnection: @unchecked Sendable {
 
     private func finishIfQuiet() {
         guard state == .closing, pendingOperations == 0 else { return }
+        filters = []
         if callbackDepth > 0 {
             finishDeferred = true  // the closed callback must not run inside another callback
             return

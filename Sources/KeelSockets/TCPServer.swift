@@ -31,6 +31,8 @@ public struct TCPServerConfiguration: Sendable {
     public var noDelay: Bool
     /// TCP keepalive idle seconds on accepted connections (nil: off).
     public var keepAliveIdleSeconds: Int32?
+    /// Makes the filter stack (bottom first) for each accepted connection; nil for none.
+    public var makeFilters: (@Sendable () -> [any TCPConnectionFilter])?
 
     /// Creates a configuration.
     public init(
@@ -330,8 +332,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         let connection = registry.take()
         connection.handler = makeHandler()
         connection.open(
-            descriptor: fd, timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout), noDelay: configuration.noDelay,
-            keepAliveIdle: configuration.keepAliveIdleSeconds)
+            descriptor: fd, timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout),
+            noDelay: configuration.noDelay, keepAliveIdle: configuration.keepAliveIdleSeconds,
+            filters: configuration.makeFilters?() ?? [])
     }
 
     private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {
