@@ -8,7 +8,7 @@ package struct DetachedBuffer: @unchecked Sendable {
     let pool: Unmanaged<BufferPool>
     let chunk: UInt32
     private(set) var reader: UInt32
-    let writer: UInt32
+    private(set) var writer: UInt32
 
     init(pool: Unmanaged<BufferPool>, chunk: UInt32, reader: UInt32, writer: UInt32) {
         self.pool = pool
@@ -23,6 +23,19 @@ package struct DetachedBuffer: @unchecked Sendable {
     /// The readable bytes; valid until the buffer is released.
     package var readableRegion: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: pool.takeUnretainedValue().address(ofChunk: chunk) + Int(reader), count: readableBytes)
+    }
+
+    /// The free space after the readable bytes; valid until the buffer is released.
+    package var writableRegion: UnsafeMutableRawBufferPointer {
+        let owner = pool.takeUnretainedValue()
+        return UnsafeMutableRawBufferPointer(
+            start: owner.address(ofChunk: chunk) + Int(writer), count: owner.bufferSize - Int(writer))
+    }
+
+    /// Marks `count` more bytes as written (after a receive filled them).
+    package mutating func moveWriterIndex(forwardBy count: Int) {
+        precondition(count >= 0 && count <= writableRegion.count)
+        writer += UInt32(count)
     }
 
     /// Marks `count` bytes as sent.

@@ -79,6 +79,9 @@ public class TCPConnection: @unchecked Sendable {
     // Completion closures, made once per object and reused: submitting an operation retains them,
     // so the steady state allocates nothing.
     private var onReceive: ((IOCompletion) -> Void)!
+    private var onReceiveInto: ((IOCompletion) -> Void)!
+    /// A handler's buffer that the next read continues into (``continueReading(into:)``).
+    private var accumulator: DetachedBuffer?
     private var onSend: ((IOCompletion) -> Void)!
     private var onIdle: (() -> Void)!
     private var onReadTimeout: (() -> Void)!
@@ -90,6 +93,7 @@ public class TCPConnection: @unchecked Sendable {
         message = .allocate(capacity: 1)
         message.initialize(to: msghdr())
         onReceive = { [unowned self] in self.receiveCompleted($0) }
+        onReceiveInto = { [unowned self] in self.receiveIntoCompleted($0) }
         onSend = { [unowned self] in self.sendCompleted($0) }
         onIdle = { [unowned self] in self.timedOut(.idleTimeout) }
         onReadTimeout = { [unowned self] in self.timedOut(.readTimeout) }
@@ -181,7 +185,47 @@ public class TCPConnection: @unchecked Sendable {
         guard state == .open, !receiveActive, !peerHalfClosed else { return }
         receiveActive = true
         pendingOperations += 1
-        receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), onReceive)
+        if let accumulator {
+            receiveOperation = thread.submit(.receive(descriptor, into: accumulator.writableRegion), onReceiveInto)
+        } else {
+            receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), onReceive)
+        }
+    }
+
+    /// Makes the next read continue into the free space of `buffer`, after its unread bytes, and hands
+    /// the grown buffer back through ``TCPConnectionHandler/connectionReceived(_:on:)``: a message that
+    /// arrives in pieces is gathered in one buffer without copying. Reads go back to pooled buffers
+    /// after that one (call again to keep accumulating). A full buffer is handed back at once.
+    ///
+    /// Call it on the connection's thread (typically from `connectionReceived`).
+    public func continueReading(into buffer: consuming IOBuffer) {
+        precondition(thread.isCurrent, "continueReading(into:) must be called on the connection's I/O thread")
+        guard state == .open, !peerHalfClosed, accumulator == nil else { return }
+        if buffer.writableBytes == 0 { buffer.compact() }
+        if buffer.writableBytes == 0 {
+            // Nothing more fits: give it straight back (through the same path as any received buffer).
+            return deliverInbound(buffer)
+        }
+        accumulator = buffer.detach()
+        if let receiveOperation, receiveActive {
+            thread.cancel(receiveOperation)  // the multishot receive ends; its completion starts the next read
+        } else {
+            startReceiving()
+        }
+    }
+
+    /// Hands a received buffer to the filters (if any), then the handler.
+    private func deliverInbound(_ buffer: consuming IOBuffer) {
+        if let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
+        if let readTimer, let readTimeout { thread.resetTimer(readTimer, after: readTimeout) }
+        guard state == .open else { return }
+        callbackDepth += 1
+        if filters.isEmpty {
+            deliverReceived(buffer)
+        } else {
+            filters[0].filterInbound(buffer, context: TCPFilterContext(connection: self, index: 0))
+        }
+        endCallback()
     }
 
     private func receiveCompleted(_ completion: IOCompletion) {
@@ -191,18 +235,31 @@ public class TCPConnection: @unchecked Sendable {
             pendingOperations -= 1
         }
         if let buffer = thread.takeReceivedBuffer(completion) {
-            if let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
-            if let readTimer, let readTimeout { thread.resetTimer(readTimer, after: readTimeout) }
-            if state == .open {
-                callbackDepth += 1
-                if filters.isEmpty {
-                    deliverReceived(buffer)
-                } else {
-                    filters[0].filterInbound(buffer, context: TCPFilterContext(connection: self, index: 0))
-                }
-                endCallback()
-            }
-        } else if completion.result == 0 {
+            deliverInbound(buffer)
+        } else {
+            handleReceiveEnd(completion)
+        }
+        afterReceive(completion)
+    }
+
+    private func receiveIntoCompleted(_ completion: IOCompletion) {
+        receiveActive = false
+        receiveOperation = nil
+        pendingOperations -= 1
+        guard var filled = accumulator.take() else { return finishIfQuiet() }
+        if completion.result > 0 {
+            filled.moveWriterIndex(forwardBy: Int(completion.result))
+            deliverInbound(filled.reattach())
+        } else {
+            filled.release()
+            handleReceiveEnd(completion)
+        }
+        afterReceive(completion)
+    }
+
+    /// A receive completed without data: end of stream, pool exhaustion, cancellation or an error.
+    private func handleReceiveEnd(_ completion: IOCompletion) {
+        if completion.result == 0 {
             peerHalfClosed = true
             if state == .open {
                 withCallback { deliverPeerHalfClosed() }
@@ -213,10 +270,14 @@ public class TCPConnection: @unchecked Sendable {
                 retryTimer = thread.scheduleTimer(after: .milliseconds(1), onRetryReceive)
             }
         } else if completion.isCancelled {
-            if state == .open { teardown(reason: .local) }  // cancelled from outside: the thread is stopping
+            // Cancelled to switch to continueReading(into:), or from outside because the thread stops.
+            if state == .open && accumulator == nil { teardown(reason: .local) }
         } else if completion.result < 0 {
             fail(errno: completion.result)
         }
+    }
+
+    private func afterReceive(_ completion: IOCompletion) {
         if !receiveActive {
             if state == .open && !peerHalfClosed && completion.result != -ENOBUFS {
                 startReceiving()  // a multishot receive can end early (e.g. completion queue overflow)
@@ -464,6 +525,7 @@ public class TCPConnection: @unchecked Sendable {
     private func finishIfQuiet() {
         guard state == .closing, pendingOperations == 0 else { return }
         filters = []
+        accumulator.take()?.release()
         if callbackDepth > 0 {
             finishDeferred = true  // the closed callback must not run inside another callback
             return
