@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "KeelFraming", targets: ["KeelFraming"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
+        .executable(name: "keel-echo-client", targets: ["keel-echo-client"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
         .executable(name: "keel-microbench", targets: ["keel-microbench"]),
     ],
@@ -80,6 +81,14 @@ let package = Package(
             name: "keel-async-echo",
             dependencies: [
                 "KeelSockets", "KeelEngine", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-echo-client",
+            dependencies: [
+                "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

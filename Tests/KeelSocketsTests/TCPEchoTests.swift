@@ -101,4 +101,29 @@ struct TCPEchoTests {
         serverPool.shutdown()
         #expect(Descriptors.openDescriptors() == before)
     }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func ipv6ListenerEchoes(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        let server: TCPServer<EchoHandler>
+        do {
+            server = try TCPServer(pool: pool, configuration: .init(host: "::1", port: 0)) { EchoHandler() }
+        } catch {
+            // A host without IPv6 loopback cannot run this case.
+            withKnownIssue("IPv6 loopback unavailable: \(error)") { throw error }
+            return
+        }
+        #expect(server.localAddress.family == .ipv6)
+        #expect(server.localAddress.description == "[::1]:\(server.localAddress.port)")
+        let address = server.localAddress
+        let reply = await onPlainThread { () -> [UInt8] in
+            guard let client = try? RawClient(connectingTo: address) else { return [] }
+            defer { client.close() }
+            _ = client.send(Array("over ipv6".utf8))
+            return client.receive(count: 9)
+        }
+        #expect(reply == Array("over ipv6".utf8))
+        await server.stop()
+    }
 }
