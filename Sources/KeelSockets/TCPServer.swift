@@ -227,30 +227,39 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         if acceptor.acceptOperation == nil && !acceptor.paused { startAccepting(acceptor) }
     }
 
-    private func admit(descriptor fd: Int32, _ acceptor: Acceptor) {
-        let active = counters.active.wrappingAdd(1, ordering: .relaxed).newValue
-        if active > configuration.maximumConnections || stopped.load(ordering: .relaxed) {
-            counters.active.wrappingSubtract(1, ordering: .relaxed)
-            if acceptor.parked.count < Acceptor.maximumParked && !stopped.load(ordering: .relaxed) {
-                acceptor.parked.append(fd)
-            } else {
-                counters.refused.wrappingAdd(1, ordering: .relaxed)
-                Descriptors.close(fd)
-            }
-            pause(acceptor, for: nil)
+    private func admit(descriptor fd: Int32, _ acceptor: Acceptor, wasParked: Bool = false) {
+        if stopped.load(ordering: .relaxed) {
+            Descriptors.close(fd)
             return
         }
-        counters.accepted.wrappingAdd(1, ordering: .relaxed)
-        if active >= configuration.maximumConnections { pause(acceptor, for: nil) }
+        // Over the accept rate: hold it until the next one-second window.
         if let rate = configuration.maximumAcceptRate {
             let now = ckeel_monotonic_ns()
             if now - acceptor.windowStart >= 1_000_000_000 {
                 acceptor.windowStart = now
                 acceptor.acceptedInWindow = 0
             }
+            if acceptor.acceptedInWindow >= rate {
+                park(fd, acceptor, atFront: wasParked)
+                pause(acceptor, for: .nanoseconds(Int64(1_000_000_000 - (now - acceptor.windowStart))))
+                return
+            }
+        }
+        // At the connection limit: hold it until a connection closes.
+        let active = counters.active.wrappingAdd(1, ordering: .relaxed).newValue
+        if active > configuration.maximumConnections {
+            counters.active.wrappingSubtract(1, ordering: .relaxed)
+            park(fd, acceptor, atFront: wasParked)
+            pause(acceptor, for: nil)
+            return
+        }
+        counters.accepted.wrappingAdd(1, ordering: .relaxed)
+        if active >= configuration.maximumConnections { pause(acceptor, for: nil) }
+        if let rate = configuration.maximumAcceptRate {
             acceptor.acceptedInWindow += 1
             if acceptor.acceptedInWindow >= rate {
-                pause(acceptor, for: .nanoseconds(Int64(1_000_000_000 - (now - acceptor.windowStart))))
+                let elapsed = ckeel_monotonic_ns() - acceptor.windowStart
+                pause(acceptor, for: .nanoseconds(Int64(1_000_000_000 - min(elapsed, 999_000_000))))
             }
         }
         // With one listener, spread connections round robin; with SO_REUSEPORT the kernel already did.
@@ -265,6 +274,18 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
             establish(descriptor: fd, on: target)
         } else {
             target.execute { [self] in self.establish(descriptor: fd, on: target) }
+        }
+    }
+
+    /// Holds an accepted connection that cannot be admitted yet, or refuses it when the parked queue is full.
+    private func park(_ fd: Int32, _ acceptor: Acceptor, atFront: Bool) {
+        if atFront {
+            acceptor.parked.insert(fd, at: 0)  // it was first in line and stays first
+        } else if acceptor.parked.count < Acceptor.maximumParked {
+            acceptor.parked.append(fd)
+        } else {
+            counters.refused.wrappingAdd(1, ordering: .relaxed)
+            Descriptors.close(fd)
         }
     }
 
@@ -286,15 +307,11 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         guard acceptor.paused, !acceptor.closed else { return }
         acceptor.paused = false
         acceptor.waitingForRoom.store(false, ordering: .relaxed)
-        // Parked connections go first, in arrival order, while there is room.
-        while !acceptor.parked.isEmpty && counters.active.load(ordering: .relaxed) < configuration.maximumConnections {
-            admit(descriptor: acceptor.parked.removeFirst(), acceptor)
+        // Parked connections go first, in arrival order, until a limit pauses accepting again.
+        while !acceptor.parked.isEmpty && !acceptor.paused {
+            admit(descriptor: acceptor.parked.removeFirst(), acceptor, wasParked: true)
         }
-        if counters.active.load(ordering: .relaxed) >= configuration.maximumConnections {
-            acceptor.paused = true
-            return
-        }
-        startAccepting(acceptor)
+        if !acceptor.paused { startAccepting(acceptor) }
     }
 
     /// A connection closed somewhere: let paused acceptors that waited for room go on. Allocation-free

@@ -291,6 +291,50 @@ struct TCPBadPathTests {
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func acceptRateLimitSpreadsAdmissionsOverSeconds(backend: BackendKind) async throws {
+        let fixture = try ServerFixture(backend, .hold) {
+            $0.maximumAcceptRate = 4
+            $0.reusePort = false
+        }
+        let address = fixture.server.localAddress
+        let start = ContinuousClock.now
+        var clients: [RawClient] = []
+        for _ in 0..<10 { clients.append(try RawClient(connectingTo: address)) }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(fixture.server.statistics.accepted == 4, "at most 4 admitted in the first second")
+        #expect(await eventually(timeout: .seconds(10)) { fixture.server.statistics.accepted == 10 })
+        let elapsed = ContinuousClock.now - start
+        #expect(elapsed >= .milliseconds(1_900), "10 connections at 4 per second take at least two windows")
+        #expect(fixture.server.statistics.refused == 0)
+        clients.forEach { $0.close() }
+        await fixture.finish()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func connectorResolvesHostNamesOffTheIOThreads(backend: BackendKind) async throws {
+        let fixture = try ServerFixture(backend, .echo)
+        let clientPool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let connector = TCPConnector<PatternClient>(pool: clientPool)
+        let reports = Collector<PatternClient.Report>()
+        let failures = Collector<TCPConnectError>()
+        connector.connect(host: "localhost", port: fixture.server.localAddress.port, makeHandler: {
+            PatternClient(stream: 1, total: 4096, chunk: 512, window: 1024, reports: reports)
+        }, failed: { failures.add($0) })
+        connector.connect(host: "no-such-host.invalid", port: 1, makeHandler: {
+            PatternClient(stream: 2, total: 1, chunk: 1, window: 1, reports: reports)
+        }, failed: { failures.add($0) })
+        let done = await reports.wait(for: 1)
+        let failed = await failures.wait(for: 1)
+        // "localhost" may resolve to ::1 first on some hosts, where the IPv4-only server is not listening.
+        if let report = done.first {
+            #expect(report.validated == 4096 && report.mismatch < 0)
+        }
+        #expect(failed.contains { $0.code == .resolution })
+        clientPool.shutdown()
+        await fixture.finish()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func abruptClosesDuringAcceptDoNotDisturbTheServer(backend: BackendKind) async throws {
         let fixture = try ServerFixture(backend, .echo)
         let address = fixture.server.localAddress
