@@ -23,11 +23,6 @@ public final class AsyncTCPConnection: @unchecked Sendable {
     private var writers: [CheckedContinuation<Void, any Error>] = []
     /// Why the connection closed, once it has.
     public private(set) var closeReason: TCPCloseReason?
-    /// Queued write bytes above which ``write(_:)-(SharedBuffer)`` suspends until the queue drains
-    /// below ``lowWatermark``.
-    public var highWatermark = 256 * 1024
-    /// See ``highWatermark``.
-    public var lowWatermark = 64 * 1024
 
     init(_ connection: TCPConnection) {
         self.connection = connection
@@ -87,7 +82,8 @@ public final class AsyncTCPConnection: @unchecked Sendable {
 
     // MARK: Outbound
 
-    /// Sends `buffer` (without copying), suspending while more than ``highWatermark`` bytes are queued.
+    /// Sends `buffer` (without copying), suspending while the connection is not writable (its queue
+    /// went over the flow-control high watermark and has not yet drained to the low one).
     /// - Throws: ``AsyncTCPConnectionError`` when the connection has closed.
     public func write(_ buffer: SharedBuffer) async throws {
         if !thread.isCurrent {
@@ -114,7 +110,7 @@ public final class AsyncTCPConnection: @unchecked Sendable {
 
     private func waitForRoom() async throws {
         if let closeReason { throw AsyncTCPConnectionError(reason: closeReason) }
-        if connection.queuedWriteBytes > highWatermark {
+        if !connection.isWritable {
             try await withCheckedThrowingContinuation { writers.append($0) }
         }
     }
@@ -143,8 +139,8 @@ public final class AsyncTCPConnection: @unchecked Sendable {
         }
     }
 
-    func wroteBytes() {
-        guard !writers.isEmpty, connection.queuedWriteBytes <= lowWatermark else { return }
+    func writabilityChanged(_ isWritable: Bool) {
+        guard isWritable, !writers.isEmpty else { return }
         let waiting = writers
         writers = []
         for writer in waiting { writer.resume() }
@@ -198,8 +194,8 @@ struct AsyncBridgeHandler: TCPConnectionHandler {
         bridge?.peerHalfClosed()  // the async body decides when to close
     }
 
-    mutating func connectionWriteCompleted(_ connection: TCPConnection, bytes: Int) {
-        bridge?.wroteBytes()
+    mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool) {
+        bridge?.writabilityChanged(isWritable)
     }
 
     mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {

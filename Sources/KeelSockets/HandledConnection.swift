@@ -16,6 +16,12 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
     override func deliverPeerHalfClosed() { handler!.connectionPeerHalfClosed(self) }
     override func deliverWriteCompleted(_ bytes: Int) { handler!.connectionWriteCompleted(self, bytes: bytes) }
     override func deliverClosed(_ reason: TCPCloseReason) { handler?.connectionClosed(self, reason: reason) }
+    override func deliverWritabilityChanged(_ isWritable: Bool) {
+        handler!.connectionWritabilityChanged(self, isWritable: isWritable)
+    }
+    override func deliverWriteLimitExceeded(_ queuedBytes: Int) {
+        handler!.connectionWriteLimitExceeded(self, queuedBytes: queuedBytes)
+    }
 
     override func didFinish() {
         handler = nil

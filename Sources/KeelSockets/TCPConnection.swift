@@ -68,6 +68,20 @@ public class TCPConnection: @unchecked Sendable {
     private var readTimer: TimerHandle?
     private var readTimeout: Duration?
     private var retryTimer: TimerHandle?
+    /// The connection's write bounds (set when it opens).
+    public private(set) var flowControl = TCPFlowControl.default
+    /// False while the write queue is above the high watermark (until it drains to the low one).
+    public private(set) var isWritable = true
+    /// Writes dropped by the ``TCPFlowControl/Policy/dropNewest`` or ``TCPFlowControl/Policy/dropOldest`` policies.
+    public private(set) var droppedWrites = 0
+    /// Bytes of those dropped writes.
+    public private(set) var droppedWriteBytes = 0
+    /// Items of the write queue included in the send in flight (they cannot be dropped).
+    private var itemsInFlight = 0
+    private var readingPausedByUser = false
+    private var readingPausedByFlowControl = false
+    private var deferredWritability: Bool?
+    private var deferredLimitExceeded = false
     private var callbackDepth = 0
     private var deferredWriteCompleted = 0
     private var finishDeferred = false
@@ -116,6 +130,8 @@ public class TCPConnection: @unchecked Sendable {
     func deliverPeerHalfClosed() { close() }
     func deliverWriteCompleted(_ bytes: Int) {}
     func deliverClosed(_ reason: TCPCloseReason) {}
+    func deliverWritabilityChanged(_ isWritable: Bool) {}
+    func deliverWriteLimitExceeded(_ queuedBytes: Int) {}
     /// Called after `deliverClosed`: the owner may reuse the object.
     func didFinish() {}
 
@@ -124,9 +140,18 @@ public class TCPConnection: @unchecked Sendable {
     /// Takes over `fd` (connected, non-blocking) and starts the connection.
     func open(
         descriptor fd: Int32, timeouts: TCPTimeouts, noDelay: Bool, keepAliveIdle: Int32?,
-        filters: [any TCPConnectionFilter] = []
+        flowControl: TCPFlowControl = .default, filters: [any TCPConnectionFilter] = []
     ) {
         self.filters = filters
+        self.flowControl = flowControl
+        isWritable = true
+        droppedWrites = 0
+        droppedWriteBytes = 0
+        itemsInFlight = 0
+        readingPausedByUser = false
+        readingPausedByFlowControl = false
+        deferredWritability = nil
+        deferredLimitExceeded = false
         precondition(state == .idle || state == .closed)
         generation &+= 1
         finishDeferred = false
@@ -160,12 +185,24 @@ public class TCPConnection: @unchecked Sendable {
     @inline(__always)
     private func endCallback() {
         callbackDepth -= 1
-        if callbackDepth == 0 && (deferredWriteCompleted > 0 || finishDeferred) {
+        if callbackDepth == 0 && (deferredWriteCompleted > 0 || finishDeferred || deferredWritability != nil || deferredLimitExceeded) {
             deliverDeferredEvents()
         }
     }
 
     private func deliverDeferredEvents() {
+        if deferredLimitExceeded && state == .open {
+            deferredLimitExceeded = false
+            callbackDepth += 1
+            deliverWriteLimitExceeded(writeQueue.bytes)
+            callbackDepth -= 1
+        }
+        if let writable = deferredWritability, state == .open {
+            deferredWritability = nil
+            callbackDepth += 1
+            deliverWritabilityChanged(writable)
+            callbackDepth -= 1
+        }
         while deferredWriteCompleted > 0 && state != .closed {
             let bytes = deferredWriteCompleted
             deferredWriteCompleted = 0
@@ -182,7 +219,7 @@ public class TCPConnection: @unchecked Sendable {
     // MARK: Reading
 
     private func startReceiving() {
-        guard state == .open, !receiveActive, !peerHalfClosed else { return }
+        guard state == .open, !receiveActive, !peerHalfClosed, !readingPausedByUser, !readingPausedByFlowControl else { return }
         receiveActive = true
         pendingOperations += 1
         if let accumulator {
@@ -212,6 +249,29 @@ public class TCPConnection: @unchecked Sendable {
         } else {
             startReceiving()
         }
+    }
+
+    /// True while reading is paused (by ``pauseReading()`` or by flow control).
+    public var isReadingPaused: Bool { readingPausedByUser || readingPausedByFlowControl }
+
+    /// Stops reading from this connection: no more ``TCPConnectionHandler/connectionReceived(_:on:)``
+    /// until ``resumeReading()``, and TCP pushes back on the peer once its buffers fill. For proxies:
+    /// pause the inbound side while the outbound side is not writable.
+    public func pauseReading() {
+        precondition(thread.isCurrent, "pauseReading() must be called on the connection's I/O thread")
+        readingPausedByUser = true
+        stopReceiving()
+    }
+
+    /// Resumes reading after ``pauseReading()``.
+    public func resumeReading() {
+        precondition(thread.isCurrent, "resumeReading() must be called on the connection's I/O thread")
+        readingPausedByUser = false
+        startReceiving()
+    }
+
+    private func stopReceiving() {
+        if receiveActive, let receiveOperation { thread.cancel(receiveOperation) }
     }
 
     /// Hands a received buffer to the filters (if any), then the handler.
@@ -271,7 +331,7 @@ public class TCPConnection: @unchecked Sendable {
             }
         } else if completion.isCancelled {
             // Cancelled to switch to continueReading(into:), or from outside because the thread stops.
-            if state == .open && accumulator == nil { teardown(reason: .local) }
+            if state == .open && accumulator == nil && !isReadingPaused { teardown(reason: .local) }
         } else if completion.result < 0 {
             fail(errno: completion.result)
         }
@@ -351,8 +411,7 @@ public class TCPConnection: @unchecked Sendable {
                 return fail(errno: -error.errno.rawValue)
             }
         }
-        writeQueue.append(.owned(buffer.detach()))
-        if !sendInFlight { submitSend() }
+        enqueue(.owned(buffer.detach()))
     }
 
     /// Sends a shared payload after everything queued before it, without copying it; the payload is
@@ -390,8 +449,55 @@ public class TCPConnection: @unchecked Sendable {
                 return fail(errno: -error.errno.rawValue)
             }
         }
-        writeQueue.append(.shared(buffer, offset: offset))
+        enqueue(.shared(buffer, offset: offset))
+    }
+
+    /// Queues what the inline send did not take, applying the hard limit and the watermarks.
+    private func enqueue(_ item: WriteQueue.Item) {
+        let size = item.readableRegion.count
+        if let limit = flowControl.hardLimit, writeQueue.bytes + size > limit {
+            switch flowControl.policy {
+            case .close:
+                if case .owned(let buffer) = item { buffer.release() }
+                writeQueue.removeAll()
+                try? Sockets.setAbortiveClose(descriptor)
+                return teardown(reason: .slowConsumer)
+            case .dropNewest:
+                if case .owned(let buffer) = item { buffer.release() }
+                droppedWrites += 1
+                droppedWriteBytes += size
+                return
+            case .dropOldest:
+                while writeQueue.bytes + size > limit, let dropped = writeQueue.dropOldest(after: itemsInFlight) {
+                    droppedWrites += 1
+                    droppedWriteBytes += dropped
+                }
+                if writeQueue.bytes + size > limit {
+                    if case .owned(let buffer) = item { buffer.release() }
+                    droppedWrites += 1
+                    droppedWriteBytes += size
+                    return
+                }
+            case .notify:
+                deferredLimitExceeded = true
+            }
+        }
+        writeQueue.append(item)
+        if isWritable && writeQueue.bytes > flowControl.highWatermark {
+            isWritable = false
+            noteWritability(false)
+            if flowControl.pausesReadingWhileNotWritable {
+                readingPausedByFlowControl = true
+                stopReceiving()
+            }
+        }
         if !sendInFlight { submitSend() }
+        if deferredLimitExceeded && callbackDepth == 0 { deliverDeferredEvents() }
+    }
+
+    private func noteWritability(_ writable: Bool) {
+        deferredWritability = writable
+        if callbackDepth == 0 { deliverDeferredEvents() }
     }
 
     /// Sends every buffer of `chain`, in order, after everything queued before it (one vectored send
@@ -419,6 +525,7 @@ public class TCPConnection: @unchecked Sendable {
         message.pointee = msghdr()
         message.pointee.msg_iov = vectors
         message.pointee.msg_iovlen = count
+        itemsInFlight = count
         sendInFlight = true
         pendingOperations += 1
         sendOperation = thread.submit(.sendMessage(descriptor, UnsafePointer(message)), onSend)
@@ -428,9 +535,19 @@ public class TCPConnection: @unchecked Sendable {
         sendInFlight = false
         sendOperation = nil
         pendingOperations -= 1
-        if completion.result >= 0 {
+        itemsInFlight = 0
+        if completion.result >= 0 && state == .open {
+            // (Once closing, the queue has already been emptied: nothing left to consume.)
             let sent = Int(completion.result)
             writeQueue.consume(sent)
+            if !isWritable && writeQueue.bytes <= flowControl.lowWatermark && state == .open {
+                isWritable = true
+                if readingPausedByFlowControl {
+                    readingPausedByFlowControl = false
+                    startReceiving()
+                }
+                noteWritability(true)
+            }
             if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
             if sent > 0 && state == .open { noteWriteCompleted(sent) }
             if state == .open {

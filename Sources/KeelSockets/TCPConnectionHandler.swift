@@ -27,6 +27,14 @@ public protocol TCPConnectionHandler: SendableMetatype {
 
     /// The connection is closed and its descriptor released; `reason` says why. Optional.
     mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason)
+
+    /// The write queue crossed the high watermark (`isWritable` false: stop producing) or fell back
+    /// to the low watermark (`isWritable` true: go on). Optional. See ``TCPFlowControl``.
+    mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool)
+
+    /// A write took the queue past the hard limit with the ``TCPFlowControl/Policy/notify`` policy
+    /// (the write was queued; decide what to do, e.g. close). Optional.
+    mutating func connectionWriteLimitExceeded(_ connection: TCPConnection, queuedBytes: Int)
 }
 
 extension TCPConnectionHandler {
@@ -34,6 +42,55 @@ extension TCPConnectionHandler {
     public mutating func connectionPeerHalfClosed(_ connection: TCPConnection) { connection.close() }
     public mutating func connectionWriteCompleted(_ connection: TCPConnection, bytes: Int) {}
     public mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {}
+    public mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool) {}
+    public mutating func connectionWriteLimitExceeded(_ connection: TCPConnection, queuedBytes: Int) {}
+}
+
+/// Bounds on what a connection queues for a slow reader, so the server never hoards memory.
+///
+/// ```
+///  queued bytes ─┬─ hardLimit      policy: close (slowConsumer) | dropNewest | dropOldest | notify
+///                ├─ highWatermark  → not writable: producers pause (and reading pauses, if asked)
+///                └─ lowWatermark   → writable again
+/// ```
+public struct TCPFlowControl: Sendable, Hashable {
+    /// What happens to a write that would take the queue past ``hardLimit``.
+    public enum Policy: Sendable, Hashable {
+        /// Close the connection abortively with ``TCPCloseReason/slowConsumer``.
+        case close
+        /// Drop the new write (message-oriented protocols where the latest matters least).
+        case dropNewest
+        /// Drop the oldest queued writes not yet being sent, to make room for the new one.
+        case dropOldest
+        /// Queue it anyway and call ``TCPConnectionHandler/connectionWriteLimitExceeded(_:queuedBytes:)``.
+        case notify
+    }
+
+    /// Queued bytes above which the connection reports itself not writable.
+    public var highWatermark: Int
+    /// Queued bytes at or below which it reports itself writable again.
+    public var lowWatermark: Int
+    /// Most bytes the queue may hold (nil: no limit).
+    public var hardLimit: Int?
+    /// What to do at the hard limit.
+    public var policy: Policy
+    /// Stop reading this connection while its own queue is over the high watermark: a peer that sends
+    /// without reading (an echo client) is pushed back by TCP instead of growing the server's queue.
+    public var pausesReadingWhileNotWritable: Bool
+
+    /// Creates a flow-control configuration.
+    public init(highWatermark: Int = 256 * 1024, lowWatermark: Int = 64 * 1024, hardLimit: Int? = 16 * 1024 * 1024,
+                policy: Policy = .close, pausesReadingWhileNotWritable: Bool = false) {
+        precondition(lowWatermark <= highWatermark, "lowWatermark must not exceed highWatermark")
+        self.highWatermark = highWatermark
+        self.lowWatermark = lowWatermark
+        self.hardLimit = hardLimit
+        self.policy = policy
+        self.pausesReadingWhileNotWritable = pausesReadingWhileNotWritable
+    }
+
+    /// The default: 256 KiB high, 64 KiB low, 16 MiB hard limit closing a slow consumer.
+    public static let `default` = TCPFlowControl()
 }
 
 /// Why a connection closed.
@@ -48,6 +105,8 @@ public enum TCPCloseReason: Sendable, Hashable, CustomStringConvertible {
     case idleTimeout
     /// Nothing received within the read timeout.
     case readTimeout
+    /// The peer read too slowly: the write queue hit its hard limit (``TCPFlowControl/Policy/close``).
+    case slowConsumer
     /// Any other failure, with the kernel's errno.
     case error(Errno)
 
@@ -58,6 +117,7 @@ public enum TCPCloseReason: Sendable, Hashable, CustomStringConvertible {
         case .reset: return "reset by peer"
         case .idleTimeout: return "idle timeout"
         case .readTimeout: return "read timeout"
+        case .slowConsumer: return "slow consumer"
         case .error(let errno): return "error: \(errno)"
         }
     }

@@ -75,6 +75,8 @@ public struct TCPConnectorConfiguration: Sendable {
     public var noDelay: Bool
     /// TCP keepalive idle seconds (nil: off).
     public var keepAliveIdleSeconds: Int32?
+    /// Bounds on each connection's write queue.
+    public var flowControl: TCPFlowControl = .default
 
     /// Creates a configuration.
     public init(connectTimeout: Duration = .seconds(10), idleTimeout: Duration? = nil, readTimeout: Duration? = nil,
@@ -186,7 +188,8 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
                 let connection = self.registries[thread.index].take()
                 connection.handler = makeHandler()
                 connection.open(descriptor: fd, timeouts: TCPTimeouts(idle: self.configuration.idleTimeout, read: self.configuration.readTimeout),
-                                noDelay: self.configuration.noDelay, keepAliveIdle: self.configuration.keepAliveIdleSeconds)
+                                noDelay: self.configuration.noDelay, keepAliveIdle: self.configuration.keepAliveIdleSeconds,
+                                flowControl: self.configuration.flowControl)
                 return
             }
             Descriptors.close(fd)

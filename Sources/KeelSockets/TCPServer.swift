@@ -31,6 +31,8 @@ public struct TCPServerConfiguration: Sendable {
     public var noDelay: Bool
     /// TCP keepalive idle seconds on accepted connections (nil: off).
     public var keepAliveIdleSeconds: Int32?
+    /// Bounds on each connection's write queue.
+    public var flowControl: TCPFlowControl = .default
     /// Makes the filter stack (bottom first) for each accepted connection; nil for none.
     public var makeFilters: (@Sendable () -> [any TCPConnectionFilter])?
 
@@ -351,7 +353,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         connection.open(
             descriptor: fd, timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout),
             noDelay: configuration.noDelay, keepAliveIdle: configuration.keepAliveIdleSeconds,
-            filters: configuration.makeFilters?() ?? [])
+            flowControl: configuration.flowControl, filters: configuration.makeFilters?() ?? [])
     }
 
     private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {

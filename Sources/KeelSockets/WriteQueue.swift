@@ -80,6 +80,23 @@ struct WriteQueue {
         }
     }
 
+    /// Removes and releases the oldest item at or after position `start` (items before it are part of
+    /// a send in flight). - Returns: the bytes dropped, or nil when there is no such item.
+    mutating func dropOldest(after start: Int) -> Int? {
+        guard start < count else { return nil }
+        let victim = storage + ((head + start) & (capacity - 1))
+        let dropped = victim.pointee.readableRegion.count
+        let item = victim.move()
+        if case .owned(let buffer) = item { buffer.release() }
+        // Close the gap: shift the later items one place toward the front.
+        for i in start..<(count - 1) {
+            (storage + ((head + i) & (capacity - 1))).moveInitialize(from: storage + ((head + i + 1) & (capacity - 1)), count: 1)
+        }
+        count -= 1
+        bytes -= dropped
+        return dropped
+    }
+
     /// Releases every queued item.
     mutating func removeAll() {
         while count > 0 { popFront() }

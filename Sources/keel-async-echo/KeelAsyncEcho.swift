@@ -18,8 +18,9 @@ struct KeelAsyncEcho: ParsableCommand {
     func run() throws {
         let signals = ShutdownSignals()
         let pool = try IOPool(configuration: options.poolConfiguration)
-        let server = try AsyncTCPServer(pool: pool, configuration: .init(host: options.host, port: options.port)) {
-            connection in
+        var configuration = TCPServerConfiguration(host: options.host, port: options.port)
+        configuration.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
+        let server = try AsyncTCPServer(pool: pool, configuration: configuration) { connection in
             for try await payload in connection.inbound {
                 try await connection.write(payload)  // zero-copy, suspends under backpressure
             }

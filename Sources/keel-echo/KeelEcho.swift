@@ -26,9 +26,11 @@ struct KeelEcho: ParsableCommand {
     func run() throws {
         let signals = ShutdownSignals()  // before any thread starts, so every thread inherits the mask
         let pool = try IOPool(configuration: options.poolConfiguration)
-        let server = try TCPServer(pool: pool, configuration: .init(host: options.host, port: options.port)) {
-            EchoHandler()
-        }
+        var configuration = TCPServerConfiguration(host: options.host, port: options.port)
+        // A client that sends without reading is pushed back by TCP: the server stops reading from it
+        // while its echo queue is over the high watermark, instead of queuing without bound.
+        configuration.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
+        let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
         announce("listening on \(server.localAddress)")
         let signal = signals.wait()
         announce("keel-echo: signal \(signal), shutting down (\(server.statistics.accepted) connections served)")

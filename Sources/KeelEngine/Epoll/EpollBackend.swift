@@ -26,8 +26,9 @@ final class EpollBackend {
     private let state: UnsafeMutablePointer<State>
     /// The thread's buffer pool, for pooled receives.
     let pool: BufferPool
-    /// Completions one readiness event may produce for a multishot operation before yielding.
-    private static let multishotBurst = 32
+    /// Completions one readiness event may produce for a multishot operation before yielding to the
+    /// loop (so handlers see data, and flow control can pause a connection, every few receives).
+    private static let multishotBurst = 4
 
     private static let wakeupMarker = UInt64.max
 
