@@ -459,7 +459,7 @@ public class TCPConnection: @unchecked Sendable {
             switch flowControl.policy {
             case .close:
                 if case .owned(let buffer) = item { buffer.release() }
-                writeQueue.removeAll()
+                discardQueuedWrites()
                 try? Sockets.setAbortiveClose(descriptor)
                 return teardown(reason: .slowConsumer)
             case .dropNewest:
@@ -520,6 +520,7 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     private func submitSend() {
+        guard !sendInFlight else { return }  // one send at a time: its completion sends the rest
         let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
         guard count > 0 else { return }
         message.pointee = msghdr()
@@ -536,10 +537,20 @@ public class TCPConnection: @unchecked Sendable {
         sendOperation = nil
         pendingOperations -= 1
         itemsInFlight = 0
-        if completion.result >= 0 && state == .open {
-            // (Once closing, the queue has already been emptied: nothing left to consume.)
+        if state != .open {
+            writeQueue.removeAll()  // closing: what the send held can go now
+        } else if completion.result >= 0 {
             let sent = Int(completion.result)
             writeQueue.consume(sent)
+            if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
+            // Keep the queue moving first: the callbacks below may write, and must find the next send
+            // already in flight (one send at a time keeps the bytes in order).
+            if !writeQueue.isEmpty {
+                submitSend()
+            } else if closeMode != nil {
+                flushedForClose()
+            }
+            if sent > 0 && state == .open { noteWriteCompleted(sent) }
             if !isWritable && writeQueue.bytes <= flowControl.lowWatermark && state == .open {
                 isWritable = true
                 if readingPausedByFlowControl {
@@ -547,15 +558,6 @@ public class TCPConnection: @unchecked Sendable {
                     startReceiving()
                 }
                 noteWritability(true)
-            }
-            if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
-            if sent > 0 && state == .open { noteWriteCompleted(sent) }
-            if state == .open {
-                if !writeQueue.isEmpty {
-                    submitSend()
-                } else if closeMode != nil {
-                    flushedForClose()
-                }
             }
         } else if !completion.isCancelled {
             fail(errno: completion.result)
@@ -582,7 +584,7 @@ public class TCPConnection: @unchecked Sendable {
         switch mode {
         case .abortive:
             try? Sockets.setAbortiveClose(descriptor)
-            writeQueue.removeAll()
+            discardQueuedWrites()
             teardown(reason: closeReason ?? .local)
         case .graceful, .halfClose:
             if writeQueue.isEmpty && !sendInFlight { flushedForClose() }
@@ -602,17 +604,23 @@ public class TCPConnection: @unchecked Sendable {
         teardown(reason: peerHalfClosed ? .peerClosed : .local)
     }
 
+    /// Drops queued writes on the way to closing. Buffers that a send in flight still reads are kept
+    /// until it completes: releasing them early could let the kernel send another connection's bytes.
+    private func discardQueuedWrites() {
+        writeQueue.truncate(keeping: sendInFlight ? itemsInFlight : 0)
+    }
+
     private func fail(errno code: Int32) {
         let errno = Errno(rawValue: -code)
         let reason: TCPCloseReason = (errno == .connectionReset || errno == .brokenPipe) ? .reset : .error(errno)
-        writeQueue.removeAll()
+        discardQueuedWrites()
         teardown(reason: reason)
     }
 
     private func timedOut(_ reason: TCPCloseReason) {
         if reason == .idleTimeout { idleTimer = nil } else { readTimer = nil }
         guard state == .open || state == .closing else { return }
-        writeQueue.removeAll()
+        discardQueuedWrites()
         try? Sockets.setAbortiveClose(descriptor)
         teardown(reason: reason)
     }

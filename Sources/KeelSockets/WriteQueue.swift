@@ -97,6 +97,17 @@ struct WriteQueue {
         return dropped
     }
 
+    /// Releases the items from position `keeping` on (the first `keeping` stay: a send in flight still
+    /// reads them).
+    mutating func truncate(keeping: Int) {
+        while count > keeping {
+            let item = (storage + ((head + count - 1) & (capacity - 1))).move()
+            bytes -= item.readableRegion.count
+            if case .owned(let buffer) = item { buffer.release() }
+            count -= 1
+        }
+    }
+
     /// Releases every queued item.
     mutating func removeAll() {
         while count > 0 { popFront() }

@@ -22,6 +22,7 @@ struct RecordingHandler: TCPConnectionHandler {
     let behaviour: Behaviour
     let reasons: Collector<TCPCloseReason>
     let received: Collector<[UInt8]>
+    var streamed = 0
 
     init(_ behaviour: Behaviour, reasons: Collector<TCPCloseReason>, received: Collector<[UInt8]> = .init()) {
         self.behaviour = behaviour
@@ -31,20 +32,8 @@ struct RecordingHandler: TCPConnectionHandler {
 
     mutating func connectionEstablished(_ connection: TCPConnection) {
         switch behaviour {
-        case .stream(let total):
-            var offset = 0
-            while offset < total {
-                guard var buffer = try? connection.thread.bufferPool.acquire() else { break }
-                let count = min(buffer.writableBytes, total - offset)
-                let start = offset
-                buffer.withUnsafeMutableWritableBytes { region in
-                    for i in 0..<count { region[i] = patternByte(stream: 7, offset: start + i) }
-                }
-                buffer.moveWriterIndex(forwardBy: count)
-                offset += count
-                connection.write(buffer)
-            }
-            connection.close()
+        case .stream:
+            produce(connection)
         case .greetThenHalfClose(let greeting):
             connection.write(Self.buffer(greeting, connection))
             connection.close(.halfClose)
@@ -63,6 +52,27 @@ struct RecordingHandler: TCPConnectionHandler {
         default:
             break
         }
+    }
+
+    /// Streams the pattern while the connection is writable; flow control calls back to continue.
+    mutating func produce(_ connection: TCPConnection) {
+        guard case .stream(let total) = behaviour else { return }
+        while streamed < total && connection.isWritable {
+            guard var buffer = try? connection.thread.bufferPool.acquire() else { break }
+            let count = min(buffer.writableBytes, total - streamed)
+            let start = streamed
+            buffer.withUnsafeMutableWritableBytes { region in
+                for i in 0..<count { region[i] = patternByte(stream: 7, offset: start + i) }
+            }
+            buffer.moveWriterIndex(forwardBy: count)
+            streamed += count
+            connection.write(buffer)
+        }
+        if streamed == total { connection.close() }
+    }
+
+    mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool) {
+        if isWritable { produce(connection) }
     }
 
     static func buffer(_ bytes: [UInt8], _ connection: TCPConnection) -> IOBuffer {
