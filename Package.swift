@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
         .executable(name: "keel-echo-client", targets: ["keel-echo-client"]),
+        .executable(name: "keel-chat", targets: ["keel-chat"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
         .executable(name: "keel-microbench", targets: ["keel-microbench"]),
     ],
@@ -91,6 +92,26 @@ let package = Package(
                 "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: strict
+        ),
+        // The chat example's logic, as a library so it can be tested.
+        .target(
+            name: "KeelChat",
+            dependencies: ["KeelSockets", "KeelEngine", "KeelBuffers", "KeelFraming", "KeelSystem"],
+            path: "Examples/KeelChat",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-chat",
+            dependencies: [
+                "KeelChat", "KeelEngine", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelChatTests",
+            dependencies: ["KeelChat", "KeelSockets", "KeelEngine", "KeelSystem", "KeelTestSupport"],
             swiftSettings: strict
         ),
         .executableTarget(name: "keel-demo", dependencies: ["KeelEngine"], swiftSettings: strict),

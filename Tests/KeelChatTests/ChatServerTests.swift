@@ -1,0 +1,97 @@
+import Glibc
+import KeelChat
+import KeelEngine
+import KeelSockets
+import KeelSystem
+import Testing
+
+import KeelTestSupport
+
+/// A blocking chat client.
+struct ChatClient {
+    let fd: Int32
+
+    init(_ address: SocketAddress) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else { throw SystemError(code: errno, call: "connect") }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func say(_ line: String) { _ = Array((line + "\n").utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+
+    /// Reads until `count` lines arrived (or timeout).
+    func lines(_ count: Int) -> [String] {
+        var text = ""
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        while text.filter({ $0 == "\n" }).count < count {
+            let n = recv(fd, &scratch, scratch.count, 0)
+            if n <= 0 { break }
+            text += String(decoding: scratch[0..<n], as: UTF8.self)
+        }
+        return text.split(separator: "\n").map(String.init)
+    }
+
+    func close() { Glibc.close(fd) }
+}
+
+@Suite("keel-chat", .serialized)
+struct ChatServerTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func everyLineReachesEveryMember(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 1))
+        let chat = try ChatServer(pool: pool, port: 0)
+        let address = chat.localAddress
+        let received = await Task.detached { () -> [[String]] in
+            let members = (0..<3).compactMap { _ in try? ChatClient(address) }
+            defer { members.forEach { $0.close() } }
+            usleep(100_000)  // all joined
+            members[0].say("hello")
+            members[1].say("hi there")
+            return members.map { $0.lines(2) }
+        }.value
+        #expect(received.count == 3)
+        for lines in received {
+            #expect(lines.count == 2)
+            #expect(lines.contains { $0.hasSuffix(": hello") })
+            #expect(lines.contains { $0.hasSuffix(": hi there") })
+        }
+        await chat.stop()
+        pool.shutdown()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aStalledMemberIsDisconnectedInsteadOfGrowingTheServer(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let chat = try ChatServer(pool: pool, port: 0, perMemberLimit: 256 * 1024)
+        let address = chat.localAddress
+        let (talkerGotItsLines, stalledWasDropped) = await Task.detached { () -> (Bool, Bool) in
+            guard let stalled = try? ChatClient(address), let talker = try? ChatClient(address) else { return (false, false) }
+            defer { stalled.close(); talker.close() }
+            var size: Int32 = 4096
+            setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            usleep(100_000)
+            // The talker sends ~6 MiB of lines and reads its own echo; the stalled member reads nothing.
+            let line = String(repeating: "x", count: 1000)
+            var ok = true
+            for _ in 0..<6000 {
+                talker.say(line)
+                ok = ok && talker.lines(1).first?.hasSuffix(line) == true
+            }
+            // The stalled member was cut off: reading now ends (reset or end of stream) before 6 MiB.
+            var total = 0
+            var scratch = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = recv(stalled.fd, &scratch, scratch.count, 0)
+                if n <= 0 { break }
+                total += n
+            }
+            return (ok, total < 6000 * 1000)
+        }.value
+        #expect(talkerGotItsLines)
+        #expect(stalledWasDropped)
+        #expect(chat.slowConsumersDisconnected == 1)
+        await chat.stop()
+        pool.shutdown()
+    }
+}
