@@ -19,18 +19,20 @@ public struct IOOperation: Sendable {
         case send(fd: Int32, address: UInt, length: UInt32, flags: UInt32)
         case sendMessage(fd: Int32, message: UInt, flags: UInt32)
         case connect(fd: Int32, address: UInt, length: UInt32)
+        case receiveMessagePooled(fd: Int32, template: UInt, multishot: Bool)
 
         /// True for operations that wait for the descriptor to become readable (epoll).
         var waitsForReadable: Bool {
             switch self {
-            case .read, .accept, .receive, .receivePooled: return true
+            case .read, .accept, .receive, .receivePooled, .receiveMessagePooled: return true
             default: return false
             }
         }
 
         var isMultishot: Bool {
             switch self {
-            case .accept(_, let multishot), .receivePooled(_, let multishot): return multishot
+            case .accept(_, let multishot), .receivePooled(_, let multishot), .receiveMessagePooled(_, _, let multishot):
+                return multishot
             default: return false
             }
         }
@@ -85,6 +87,17 @@ extension IOOperation {
         IOOperation(core: .receivePooled(fd: fd, multishot: multishot))
     }
 
+    /// Receives datagrams with their sender addresses from socket `fd` into pooled buffers (io_uring
+    /// multishot RECVMSG with provided buffers; emulated on epoll with the same layout). Each buffer
+    /// holds a ``ReceivedMessageLayout`` header, then `template.msg_namelen` bytes of address, then the
+    /// payload. The template's `msg_namelen` reserves the address space; it must stay valid while the
+    /// operation is armed.
+    public static func receiveMessagePooled(_ fd: Int32, template: UnsafeMutablePointer<msghdr>, multishot: Bool)
+        -> IOOperation
+    {
+        IOOperation(core: .receiveMessagePooled(fd: fd, template: UInt(bitPattern: template), multishot: multishot))
+    }
+
     /// Sends `buffer` on socket `fd` (never raising SIGPIPE). `urgent` sends it as out-of-band data.
     /// - Important: `buffer` must stay valid until the completion runs.
     public static func send(_ fd: Int32, from buffer: UnsafeRawBufferPointer, urgent: Bool = false) -> IOOperation {
@@ -105,6 +118,18 @@ extension IOOperation {
     public static func connect(_ fd: Int32, to address: UnsafeRawPointer, length: Int) -> IOOperation {
         IOOperation(core: .connect(fd: fd, address: UInt(bitPattern: address), length: UInt32(length)))
     }
+}
+
+/// The layout of a buffer filled by ``IOOperation/receiveMessagePooled(_:template:multishot:)``.
+public enum ReceivedMessageLayout {
+    /// Bytes of the header at the start of the buffer.
+    public static var headerBytes: Int { ckeel_recvmsg_out_size() }
+    /// The sender address length the kernel stored.
+    public static func addressLength(_ buffer: UnsafeRawPointer) -> Int { Int(ckeel_recvmsg_out_namelen(buffer)) }
+    /// The datagram's full length (more than was stored when it was truncated).
+    public static func payloadLength(_ buffer: UnsafeRawPointer) -> Int { Int(ckeel_recvmsg_out_payloadlen(buffer)) }
+    /// True when the datagram did not fit and was cut.
+    public static func isTruncated(_ buffer: UnsafeRawPointer) -> Bool { ckeel_recvmsg_out_flags(buffer) & CKEEL_MSG_TRUNC != 0 }
 }
 
 /// The result of an ``IOOperation``: the kernel's `cqe.res` and `cqe.flags`.

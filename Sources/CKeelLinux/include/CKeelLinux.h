@@ -217,6 +217,32 @@ static inline void ckeel_sqe_connect(struct io_uring_sqe *sqe, int fd, const voi
     ckeel_sqe_prep(sqe, IORING_OP_CONNECT, fd, (uint64_t)(uintptr_t)addr, 0, addrlen, user_data);
 }
 
+/* Multishot recvmsg into provided buffers: each buffer starts with a struct io_uring_recvmsg_out, then
+ * msg->msg_namelen bytes of address, msg->msg_controllen bytes of control data, then the payload. */
+static inline void ckeel_sqe_recvmsg_multishot(struct io_uring_sqe *sqe, int fd, struct msghdr *msg, uint16_t group,
+                                               uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_RECVMSG, fd, (uint64_t)(uintptr_t)msg, 1, 0, user_data);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = group;
+    sqe->ioprio |= IORING_RECV_MULTISHOT;
+}
+
+static inline size_t ckeel_recvmsg_out_size(void) { return sizeof(struct io_uring_recvmsg_out); }
+
+/* Fills the io_uring_recvmsg_out header at `buffer` (the epoll backend produces the same layout). */
+static inline void ckeel_recvmsg_out_write(void *buffer, uint32_t namelen, uint32_t payloadlen, uint32_t flags) {
+    struct io_uring_recvmsg_out *out = (struct io_uring_recvmsg_out *)buffer;
+    out->namelen = namelen;
+    out->controllen = 0;
+    out->payloadlen = payloadlen;
+    out->flags = flags;
+}
+
+static inline uint32_t ckeel_recvmsg_out_namelen(const void *buffer) { return ((const struct io_uring_recvmsg_out *)buffer)->namelen; }
+static inline uint32_t ckeel_recvmsg_out_payloadlen(const void *buffer) { return ((const struct io_uring_recvmsg_out *)buffer)->payloadlen; }
+static inline uint32_t ckeel_recvmsg_out_flags(const void *buffer) { return ((const struct io_uring_recvmsg_out *)buffer)->flags; }
+
+static const uint32_t CKEEL_MSG_TRUNC = MSG_TRUNC;
 static const uint32_t CKEEL_MSG_NOSIGNAL = MSG_NOSIGNAL;
 static const uint32_t CKEEL_MSG_OOB = MSG_OOB;
 static const int CKEEL_SOCK_STREAM = SOCK_STREAM;

@@ -153,7 +153,8 @@ final class EpollBackend {
     private static func descriptor(of operation: IOOperation.Core) -> Int32 {
         switch operation {
         case .read(let fd, _, _), .write(let fd, _, _), .accept(let fd, _), .receive(let fd, _, _),
-            .receivePooled(let fd, _), .send(let fd, _, _, _), .sendMessage(let fd, _, _), .connect(let fd, _, _):
+            .receivePooled(let fd, _), .send(let fd, _, _, _), .sendMessage(let fd, _, _), .connect(let fd, _, _),
+            .receiveMessagePooled(let fd, _, _):
             return fd
         case .nop, .timeout:
             return -1
@@ -213,6 +214,12 @@ final class EpollBackend {
                 }
                 lentChunk = chunk.chunk
                 n = recv(fd, chunk.address, pool.bufferSize, 0)
+            case .receiveMessagePooled(let fd, let template, _):
+                guard let chunk = pool.lendToKernel() else {
+                    return .completed(result: -ENOBUFS, flags: 0, final: true)
+                }
+                lentChunk = chunk.chunk
+                n = receiveMessage(fd, template: UnsafeMutablePointer(bitPattern: template)!, into: chunk.address)
             case .connect(let fd, _, _):
                 return .completed(result: Self.pendingSocketError(fd), flags: 0, final: true)
             case .nop, .timeout:
@@ -231,6 +238,28 @@ final class EpollBackend {
             if code == EINTR { continue }
             if code == EAGAIN || code == EWOULDBLOCK { return .wouldBlock }
             return .completed(result: -code, flags: 0, final: true)
+        }
+    }
+
+    /// recvmsg into `chunk` with io_uring's multishot RECVMSG layout: header, address, payload.
+    /// - Returns: the bytes stored (header + address space + payload), or -1 with errno.
+    private func receiveMessage(_ fd: Int32, template: UnsafeMutablePointer<msghdr>, into chunk: UnsafeMutableRawPointer) -> Int {
+        let header = ckeel_recvmsg_out_size()
+        let nameSpace = Int(template.pointee.msg_namelen)
+        let payloadStart = header + nameSpace
+        var vector = iovec(iov_base: chunk + payloadStart, iov_len: pool.bufferSize - payloadStart)
+        var message = msghdr()
+        message.msg_name = chunk + header
+        message.msg_namelen = socklen_t(nameSpace)
+        return withUnsafeMutablePointer(to: &vector) { vectorPointer in
+            message.msg_iov = vectorPointer
+            message.msg_iovlen = 1
+            // MSG_TRUNC: return the datagram's real length even when it did not fit.
+            let n = recvmsg(fd, &message, Int32(CKEEL_MSG_TRUNC))
+            guard n >= 0 else { return -1 }
+            let truncated = message.msg_flags & Int32(CKEEL_MSG_TRUNC) != 0
+            ckeel_recvmsg_out_write(chunk, UInt32(message.msg_namelen), UInt32(n), truncated ? CKEEL_MSG_TRUNC : 0)
+            return payloadStart + min(n, pool.bufferSize - payloadStart)
         }
     }
 

@@ -91,6 +91,10 @@ final class RingBackend {
             } else {
                 ckeel_sqe_recv_provided(sqe, fd, group, 0, token.rawValue)
             }
+        case .receiveMessagePooled(let fd, let template, let multishot):
+            let group = ensureProvidedBuffers()
+            ckeel_sqe_recvmsg_multishot(sqe, fd, UnsafeMutablePointer(bitPattern: template), group, token.rawValue)
+            if !multishot { sqe.pointee.ioprio = 0 }
         case .send(let fd, let address, let length, let flags):
             ckeel_sqe_send(sqe, fd, UnsafeRawPointer(bitPattern: address), length, flags, token.rawValue)
         case .sendMessage(let fd, let message, let flags):

@@ -1,0 +1,475 @@
+import CKeelLinux
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSystem
+import SystemPackage
+
+/// Your logic for a ``UDPSocket``: a value stored in the socket, called on its I/O thread.
+public protocol UDPHandler: SendableMetatype {
+    /// A datagram arrived from `sender`, in a pooled buffer you now own. `truncated` is true when it
+    /// was longer than a buffer and was cut (never silently).
+    mutating func datagramReceived(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool, on socket: UDPSocket)
+}
+
+/// Bounds on datagrams waiting to be sent. The kernel does not drop for a UDP sender: without a bound,
+/// pending sends would exhaust memory.
+public struct UDPSendLimits: Sendable, Hashable {
+    /// What to do with a send when the queue is full.
+    public enum Policy: Sendable, Hashable {
+        /// Drop the new datagram (counted in ``UDPSocketStatistics/dropped``).
+        case dropNewest
+        /// Drop the oldest queued datagram not yet being sent, and queue the new one.
+        case dropOldest
+        /// Refuse the send: ``UDPSocket/send(_:to:)`` returns ``UDPSendResult/refused`` (counted in
+        /// ``UDPSocketStatistics/failed``).
+        case fail
+    }
+
+    /// Most datagrams queued.
+    public var maximumDatagrams: Int
+    /// Most bytes queued.
+    public var maximumBytes: Int
+    /// The policy when full.
+    public var policy: Policy
+    /// Try each send at once when nothing is queued (the fast path). Turning it off sends every
+    /// datagram through the queue (one operation per loop turn), e.g. to pace bursts.
+    public var sendsInline: Bool
+
+    /// Creates limits.
+    public init(maximumDatagrams: Int = 1024, maximumBytes: Int = 4 * 1024 * 1024, policy: Policy = .dropNewest,
+                sendsInline: Bool = true) {
+        self.maximumDatagrams = maximumDatagrams
+        self.maximumBytes = maximumBytes
+        self.policy = policy
+        self.sendsInline = sendsInline
+    }
+}
+
+/// What happened to one ``UDPSocket/send(_:to:)``.
+public enum UDPSendResult: Sendable, Hashable {
+    /// Handed to the kernel at once.
+    case sent
+    /// Queued; it will be sent in order.
+    case queued
+    /// Dropped by the ``UDPSendLimits/Policy/dropNewest`` policy.
+    case dropped
+    /// Refused by the ``UDPSendLimits/Policy/fail`` policy, or the socket is closed.
+    case refused
+}
+
+/// Counters of a ``UDPSocket`` (read them on its thread).
+public struct UDPSocketStatistics: Sendable, Hashable {
+    /// Datagrams the kernel accepted.
+    public var sent = 0
+    /// Datagrams dropped by the send policy (newest or oldest).
+    public var dropped = 0
+    /// Sends refused by the ``UDPSendLimits/Policy/fail`` policy or failed in the kernel.
+    public var failed = 0
+    /// Datagrams received.
+    public var received = 0
+    /// Datagrams received truncated.
+    public var truncated = 0
+    /// Datagrams queued now.
+    public var queued = 0
+    /// Bytes queued now.
+    public var queuedBytes = 0
+}
+
+/// How a ``UDPSocket`` binds and behaves.
+public struct UDPSocketConfiguration: Sendable {
+    /// The numeric address to bind.
+    public var host: String
+    /// The port (0: the kernel chooses).
+    public var port: UInt16
+    /// `SO_RCVBUF` (nil: the kernel's default).
+    public var receiveBufferSize: Int32?
+    /// `SO_SNDBUF` (nil: the kernel's default).
+    public var sendBufferSize: Int32?
+    /// Bounds on pending sends.
+    public var sendLimits: UDPSendLimits
+
+    /// Creates a configuration.
+    public init(host: String = "127.0.0.1", port: UInt16 = 0, receiveBufferSize: Int32? = nil,
+                sendBufferSize: Int32? = nil, sendLimits: UDPSendLimits = .init()) {
+        self.host = host
+        self.port = port
+        self.receiveBufferSize = receiveBufferSize
+        self.sendBufferSize = sendBufferSize
+        self.sendLimits = sendLimits
+    }
+}
+
+/// A UDP socket on one I/O thread: datagrams arrive in pooled buffers with their sender (multishot
+/// RECVMSG with provided buffers on io_uring), and sends go out at once or through a bounded queue.
+///
+/// **Threading:** use it on ``thread`` (inside handler callbacks or ``IOThread/execute(_:)``).
+public class UDPSocket: @unchecked Sendable {
+    // @unchecked Sendable: all mutable state is touched only on `thread` (checked at entry points).
+
+    /// The socket's I/O thread.
+    public let thread: IOThread
+    /// The bound address.
+    public let localAddress: SocketAddress
+    /// The socket descriptor (-1 once closed).
+    public private(set) var descriptor: Int32
+    /// The send bounds.
+    public let sendLimits: UDPSendLimits
+    private(set) var counters = UDPSocketStatistics()
+
+    private struct Pending {
+        var payload: WriteQueue.Item
+        var destination: SocketAddress?
+    }
+
+    private var queue: [Pending] = []
+    private var queueHead = 0
+    private var queuedBytes = 0
+    private var sendInFlight = false
+    private var receiveOperation: OperationID?
+    private var sendOperation: OperationID?
+    private var pendingOperations = 0
+    private var closed = false
+    /// Keeps the socket alive from close() until its cancelled operations have completed (their
+    /// completion closures reference it unowned).
+    private var lifeline: UDPSocket?
+    private var connectedPeer: SocketAddress?
+    private let template: UnsafeMutablePointer<msghdr>
+    private let sendMessage: UnsafeMutablePointer<msghdr>
+    private let sendVector: UnsafeMutablePointer<iovec>
+    private let sendAddress: UnsafeMutablePointer<sockaddr_storage>
+    private var onReceive: ((IOCompletion) -> Void)!
+    private var onSend: ((IOCompletion) -> Void)!
+    private static let addressSpace = MemoryLayout<sockaddr_storage>.size
+
+    init(thread: IOThread, descriptor: Int32, localAddress: SocketAddress, sendLimits: UDPSendLimits) {
+        self.thread = thread
+        self.descriptor = descriptor
+        self.localAddress = localAddress
+        self.sendLimits = sendLimits
+        template = .allocate(capacity: 1)
+        template.initialize(to: msghdr())
+        template.pointee.msg_namelen = socklen_t(Self.addressSpace)
+        sendMessage = .allocate(capacity: 1)
+        sendMessage.initialize(to: msghdr())
+        sendVector = .allocate(capacity: 1)
+        sendVector.initialize(to: iovec())
+        sendAddress = .allocate(capacity: 1)
+        sendAddress.initialize(to: sockaddr_storage())
+        onReceive = { [unowned self] in self.receiveCompleted($0) }
+        onSend = { [unowned self] in self.sendCompleted($0) }
+    }
+
+    deinit {
+        template.deallocate()
+        sendMessage.deallocate()
+        sendVector.deallocate()
+        sendAddress.deallocate()
+    }
+
+    /// Overridden by the handler-storing subclass.
+    func deliver(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool) {}
+
+    /// Binds a socket on `thread` (the next thread of `pool` when nil) and starts receiving into `handler`.
+    public static func bind<Handler: UDPHandler>(
+        pool: IOPool, on thread: IOThread? = nil, configuration: UDPSocketConfiguration, handler: Handler
+    ) throws(SystemError) -> UDPSocket {
+        let address = try SocketAddress(host: configuration.host, port: configuration.port)
+        let fd = try Sockets.makeDatagramSocket(family: address.addressFamily)
+        let bound: SocketAddress
+        do {
+            try Sockets.setReuseAddress(fd)
+            try Sockets.setBufferSizes(fd, send: configuration.sendBufferSize, receive: configuration.receiveBufferSize)
+            try Sockets.bind(fd, to: address)
+            bound = try Sockets.localAddress(fd)
+        } catch {
+            Descriptors.close(fd)
+            throw error
+        }
+        let target = thread ?? pool.next()
+        let socket = HandledUDPSocket<Handler>(thread: target, descriptor: fd, localAddress: bound, sendLimits: configuration.sendLimits)
+        socket.handler = handler
+        target.execute {
+            target.onShutdown { socket.close() }  // the pool's shutdown closes the socket cleanly
+            socket.startReceiving()
+        }
+        return socket
+    }
+
+    /// Counters (read on ``thread``).
+    public var statistics: UDPSocketStatistics {
+        var snapshot = counters
+        snapshot.queued = queue.count - queueHead
+        snapshot.queuedBytes = queuedBytes
+        return snapshot
+    }
+
+    // MARK: Receiving
+
+    func startReceiving() {
+        guard !closed, receiveOperation == nil else { return }
+        pendingOperations += 1
+        receiveOperation = thread.submit(.receiveMessagePooled(descriptor, template: template, multishot: true), onReceive)
+    }
+
+    private func receiveCompleted(_ completion: IOCompletion) {
+        if !completion.hasMore {
+            receiveOperation = nil
+            pendingOperations -= 1
+        }
+        if var buffer = thread.takeReceivedBuffer(completion) {
+            counters.received += 1
+            let parsed = buffer.withUnsafeReadableBytes { bytes -> (SocketAddress, Bool, Int) in
+                let base = bytes.baseAddress!
+                let nameLength = ReceivedMessageLayout.addressLength(base)
+                var storage = sockaddr_storage()
+                withUnsafeMutableBytes(of: &storage) {
+                    $0.copyMemory(from: UnsafeRawBufferPointer(start: base + ReceivedMessageLayout.headerBytes,
+                                                               count: min(nameLength, Self.addressSpace)))
+                }
+                let stored = bytes.count - ReceivedMessageLayout.headerBytes - Self.addressSpace
+                let truncated = ReceivedMessageLayout.isTruncated(base) || ReceivedMessageLayout.payloadLength(base) > stored
+                return (SocketAddress(storage: storage, length: socklen_t(nameLength)), truncated,
+                        ReceivedMessageLayout.headerBytes + Self.addressSpace)
+            }
+            buffer.consume(parsed.2)
+            if parsed.1 { counters.truncated += 1 }
+            if !closed { deliver(buffer, from: parsed.0, truncated: parsed.1) }
+        }
+        if receiveOperation == nil && !closed && !completion.isCancelled {
+            if completion.result == -ENOBUFS {
+                thread.scheduleTimer(after: .milliseconds(1)) { [self] in startReceiving() }
+            } else {
+                startReceiving()
+            }
+        }
+        finishIfClosed()
+    }
+
+    // MARK: Sending
+
+    /// Connects the socket to `peer`: only its datagrams are received, and ``send(_:)`` needs no address.
+    public func connect(to peer: SocketAddress) throws(SystemError) {
+        _ = try peer.withSockAddr { (sa, length) throws(SystemError) -> Int32 in
+            try retryingSyscall("connect(udp)") { Glibc.connect(descriptor, sa, length) }
+        }
+        connectedPeer = peer
+    }
+
+    /// Sends a datagram to the connected peer (see ``connect(to:)``).
+    @discardableResult
+    public func send(_ datagram: consuming IOBuffer) -> UDPSendResult {
+        precondition(connectedPeer != nil, "send(_:) without an address needs connect(to:) first")
+        return enqueue(.owned(datagram.detach()), to: nil)
+    }
+
+    /// Sends a datagram to `destination`.
+    @discardableResult
+    public func send(_ datagram: consuming IOBuffer, to destination: SocketAddress) -> UDPSendResult {
+        enqueue(.owned(datagram.detach()), to: destination)
+    }
+
+    /// Sends a shared payload to `destination` without copying it (one payload, many receivers).
+    @discardableResult
+    public func send(_ datagram: SharedBuffer, to destination: SocketAddress) -> UDPSendResult {
+        enqueue(.shared(datagram, offset: 0), to: destination)
+    }
+
+    private func enqueue(_ payload: WriteQueue.Item, to destination: SocketAddress?) -> UDPSendResult {
+        precondition(thread.isCurrent, "UDPSocket.send must run on the socket's I/O thread")
+        let size = payload.readableRegion.count
+        guard !closed else {
+            Self.release(payload)
+            counters.failed += 1
+            return .refused
+        }
+        let queued = queue.count - queueHead
+        if queued == 0 && !sendInFlight && sendLimits.sendsInline {
+            switch sendNow(payload.readableRegion, to: destination) {
+            case .some(true):
+                Self.release(payload)
+                counters.sent += 1
+                return .sent
+            case .some(false):
+                Self.release(payload)
+                counters.failed += 1
+                return .refused
+            case .none:
+                break  // would block: queue it
+            }
+        }
+        var result = UDPSendResult.queued
+        if queued >= sendLimits.maximumDatagrams || queuedBytes + size > sendLimits.maximumBytes {
+            switch sendLimits.policy {
+            case .dropNewest:
+                Self.release(payload)
+                counters.dropped += 1
+                return .dropped
+            case .fail:
+                Self.release(payload)
+                counters.failed += 1
+                return .refused
+            case .dropOldest:
+                // The head may be in flight; drop the oldest after it.
+                let oldest = queueHead + (sendInFlight ? 1 : 0)
+                if oldest < queue.count {
+                    queuedBytes -= queue[oldest].payload.readableRegion.count
+                    Self.release(queue[oldest].payload)
+                    queue.remove(at: oldest)
+                    counters.dropped += 1
+                } else {
+                    Self.release(payload)
+                    counters.dropped += 1
+                    return .dropped
+                }
+                result = .queued
+            }
+        }
+        queue.append(Pending(payload: payload, destination: destination))
+        queuedBytes += size
+        if !sendInFlight { submitNext() }
+        return result
+    }
+
+    /// One non-blocking sendmsg. - Returns: true sent, false failed, nil would block.
+    private func sendNow(_ bytes: UnsafeRawBufferPointer, to destination: SocketAddress?) -> Bool? {
+        var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+        return withUnsafeMutablePointer(to: &vector) { vectorPointer -> Bool? in
+            var message = msghdr()
+            message.msg_iov = vectorPointer
+            message.msg_iovlen = 1
+            let attempt = { (message: inout msghdr) -> Bool? in
+                switch Result(catching: { () throws(SystemError) in try Sockets.sendMessage(self.descriptor, &message) }) {
+                case .success(.completed): return true
+                case .success(.wouldBlock): return nil
+                case .failure: return false
+                }
+            }
+            guard let destination else { return attempt(&message) }
+            return destination.withSockAddr { sa, length in
+                message.msg_name = UnsafeMutableRawPointer(mutating: sa)
+                message.msg_namelen = length
+                return attempt(&message)
+            }
+        }
+    }
+
+    private func submitNext() {
+        guard !sendInFlight, queueHead < queue.count, !closed else { return }
+        let next = queue[queueHead]
+        let region = next.payload.readableRegion
+        sendVector.pointee = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
+        sendMessage.pointee = msghdr()
+        sendMessage.pointee.msg_iov = sendVector
+        sendMessage.pointee.msg_iovlen = 1
+        if let destination = next.destination {
+            destination.withSockAddr { sa, length in
+                UnsafeMutableRawPointer(sendAddress).copyMemory(from: sa, byteCount: Int(length))
+                sendMessage.pointee.msg_namelen = length
+            }
+            sendMessage.pointee.msg_name = UnsafeMutableRawPointer(sendAddress)
+        }
+        sendInFlight = true
+        pendingOperations += 1
+        sendOperation = thread.submit(.sendMessage(descriptor, UnsafePointer(sendMessage)), onSend)
+    }
+
+    private func sendCompleted(_ completion: IOCompletion) {
+        sendInFlight = false
+        sendOperation = nil
+        pendingOperations -= 1
+        if queueHead < queue.count {
+            let done = queue[queueHead]
+            queueHead += 1
+            queuedBytes -= done.payload.readableRegion.count
+            Self.release(done.payload)
+            if completion.result >= 0 { counters.sent += 1 } else { counters.failed += 1 }
+            if queueHead == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                queueHead = 0
+            }
+        }
+        submitNext()
+        finishIfClosed()
+    }
+
+    private static func release(_ item: WriteQueue.Item) {
+        if case .owned(let buffer) = item { buffer.release() }
+    }
+
+    // MARK: Multicast
+
+    /// Joins the IPv4 multicast `group` on the interface with index `interfaceIndex` (0: the default).
+    public func joinMulticastGroup(_ group: SocketAddress, interfaceIndex: Int32 = 0) throws(SystemError) {
+        try changeMembership(group, interfaceIndex: interfaceIndex, join: true)
+    }
+
+    /// Leaves a multicast group joined with ``joinMulticastGroup(_:interfaceIndex:)``.
+    public func leaveMulticastGroup(_ group: SocketAddress, interfaceIndex: Int32 = 0) throws(SystemError) {
+        try changeMembership(group, interfaceIndex: interfaceIndex, join: false)
+    }
+
+    private func changeMembership(_ group: SocketAddress, interfaceIndex: Int32, join: Bool) throws(SystemError) {
+        if group.family == .ipv4 {
+            var request = ip_mreqn()
+            group.withSockAddr { sa, _ in
+                request.imr_multiaddr = UnsafeRawPointer(sa).assumingMemoryBound(to: sockaddr_in.self).pointee.sin_addr
+            }
+            request.imr_ifindex = interfaceIndex
+            _ = try retryingSyscall(join ? "setsockopt(IP_ADD_MEMBERSHIP)" : "setsockopt(IP_DROP_MEMBERSHIP)") {
+                setsockopt(descriptor, Int32(IPPROTO_IP), join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP,
+                           &request, socklen_t(MemoryLayout<ip_mreqn>.size))
+            }
+        } else {
+            var request = ipv6_mreq()
+            group.withSockAddr { sa, _ in
+                request.ipv6mr_multiaddr = UnsafeRawPointer(sa).assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_addr
+            }
+            request.ipv6mr_interface = UInt32(interfaceIndex)
+            _ = try retryingSyscall(join ? "setsockopt(IPV6_JOIN_GROUP)" : "setsockopt(IPV6_LEAVE_GROUP)") {
+                setsockopt(descriptor, Int32(IPPROTO_IPV6), join ? IPV6_ADD_MEMBERSHIP : IPV6_DROP_MEMBERSHIP,
+                           &request, socklen_t(MemoryLayout<ipv6_mreq>.size))
+            }
+        }
+    }
+
+    // MARK: Closing
+
+    /// Stops receiving, drops queued sends and closes the descriptor once in-flight operations finish.
+    public func close() {
+        if !thread.isCurrent {
+            thread.execute { [self] in close() }
+            return
+        }
+        guard !closed else { return }
+        closed = true
+        lifeline = self
+        if let receiveOperation { thread.cancel(receiveOperation) }
+        if let sendOperation { thread.cancel(sendOperation) }
+        let keep = sendInFlight ? queueHead + 1 : queueHead
+        for index in keep..<queue.count { Self.release(queue[index].payload) }
+        queue.removeSubrange(keep..<queue.count)
+        finishIfClosed()
+    }
+
+    private func finishIfClosed() {
+        guard closed, pendingOperations == 0, descriptor >= 0 else { return }
+        for index in queueHead..<queue.count { Self.release(queue[index].payload) }
+        queue.removeAll()
+        queueHead = 0
+        queuedBytes = 0
+        Descriptors.close(descriptor)
+        descriptor = -1
+        lifeline = nil
+    }
+}
+
+/// A UDP socket storing its handler value inline (generic, so calls specialise).
+final class HandledUDPSocket<Handler: UDPHandler>: UDPSocket, @unchecked Sendable {
+    // @unchecked Sendable: as UDPSocket, confined to its I/O thread.
+    var handler: Handler?
+
+    override func deliver(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool) {
+        handler!.datagramReceived(datagram, from: sender, truncated: truncated, on: self)
+    }
+}
