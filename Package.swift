@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
         .executable(name: "keel-echo-client", targets: ["keel-echo-client"]),
         .executable(name: "keel-chat", targets: ["keel-chat"]),
+        .executable(name: "keel-udp-echo", targets: ["keel-udp-echo"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
         .executable(name: "keel-microbench", targets: ["keel-microbench"]),
     ],
@@ -112,6 +113,14 @@ let package = Package(
         .testTarget(
             name: "KeelChatTests",
             dependencies: ["KeelChat", "KeelSockets", "KeelEngine", "KeelSystem", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-udp-echo",
+            dependencies: [
+                "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(name: "keel-demo", dependencies: ["KeelEngine"], swiftSettings: strict),

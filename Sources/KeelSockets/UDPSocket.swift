@@ -88,10 +88,14 @@ public struct UDPSocketConfiguration: Sendable {
     public var sendBufferSize: Int32?
     /// Bounds on pending sends.
     public var sendLimits: UDPSendLimits
+    /// `SO_REUSEPORT`: several sockets (one per I/O thread) share the port; the kernel spreads
+    /// datagrams over them by sender.
+    public var reusePort: Bool
 
     /// Creates a configuration.
     public init(host: String = "127.0.0.1", port: UInt16 = 0, receiveBufferSize: Int32? = nil,
-                sendBufferSize: Int32? = nil, sendLimits: UDPSendLimits = .init()) {
+                sendBufferSize: Int32? = nil, sendLimits: UDPSendLimits = .init(), reusePort: Bool = false) {
+        self.reusePort = reusePort
         self.host = host
         self.port = port
         self.receiveBufferSize = receiveBufferSize
@@ -179,6 +183,8 @@ public class UDPSocket: @unchecked Sendable {
         let bound: SocketAddress
         do {
             try Sockets.setReuseAddress(fd)
+            if configuration.reusePort { try Sockets.setReusePort(fd) }
+            if address.family == .ipv6 { try Sockets.setIPv6Only(fd, true) }
             try Sockets.setBufferSizes(fd, send: configuration.sendBufferSize, receive: configuration.receiveBufferSize)
             try Sockets.bind(fd, to: address)
             bound = try Sockets.localAddress(fd)
