@@ -20,11 +20,12 @@ public struct IOOperation: Sendable {
         case sendMessage(fd: Int32, message: UInt, flags: UInt32)
         case connect(fd: Int32, address: UInt, length: UInt32)
         case receiveMessagePooled(fd: Int32, template: UInt, multishot: Bool)
+        case pollReadable(fd: Int32)
 
         /// True for operations that wait for the descriptor to become readable (epoll).
         var waitsForReadable: Bool {
             switch self {
-            case .read, .accept, .receive, .receivePooled, .receiveMessagePooled: return true
+            case .read, .accept, .receive, .receivePooled, .receiveMessagePooled, .pollReadable: return true
             default: return false
             }
         }
@@ -33,6 +34,7 @@ public struct IOOperation: Sendable {
             switch self {
             case .accept(_, let multishot), .receivePooled(_, let multishot), .receiveMessagePooled(_, _, let multishot):
                 return multishot
+
             default: return false
             }
         }
@@ -96,6 +98,13 @@ extension IOOperation {
         -> IOOperation
     {
         IOOperation(core: .receiveMessagePooled(fd: fd, template: UInt(bitPattern: template), multishot: multishot))
+    }
+
+    /// Completes once socket `fd` is readable, has urgent (out-of-band) data, or hung up; the result is
+    /// the ready mask (`POLLIN`, `POLLPRI`, `POLLHUP`, `POLLERR`, `POLLRDHUP`). For readers that must
+    /// look for urgent data before reading past it.
+    public static func pollReadable(_ fd: Int32) -> IOOperation {
+        IOOperation(core: .pollReadable(fd: fd))
     }
 
     /// Sends `buffer` on socket `fd` (never raising SIGPIPE). `urgent` sends it as out-of-band data.

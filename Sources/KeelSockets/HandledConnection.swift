@@ -19,6 +19,9 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
     override func deliverWritabilityChanged(_ isWritable: Bool) {
         handler!.connectionWritabilityChanged(self, isWritable: isWritable)
     }
+    override func deliverUrgent(_ byte: UInt8) {
+        handler!.connectionReceivedUrgent(self, byte: byte)
+    }
     override func deliverWriteLimitExceeded(_ queuedBytes: Int) {
         handler!.connectionWriteLimitExceeded(self, queuedBytes: queuedBytes)
     }

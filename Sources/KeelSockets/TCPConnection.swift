@@ -94,6 +94,9 @@ public class TCPConnection: @unchecked Sendable {
     // so the steady state allocates nothing.
     private var onReceive: ((IOCompletion) -> Void)!
     private var onReceiveInto: ((IOCompletion) -> Void)!
+    private var onReadable: ((IOCompletion) -> Void)!
+    /// Read by readiness (poll, then recv) so urgent bytes are taken before the stream passes them.
+    private var receivesUrgentData = false
     /// A handler's buffer that the next read continues into (``continueReading(into:)``).
     private var accumulator: DetachedBuffer?
     private var onSend: ((IOCompletion) -> Void)!
@@ -108,6 +111,7 @@ public class TCPConnection: @unchecked Sendable {
         message.initialize(to: msghdr())
         onReceive = { [unowned self] in self.receiveCompleted($0) }
         onReceiveInto = { [unowned self] in self.receiveIntoCompleted($0) }
+        onReadable = { [unowned self] in self.readableSignalled($0) }
         onSend = { [unowned self] in self.sendCompleted($0) }
         onIdle = { [unowned self] in self.timedOut(.idleTimeout) }
         onReadTimeout = { [unowned self] in self.timedOut(.readTimeout) }
@@ -132,6 +136,7 @@ public class TCPConnection: @unchecked Sendable {
     func deliverClosed(_ reason: TCPCloseReason) {}
     func deliverWritabilityChanged(_ isWritable: Bool) {}
     func deliverWriteLimitExceeded(_ queuedBytes: Int) {}
+    func deliverUrgent(_ byte: UInt8) {}
     /// Called after `deliverClosed`: the owner may reuse the object.
     func didFinish() {}
 
@@ -140,7 +145,7 @@ public class TCPConnection: @unchecked Sendable {
     /// Takes over `fd` (connected, non-blocking) and starts the connection.
     func open(
         descriptor fd: Int32, timeouts: TCPTimeouts, noDelay: Bool, keepAliveIdle: Int32?,
-        flowControl: TCPFlowControl = .default, filters: [any TCPConnectionFilter] = []
+        flowControl: TCPFlowControl = .default, filters: [any TCPConnectionFilter] = [], receivesUrgentData: Bool = false
     ) {
         self.filters = filters
         self.flowControl = flowControl
@@ -169,6 +174,7 @@ public class TCPConnection: @unchecked Sendable {
         remoteAddress = try? Sockets.peerAddress(fd)
         if let idleTimeout { idleTimer = thread.scheduleTimer(after: idleTimeout, onIdle) }
         if let readTimeout { readTimer = thread.scheduleTimer(after: readTimeout, onReadTimeout) }
+        self.receivesUrgentData = receivesUrgentData
         withCallback { deliverEstablished() }
         if state == .open { startReceiving() }
     }
@@ -224,6 +230,8 @@ public class TCPConnection: @unchecked Sendable {
         pendingOperations += 1
         if let accumulator {
             receiveOperation = thread.submit(.receive(descriptor, into: accumulator.writableRegion), onReceiveInto)
+        } else if receivesUrgentData {
+            receiveOperation = thread.submit(.pollReadable(descriptor), onReadable)
         } else {
             receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), onReceive)
         }
@@ -505,6 +513,72 @@ public class TCPConnection: @unchecked Sendable {
     public func write(_ chain: consuming BufferChain) {
         while let buffer = chain.popFirst() {
             write(buffer)
+        }
+    }
+
+    /// Sends one urgent (out-of-band) byte at once, ahead of anything queued: the peer's
+    /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` gets it apart from the normal stream.
+    /// (TCP carries one urgent byte at a time; a newer one replaces an unread older one.)
+    /// - Returns: false when the connection is closing or the kernel refused it.
+    @discardableResult
+    public func sendUrgent(_ byte: UInt8) -> Bool {
+        precondition(thread.isCurrent, "sendUrgent must run on the connection's I/O thread")
+        guard state == .open, !writeShutdown else { return false }
+        var value = byte
+        let outcome = withUnsafeBytes(of: &value) { bytes in
+            Result { () throws(SystemError) in try Sockets.send(descriptor, bytes, urgent: true) }
+        }
+        if case .success(.completed(1)) = outcome { return true }
+        return false
+    }
+
+    /// The readiness-driven read path of connections that receive urgent data: an in-band read that
+    /// passes the urgent mark discards the urgent byte, so each read first takes any urgent byte
+    /// (`recv(MSG_OOB)`), then reads the stream into pooled buffers until it would block.
+    private func readableSignalled(_ completion: IOCompletion) {
+        receiveActive = false
+        receiveOperation = nil
+        pendingOperations -= 1
+        var outcome = completion
+        if completion.result > 0 && state == .open {
+            outcome = IOCompletion(result: 0, flags: 0)
+            var rounds = 0
+            reading: while state == .open && !peerHalfClosed && !isReadingPaused && accumulator == nil && rounds < 16 {
+                rounds += 1
+                takeUrgentByte()
+                guard var buffer = try? thread.bufferPool.acquire() else {
+                    outcome = IOCompletion(result: -ENOBUFS)
+                    handleReceiveEnd(outcome)
+                    break
+                }
+                let n = recv(descriptor, buffer.unsafeWritableAddress, buffer.writableBytes, 0)
+                if n > 0 {
+                    buffer.moveWriterIndex(forwardBy: n)
+                    deliverInbound(buffer)
+                    continue
+                }
+                let code = n == 0 ? 0 : ckeel_errno()
+                switch code {
+                case EAGAIN, EWOULDBLOCK: break reading
+                case EINTR: continue
+                default:
+                    outcome = IOCompletion(result: -code)
+                    handleReceiveEnd(outcome)  // 0: end of stream
+                    break reading
+                }
+            }
+            if state == .open { takeUrgentByte() }
+            if outcome.result == 0 && !peerHalfClosed { outcome = IOCompletion(result: 1) }
+        } else if completion.result <= 0 {
+            handleReceiveEnd(completion)
+        }
+        afterReceive(outcome)
+    }
+
+    private func takeUrgentByte() {
+        var byte: UInt8 = 0
+        if recv(descriptor, &byte, 1, Int32(CKEEL_MSG_OOB)) == 1 {
+            withCallback { deliverUrgent(byte) }
         }
     }
 

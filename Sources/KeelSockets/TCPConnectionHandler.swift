@@ -35,6 +35,10 @@ public protocol TCPConnectionHandler: SendableMetatype {
     /// A write took the queue past the hard limit with the ``TCPFlowControl/Policy/notify`` policy
     /// (the write was queued; decide what to do, e.g. close). Optional.
     mutating func connectionWriteLimitExceeded(_ connection: TCPConnection, queuedBytes: Int)
+
+    /// The peer sent an urgent (out-of-band, `MSG_OOB`) byte, delivered apart from the normal stream.
+    /// Only called when the server or connector enables ``TCPServerConfiguration/receivesUrgentData``.
+    mutating func connectionReceivedUrgent(_ connection: TCPConnection, byte: UInt8)
 }
 
 extension TCPConnectionHandler {
@@ -44,6 +48,7 @@ extension TCPConnectionHandler {
     public mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {}
     public mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool) {}
     public mutating func connectionWriteLimitExceeded(_ connection: TCPConnection, queuedBytes: Int) {}
+    public mutating func connectionReceivedUrgent(_ connection: TCPConnection, byte: UInt8) {}
 }
 
 /// Bounds on what a connection queues for a slow reader, so the server never hoards memory.

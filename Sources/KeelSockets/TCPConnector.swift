@@ -77,6 +77,9 @@ public struct TCPConnectorConfiguration: Sendable {
     public var keepAliveIdleSeconds: Int32?
     /// Bounds on each connection's write queue.
     public var flowControl: TCPFlowControl = .default
+    /// Watch for urgent (out-of-band) data and deliver it through
+    /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).
+    public var receivesUrgentData = false
 
     /// Creates a configuration.
     public init(connectTimeout: Duration = .seconds(10), idleTimeout: Duration? = nil, readTimeout: Duration? = nil,
@@ -189,7 +192,8 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
                 connection.handler = makeHandler()
                 connection.open(descriptor: fd, timeouts: TCPTimeouts(idle: self.configuration.idleTimeout, read: self.configuration.readTimeout),
                                 noDelay: self.configuration.noDelay, keepAliveIdle: self.configuration.keepAliveIdleSeconds,
-                                flowControl: self.configuration.flowControl)
+                                flowControl: self.configuration.flowControl,
+                                receivesUrgentData: self.configuration.receivesUrgentData)
                 return
             }
             Descriptors.close(fd)

@@ -33,6 +33,9 @@ public struct TCPServerConfiguration: Sendable {
     public var keepAliveIdleSeconds: Int32?
     /// Bounds on each connection's write queue.
     public var flowControl: TCPFlowControl = .default
+    /// Watch for urgent (out-of-band) data and deliver it through
+    /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).
+    public var receivesUrgentData = false
     /// Makes the filter stack (bottom first) for each accepted connection; nil for none.
     public var makeFilters: (@Sendable () -> [any TCPConnectionFilter])?
 
@@ -353,7 +356,8 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         connection.open(
             descriptor: fd, timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout),
             noDelay: configuration.noDelay, keepAliveIdle: configuration.keepAliveIdleSeconds,
-            flowControl: configuration.flowControl, filters: configuration.makeFilters?() ?? [])
+            flowControl: configuration.flowControl, filters: configuration.makeFilters?() ?? [],
+            receivesUrgentData: configuration.receivesUrgentData)
     }
 
     private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <linux/time_types.h>
+#include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -226,6 +227,27 @@ static inline void ckeel_sqe_recvmsg_multishot(struct io_uring_sqe *sqe, int fd,
     sqe->buf_group = group;
     sqe->ioprio |= IORING_RECV_MULTISHOT;
 }
+
+/* One-shot poll for `events` (POLLIN, POLLPRI, ...); the CQE's result is the ready mask. */
+static inline void ckeel_sqe_poll(struct io_uring_sqe *sqe, int fd, uint32_t events, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_POLL_ADD, fd, 0, 0, 0, user_data);
+    sqe->poll32_events = events;
+}
+
+static const uint32_t CKEEL_POLLIN = POLLIN;
+static const uint32_t CKEEL_POLLPRI = POLLPRI;
+static const uint32_t CKEEL_POLLERR = POLLERR;
+static const uint32_t CKEEL_POLLHUP = POLLHUP;
+static const uint32_t CKEEL_POLLRDHUP = 0x2000;
+
+/* The ready mask of `fd` for `events` right now (poll with a zero timeout): 0 when none. */
+static inline int ckeel_poll_now(int fd, short events) {
+    struct pollfd p = { .fd = fd, .events = events, .revents = 0 };
+    int rc = poll(&p, 1, 0);
+    return rc > 0 ? p.revents : (rc < 0 ? -errno : 0);
+}
+
+static const uint32_t CKEEL_EPOLLPRI = EPOLLPRI;
 
 static inline size_t ckeel_recvmsg_out_size(void) { return sizeof(struct io_uring_recvmsg_out); }
 

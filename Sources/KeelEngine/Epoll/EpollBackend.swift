@@ -141,6 +141,7 @@ final class EpollBackend {
             state.pointee.timeouts.append((ckeel_monotonic_ns() &+ nanoseconds, token))
         case .connect(let fd, let address, let length):
             startConnect(fd: fd, address: address, length: length, token: token)
+
         case let core:
             startIO(PendingIO(token: token, operation: core))
         }
@@ -154,7 +155,7 @@ final class EpollBackend {
         switch operation {
         case .read(let fd, _, _), .write(let fd, _, _), .accept(let fd, _), .receive(let fd, _, _),
             .receivePooled(let fd, _), .send(let fd, _, _, _), .sendMessage(let fd, _, _), .connect(let fd, _, _),
-            .receiveMessagePooled(let fd, _, _):
+            .receiveMessagePooled(let fd, _, _), .pollReadable(let fd):
             return fd
         case .nop, .timeout:
             return -1
@@ -222,6 +223,9 @@ final class EpollBackend {
                 n = receiveMessage(fd, template: UnsafeMutablePointer(bitPattern: template)!, into: chunk.address)
             case .connect(let fd, _, _):
                 return .completed(result: Self.pendingSocketError(fd), flags: 0, final: true)
+            case .pollReadable(let fd):
+                let ready = ckeel_poll_now(fd, Int16(CKEEL_POLLIN | CKEEL_POLLPRI | CKEEL_POLLRDHUP))
+                return ready == 0 ? .wouldBlock : .completed(result: ready, flags: 0, final: true)
             case .nop, .timeout:
                 return .completed(result: 0, flags: 0, final: true)
             }
@@ -302,6 +306,7 @@ final class EpollBackend {
         var mask = CKEEL_EPOLLONESHOT | CKEEL_EPOLLRDHUP
         if interest.read != nil { mask |= CKEEL_EPOLLIN }
         if interest.write != nil { mask |= CKEEL_EPOLLOUT }
+        if case .pollReadable? = interest.read?.operation { mask |= CKEEL_EPOLLPRI }
         if ckeel_epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, mask, UInt64(fd)) == 0 { return }
         if ckeel_errno() == ENOENT, ckeel_epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, mask, UInt64(fd)) == 0 { return }
         // The descriptor cannot be watched (closed, or a regular file): fail what waits on it.
@@ -326,6 +331,7 @@ final class EpollBackend {
                 state.pointee.interests[fd].write = nil
                 return complete(token, -ECANCELED)
             }
+
         }
     }
 
@@ -365,7 +371,7 @@ final class EpollBackend {
     private func handleReadiness(fd: Int32, events: UInt32) {
         guard Int(fd) < state.pointee.interests.count else { return }
         let failed = events & (CKEEL_EPOLLERR | CKEEL_EPOLLHUP) != 0
-        if events & (CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP) != 0 || failed, let io = state.pointee.interests[Int(fd)].read {
+        if events & (CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP | CKEEL_EPOLLPRI) != 0 || failed, let io = state.pointee.interests[Int(fd)].read {
             if !run(io, fd: fd) { state.pointee.interests[Int(fd)].read = nil }
         }
         if events & CKEEL_EPOLLOUT != 0 || failed, let io = state.pointee.interests[Int(fd)].write {

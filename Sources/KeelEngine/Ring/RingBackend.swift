@@ -95,6 +95,8 @@ final class RingBackend {
             let group = ensureProvidedBuffers()
             ckeel_sqe_recvmsg_multishot(sqe, fd, UnsafeMutablePointer(bitPattern: template), group, token.rawValue)
             if !multishot { sqe.pointee.ioprio = 0 }
+        case .pollReadable(let fd):
+            ckeel_sqe_poll(sqe, fd, CKEEL_POLLIN | CKEEL_POLLPRI | CKEEL_POLLRDHUP, token.rawValue)
         case .send(let fd, let address, let length, let flags):
             ckeel_sqe_send(sqe, fd, UnsafeRawPointer(bitPattern: address), length, flags, token.rawValue)
         case .sendMessage(let fd, let message, let flags):
