@@ -78,6 +78,10 @@ public class TCPConnection: @unchecked Sendable {
     public private(set) var droppedWriteBytes = 0
     /// Items of the write queue included in the send in flight (they cannot be dropped).
     private var itemsInFlight = 0
+    /// Buffers that arrived after reading was paused (already read from the socket): delivered, in
+    /// order, when reading resumes, so pausing never loses data nor lets the handler run ahead.
+    private var stash: [DetachedBuffer] = []
+    private var stashHead = 0
     private var readingPausedByUser = false
     private var readingPausedByFlowControl = false
     private var deferredWritability: Bool?
@@ -275,18 +279,47 @@ public class TCPConnection: @unchecked Sendable {
     public func resumeReading() {
         precondition(thread.isCurrent, "resumeReading() must be called on the connection's I/O thread")
         readingPausedByUser = false
-        startReceiving()
+        resumeDelivery()
+    }
+
+    /// Delivers stashed buffers while reading stays unpaused, then receives again.
+    private func resumeDelivery() {
+        while stashHead < stash.count && !isReadingPaused && state == .open {
+            let next = stash[stashHead]
+            stashHead += 1
+            deliverNow(next.reattach())
+        }
+        if stashHead == stash.count {
+            stash.removeAll(keepingCapacity: true)
+            stashHead = 0
+            startReceiving()
+        }
+    }
+
+    private func releaseStash() {
+        for index in stashHead..<stash.count { stash[index].release() }
+        stash.removeAll()
+        stashHead = 0
     }
 
     private func stopReceiving() {
         if receiveActive, let receiveOperation { thread.cancel(receiveOperation) }
     }
 
-    /// Hands a received buffer to the filters (if any), then the handler.
+    /// Hands a received buffer to the filters (if any), then the handler; while reading is paused, or
+    /// earlier buffers wait, it is stashed instead.
     private func deliverInbound(_ buffer: consuming IOBuffer) {
         if let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
         if let readTimer, let readTimeout { thread.resetTimer(readTimer, after: readTimeout) }
         guard state == .open else { return }
+        if isReadingPaused || stashHead < stash.count {
+            stash.append(buffer.detach())
+            return
+        }
+        deliverNow(buffer)
+    }
+
+    private func deliverNow(_ buffer: consuming IOBuffer) {
         callbackDepth += 1
         if filters.isEmpty {
             deliverReceived(buffer)
@@ -629,7 +662,7 @@ public class TCPConnection: @unchecked Sendable {
                 isWritable = true
                 if readingPausedByFlowControl {
                     readingPausedByFlowControl = false
-                    startReceiving()
+                    resumeDelivery()
                 }
                 noteWritability(true)
             }
@@ -725,6 +758,7 @@ public class TCPConnection: @unchecked Sendable {
         guard state == .closing, pendingOperations == 0 else { return }
         filters = []
         accumulator.take()?.release()
+        releaseStash()
         if callbackDepth > 0 {
             finishDeferred = true  // the closed callback must not run inside another callback
             return
