@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "keel-echo-client", targets: ["keel-echo-client"]),
         .executable(name: "keel-chat", targets: ["keel-chat"]),
         .executable(name: "keel-udp-echo", targets: ["keel-udp-echo"]),
+        .executable(name: "keel-bench", targets: ["keel-bench"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
         .executable(name: "keel-microbench", targets: ["keel-microbench"]),
     ],
@@ -27,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
     ],
     targets: [
         // Layer 1: the kernel's UAPI headers and raw syscalls, as static inline C.
@@ -119,6 +121,23 @@ let package = Package(
             name: "keel-udp-echo",
             dependencies: [
                 "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        // Layer 6: the load and soak tool (library + thin command line).
+        .target(
+            name: "KeelBench",
+            dependencies: [
+                "CKeelLinux", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-bench",
+            dependencies: [
+                "KeelBench", "KeelEngine", "KeelSystem", "KeelCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -127,13 +127,17 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
 
     /// Connects to `address` on the next I/O thread (or `thread`). On success a connection opens with
     /// the handler `makeHandler` returns; on failure `failed` runs on that I/O thread.
+    /// - Parameter source: the local address to connect from (e.g. one of 127.0.0.x, so that many
+    ///   connections to one server are not limited by one source address's ephemeral ports).
     public func connect(
-        to address: SocketAddress, on thread: IOThread? = nil,
+        to address: SocketAddress, from source: SocketAddress? = nil, on thread: IOThread? = nil,
         makeHandler: @escaping @Sendable () -> Handler,
         failed: @escaping @Sendable (TCPConnectError) -> Void = { _ in }
     ) {
         let thread = thread ?? pool.next()
-        thread.execute { [self] in self.start(address, on: thread, makeHandler: makeHandler, failed: failed) }
+        thread.execute { [self] in
+            self.start(address, from: source, on: thread, makeHandler: makeHandler, failed: failed)
+        }
     }
 
     /// Resolves `host` off the I/O threads (on the work pool), then connects to its first address.
@@ -145,7 +149,7 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
         thread.runBlocking({ () throws -> SocketAddress in try Resolver.resolve(host: host, port: port) }) { [self] result in
             switch result {
             case .success(let address):
-                self.start(address, on: thread, makeHandler: makeHandler, failed: failed)
+                self.start(address, from: nil, on: thread, makeHandler: makeHandler, failed: failed)
             case .failure:
                 failed(TCPConnectError(code: .resolution, target: "\(host):\(port)"))
             }
@@ -167,14 +171,22 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
     }
 
     private func start(
-        _ target: SocketAddress, on thread: IOThread, makeHandler: @escaping @Sendable () -> Handler,
-        failed: @escaping @Sendable (TCPConnectError) -> Void
+        _ target: SocketAddress, from source: SocketAddress?, on thread: IOThread,
+        makeHandler: @escaping @Sendable () -> Handler, failed: @escaping @Sendable (TCPConnectError) -> Void
     ) {
         let fd: Int32
         do {
             fd = try Sockets.makeStreamSocket(family: target.addressFamily)
         } catch {
             return failed(TCPConnectError(errno: error.errno.rawValue, target: "\(target)"))
+        }
+        if let source {
+            do {
+                try Sockets.bind(fd, to: source)
+            } catch {
+                Descriptors.close(fd)
+                return failed(TCPConnectError(errno: error.errno.rawValue, target: "\(target) from \(source)"))
+            }
         }
         let attempt = Attempt(fd: fd, length: Int(target.length))
         target.withSockAddr { sa, length in attempt.address.copyMemory(from: sa, byteCount: Int(length)) }

@@ -1,0 +1,109 @@
+// keel-bench: Keel's load and soak tool. Every mode is bounded in time and stops by itself.
+//
+//   keel-bench echo  --port 7007 --connections 50 --size 64 --depth 16 --duration 10
+//   keel-bench storm --port 7007 --concurrency 64 --duration 10
+//   keel-bench hold  --port 7007 --count 10000 --duration 30 [--trickle-ms 1000]
+//   keel-bench udp   --port 7007 --sockets 8 --window 32 --duration 10
+import ArgumentParser
+import KeelBench
+import KeelCommandLine
+import KeelEngine
+import KeelSystem
+
+@main
+struct KeelBenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keel-bench", abstract: "Load and soak tool for TCP and UDP echo servers.",
+        subcommands: [Echo.self, Storm.self, Hold.self, UDP.self])
+}
+
+/// Options every mode shares.
+struct Common: ParsableArguments {
+    @Option(help: "Server address (numeric IPv4 or IPv6).") var host = "127.0.0.1"
+    @Option(help: "Server port.") var port: UInt16 = 7007
+    @Option(help: "Seconds to measure.") var duration: Double = 10
+    @Option(help: "Seconds of warm-up before measuring.") var warmup: Double = 2
+    @Option(help: "Client I/O threads.") var threads = 1
+    @Option(help: "Client backend: io_uring or epoll (default: automatic).") var backend: BackendKind?
+    @Flag(help: "Print the result as one JSON object.") var json = false
+
+    func target() throws -> SocketAddress { try SocketAddress(host: host, port: port) }
+    func pool() throws -> IOPool {
+        try IOPool(configuration: .init(threadCount: threads, backend: backend, workPoolThreadCount: 1,
+                                        providedBuffersPerThread: 4096))
+    }
+    func report(_ result: BenchResult) { announce(json ? result.json : result.summary) }
+}
+
+extension KeelBenchCommand {
+    struct Echo: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Echo load: C connections, S-byte messages, P in flight; every byte validated.")
+        @OptionGroup var common: Common
+        @Option(name: [.customShort("c"), .long], help: "Connections.") var connections = 50
+        @Option(name: [.customShort("s"), .long], help: "Message size in bytes.") var size = 64
+        @Option(name: [.customShort("p"), .long], help: "Messages in flight per connection.") var depth = 1
+        @Option(help: "Messages per connection instead of a duration.") var messages: Int?
+
+        func run() async throws {
+            let pool = try common.pool()
+            defer { pool.shutdown() }
+            let result = await runEchoBenchmark(
+                .init(target: try common.target(), connections: connections, messageSize: size, depth: depth,
+                      warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)),
+                      messagesPerConnection: messages), pool: pool)
+            common.report(result)
+            if result.validationFailures > 0 || result.errors > 0 { throw ExitCode.failure }
+        }
+    }
+
+    struct Storm: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Connect, echo one message, close, as fast as possible.")
+        @OptionGroup var common: Common
+        @Option(help: "Connections in progress at once.") var concurrency = 64
+        @Option(name: [.customShort("s"), .long], help: "Message size in bytes.") var size = 64
+
+        func run() async throws {
+            let pool = try common.pool()
+            defer { pool.shutdown() }
+            let result = await runStormBenchmark(
+                target: try common.target(), concurrency: concurrency, messageSize: size,
+                warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
+            common.report(result)
+            if result.validationFailures > 0 { throw ExitCode.failure }
+        }
+    }
+
+    struct Hold: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Open N connections and hold them, idle or trickling.")
+        @OptionGroup var common: Common
+        @Option(help: "Connections to open.") var count = 1000
+        @Option(help: "Send one byte on each connection every this many milliseconds (default: idle).") var trickleMs: Int?
+
+        func run() async throws {
+            let pool = try common.pool()
+            defer { pool.shutdown() }
+            let result = await runHoldBenchmark(
+                target: try common.target(), count: count, trickle: trickleMs.map { .milliseconds($0) },
+                duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
+            common.report(result)
+        }
+    }
+
+    struct UDP: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Datagrams per second, loss and reordering against a UDP echo server.")
+        @OptionGroup var common: Common
+        @Option(help: "Client sockets.") var sockets = 8
+        @Option(name: [.customShort("s"), .long], help: "Datagram size in bytes (at least 16).") var size = 64
+        @Option(help: "Datagrams in flight per socket.") var window = 32
+
+        func run() async throws {
+            let pool = try common.pool()
+            defer { pool.shutdown() }
+            let result = await runUDPBenchmark(
+                target: try common.target(), sockets: sockets, size: size, window: window,
+                warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
+            common.report(result)
+            if result.validationFailures > 0 { throw ExitCode.failure }
+        }
+    }
+}
