@@ -44,22 +44,28 @@ public final class ChatServer: Sendable {
 
 /// The members of the room, one list per I/O thread (each touched only on its thread).
 final class ChatRoom: @unchecked Sendable {
-    // @unchecked Sendable: `members[i]` is touched only on I/O thread i; counters are atomics.
-    private var members: [[TCPConnection]]
+    // @unchecked Sendable: `members[i].connections` is touched only on I/O thread i (the outer array is
+    // immutable, so threads never write shared storage); counters are atomics.
+    final class Members: @unchecked Sendable {
+        // @unchecked Sendable: touched only on the I/O thread it belongs to.
+        var connections: [TCPConnection] = []
+    }
+
+    private let members: [Members]
     let slowConsumers = Atomic<Int>(0)
     let lines = Atomic<Int>(0)
     private let next = Atomic<Int>(0)
 
     init(threads: Int) {
-        members = Array(repeating: [], count: threads)
+        members = (0..<threads).map { _ in Members() }
     }
 
     func join(_ connection: TCPConnection) {
-        members[connection.thread.index].append(connection)
+        members[connection.thread.index].connections.append(connection)
     }
 
     func leave(_ connection: TCPConnection) {
-        members[connection.thread.index].removeAll { $0 === connection }
+        members[connection.thread.index].connections.removeAll { $0 === connection }
     }
 
     func nextGuestNumber() -> Int { next.wrappingAdd(1, ordering: .relaxed).newValue }
@@ -67,11 +73,12 @@ final class ChatRoom: @unchecked Sendable {
     /// Sends `line` to every member: one shared payload, one hop per other I/O thread.
     func broadcast(_ line: SharedBuffer, from thread: IOThread, pool: IOPool?) {
         lines.wrappingAdd(1, ordering: .relaxed)
-        for member in members[thread.index] { member.write(line) }
+        for member in members[thread.index].connections { member.write(line) }
         for index in members.indices where index != thread.index {
-            guard let target = members[index].first?.thread else { continue }
-            target.execute { [self] in
-                for member in self.members[index] { member.write(line) }
+            guard let target = members[index].connections.first?.thread else { continue }
+            let list = members[index]
+            target.execute {
+                for member in list.connections { member.write(line) }
             }
         }
     }

@@ -16,11 +16,17 @@ final class ConnectionRun: @unchecked Sendable {
     let active = Atomic<Int>(0)
     let closedEarly = Atomic<Int>(0)
     let failures = Atomic<Int>(0)
-    var open: [[TCPConnection]]
+    /// Per I/O thread (the outer array is immutable: each thread writes only its own list).
+    let open: [OpenList]
+
+    final class OpenList: @unchecked Sendable {
+        // @unchecked Sendable: touched only on the I/O thread it belongs to.
+        var connections: [TCPConnection] = []
+    }
 
     init(threads: Int, target: SocketAddress, messageSize: Int, trickle: Duration?) {
         stats = (0..<threads).map { _ in ThreadStats() }
-        open = Array(repeating: [], count: threads)
+        open = (0..<threads).map { _ in OpenList() }
         self.target = target
         self.messageSize = messageSize
         self.trickle = trickle
@@ -136,7 +142,7 @@ struct HoldClient: TCPConnectionHandler {
         let stats = run.stats[connection.thread.index]
         _ = stats.connectTimes.record(now() &- startedAt)
         stats.connections += 1
-        run.open[connection.thread.index].append(connection)
+        run.open[connection.thread.index].connections.append(connection)
         if let trickle = run.trickle {
             let thread = connection.thread
             timer = thread.scheduleTimer(after: trickle, repeating: trickle) {
@@ -151,7 +157,7 @@ struct HoldClient: TCPConnectionHandler {
 
     mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
         if let timer { connection.thread.cancelTimer(timer) }
-        run.open[connection.thread.index].removeAll { $0 === connection }
+        run.open[connection.thread.index].connections.removeAll { $0 === connection }
         if run.phase.current != Phase.stopping {
             run.closedEarly.wrappingAdd(1, ordering: .relaxed)
             run.stats[connection.thread.index].errors += 1
@@ -193,7 +199,7 @@ public func runHoldBenchmark(target: SocketAddress, count: Int, trickle: Duratio
     let held = connector.activeConnections
     run.phase.set(Phase.stopping)
     for (index, thread) in pool.threads.enumerated() {
-        thread.execute { for connection in run.open[index] { connection.close(.abortive) } }
+        thread.execute { for connection in run.open[index].connections { connection.close(.abortive) } }
     }
     let deadline = ContinuousClock.now + .seconds(20)
     while connector.activeConnections > 0 && ContinuousClock.now < deadline {

@@ -1,0 +1,43 @@
+// The SwiftNIO echo server Keel is compared against, set up like SwiftNIO's own NIOEchoServer example
+// (write on channelRead, flush on channelReadComplete, back-pressure handler, TCP_NODELAY).
+//
+//   nio-echo-server [port] [threads]      prints "listening on 127.0.0.1:PORT"
+import NIOCore
+import NIOPosix
+
+final class EchoHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.write(data, promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+let arguments = CommandLine.arguments
+let port = arguments.count > 1 ? Int(arguments[1]) ?? 7007 : 7007
+let threads = arguments.count > 2 ? Int(arguments[2]) ?? 1 : 1
+let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+let bootstrap = ServerBootstrap(group: group)
+    .serverChannelOption(.backlog, value: 4096)
+    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+    .childChannelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
+            try channel.pipeline.syncOperations.addHandler(EchoHandler())
+        }
+    }
+    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+    .childChannelOption(.maxMessagesPerRead, value: 16)
+    .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
+let channel = try bootstrap.bind(host: "127.0.0.1", port: port).wait()
+print("listening on 127.0.0.1:\(channel.localAddress?.port ?? port)")
+try channel.closeFuture.wait()
