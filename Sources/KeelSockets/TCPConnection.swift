@@ -90,45 +90,39 @@ public class TCPConnection: @unchecked Sendable {
     private var deferredWriteCompleted = 0
     private var finishDeferred = false
 
-    private let vectors: UnsafeMutablePointer<iovec>
-    private let message: UnsafeMutablePointer<msghdr>
+    /// The iovec array and message header of the send in flight: allocated on the first queued send
+    /// (an idle or inline-only connection never needs them), then kept for the object's lifetime.
+    private var vectors: UnsafeMutablePointer<iovec>?
+    private var message: UnsafeMutablePointer<msghdr>?
     private static let maximumVectors = 64
 
-    // Completion closures, made once per object and reused: submitting an operation retains them,
-    // so the steady state allocates nothing.
+    // Completion closures, each made once per object and reused: submitting an operation retains
+    // them, so the steady state allocates nothing. All but the receive closure are made lazily: a
+    // connection that never times out or queues a send never pays for those.
     private var onReceive: ((IOCompletion) -> Void)!
-    private var onReceiveInto: ((IOCompletion) -> Void)!
-    private var onReadable: ((IOCompletion) -> Void)!
+    private lazy var onReceiveInto: (IOCompletion) -> Void = { [unowned self] in self.receiveIntoCompleted($0) }
+    private lazy var onReadable: (IOCompletion) -> Void = { [unowned self] in self.readableSignalled($0) }
     /// Read by readiness (poll, then recv) so urgent bytes are taken before the stream passes them.
     private var receivesUrgentData = false
     /// A handler's buffer that the next read continues into (``continueReading(into:)``).
     private var accumulator: DetachedBuffer?
-    private var onSend: ((IOCompletion) -> Void)!
-    private var onIdle: (() -> Void)!
-    private var onReadTimeout: (() -> Void)!
-    private var onRetryReceive: (() -> Void)!
+    private lazy var onSend: (IOCompletion) -> Void = { [unowned self] in self.sendCompleted($0) }
+    private lazy var onIdle: () -> Void = { [unowned self] in self.timedOut(.idleTimeout) }
+    private lazy var onReadTimeout: () -> Void = { [unowned self] in self.timedOut(.readTimeout) }
+    private lazy var onRetryReceive: () -> Void = { [unowned self] in
+        self.retryTimer = nil
+        self.startReceiving()
+    }
 
     init(thread: IOThread) {
         self.thread = thread
-        vectors = .allocate(capacity: Self.maximumVectors)
-        message = .allocate(capacity: 1)
-        message.initialize(to: msghdr())
         onReceive = { [unowned self] in self.receiveCompleted($0) }
-        onReceiveInto = { [unowned self] in self.receiveIntoCompleted($0) }
-        onReadable = { [unowned self] in self.readableSignalled($0) }
-        onSend = { [unowned self] in self.sendCompleted($0) }
-        onIdle = { [unowned self] in self.timedOut(.idleTimeout) }
-        onReadTimeout = { [unowned self] in self.timedOut(.readTimeout) }
-        onRetryReceive = { [unowned self] in
-            self.retryTimer = nil
-            self.startReceiving()
-        }
     }
 
     deinit {
         writeQueue.deallocate()
-        vectors.deallocate()
-        message.deallocate()
+        vectors?.deallocate()
+        message?.deallocate()
     }
 
     // MARK: Handler hooks (overridden by the generic subclass that stores the handler)
@@ -628,6 +622,12 @@ public class TCPConnection: @unchecked Sendable {
 
     private func submitSend() {
         guard !sendInFlight else { return }  // one send at a time: its completion sends the rest
+        if vectors == nil {
+            vectors = .allocate(capacity: Self.maximumVectors)
+            message = .allocate(capacity: 1)
+            message!.initialize(to: msghdr())
+        }
+        let vectors = self.vectors!, message = self.message!
         let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
         guard count > 0 else { return }
         message.pointee = msghdr()

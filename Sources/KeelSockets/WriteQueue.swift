@@ -28,15 +28,16 @@ struct WriteQueue {
     /// Bytes queued and not yet sent.
     private(set) var bytes = 0
 
-    init(capacity: Int = 16) {
-        self.capacity = capacity
-        storage = .allocate(capacity: capacity)
+    /// Storage is allocated on the first append (an idle connection's queue costs nothing).
+    init() {
+        capacity = 0
+        storage = UnsafeMutablePointer(bitPattern: MemoryLayout<Item>.alignment)!  // never read at capacity 0
     }
 
     /// Releases everything queued and frees the storage.
     mutating func deallocate() {
         removeAll()
-        storage.deallocate()
+        if capacity > 0 { storage.deallocate() }
     }
 
     var isEmpty: Bool { count == 0 }
@@ -122,11 +123,12 @@ struct WriteQueue {
     }
 
     private mutating func grow() {
-        let bigger = UnsafeMutablePointer<Item>.allocate(capacity: capacity * 2)
+        let newCapacity = max(4, capacity * 2)
+        let bigger = UnsafeMutablePointer<Item>.allocate(capacity: newCapacity)
         for i in 0..<count { (bigger + i).moveInitialize(from: storage + ((head + i) & (capacity - 1)), count: 1) }
-        storage.deallocate()
+        if capacity > 0 { storage.deallocate() }
         storage = bigger
-        capacity *= 2
+        capacity = newCapacity
         head = 0
     }
 }

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Side-by-side echo benchmark: keel-echo (io_uring and epoll), SwiftNIO's echo server and a minimal C
+# io_uring echo server, each with one server thread, driven by the same keel-bench settings,
+# interleaved and repeated. Reports medians of msgs/s, server CPU per message (from /proc/PID/stat),
+# ratios against SwiftNIO and C, and server RSS.
+#
+#   Benchmarks/compare.sh [--quick] [--repeats N] [--seconds S]
+#
+# --quick runs 64-byte messages at 50 and 500 connections, depth 1 and 16 (the targets' cases);
+# the full matrix adds 4 KiB messages and 1 connection.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats=3 seconds=5 quick=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --repeats) repeats=$2; shift ;;
+        --seconds) seconds=$2; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+echo "building release binaries..." >&2
+swift build -c release --product keel-echo >/dev/null
+swift build -c release --product keel-bench >/dev/null
+swift build -c release --package-path Benchmarks --product nio-echo-server >/dev/null
+mkdir -p .build/release
+cc -O2 -I Sources/CKeelLinux/include Benchmarks/c-uring-echo/echo.c Sources/CKeelLinux/shim.c -o .build/release/c-uring-echo
+bench=.build/release/keel-bench
+tick=$(getconf CLK_TCK)
+
+start_server() {  # name -> sets SERVER_PID, SERVER_PORT
+    local out
+    out=$(mktemp)
+    case "$1" in
+        keel-io_uring) .build/release/keel-echo --port 0 --threads 1 --backend io_uring >"$out" 2>/dev/null & ;;
+        keel-epoll) .build/release/keel-echo --port 0 --threads 1 --backend epoll >"$out" 2>/dev/null & ;;
+        nio) Benchmarks/.build/release/nio-echo-server 0 1 >"$out" 2>/dev/null & ;;
+        c-io_uring) .build/release/c-uring-echo 0 >"$out" 2>/dev/null & ;;
+    esac
+    SERVER_PID=$!
+    for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done
+    SERVER_PORT=$(grep -o "listening on .*" "$out" | sed 's/.*://')
+    rm -f "$out"
+}
+
+stop_server() { kill -TERM "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+servers="keel-io_uring keel-epoll nio c-io_uring"
+if [ "$quick" = 1 ]; then cases="64:50:1 64:50:16 64:500:1 64:500:16"; else
+    cases="64:1:1 64:1:16 64:50:1 64:50:16 64:500:1 64:500:16 4096:1:1 4096:1:16 4096:50:1 4096:50:16 4096:500:1 4096:500:16"; fi
+
+results=$(mktemp)
+for round in $(seq 1 "$repeats"); do
+    for c in $cases; do
+        IFS=: read -r size conns depth <<<"$c"
+        for server in $servers; do
+            start_server "$server"
+            before=$(cpu_ticks "$SERVER_PID")
+            json=$("$bench" echo --port "$SERVER_PORT" --connections "$conns" --size "$size" --depth "$depth" \
+                   --warmup 0 --duration "$seconds" --json 2>/dev/null || echo '{"count": 0, "rate": 0, "errors": 1}')
+            after=$(cpu_ticks "$SERVER_PID")
+            rss=$(rss_kb "$SERVER_PID")
+            stop_server
+            count=$(echo "$json" | sed 's/.*"count": \([0-9]*\).*/\1/')
+            rate=$(echo "$json" | sed 's/.*"rate": \([0-9.]*\).*/\1/')
+            errors=$(echo "$json" | sed 's/.*"errors": \([0-9]*\).*/\1/')
+            failures=$(echo "$json" | sed 's/.*"validation_failures": \([0-9]*\).*/\1/')
+            cpu_ns=$(awk "BEGIN { if ($count > 0) printf \"%.0f\", ($after - $before) * 1e9 / $tick / $count; else print 0 }")
+            echo "$c $server $rate $cpu_ns $rss $errors $failures" >>"$results"
+            echo "round $round $c $server: $rate msg/s, $cpu_ns ns CPU/msg, RSS ${rss} kB, errors $errors/$failures" >&2
+        done
+    done
+done
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
+echo
+echo "Echo, one server thread, keel-bench client; medians of $repeats runs of ${seconds}s. CPU = server user+system time per message."
+echo
+echo "| size | conns | depth | server | msgs/s | CPU ns/msg | CPU vs NIO | CPU vs C | RSS MB |"
+echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+for c in $cases; do
+    IFS=: read -r size conns depth <<<"$c"
+    nio_cpu=$(awk -v c="$c" '$1==c && $2=="nio" {print $4}' "$results" | median)
+    c_cpu=$(awk -v c="$c" '$1==c && $2=="c-io_uring" {print $4}' "$results" | median)
+    for server in $servers; do
+        rate=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $3}' "$results" | median)
+        cpu=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $4}' "$results" | median)
+        rss=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $5}' "$results" | median)
+        echo "| $size | $conns | $depth | $server | ${rate%.*} | $cpu | $(awk "BEGIN {printf \"%.2f\", $cpu / ($nio_cpu > 0 ? $nio_cpu : 1)}") | $(awk "BEGIN {printf \"%.2f\", $cpu / ($c_cpu > 0 ? $c_cpu : 1)}") | $(awk "BEGIN {printf \"%.1f\", $rss / 1024}") |"
+    done
+done
+errors=$(awk '{e += $6 + $7} END {print e + 0}' "$results")
+echo
+echo "errors and validation failures across all runs: $errors"
+rm -f "$results"

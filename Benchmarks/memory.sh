@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Memory per idle connection: each server holds N idle connections (keel-bench hold, spread over
+# 127.0.0.x sources); reports the server's RSS growth per connection. Then checks that one keel-echo
+# process holds 19,000 connections (this machine allows 20,000 descriptors per process).
+#
+#   Benchmarks/memory.sh [connections=10000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-10000}
+swift build -c release --product keel-echo >/dev/null
+swift build -c release --product keel-bench >/dev/null
+swift build -c release --package-path Benchmarks --product nio-echo-server >/dev/null
+mkdir -p .build/release
+cc -O2 -I Sources/CKeelLinux/include Benchmarks/c-uring-echo/echo.c Sources/CKeelLinux/shim.c -o .build/release/c-uring-echo
+
+start_server() {
+    local out
+    out=$(mktemp)
+    case "$1" in
+        keel-io_uring) .build/release/keel-echo --port 0 --threads 1 --backend io_uring >"$out" 2>/dev/null & ;;
+        keel-epoll) .build/release/keel-echo --port 0 --threads 1 --backend epoll >"$out" 2>/dev/null & ;;
+        nio) Benchmarks/.build/release/nio-echo-server 0 1 >"$out" 2>/dev/null & ;;
+        c-io_uring) .build/release/c-uring-echo 0 >"$out" 2>/dev/null & ;;
+    esac
+    SERVER_PID=$!
+    for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done
+    SERVER_PORT=$(grep -o "listening on .*" "$out" | sed 's/.*://')
+    rm -f "$out"
+}
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+measure() {  # server count -> "established held growth_bytes_per_connection"
+    start_server "$1"
+    # Warm up with a short burst so lazily created pools and objects exist before the baseline.
+    .build/release/keel-bench echo --port "$SERVER_PORT" --connections 10 --warmup 0 --duration 0.5 >/dev/null 2>&1 || true
+    sleep 0.5
+    local base
+    base=$(rss_kb "$SERVER_PID")
+    local out
+    out=$(mktemp)
+    .build/release/keel-bench hold --port "$SERVER_PORT" --count "$2" --duration 3 --json >"$out" 2>/dev/null &
+    local client=$!
+    local peak=$base
+    while kill -0 "$client" 2>/dev/null; do
+        local now
+        now=$(rss_kb "$SERVER_PID")
+        [ "$now" -gt "$peak" ] && peak=$now
+        sleep 0.2
+    done
+    wait "$client" || true
+    local established held
+    established=$(sed 's/.*"connections": \([0-9]*\).*/\1/' "$out")
+    held=$(sed 's/.*"held": \([0-9]*\).*/\1/' "$out")
+    rm -f "$out"
+    kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+    echo "$established $held $(( (peak - base) * 1024 / ($2 > 0 ? $2 : 1) ))"
+}
+
+echo "| server | connections established | held | RSS growth per connection (bytes) |"
+echo "|---|---:|---:|---:|"
+for server in keel-io_uring keel-epoll nio c-io_uring; do
+    read -r established held per <<<"$(measure "$server" "$count")"
+    echo "| $server | $established | $held | $per |"
+done
+echo
+read -r established held per <<<"$(measure keel-io_uring 19000)"
+echo "keel-echo (io_uring) holding 19,000 connections: established $established, held $held, $per bytes each"
