@@ -19,6 +19,27 @@ public struct TCPTimeouts: Sendable, Hashable {
     }
 }
 
+/// What a server or connector applies to each of its connections; made once, shared by all.
+final class ConnectionSettings: Sendable {
+    let timeouts: TCPTimeouts
+    let flowControl: TCPFlowControl
+    let noDelay: Bool
+    let keepAliveIdleSeconds: Int32?
+    let receivesUrgentData: Bool
+
+    init(timeouts: TCPTimeouts, flowControl: TCPFlowControl, noDelay: Bool, keepAliveIdleSeconds: Int32?,
+         receivesUrgentData: Bool) {
+        self.timeouts = timeouts
+        self.flowControl = flowControl
+        self.noDelay = noDelay
+        self.keepAliveIdleSeconds = keepAliveIdleSeconds
+        self.receivesUrgentData = receivesUrgentData
+    }
+
+    static let `default` = ConnectionSettings(timeouts: .init(), flowControl: .default, noDelay: true,
+                                              keepAliveIdleSeconds: nil, receivesUrgentData: false)
+}
+
 /// One TCP connection, owned by exactly one I/O thread.
 ///
 /// Reads are a multishot pooled receive (io_uring provided buffers; emulated on epoll), so an idle
@@ -42,8 +63,10 @@ public class TCPConnection: @unchecked Sendable {
     public let thread: IOThread
     /// The socket descriptor (-1 once closed).
     public private(set) var descriptor: Int32 = -1
-    /// The peer's address.
-    public private(set) var remoteAddress: SocketAddress?
+    /// The peer's address (asked of the kernel on each use: not stored, so idle connections stay small).
+    public var remoteAddress: SocketAddress? {
+        descriptor >= 0 ? try? Sockets.peerAddress(descriptor) : nil
+    }
     /// Why the connection closed, once it has.
     public private(set) var closeReason: TCPCloseReason?
 
@@ -64,12 +87,15 @@ public class TCPConnection: @unchecked Sendable {
     private var receiveOperation: OperationID?
     private var sendOperation: OperationID?
     private var idleTimer: TimerHandle?
-    private var idleTimeout: Duration?
+    /// Timeouts, flow control and socket options, shared by every connection of one server or
+    /// connector (one reference instead of ~100 bytes per connection).
+    private var settings = ConnectionSettings.default
+    private var idleTimeout: Duration? { settings.timeouts.idle }
     private var readTimer: TimerHandle?
-    private var readTimeout: Duration?
+    private var readTimeout: Duration? { settings.timeouts.read }
     private var retryTimer: TimerHandle?
     /// The connection's write bounds (set when it opens).
-    public private(set) var flowControl = TCPFlowControl.default
+    public var flowControl: TCPFlowControl { settings.flowControl }
     /// False while the write queue is above the high watermark (until it drains to the low one).
     public private(set) var isWritable = true
     /// Writes dropped by the ``TCPFlowControl/Policy/dropNewest`` or ``TCPFlowControl/Policy/dropOldest`` policies.
@@ -97,22 +123,51 @@ public class TCPConnection: @unchecked Sendable {
     private static let maximumVectors = 64
 
     // Completion closures, each made once per object and reused: submitting an operation retains
-    // them, so the steady state allocates nothing. All but the receive closure are made lazily: a
-    // connection that never times out or queues a send never pays for those.
+    // them, so the steady state allocates nothing. All but the receive closure live in a side object
+    // made on first use: an idle connection that never queues a send or times out does not pay for
+    // them (about 100 bytes per connection).
     private var onReceive: ((IOCompletion) -> Void)!
-    private lazy var onReceiveInto: (IOCompletion) -> Void = { [unowned self] in self.receiveIntoCompleted($0) }
-    private lazy var onReadable: (IOCompletion) -> Void = { [unowned self] in self.readableSignalled($0) }
+    private var rareClosures: RareClosures?
+
+    private final class RareClosures {
+        let onReceiveInto: (IOCompletion) -> Void
+        let onReadable: (IOCompletion) -> Void
+        let onSend: (IOCompletion) -> Void
+        let onIdle: () -> Void
+        let onReadTimeout: () -> Void
+        let onRetryReceive: () -> Void
+
+        init(_ connection: TCPConnection) {
+            onReceiveInto = { [unowned connection] in connection.receiveIntoCompleted($0) }
+            onReadable = { [unowned connection] in connection.readableSignalled($0) }
+            onSend = { [unowned connection] in connection.sendCompleted($0) }
+            onIdle = { [unowned connection] in connection.timedOut(.idleTimeout) }
+            onReadTimeout = { [unowned connection] in connection.timedOut(.readTimeout) }
+            onRetryReceive = { [unowned connection] in
+                connection.retryTimer = nil
+                connection.startReceiving()
+            }
+        }
+    }
+
+    private var closures: RareClosures {
+        if let rareClosures { return rareClosures }
+        let made = RareClosures(self)
+        rareClosures = made
+        return made
+    }
+
     /// Read by readiness (poll, then recv) so urgent bytes are taken before the stream passes them.
     private var receivesUrgentData = false
     /// A handler's buffer that the next read continues into (``continueReading(into:)``).
     private var accumulator: DetachedBuffer?
-    private lazy var onSend: (IOCompletion) -> Void = { [unowned self] in self.sendCompleted($0) }
-    private lazy var onIdle: () -> Void = { [unowned self] in self.timedOut(.idleTimeout) }
-    private lazy var onReadTimeout: () -> Void = { [unowned self] in self.timedOut(.readTimeout) }
-    private lazy var onRetryReceive: () -> Void = { [unowned self] in
-        self.retryTimer = nil
-        self.startReceiving()
-    }
+
+    private var onReceiveInto: (IOCompletion) -> Void { closures.onReceiveInto }
+    private var onReadable: (IOCompletion) -> Void { closures.onReadable }
+    private var onSend: (IOCompletion) -> Void { closures.onSend }
+    private var onIdle: () -> Void { closures.onIdle }
+    private var onReadTimeout: () -> Void { closures.onReadTimeout }
+    private var onRetryReceive: () -> Void { closures.onRetryReceive }
 
     init(thread: IOThread) {
         self.thread = thread
@@ -141,12 +196,9 @@ public class TCPConnection: @unchecked Sendable {
     // MARK: Lifecycle
 
     /// Takes over `fd` (connected, non-blocking) and starts the connection.
-    func open(
-        descriptor fd: Int32, timeouts: TCPTimeouts, noDelay: Bool, keepAliveIdle: Int32?,
-        flowControl: TCPFlowControl = .default, filters: [any TCPConnectionFilter] = [], receivesUrgentData: Bool = false
-    ) {
+    func open(descriptor fd: Int32, settings: ConnectionSettings, filters: [any TCPConnectionFilter] = []) {
         self.filters = filters
-        self.flowControl = flowControl
+        self.settings = settings
         isWritable = true
         droppedWrites = 0
         droppedWriteBytes = 0
@@ -165,14 +217,11 @@ public class TCPConnection: @unchecked Sendable {
         peerHalfClosed = false
         writeShutdown = false
         deferredWriteCompleted = 0
-        idleTimeout = timeouts.idle
-        readTimeout = timeouts.read
-        if noDelay { try? Sockets.setNoDelay(fd) }
-        if let keepAliveIdle { try? Sockets.setKeepAlive(fd, idle: keepAliveIdle) }
-        remoteAddress = try? Sockets.peerAddress(fd)
+        if settings.noDelay { try? Sockets.setNoDelay(fd) }
+        if let keepAliveIdle = settings.keepAliveIdleSeconds { try? Sockets.setKeepAlive(fd, idle: keepAliveIdle) }
         if let idleTimeout { idleTimer = thread.scheduleTimer(after: idleTimeout, onIdle) }
         if let readTimeout { readTimer = thread.scheduleTimer(after: readTimeout, onReadTimeout) }
-        self.receivesUrgentData = receivesUrgentData
+        receivesUrgentData = settings.receivesUrgentData
         withCallback { deliverEstablished() }
         if state == .open { startReceiving() }
     }

@@ -100,12 +100,17 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
     public let configuration: TCPConnectorConfiguration
     private let pool: IOPool
     private let registries: [ConnectionRegistry<Handler>]
+    private let settings: ConnectionSettings
     private let active = Counter()
 
     /// Creates a connector over `pool`.
     public init(pool: IOPool, configuration: TCPConnectorConfiguration = .init()) {
         self.pool = pool
         self.configuration = configuration
+        settings = ConnectionSettings(
+            timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout),
+            flowControl: configuration.flowControl, noDelay: configuration.noDelay,
+            keepAliveIdleSeconds: configuration.keepAliveIdleSeconds, receivesUrgentData: configuration.receivesUrgentData)
         let active = self.active
         let registries = pool.threads.map { ConnectionRegistry<Handler>(thread: $0) { active.decrement() } }
         self.registries = registries
@@ -202,10 +207,7 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
                 self.active.increment()
                 let connection = self.registries[thread.index].take()
                 connection.handler = makeHandler()
-                connection.open(descriptor: fd, timeouts: TCPTimeouts(idle: self.configuration.idleTimeout, read: self.configuration.readTimeout),
-                                noDelay: self.configuration.noDelay, keepAliveIdle: self.configuration.keepAliveIdleSeconds,
-                                flowControl: self.configuration.flowControl,
-                                receivesUrgentData: self.configuration.receivesUrgentData)
+                connection.open(descriptor: fd, settings: self.settings)
                 return
             }
             Descriptors.close(fd)

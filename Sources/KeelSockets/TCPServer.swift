@@ -98,6 +98,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     private let counters = Counters()
     private let stopped = Atomic<Bool>(false)
     private let makeHandler: @Sendable () -> Handler
+    private let settings: ConnectionSettings
     static var logger: Logger { Logger(label: "keel.tcp") }
 
     final class Counters: Sendable {
@@ -115,6 +116,10 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         self.pool = pool
         self.configuration = configuration
         self.makeHandler = makeHandler
+        settings = ConnectionSettings(
+            timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout),
+            flowControl: configuration.flowControl, noDelay: configuration.noDelay,
+            keepAliveIdleSeconds: configuration.keepAliveIdleSeconds, receivesUrgentData: configuration.receivesUrgentData)
         var address = try SocketAddress(host: configuration.host, port: configuration.port)
         let listenerCount = configuration.reusePort ? pool.threads.count : 1
         var listeners: [Int32] = []
@@ -353,11 +358,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         let registry = registries[thread.index]
         let connection = registry.take()
         connection.handler = makeHandler()
-        connection.open(
-            descriptor: fd, timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout),
-            noDelay: configuration.noDelay, keepAliveIdle: configuration.keepAliveIdleSeconds,
-            flowControl: configuration.flowControl, filters: configuration.makeFilters?() ?? [],
-            receivesUrgentData: configuration.receivesUrgentData)
+        connection.open(descriptor: fd, settings: settings, filters: configuration.makeFilters?() ?? [])
     }
 
     private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {

@@ -2,6 +2,7 @@
 // (write on channelRead, flush on channelReadComplete, back-pressure handler, TCP_NODELAY).
 //
 //   nio-echo-server [port] [threads]      prints "listening on 127.0.0.1:PORT"
+import Glibc
 import NIOCore
 import NIOPosix
 
@@ -40,4 +41,5 @@ let bootstrap = ServerBootstrap(group: group)
     .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
 let channel = try bootstrap.bind(host: "127.0.0.1", port: port).wait()
 print("listening on 127.0.0.1:\(channel.localAddress?.port ?? port)")
+fflush(nil)
 try channel.closeFuture.wait()
