@@ -39,6 +39,8 @@ public final class IOThread: @unchecked Sendable {
         var operations = OperationTable()
         /// Run once when the thread begins stopping, before in-flight operations are cancelled.
         var shutdownHooks: [() -> Void] = []
+        /// Run every loop iteration just before the thread submits and waits (write coalescing).
+        var beforeWaitHooks: [() -> Void] = []
         /// The pooled receive buffer of the completion being dispatched, until its handler takes it.
         var receivedBuffer: IOCompletion?
         var timers: TimerWheel
@@ -246,6 +248,12 @@ public final class IOThread: @unchecked Sendable {
                 break
             }
 
+            // Index loop: hooks may not be added while running (registration happens in tasks).
+            var hook = 0
+            while hook < loop.pointee.beforeWaitHooks.count {
+                loop.pointee.beforeWaitHooks[hook]()
+                hook += 1
+            }
             var wait = moreTasks ? 0 : loop.pointee.timers.nanosecondsUntilNextTimer(nowNanoseconds: now)
             if loop.pointee.stopping { wait = min(wait ?? 10_000_000, 10_000_000) }
             do {
@@ -295,6 +303,16 @@ public final class IOThread: @unchecked Sendable {
     @discardableResult
     private func runInbox() -> Bool {
         inbox.drain(limit: IOThread.inboxBatch)
+    }
+
+    /// Registers `hook` to run on this thread every loop iteration, after completions, tasks and timers
+    /// and just before the thread submits its operations and waits. Socket layers flush coalesced
+    /// writes here: every write made during one iteration leaves in one system call per connection.
+    ///
+    /// I/O thread only.
+    public func beforeEachWait(_ hook: @escaping () -> Void) {
+        preconditionCurrent()
+        loop.pointee.beforeWaitHooks.append(hook)
     }
 
     /// Registers `hook` to run on this thread when it begins stopping (``IOPool/shutdown()``), before

@@ -42,10 +42,15 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     private var free: [HandledConnection<Handler>] = []
     private let finished: @Sendable () -> Void
 
+    /// Coalesced writes of this registry's connections, flushed before the thread waits.
+    let flushList = FlushList()
+
     /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.
     init(thread: IOThread, finished: @escaping @Sendable () -> Void) {
         self.thread = thread
         self.finished = finished
+        let flushList = self.flushList
+        thread.execute { thread.beforeEachWait { flushList.flush() } }
     }
 
     /// A connection object ready to open: recycled when one is free, new otherwise.
@@ -55,6 +60,7 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
             connection = recycled
         } else {
             connection = HandledConnection<Handler>(thread: thread)
+            connection.flushList = flushList
             connection.onFinish = { [unowned self] done in
                 self.recycle(done)
                 self.finished()
@@ -83,4 +89,24 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
 
     /// Connections open on this thread.
     var liveCount: Int { live.count }
+}
+
+/// Connections with writes waiting to be flushed, on one I/O thread.
+final class FlushList: @unchecked Sendable {
+    // @unchecked Sendable: touched only on its I/O thread (the registry's).
+    private var pending: [TCPConnection] = []
+
+    func schedule(_ connection: TCPConnection) {
+        pending.append(connection)
+    }
+
+    /// Flushes every scheduled connection, including any scheduled while flushing.
+    func flush() {
+        var index = 0
+        while index < pending.count {
+            pending[index].flushCoalescedWrites()
+            index += 1
+        }
+        if index > 0 { pending.removeAll(keepingCapacity: true) }
+    }
 }

@@ -76,6 +76,12 @@ public class TCPConnection: @unchecked Sendable {
     private(set) var generation: UInt32 = 0
 
     private var writeQueue = WriteQueue()
+    /// The per-thread list that flushes coalesced writes before the thread waits (nil: send at once).
+    var flushList: FlushList?
+    private var flushScheduled = false
+    /// Set when this connection cancelled its own receive (to pause, or to read into a handler's
+    /// buffer), so the cancellation is not mistaken for the thread stopping.
+    private var receiveCancelRequested = false
     /// The filter stack, bottom (socket side) first. Empty for most connections.
     private var filters: [any TCPConnectionFilter] = []
     private var sendInFlight = false
@@ -210,6 +216,8 @@ public class TCPConnection: @unchecked Sendable {
         precondition(state == .idle || state == .closed)
         generation &+= 1
         finishDeferred = false
+        flushScheduled = false
+        receiveCancelRequested = false
         descriptor = fd
         state = .open
         closeReason = nil
@@ -274,6 +282,7 @@ public class TCPConnection: @unchecked Sendable {
     private func startReceiving() {
         guard state == .open, !receiveActive, !peerHalfClosed, !readingPausedByUser, !readingPausedByFlowControl else { return }
         receiveActive = true
+        receiveCancelRequested = false
         pendingOperations += 1
         if let accumulator {
             receiveOperation = thread.submit(.receive(descriptor, into: accumulator.writableRegion), onReceiveInto)
@@ -300,6 +309,7 @@ public class TCPConnection: @unchecked Sendable {
         }
         accumulator = buffer.detach()
         if let receiveOperation, receiveActive {
+            receiveCancelRequested = true
             thread.cancel(receiveOperation)  // the multishot receive ends; its completion starts the next read
         } else {
             startReceiving()
@@ -346,7 +356,10 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     private func stopReceiving() {
-        if receiveActive, let receiveOperation { thread.cancel(receiveOperation) }
+        if receiveActive, let receiveOperation {
+            receiveCancelRequested = true
+            thread.cancel(receiveOperation)
+        }
     }
 
     /// Hands a received buffer to the filters (if any), then the handler; while reading is paused, or
@@ -414,8 +427,12 @@ public class TCPConnection: @unchecked Sendable {
                 retryTimer = thread.scheduleTimer(after: .milliseconds(1), onRetryReceive)
             }
         } else if completion.isCancelled {
-            // Cancelled to switch to continueReading(into:), or from outside because the thread stops.
-            if state == .open && accumulator == nil && !isReadingPaused { teardown(reason: .local) }
+            // Cancelled by this connection (pause, continueReading), or from outside: the thread stops.
+            if receiveCancelRequested {
+                receiveCancelRequested = false
+            } else if state == .open {
+                teardown(reason: .local)
+            }
         } else if completion.result < 0 {
             fail(errno: completion.result)
         }
@@ -475,7 +492,8 @@ public class TCPConnection: @unchecked Sendable {
 
     private func writeToSocket(_ buffer: consuming IOBuffer) {
         guard state == .open, !writeShutdown, closeMode == nil else { return }
-        if writeQueue.isEmpty && !sendInFlight {
+        if buffer.readableBytes == 0 { return }
+        if flushList == nil && writeQueue.isEmpty && !sendInFlight {
             let readable = buffer.readableBytes
             if readable == 0 { return }
             let outcome = buffer.withUnsafeReadableBytes { bytes in
@@ -521,7 +539,7 @@ public class TCPConnection: @unchecked Sendable {
         }
         guard state == .open, !writeShutdown, closeMode == nil, buffer.readableBytes > 0 else { return }
         var offset = 0
-        if writeQueue.isEmpty && !sendInFlight {
+        if flushList == nil && writeQueue.isEmpty && !sendInFlight {
             switch Result(catching: { () throws(SystemError) in try Sockets.send(descriptor, buffer.unsafeReadableBytes) }) {
             case .success(.completed(let sent)):
                 if sent > 0 { noteWriteCompleted(sent) }
@@ -575,7 +593,16 @@ public class TCPConnection: @unchecked Sendable {
                 stopReceiving()
             }
         }
-        if !sendInFlight { submitSend() }
+        if !sendInFlight {
+            if let flushList {
+                if !flushScheduled {
+                    flushScheduled = true
+                    flushList.schedule(self)
+                }
+            } else {
+                submitSend()
+            }
+        }
         if deferredLimitExceeded && callbackDepth == 0 { deliverDeferredEvents() }
     }
 
@@ -669,14 +696,19 @@ public class TCPConnection: @unchecked Sendable {
         }
     }
 
-    private func submitSend() {
-        guard !sendInFlight else { return }  // one send at a time: its completion sends the rest
+    /// The iovec array and message header, made on first use and kept.
+    private func sendVectors() -> (UnsafeMutablePointer<iovec>, UnsafeMutablePointer<msghdr>) {
         if vectors == nil {
             vectors = .allocate(capacity: Self.maximumVectors)
             message = .allocate(capacity: 1)
             message!.initialize(to: msghdr())
         }
-        let vectors = self.vectors!, message = self.message!
+        return (vectors!, message!)
+    }
+
+    private func submitSend() {
+        guard !sendInFlight else { return }  // one send at a time: its completion sends the rest
+        let (vectors, message) = sendVectors()
         let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
         guard count > 0 else { return }
         message.pointee = msghdr()
@@ -696,29 +728,54 @@ public class TCPConnection: @unchecked Sendable {
         if state != .open {
             writeQueue.removeAll()  // closing: what the send held can go now
         } else if completion.result >= 0 {
-            let sent = Int(completion.result)
-            writeQueue.consume(sent)
-            if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
-            // Keep the queue moving first: the callbacks below may write, and must find the next send
-            // already in flight (one send at a time keeps the bytes in order).
-            if !writeQueue.isEmpty {
-                submitSend()
-            } else if closeMode != nil {
-                flushedForClose()
-            }
-            if sent > 0 && state == .open { noteWriteCompleted(sent) }
-            if !isWritable && writeQueue.bytes <= flowControl.lowWatermark && state == .open {
-                isWritable = true
-                if readingPausedByFlowControl {
-                    readingPausedByFlowControl = false
-                    resumeDelivery()
-                }
-                noteWritability(true)
-            }
+            afterSent(Int(completion.result))
         } else if !completion.isCancelled {
             fail(errno: completion.result)
         }
         finishIfQuiet()
+    }
+
+    /// Writes made during one loop iteration leave together: one `sendmsg` of everything queued (up to
+    /// 64 buffers), tried at once; what the kernel does not take goes on asynchronously.
+    func flushCoalescedWrites() {
+        flushScheduled = false
+        guard state == .open, !sendInFlight, !writeQueue.isEmpty else { return }
+        let (vectors, message) = sendVectors()
+        let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
+        message.pointee = msghdr()
+        message.pointee.msg_iov = vectors
+        message.pointee.msg_iovlen = count
+        switch Result(catching: { () throws(SystemError) in try Sockets.sendMessage(descriptor, UnsafePointer(message)) }) {
+        case .success(.completed(let sent)):
+            afterSent(sent)
+        case .success(.wouldBlock):
+            submitSend()
+        case .failure(let error):
+            fail(errno: -error.errno.rawValue)
+        }
+        finishIfQuiet()
+    }
+
+    /// The kernel took `sent` bytes from the front of the queue: move on, and tell whoever cares.
+    private func afterSent(_ sent: Int) {
+        writeQueue.consume(sent)
+        if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
+        // Keep the queue moving first: the callbacks below may write, and must find the next send
+        // already in flight (one send at a time keeps the bytes in order).
+        if !writeQueue.isEmpty {
+            submitSend()
+        } else if closeMode != nil {
+            flushedForClose()
+        }
+        if sent > 0 && state == .open { noteWriteCompleted(sent) }
+        if !isWritable && writeQueue.bytes <= flowControl.lowWatermark && state == .open {
+            isWritable = true
+            if readingPausedByFlowControl {
+                readingPausedByFlowControl = false
+                resumeDelivery()
+            }
+            noteWritability(true)
+        }
     }
 
     // MARK: Closing

@@ -99,6 +99,7 @@ struct TCPFlowControlTests {
             // Now read back everything that was accepted: nothing may be lost.
             _ = fcntl(client.fd, F_SETFL, flags)
             let back = client.receive(count: sent)
+            if back.count != sent { print("PUSHBACK sent \(sent) got back \(back.count)") }
             return (sent, back.count == sent && back.allSatisfy { $0 == 0x42 })
         }
         #expect(accepted < offered, "the client was pushed back (sent \(accepted) of \(offered) bytes)")
