@@ -42,15 +42,17 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     private var free: [HandledConnection<Handler>] = []
     private let finished: @Sendable () -> Void
 
-    /// Coalesced writes of this registry's connections, flushed before the thread waits.
-    let flushList = FlushList()
+    /// Coalesced writes of this registry's connections, flushed before the thread waits (nil: writes
+    /// are tried at once).
+    let flushList: FlushList?
 
     /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.
-    init(thread: IOThread, finished: @escaping @Sendable () -> Void) {
+    init(thread: IOThread, coalescesWrites: Bool = true, finished: @escaping @Sendable () -> Void) {
         self.thread = thread
         self.finished = finished
-        let flushList = self.flushList
-        thread.execute { thread.beforeEachWait { flushList.flush() } }
+        let flushList = coalescesWrites ? FlushList() : nil
+        self.flushList = flushList
+        if let flushList { thread.execute { thread.beforeEachWait { flushList.flush() } } }
     }
 
     /// A connection object ready to open: recycled when one is free, new otherwise.

@@ -77,6 +77,8 @@ public struct TCPConnectorConfiguration: Sendable {
     public var keepAliveIdleSeconds: Int32?
     /// Bounds on each connection's write queue.
     public var flowControl: TCPFlowControl = .default
+    /// Coalesce each connection's writes per loop iteration (see ``TCPServerConfiguration/coalescesWrites``).
+    public var coalescesWrites = true
     /// Watch for urgent (out-of-band) data and deliver it through
     /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).
     public var receivesUrgentData = false
@@ -112,7 +114,10 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
             flowControl: configuration.flowControl, noDelay: configuration.noDelay,
             keepAliveIdleSeconds: configuration.keepAliveIdleSeconds, receivesUrgentData: configuration.receivesUrgentData)
         let active = self.active
-        let registries = pool.threads.map { ConnectionRegistry<Handler>(thread: $0) { active.decrement() } }
+        let coalesces = configuration.coalescesWrites
+        let registries = pool.threads.map {
+            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces) { active.decrement() }
+        }
         self.registries = registries
         for (index, thread) in pool.threads.enumerated() {
             thread.execute { thread.onShutdown { registries[index].closeAll(.abortive) } }

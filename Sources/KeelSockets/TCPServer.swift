@@ -33,6 +33,10 @@ public struct TCPServerConfiguration: Sendable {
     public var keepAliveIdleSeconds: Int32?
     /// Bounds on each connection's write queue.
     public var flowControl: TCPFlowControl = .default
+    /// Coalesce the writes a connection makes during one loop iteration into one `sendmsg`, flushed
+    /// before the thread waits (like flushing at the end of a read batch). Off: every write is tried
+    /// at once (the inline fast path). Default on.
+    public var coalescesWrites = true
     /// Watch for urgent (out-of-band) data and deliver it through
     /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).
     public var receivesUrgentData = false
@@ -140,7 +144,8 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         }
         localAddress = address
         let finished = LateBoundAction()
-        registries = pool.threads.map { ConnectionRegistry(thread: $0) { finished.run() } }
+        let coalesces = configuration.coalescesWrites
+        registries = pool.threads.map { ConnectionRegistry(thread: $0, coalescesWrites: coalesces) { finished.run() } }
         acceptors = listeners.enumerated().map { index, fd in
             Acceptor(listener: fd, thread: pool.threads[index])
         }

@@ -23,6 +23,9 @@ struct KeelEcho: ParsableCommand {
 
     @OptionGroup var options: ServerOptions
 
+    @Flag(help: "Send each write at once instead of coalescing a loop iteration's writes.")
+    var noCoalescing = false
+
     func run() throws {
         let signals = ShutdownSignals()  // before any thread starts, so every thread inherits the mask
         let pool = try IOPool(configuration: options.poolConfiguration)
@@ -30,6 +33,7 @@ struct KeelEcho: ParsableCommand {
         // A client that sends without reading is pushed back by TCP: the server stops reading from it
         // while its echo queue is over the high watermark, instead of queuing without bound.
         configuration.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
+        configuration.coalescesWrites = !noCoalescing
         let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
         announce("listening on \(server.localAddress)")
         let signal = signals.wait()

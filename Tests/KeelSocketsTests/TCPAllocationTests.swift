@@ -124,3 +124,76 @@ struct TCPAllocationTests {
         pool.shutdown()
     }
 }
+
+/// Echoes datagrams and measures its own thread's allocations between two datagram counts.
+struct MeasuringUDPEcho: UDPHandler {
+    let warmup: Int
+    let measured: Int
+    let results: Collector<UInt64>
+    let counter: DatagramCounter
+
+    mutating func datagramReceived(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool, on socket: UDPSocket) {
+        counter.count += 1
+        if counter.count == warmup { counter.start = AllocationCounter.currentThread }
+        socket.send(datagram, to: sender)
+        if counter.count == warmup + measured { results.add(AllocationCounter.currentThread - counter.start) }
+    }
+}
+
+/// The echo's counters (a class: the handler value is copied into the socket).
+final class DatagramCounter: @unchecked Sendable {
+    // @unchecked Sendable: touched only on the socket's I/O thread.
+    var count = 0
+    var start: UInt64 = 0
+}
+
+@Suite("UDP and timer allocations", .serialized, .enabled(if: AllocationCounter.isActive, "malloc is not interposed (sanitizer build)"))
+struct UDPAllocationTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func steadyStateUDPEchoAllocatesNothingPerDatagram(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        let results = Collector<UInt64>()
+        let warmup = 1_000, measured = 5_000
+        let server = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0),
+                                        handler: MeasuringUDPEcho(warmup: warmup, measured: measured, results: results,
+                                                                  counter: DatagramCounter()))
+        let address = server.localAddress
+        let ok = await onPlainThread { () -> Bool in
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            defer { close(fd) }
+            var timeout = timeval(tv_sec: 2, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var reply = [UInt8](repeating: 0, count: 64)
+            for i in 0..<(warmup + measured) {
+                var message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 32)
+                _ = address.withSockAddr { sa, length in sendto(fd, &message, 32, 0, sa, length) }
+                if recv(fd, &reply, 64, 0) != 32 { return false }
+            }
+            return true
+        }
+        #expect(ok)
+        let allocations = await results.wait(for: 1)
+        #expect(allocations == [0], "\(allocations.first ?? 0) allocations over \(measured) echoed datagrams")
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func timerSetAndCancelWithAPreparedCallbackAllocateNothing(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        let thread = pool.threads[0]
+        let allocations: UInt64 = await onThread(thread) { finish in
+            let callback: () -> Void = {}  // made once; setting a timer stores a reference to it
+            let runs = (0..<4).map { _ in
+                AllocationCounter.count {
+                    for i in 0..<10_000 {
+                        let timer = thread.scheduleTimer(after: .milliseconds(100 + Int64(i % 1000)), callback)
+                        thread.cancelTimer(timer)
+                    }
+                }
+            }
+            finish(runs.dropFirst().min()!)
+        }
+        #expect(allocations == 0)
+    }
+}
