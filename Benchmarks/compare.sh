@@ -21,33 +21,14 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+source Benchmarks/servers.sh
 echo "building release binaries..." >&2
-swift build -c release --product keel-echo >/dev/null
-swift build -c release --product keel-bench >/dev/null
-swift build -c release --package-path Benchmarks --product nio-echo-server >/dev/null
-mkdir -p .build/release
-cc -O2 -I Sources/CKeelLinux/include Benchmarks/c-uring-echo/echo.c Sources/CKeelLinux/shim.c -o .build/release/c-uring-echo
+build_servers
 bench=.build/release/keel-bench
 tick=$(getconf CLK_TCK)
 
-start_server() {  # name -> sets SERVER_PID, SERVER_PORT
-    local out
-    out=$(mktemp)
-    case "$1" in
-        keel-io_uring) .build/release/keel-echo --port 0 --threads 1 --backend io_uring >"$out" 2>/dev/null & ;;
-        keel-epoll) .build/release/keel-echo --port 0 --threads 1 --backend epoll >"$out" 2>/dev/null & ;;
-        nio) Benchmarks/.build/release/nio-echo-server 0 1 >"$out" 2>/dev/null & ;;
-        c-io_uring) .build/release/c-uring-echo 0 >"$out" 2>/dev/null & ;;
-    esac
-    SERVER_PID=$!
-    for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done
-    SERVER_PORT=$(grep -o "listening on .*" "$out" | sed 's/.*://')
-    rm -f "$out"
-}
 
-stop_server() { kill -TERM "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 servers="keel-io_uring keel-epoll nio c-io_uring"
 if [ "$quick" = 1 ]; then cases="64:50:1 64:50:16 64:500:1 64:500:16"; else

@@ -7,27 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-10000}
-swift build -c release --product keel-echo >/dev/null
-swift build -c release --product keel-bench >/dev/null
-swift build -c release --package-path Benchmarks --product nio-echo-server >/dev/null
-mkdir -p .build/release
-cc -O2 -I Sources/CKeelLinux/include Benchmarks/c-uring-echo/echo.c Sources/CKeelLinux/shim.c -o .build/release/c-uring-echo
+source Benchmarks/servers.sh
+echo "building release binaries..." >&2
+build_servers
 
-start_server() {
-    local out
-    out=$(mktemp)
-    case "$1" in
-        keel-io_uring) .build/release/keel-echo --port 0 --threads 1 --backend io_uring >"$out" 2>/dev/null & ;;
-        keel-epoll) .build/release/keel-echo --port 0 --threads 1 --backend epoll >"$out" 2>/dev/null & ;;
-        nio) Benchmarks/.build/release/nio-echo-server 0 1 >"$out" 2>/dev/null & ;;
-        c-io_uring) .build/release/c-uring-echo 0 >"$out" 2>/dev/null & ;;
-    esac
-    SERVER_PID=$!
-    for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done
-    SERVER_PORT=$(grep -o "listening on .*" "$out" | sed 's/.*://')
-    rm -f "$out"
-}
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 measure() {  # server count -> "established held growth_bytes_per_connection"
     start_server "$1"
@@ -52,7 +35,7 @@ measure() {  # server count -> "established held growth_bytes_per_connection"
     established=$(sed 's/.*"connections": \([0-9]*\).*/\1/' "$out")
     held=$(sed 's/.*"held": \([0-9]*\).*/\1/' "$out")
     rm -f "$out"
-    kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+    stop_server
     echo "$established $held $(( (peak - base) * 1024 / ($2 > 0 ? $2 : 1) ))"
 }
 

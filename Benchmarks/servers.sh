@@ -1,0 +1,29 @@
+# Shared by Benchmarks/compare.sh and Benchmarks/memory.sh: build the comparison servers and start
+# or stop one by name. Source it from the repository root.
+
+build_servers() {
+    swift build -c release --product keel-echo >/dev/null
+    swift build -c release --product keel-bench >/dev/null
+    swift build -c release --package-path Benchmarks --product nio-echo-server >/dev/null
+    mkdir -p .build/release
+    cc -O2 -I Sources/CKeelLinux/include Benchmarks/c-uring-echo/echo.c Sources/CKeelLinux/shim.c -o .build/release/c-uring-echo
+}
+
+start_server() {  # name -> sets SERVER_PID and SERVER_PORT
+    local out
+    out=$(mktemp)
+    case "$1" in
+        keel-io_uring) .build/release/keel-echo --port 0 --threads 1 --backend io_uring >"$out" 2>/dev/null & ;;
+        keel-epoll) .build/release/keel-echo --port 0 --threads 1 --backend epoll >"$out" 2>/dev/null & ;;
+        nio) Benchmarks/.build/release/nio-echo-server 0 1 >"$out" 2>/dev/null & ;;
+        c-io_uring) .build/release/c-uring-echo 0 >"$out" 2>/dev/null & ;;
+        *) echo "unknown server $1" >&2; return 1 ;;
+    esac
+    SERVER_PID=$!
+    for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done
+    SERVER_PORT=$(grep -o "listening on .*" "$out" | sed 's/.*://')
+    rm -f "$out"
+}
+
+stop_server() { kill -TERM "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
