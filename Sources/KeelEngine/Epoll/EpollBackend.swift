@@ -37,9 +37,12 @@ final class EpollBackend {
         var operation: IOOperation.Core
     }
 
+    /// Per descriptor: the tokens of its pending readable- and writable-side operations (0: none).
+    /// 16 bytes per descriptor; the operations themselves live in `operations`, by token slot, so the
+    /// table that grows with descriptors stays small.
     private struct Interest {
-        var read: PendingIO?
-        var write: PendingIO?
+        var read: UInt64 = 0
+        var write: UInt64 = 0
     }
 
     /// What one attempt at an operation produced.
@@ -51,6 +54,8 @@ final class EpollBackend {
 
     private struct State {
         var interests: [Interest] = []
+        /// Pending operations by token slot (dense: at most the operations in flight).
+        var operations: [IOOperation.Core?] = []
         var completed = CompletionQueue()
         var timeouts: [(deadline: UInt64, token: Token)] = []
     }
@@ -162,15 +167,44 @@ final class EpollBackend {
         }
     }
 
+    private func pending(_ raw: UInt64) -> PendingIO? {
+        guard raw != 0 else { return nil }
+        let token = Token(rawValue: raw)
+        guard let operation = state.pointee.operations[Int(token.slot)] else { return nil }
+        return PendingIO(token: token, operation: operation)
+    }
+
+    private func pendingRead(_ fd: Int32) -> PendingIO? { pending(state.pointee.interests[Int(fd)].read) }
+    private func pendingWrite(_ fd: Int32) -> PendingIO? { pending(state.pointee.interests[Int(fd)].write) }
+
+    /// Records (or clears, with nil) the pending operation on one side of `fd`.
+    private func setPending(_ fd: Int32, readable: Bool, _ io: PendingIO?) {
+        let previous = readable ? state.pointee.interests[Int(fd)].read : state.pointee.interests[Int(fd)].write
+        if previous != 0 { state.pointee.operations[Int(Token(rawValue: previous).slot)] = nil }
+        if let io {
+            let slot = Int(io.token.slot)
+            if slot >= state.pointee.operations.count {
+                state.pointee.operations.append(
+                    contentsOf: repeatElement(nil, count: slot + 1 - state.pointee.operations.count + 64))
+            }
+            state.pointee.operations[slot] = io.operation
+        }
+        if readable {
+            state.pointee.interests[Int(fd)].read = io?.token.rawValue ?? 0
+        } else {
+            state.pointee.interests[Int(fd)].write = io?.token.rawValue ?? 0
+        }
+    }
+
     private func startIO(_ io: PendingIO) {
         let fd = Self.descriptor(of: io.operation)
         guard fd >= 0 else { return complete(io.token, -EBADF) }
         ensureInterestSlot(fd)
         let readable = io.operation.waitsForReadable
-        let busy = readable ? state.pointee.interests[Int(fd)].read != nil : state.pointee.interests[Int(fd)].write != nil
+        let busy = readable ? state.pointee.interests[Int(fd)].read != 0 : state.pointee.interests[Int(fd)].write != 0
         if busy { return complete(io.token, -EBUSY) }
         if run(io, fd: fd) {
-            if readable { state.pointee.interests[Int(fd)].read = io } else { state.pointee.interests[Int(fd)].write = io }
+            setPending(fd, readable: readable, io)
             arm(fd)
         }
     }
@@ -277,7 +311,7 @@ final class EpollBackend {
     private func startConnect(fd: Int32, address: UInt, length: UInt32, token: Token) {
         guard fd >= 0 else { return complete(token, -EBADF) }
         ensureInterestSlot(fd)
-        if state.pointee.interests[Int(fd)].write != nil { return complete(token, -EBUSY) }
+        if state.pointee.interests[Int(fd)].write != 0 { return complete(token, -EBUSY) }
         while true {
             if CKeelLinux.connect(fd, UnsafePointer(bitPattern: address), socklen_t(length)) == 0 {
                 return complete(token, 0)
@@ -285,8 +319,8 @@ final class EpollBackend {
             let code = ckeel_errno()
             if code == EINTR { continue }
             if code == EINPROGRESS || code == EAGAIN {
-                state.pointee.interests[Int(fd)].write = PendingIO(
-                    token: token, operation: .connect(fd: fd, address: address, length: length))
+                setPending(fd, readable: false, PendingIO(
+                    token: token, operation: .connect(fd: fd, address: address, length: length)))
                 return arm(fd)
             }
             return complete(token, -code)
@@ -302,18 +336,20 @@ final class EpollBackend {
 
     /// Arms `fd` one-shot for the readiness its pending operations need.
     private func arm(_ fd: Int32) {
-        let interest = state.pointee.interests[Int(fd)]
+        let read = pendingRead(fd)
+        let write = pendingWrite(fd)
         var mask = CKEEL_EPOLLONESHOT | CKEEL_EPOLLRDHUP
-        if interest.read != nil { mask |= CKEEL_EPOLLIN }
-        if interest.write != nil { mask |= CKEEL_EPOLLOUT }
-        if case .pollReadable? = interest.read?.operation { mask |= CKEEL_EPOLLPRI }
+        if read != nil { mask |= CKEEL_EPOLLIN }
+        if write != nil { mask |= CKEEL_EPOLLOUT }
+        if case .pollReadable? = read?.operation { mask |= CKEEL_EPOLLPRI }
         if ckeel_epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, mask, UInt64(fd)) == 0 { return }
         if ckeel_errno() == ENOENT, ckeel_epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, mask, UInt64(fd)) == 0 { return }
         // The descriptor cannot be watched (closed, or a regular file): fail what waits on it.
         let code = ckeel_errno()
-        if let read = interest.read { complete(read.token, -code) }
-        if let write = interest.write { complete(write.token, -code) }
-        state.pointee.interests[Int(fd)] = Interest()
+        if let read { complete(read.token, -code) }
+        if let write { complete(write.token, -code) }
+        setPending(fd, readable: true, nil)
+        setPending(fd, readable: false, nil)
     }
 
     /// Cancels the operation under `token`: it completes with `-ECANCELED`. Unknown tokens are ignored.
@@ -323,12 +359,12 @@ final class EpollBackend {
             return complete(token, -ECANCELED)
         }
         for fd in state.pointee.interests.indices {
-            if state.pointee.interests[fd].read?.token == token {
-                state.pointee.interests[fd].read = nil
+            if state.pointee.interests[fd].read == token.rawValue {
+                setPending(Int32(fd), readable: true, nil)
                 return complete(token, -ECANCELED)
             }
-            if state.pointee.interests[fd].write?.token == token {
-                state.pointee.interests[fd].write = nil
+            if state.pointee.interests[fd].write == token.rawValue {
+                setPending(Int32(fd), readable: false, nil)
                 return complete(token, -ECANCELED)
             }
 
@@ -371,14 +407,14 @@ final class EpollBackend {
     private func handleReadiness(fd: Int32, events: UInt32) {
         guard Int(fd) < state.pointee.interests.count else { return }
         let failed = events & (CKEEL_EPOLLERR | CKEEL_EPOLLHUP) != 0
-        if events & (CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP | CKEEL_EPOLLPRI) != 0 || failed, let io = state.pointee.interests[Int(fd)].read {
-            if !run(io, fd: fd) { state.pointee.interests[Int(fd)].read = nil }
+        if events & (CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP | CKEEL_EPOLLPRI) != 0 || failed, let io = pendingRead(fd) {
+            if !run(io, fd: fd) { setPending(fd, readable: true, nil) }
         }
-        if events & CKEEL_EPOLLOUT != 0 || failed, let io = state.pointee.interests[Int(fd)].write {
-            if !run(io, fd: fd) { state.pointee.interests[Int(fd)].write = nil }
+        if events & CKEEL_EPOLLOUT != 0 || failed, let io = pendingWrite(fd) {
+            if !run(io, fd: fd) { setPending(fd, readable: false, nil) }
         }
         let interest = state.pointee.interests[Int(fd)]
-        if interest.read != nil || interest.write != nil { arm(fd) }
+        if interest.read != 0 || interest.write != 0 { arm(fd) }
     }
 
     private func expireTimeouts() {
