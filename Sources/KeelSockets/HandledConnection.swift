@@ -95,8 +95,9 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
 
 /// Connections with writes waiting to be flushed, on one I/O thread.
 final class FlushList: @unchecked Sendable {
-    // @unchecked Sendable: touched only on its I/O thread (the registry's).
-    private var pending: [TCPConnection] = []
+    // @unchecked Sendable: touched only on its I/O thread (the registry's); for the same reason its
+    // storage needs no dynamic exclusivity check (it is touched for every coalesced write).
+    @exclusivity(unchecked) private var pending: [TCPConnection] = []
 
     func schedule(_ connection: TCPConnection) {
         pending.append(connection)
