@@ -21,7 +21,7 @@ public final class ChatServer: Sendable {
     public init(pool: IOPool, host: String = "127.0.0.1", port: UInt16 = 7008, perMemberLimit: Int = 1024 * 1024)
         throws(SystemError)
     {
-        let room = ChatRoom(threads: pool.threads.count)
+        let room = ChatRoom(threads: pool.threads)
         self.room = room
         var configuration = TCPServerConfiguration(host: host, port: port)
         configuration.flowControl = TCPFlowControl(
@@ -52,12 +52,14 @@ final class ChatRoom: @unchecked Sendable {
     }
 
     private let members: [Members]
+    private let threads: [IOThread]
     let slowConsumers = Atomic<Int>(0)
     let lines = Atomic<Int>(0)
     private let next = Atomic<Int>(0)
 
-    init(threads: Int) {
-        members = (0..<threads).map { _ in Members() }
+    init(threads: [IOThread]) {
+        self.threads = threads
+        members = threads.map { _ in Members() }
     }
 
     func join(_ connection: TCPConnection) {
@@ -74,10 +76,10 @@ final class ChatRoom: @unchecked Sendable {
     func broadcast(_ line: SharedBuffer, from thread: IOThread, pool: IOPool?) {
         lines.wrappingAdd(1, ordering: .relaxed)
         for member in members[thread.index].connections { member.write(line) }
+        // Other threads' lists are read only on their own threads.
         for index in members.indices where index != thread.index {
-            guard let target = members[index].connections.first?.thread else { continue }
             let list = members[index]
-            target.execute {
+            threads[index].execute {
                 for member in list.connections { member.write(line) }
             }
         }
