@@ -79,4 +79,4 @@ public enum BackendKind: String, Sendable, Hashable, CaseIterable, CustomStringC
     }
 }
 
-private let loggedChoice = Mutex(false)
+private let loggedChoice = Locked(false)

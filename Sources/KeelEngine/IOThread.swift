@@ -19,7 +19,7 @@ import Synchronization
 public final class IOThread: @unchecked Sendable {
     // @unchecked Sendable: all mutable state (`loop`, the backend, the buffer pool's owner side) is
     // confined to the OS thread running `run()`, enforced by `preconditionCurrent()`. Other threads
-    // reach it only through `inbox` (a Mutex) and the backend's eventfd wake-up.
+    // reach it only through `inbox` (a lock-free queue) and the backend's eventfd wake-up.
 
     /// Position of this thread in its pool.
     public let index: Int

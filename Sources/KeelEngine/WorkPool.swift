@@ -14,16 +14,16 @@ public final class WorkPool: Sendable {
         var stopped = false
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let available = Semaphore()
-    private let threads: Mutex<[SystemThread]>
+    private let threads: Locked<[SystemThread]>
     /// Number of worker threads.
     public let threadCount: Int
 
     /// Starts `threadCount` worker threads (at least one).
     public init(threadCount: Int) {
         self.threadCount = max(1, threadCount)
-        threads = Mutex([])
+        threads = Locked([])
         var started: [SystemThread] = []
         for i in 0..<self.threadCount {
             started.append(SystemThread.spawn(name: "keel-work-\(i)") { [self] in self.workerLoop() })

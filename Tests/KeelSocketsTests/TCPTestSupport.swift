@@ -14,7 +14,7 @@ func patternByte(stream: Int, offset: Int) -> UInt8 {
 
 /// Collects results from I/O threads and lets a test wait for them with a deadline.
 final class Collector<Value: Sendable>: Sendable {
-    private let values = Mutex<[Value]>([])
+    private let values = Locked<[Value]>([])
 
     func add(_ value: Value) { values.withLock { $0.append(value) } }
     var snapshot: [Value] { values.withLock { $0 } }
