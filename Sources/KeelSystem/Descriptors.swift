@@ -45,23 +45,6 @@ public enum Descriptors {
         return (fds.0, fds.1)
     }
 
-    /// Non-blocking read into `buffer`.
-    public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> IOOutcome<Int> {
-        try nonBlockingSyscall("read", context: "fd \(fd)") { CKeelLinux.read(fd, buffer.baseAddress, buffer.count) }
-    }
-
-    /// Non-blocking write of `buffer`.
-    public static func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) throws(SystemError) -> IOOutcome<Int> {
-        try nonBlockingSyscall("write", context: "fd \(fd)") { CKeelLinux.write(fd, buffer.baseAddress, buffer.count) }
-    }
-
-    /// Non-blocking vectored write.
-    public static func writev(_ fd: Int32, _ vectors: UnsafeBufferPointer<iovec>) throws(SystemError) -> IOOutcome<Int> {
-        try nonBlockingSyscall("writev", context: "fd \(fd)") {
-            CKeelLinux.writev(fd, vectors.baseAddress, Int32(vectors.count))
-        }
-    }
-
     /// The descriptors this process has open, read from `/proc/self/fd`, sorted.
     ///
     /// Used by tests and diagnostics to prove that nothing leaked.

@@ -25,14 +25,6 @@ public enum Sockets {
         }
     }
 
-    /// Reads an integer socket option.
-    public static func option(_ fd: Int32, level: Int32, name: Int32) throws(SystemError) -> Int32 {
-        var value: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        _ = try retryingSyscall("getsockopt", context: "fd \(fd)") { getsockopt(fd, level, name, &value, &length) }
-        return value
-    }
-
     /// `SO_REUSEADDR`: rebind a listening port while old connections sit in TIME_WAIT.
     public static func setReuseAddress(_ fd: Int32, _ on: Bool = true) throws(SystemError) {
         try setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: on ? 1 : 0, "setsockopt(SO_REUSEADDR)")
