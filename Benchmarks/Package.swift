@@ -1,11 +1,14 @@
 // swift-tools-version:6.2
-// Comparison servers for Keel's benchmarks. A separate package: the Keel library never depends on SwiftNIO.
+// Keel's benchmarks: comparison servers (SwiftNIO) and allocation benchmarks (ordo-one/benchmark).
+// A separate package: the Keel library never depends on SwiftNIO or the benchmark framework.
 import PackageDescription
 
 let package = Package(
     name: "KeelBenchmarks",
     dependencies: [
+        .package(name: "Keel", path: ".."),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.0", traits: ["MallocInterposer"]),
     ],
     targets: [
         .executableTarget(
@@ -15,6 +18,19 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // Allocations per message, connection, datagram and timer operation; thresholds in Thresholds/.
+        .executableTarget(
+            name: "KeelAllocations",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "KeelBuffers", package: "Keel"),
+                .product(name: "KeelEngine", package: "Keel"),
+                .product(name: "KeelSockets", package: "Keel"),
+            ],
+            path: "Benchmarks/KeelAllocations",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
     ]
 )

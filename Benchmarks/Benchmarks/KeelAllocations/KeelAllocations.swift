@@ -1,0 +1,239 @@
+// Allocation benchmarks for Keel's steady-state paths, counted by ordo-one/benchmark's malloc
+// interposer (process-wide: the I/O thread and the driving client together). Each path runs on both
+// backends. The stored thresholds (Benchmarks/Thresholds) are 0 for every Keel path and 1,000 for the
+// two controls that prove the counter sees both threads; `Benchmarks/check-allocations.sh` checks them.
+import Benchmark
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+import KeelSystem
+import Synchronization
+
+/// Echoes every buffer back on the connection it came from.
+struct EchoHandler: TCPConnectionHandler {
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+        connection.write(buffer)
+    }
+}
+
+/// Echoes every datagram back to its sender.
+struct UDPEchoHandler: UDPHandler {
+    mutating func datagramReceived(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool, on socket: UDPSocket) {
+        socket.send(datagram, to: sender)
+    }
+}
+
+/// One single-threaded pool with a TCP echo server, a UDP echo socket and a blocking raw client of
+/// each, so the measured loops allocate nothing of their own. Created by a benchmark's setup hook,
+/// shut down by its teardown hook.
+final class Fixture: @unchecked Sendable {
+    // @unchecked Sendable: the benchmark runner calls setup, the measured closure and teardown one
+    // after another on its own thread; the I/O thread only touches the servers' own state.
+    let backend: BackendKind
+    private(set) var pool: IOPool?
+    private(set) var server: TCPServer<EchoHandler>?
+    private var udpServer: UDPSocket?
+    /// Connected blocking clients.
+    private(set) var tcpClient: Int32 = -1
+    private(set) var udpClient: Int32 = -1
+    private(set) var serverAddress: SocketAddress?
+    /// Message and reply scratch, allocated once.
+    let message: UnsafeMutableRawBufferPointer
+    let reply: UnsafeMutableRawBufferPointer
+    /// Hand-over flags between the benchmark thread and the I/O thread for timer runs.
+    let go = Atomic<Int>(0)
+    let done = Atomic<Int>(0)
+    /// The prepared timer callback: setting a timer stores a reference to it.
+    let timerCallback: () -> Void = {}
+
+    init(backend: BackendKind) {
+        self.backend = backend
+        message = .allocate(byteCount: 64, alignment: 8)
+        reply = .allocate(byteCount: 64, alignment: 8)
+        for i in 0..<64 { message[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 1) }
+    }
+
+    deinit {
+        message.deallocate()
+        reply.deallocate()
+    }
+
+    func setUp() throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        self.pool = pool
+        let server = try TCPServer(pool: pool, configuration: .init(host: "127.0.0.1", port: 0)) { EchoHandler() }
+        self.server = server
+        serverAddress = server.localAddress
+        tcpClient = try Self.connectedSocket(type: SOCK_STREAM, to: server.localAddress)
+        let udp = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0), handler: UDPEchoHandler())
+        udpServer = udp
+        udpClient = try Self.connectedSocket(type: SOCK_DGRAM, to: udp.localAddress)
+    }
+
+    func tearDown() async {
+        Glibc.close(tcpClient)
+        Glibc.close(udpClient)
+        await server?.stop(closing: .abortive)
+        pool?.shutdown()
+        server = nil
+        udpServer = nil
+        pool = nil
+    }
+
+    /// A blocking socket of `type` connected to `address`, with a 5 s receive timeout.
+    static func connectedSocket(type: __socket_type, to address: SocketAddress) throws -> Int32 {
+        let fd = socket(address.addressFamily, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError(code: errno, call: "socket") }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        if address.withSockAddr({ sa, length in Glibc.connect(fd, sa, length) }) != 0 && !(errno == EINTR && awaitConnected(fd)) {
+            let code = errno
+            Glibc.close(fd)
+            throw SystemError(code: code, call: "connect")
+        }
+        return fd
+    }
+
+    /// Finishes a connect that a signal interrupted: it goes on in the background until writable.
+    static func awaitConnected(_ fd: Int32) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        while poll(&entry, 1, 5_000) < 0 && errno == EINTR {}
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0 && entry.revents & Int16(POLLOUT) != 0
+    }
+
+    /// Sends the 64-byte message on `fd` and reads the whole reply: nil, or what went wrong.
+    func roundTrip(_ fd: Int32) -> String? {
+        var sent = Glibc.send(fd, message.baseAddress, 64, Int32(MSG_NOSIGNAL))
+        while sent < 0 && errno == EINTR { sent = Glibc.send(fd, message.baseAddress, 64, Int32(MSG_NOSIGNAL)) }
+        guard sent == 64 else { return "send returned \(sent), errno \(errno)" }
+        var received = 0
+        while received < 64 {
+            let n = recv(fd, reply.baseAddress! + received, 64 - received, 0)
+            if n < 0 && errno == EINTR { continue }  // the benchmark runner's signals interrupt waits
+            if n <= 0 { return "recv returned \(n) after \(received) bytes, errno \(errno)" }
+            received += n
+        }
+        return memcmp(message.baseAddress!, reply.baseAddress!, 64) == 0 ? nil : "the reply differs"
+    }
+
+    /// Opens a connection, waits until the server has accepted it, closes it and waits until the
+    /// server has closed its side.
+    func acceptOne() -> Bool {
+        guard let server, let address = serverAddress else { return false }
+        let accepted = server.statistics.accepted
+        guard let fd = try? Self.connectedSocket(type: SOCK_STREAM, to: address) else { return false }
+        let wasAccepted = waitUntil { server.statistics.accepted != accepted }
+        Glibc.close(fd)
+        // The long-lived echo client stays open: one connection remains.
+        return wasAccepted && waitUntil { server.statistics.active == 1 }
+    }
+
+    /// Yields until `condition` holds or 5 seconds pass; false on time-out. Allocates nothing.
+    func waitUntil(_ condition: () -> Bool) -> Bool {
+        let deadline = monotonicNanoseconds() + 5_000_000_000
+        while !condition() {
+            if monotonicNanoseconds() > deadline { return false }
+            sched_yield()
+        }
+        return true
+    }
+
+    func monotonicNanoseconds() -> Int {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return now.tv_sec * 1_000_000_000 + now.tv_nsec
+    }
+
+    /// Runs `body` on the I/O thread between the benchmark's start and stop of measurement. The task
+    /// is queued (which allocates) before measuring starts and waits for the go signal.
+    func measureOnIOThread(_ benchmark: Benchmark, _ body: @escaping @Sendable (IOThread) -> Void) {
+        // A task that never got the go signal would hold the I/O thread: it gives up after 5 s.
+        guard let thread = pool?.threads[0] else { return }
+        go.store(0, ordering: .relaxed)
+        done.store(0, ordering: .relaxed)
+        thread.execute { [self] in
+            if waitUntil({ go.load(ordering: .acquiring) != 0 }) { body(thread) }
+            done.store(1, ordering: .releasing)
+        }
+        benchmark.startMeasurement()
+        go.store(1, ordering: .releasing)
+        if !waitUntil({ done.load(ordering: .acquiring) != 0 }) { benchmark.error("the I/O thread did not finish") }
+        benchmark.stopMeasurement()
+    }
+}
+
+/// Registers a benchmark that counts the allocations of one run of `body`, after one unmeasured
+/// warm-up run. One sample per benchmark: the stored threshold (checked at p90, which for one
+/// sample is that sample) bounds the run's total, so 0 means not one allocation in the whole run.
+/// `fixture` is set up before the warm-up and shut down after the sample. Names have no spaces or
+/// punctuation: the threshold files are named after them.
+func allocationBenchmark(_ name: String, on fixture: Fixture, _ body: @escaping (Benchmark) -> Void) {
+    Benchmark(
+        "\(fixture.backend)_\(name)",
+        configuration: .init(metrics: [.mallocCountTotal], warmupIterations: 1, maxDuration: .seconds(60), maxIterations: 1),
+        closure: body,
+        setup: { try fixture.setUp() },
+        teardown: { await fixture.tearDown() }
+    )
+}
+
+let benchmarks: @Sendable () -> Void = {
+    // The control: exactly 1,000 allocations, threshold 1,000. If the malloc interposer were not
+    // counting, this would read 0, and the check fails on an "improvement" as on a regression.
+    Benchmark(
+        "control_1000_allocations",
+        configuration: .init(metrics: [.mallocCountTotal], warmupIterations: 1, maxIterations: 1)
+    ) { _ in
+        for _ in 0..<1_000 {
+            let storage = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+            blackHole(storage)
+            storage.deallocate()
+        }
+    }
+
+    for backend in [BackendKind.ioUring, .epoll] where backend != .ioUring || IOUringSupport.isAvailable {
+        let fixture = Fixture(backend: backend)
+
+        allocationBenchmark("TCP_echo_20000_messages_of_64_bytes", on: fixture) { benchmark in
+            for _ in 0..<20_000 {
+                if let failure = fixture.roundTrip(fixture.tcpClient) { return benchmark.error("TCP echo: \(failure)") }
+            }
+        }
+        allocationBenchmark("TCP_accept_and_close_500_connections", on: fixture) { benchmark in
+            for _ in 0..<500 where !fixture.acceptOne() { return benchmark.error("accept timed out") }
+        }
+        allocationBenchmark("UDP_echo_20000_datagrams_of_64_bytes", on: fixture) { benchmark in
+            for _ in 0..<20_000 {
+                if let failure = fixture.roundTrip(fixture.udpClient) { return benchmark.error("UDP echo: \(failure)") }
+            }
+        }
+        // The I/O thread's control: its allocations are counted too (threshold 1,000).
+        allocationBenchmark("control_1000_allocations_on_the_IO_thread", on: fixture) { benchmark in
+            fixture.measureOnIOThread(benchmark) { _ in
+                for _ in 0..<1_000 {
+                    let storage = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+                    blackHole(storage)
+                    storage.deallocate()
+                }
+            }
+        }
+        allocationBenchmark("timer_set_and_cancel_10000_times", on: fixture) { benchmark in
+            fixture.measureOnIOThread(benchmark) { thread in
+                for i in 0..<10_000 {
+                    let timer = thread.scheduleTimer(after: .milliseconds(100 + Int64(i % 1000)), fixture.timerCallback)
+                    _ = thread.cancelTimer(timer)
+                }
+            }
+        }
+        allocationBenchmark("timer_reset_10000_times", on: fixture) { benchmark in
+            fixture.measureOnIOThread(benchmark) { thread in
+                let timer = thread.scheduleTimer(after: .seconds(30), fixture.timerCallback)
+                for i in 0..<10_000 { _ = thread.resetTimer(timer, after: .milliseconds(1_000 + Int64(i % 5_000))) }
+                _ = thread.cancelTimer(timer)
+            }
+        }
+    }
+}
