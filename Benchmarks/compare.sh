@@ -4,18 +4,20 @@
 # interleaved and repeated. Reports medians of msgs/s, server CPU per message (from /proc/PID/stat),
 # ratios against SwiftNIO and C, and server RSS.
 #
-#   Benchmarks/compare.sh [--quick] [--repeats N] [--seconds S]
+#   Benchmarks/compare.sh [--quick] [--repeats N] [--seconds S] [--servers "NAMES"] [--cases "SIZE:CONNS:DEPTH ..."]
 #
 # --quick runs 64-byte messages at 50 and 500 connections, depth 1 and 16 (the targets' cases);
 # the full matrix adds 4 KiB messages and 1 connection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repeats=3 seconds=5 quick=0
+repeats=3 seconds=5 quick=0 servers="keel-io_uring keel-epoll nio c-io_uring" cases=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --repeats) repeats=$2; shift ;;
         --seconds) seconds=$2; shift ;;
+        --servers) servers=$2; shift ;;
+        --cases) cases=$2; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -29,9 +31,9 @@ tick=$(getconf CLK_TCK)
 
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 
-servers="keel-io_uring keel-epoll nio c-io_uring"
-if [ "$quick" = 1 ]; then cases="64:50:1 64:50:16 64:500:1 64:500:16"; else
+if [ -n "$cases" ]; then :; elif [ "$quick" = 1 ]; then cases="64:50:1 64:50:16 64:500:1 64:500:16"; else
     cases="64:1:1 64:1:16 64:50:1 64:50:16 64:500:1 64:500:16 4096:1:1 4096:1:16 4096:50:1 4096:50:16 4096:500:1 4096:500:16"; fi
 
 results=$(mktemp)
@@ -40,10 +42,10 @@ for round in $(seq 1 "$repeats"); do
         IFS=: read -r size conns depth <<<"$c"
         for server in $servers; do
             start_server "$server"
-            before=$(cpu_ticks "$SERVER_PID")
+            before=$(cpu_ticks "$SERVER_PID") user_before=$(user_ticks "$SERVER_PID")
             json=$("$bench" echo --port "$SERVER_PORT" --connections "$conns" --size "$size" --depth "$depth" \
                    --warmup 0 --duration "$seconds" --json 2>/dev/null || echo '{"count": 0, "rate": 0, "errors": 1}')
-            after=$(cpu_ticks "$SERVER_PID")
+            after=$(cpu_ticks "$SERVER_PID") user_after=$(user_ticks "$SERVER_PID")
             rss=$(rss_kb "$SERVER_PID")
             stop_server
             count=$(echo "$json" | sed 's/.*"count": \([0-9]*\).*/\1/')
@@ -51,18 +53,19 @@ for round in $(seq 1 "$repeats"); do
             errors=$(echo "$json" | sed 's/.*"errors": \([0-9]*\).*/\1/')
             failures=$(echo "$json" | sed 's/.*"validation_failures": \([0-9]*\).*/\1/')
             cpu_ns=$(awk "BEGIN { if ($count > 0) printf \"%.0f\", ($after - $before) * 1e9 / $tick / $count; else print 0 }")
-            echo "$c $server $rate $cpu_ns $rss $errors $failures" >>"$results"
-            echo "round $round $c $server: $rate msg/s, $cpu_ns ns CPU/msg, RSS ${rss} kB, errors $errors/$failures" >&2
+            user_ns=$(awk "BEGIN { if ($count > 0) printf \"%.0f\", ($user_after - $user_before) * 1e9 / $tick / $count; else print 0 }")
+            echo "$c $server $rate $cpu_ns $rss $errors $failures $user_ns" >>"$results"
+            echo "round $round $c $server: $rate msg/s, $cpu_ns ns CPU/msg ($user_ns user), RSS ${rss} kB, errors $errors/$failures" >&2
         done
     done
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
 echo
-echo "Echo, one server thread, keel-bench client; medians of $repeats runs of ${seconds}s. CPU = server user+system time per message."
+echo "Echo, one server thread, keel-bench client; medians of $repeats runs of ${seconds}s. CPU = server user+system time per message; user = its user-space part."
 echo
-echo "| size | conns | depth | server | msgs/s | CPU ns/msg | CPU vs NIO | CPU vs C | RSS MB |"
-echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+echo "| size | conns | depth | server | msgs/s | CPU ns/msg | user ns/msg | CPU vs NIO | CPU vs C | RSS MB |"
+echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
 for c in $cases; do
     IFS=: read -r size conns depth <<<"$c"
     nio_cpu=$(awk -v c="$c" '$1==c && $2=="nio" {print $4}' "$results" | median)
@@ -71,7 +74,8 @@ for c in $cases; do
         rate=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $3}' "$results" | median)
         cpu=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $4}' "$results" | median)
         rss=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $5}' "$results" | median)
-        echo "| $size | $conns | $depth | $server | ${rate%.*} | $cpu | $(awk "BEGIN {printf \"%.2f\", $cpu / ($nio_cpu > 0 ? $nio_cpu : 1)}") | $(awk "BEGIN {printf \"%.2f\", $cpu / ($c_cpu > 0 ? $c_cpu : 1)}") | $(awk "BEGIN {printf \"%.1f\", $rss / 1024}") |"
+        user=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $8}' "$results" | median)
+        echo "| $size | $conns | $depth | $server | ${rate%.*} | $cpu | $user | $(awk "BEGIN {printf \"%.2f\", $cpu / ($nio_cpu > 0 ? $nio_cpu : 1)}") | $(awk "BEGIN {printf \"%.2f\", $cpu / ($c_cpu > 0 ? $c_cpu : 1)}") | $(awk "BEGIN {printf \"%.1f\", $rss / 1024}") |"
     done
 done
 errors=$(awk '{e += $6 + $7} END {print e + 0}' "$results")

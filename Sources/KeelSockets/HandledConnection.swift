@@ -6,10 +6,16 @@ import KeelEngine
 final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @unchecked Sendable {
     // @unchecked Sendable: as TCPConnection, confined to its I/O thread.
     var handler: Handler?
-    /// Called when the connection has closed, to recycle the object.
-    var onFinish: ((HandledConnection<Handler>) -> Void)?
+    /// The registry that recycles this object when the connection has closed. Unowned: the registry
+    /// owns its connection objects (no cycle, and no closure context per connection).
+    unowned let registry: ConnectionRegistry<Handler>
     /// Position in its registry's live list (for O(1) removal).
     var liveIndex = -1
+
+    init(thread: IOThread, registry: ConnectionRegistry<Handler>) {
+        self.registry = registry
+        super.init(thread: thread)
+    }
 
     override func deliverEstablished() { handler!.connectionEstablished(self) }
     override func deliverReceived(_ buffer: consuming IOBuffer) { handler!.connectionReceived(buffer, on: self) }
@@ -28,7 +34,7 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
 
     override func didFinish() {
         handler = nil
-        onFinish?(self)
+        registry.connectionFinished(self)
     }
 }
 
@@ -61,16 +67,19 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
         if let recycled = free.popLast() {
             connection = recycled
         } else {
-            connection = HandledConnection<Handler>(thread: thread)
+            connection = HandledConnection<Handler>(thread: thread, registry: self)
             connection.flushList = flushList
-            connection.onFinish = { [unowned self] done in
-                self.recycle(done)
-                self.finished()
-            }
+            flushList?.adopt(connection)
         }
         connection.liveIndex = live.count
         live.append(connection)
         return connection
+    }
+
+    /// `connection` has closed: back to the free list, and tell the owner.
+    func connectionFinished(_ connection: HandledConnection<Handler>) {
+        recycle(connection)
+        finished()
     }
 
     private func recycle(_ connection: HandledConnection<Handler>) {
@@ -94,20 +103,32 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
 }
 
 /// Connections with writes waiting to be flushed, on one I/O thread.
+///
+/// Scheduling is the hottest bookkeeping of a coalesced write, so the pending list holds unretained
+/// references: the list keeps every connection that can be scheduled alive itself (``adopt(_:)``, once
+/// per connection object; registries recycle those objects, so this costs nothing per connection
+/// opened), which makes each pending entry valid for as long as the list exists.
 final class FlushList: @unchecked Sendable {
     // @unchecked Sendable: touched only on its I/O thread (the registry's); for the same reason its
     // storage needs no dynamic exclusivity check (it is touched for every coalesced write).
-    @exclusivity(unchecked) private var pending: [TCPConnection] = []
+    @exclusivity(unchecked) private var members: [TCPConnection] = []
+    @exclusivity(unchecked) private var pending: [Unmanaged<TCPConnection>] = []
 
+    /// Keeps `connection` alive as long as this list: it may be scheduled from now on.
+    func adopt(_ connection: TCPConnection) {
+        members.append(connection)
+    }
+
+    /// Flushes `connection` before the thread next waits. It must have been adopted.
     func schedule(_ connection: TCPConnection) {
-        pending.append(connection)
+        pending.append(Unmanaged.passUnretained(connection))
     }
 
     /// Flushes every scheduled connection, including any scheduled while flushing.
     func flush() {
         var index = 0
         while index < pending.count {
-            pending[index].flushCoalescedWrites()
+            pending[index]._withUnsafeGuaranteedRef { $0.flushCoalescedWrites() }
             index += 1
         }
         if index > 0 { pending.removeAll(keepingCapacity: true) }

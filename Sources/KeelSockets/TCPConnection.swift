@@ -63,68 +63,26 @@ public class TCPConnection: @unchecked Sendable {
     // `thread.isCurrent` at the public entry points); cross-thread calls are marshalled with a
     // generation check so a recycled object is never written to by a stale caller.
 
+    // Declaration order is memory layout: references and words first, then each 9-byte optional
+    // (operation IDs, timer handles) followed by the flags and 32-bit fields that fit in its padding.
+    // Idle connections are the bulk of a big server's memory; this order saves ~50 bytes each.
+
     /// The I/O thread that owns this connection.
     public let thread: IOThread
-    /// The socket descriptor (-1 once closed).
-    @exclusivity(unchecked) public private(set) var descriptor: Int32 = -1
-    /// The peer's address (asked of the kernel on each use: not stored, so idle connections stay small).
-    public var remoteAddress: SocketAddress? {
-        descriptor >= 0 ? try? Sockets.peerAddress(descriptor) : nil
-    }
-    /// Why the connection closed, once it has.
-    @exclusivity(unchecked) public private(set) var closeReason: TCPCloseReason?
-
-    enum State { case idle, open, closing, closed }
-    @exclusivity(unchecked) private(set) var state: State = .idle
-    /// Incremented each time the object is reused, so stale cross-thread calls are dropped.
-    @exclusivity(unchecked) private(set) var generation: UInt32 = 0
-
-    @exclusivity(unchecked) private var writeQueue = WriteQueue()
     /// The per-thread list that flushes coalesced writes before the thread waits (nil: send at once).
-    @exclusivity(unchecked) var flushList: FlushList?
-    @exclusivity(unchecked) private var flushScheduled = false
-    /// Set when this connection cancelled its own receive (to pause, or to read into a handler's
-    /// buffer), so the cancellation is not mistaken for the thread stopping.
-    @exclusivity(unchecked) private var receiveCancelRequested = false
+    /// unowned(unsafe): the list keeps this object alive (``FlushList/adopt(_:)``), so a strong
+    /// reference back would be a cycle; the list lives as long as the thread's loop (its flush hook
+    /// holds it), which outlives every use of this property (all on that thread).
+    @exclusivity(unchecked) unowned(unsafe) var flushList: FlushList?
     /// The filter stack, bottom (socket side) first. Empty for most connections.
     @exclusivity(unchecked) private var filters: [any TCPConnectionFilter] = []
-    @exclusivity(unchecked) private var sendInFlight = false
-    @exclusivity(unchecked) private var receiveActive = false
-    @exclusivity(unchecked) private var peerHalfClosed = false
-    @exclusivity(unchecked) private var writeShutdown = false
-    @exclusivity(unchecked) private var closeMode: TCPCloseMode?
-    @exclusivity(unchecked) private var pendingOperations = 0
-    @exclusivity(unchecked) private var receiveOperation: OperationID?
-    @exclusivity(unchecked) private var sendOperation: OperationID?
-    @exclusivity(unchecked) private var idleTimer: TimerHandle?
     /// Timeouts, flow control and socket options, shared by every connection of one server or
     /// connector (one reference instead of ~100 bytes per connection).
     @exclusivity(unchecked) private var settings = ConnectionSettings.default
-    private var idleTimeout: Duration? { settings.timeouts.idle }
-    @exclusivity(unchecked) private var readTimer: TimerHandle?
-    private var readTimeout: Duration? { settings.timeouts.read }
-    @exclusivity(unchecked) private var retryTimer: TimerHandle?
-    /// The connection's write bounds (set when it opens).
-    public var flowControl: TCPFlowControl { settings.flowControl }
-    /// False while the write queue is above the high watermark (until it drains to the low one).
-    @exclusivity(unchecked) public private(set) var isWritable = true
-    /// Writes dropped by the ``TCPFlowControl/Policy/dropNewest`` or ``TCPFlowControl/Policy/dropOldest`` policies.
-    @exclusivity(unchecked) public private(set) var droppedWrites = 0
-    /// Bytes of those dropped writes.
-    @exclusivity(unchecked) public private(set) var droppedWriteBytes = 0
-    /// Items of the write queue included in the send in flight (they cannot be dropped).
-    @exclusivity(unchecked) private var itemsInFlight = 0
     /// Buffers that arrived after reading was paused (already read from the socket): delivered, in
     /// order, when reading resumes, so pausing never loses data nor lets the handler run ahead.
     @exclusivity(unchecked) private var stash: [DetachedBuffer] = []
     @exclusivity(unchecked) private var stashHead = 0
-    @exclusivity(unchecked) private var readingPausedByUser = false
-    @exclusivity(unchecked) private var readingPausedByFlowControl = false
-    @exclusivity(unchecked) private var deferredWritability: Bool?
-    @exclusivity(unchecked) private var deferredLimitExceeded = false
-    @exclusivity(unchecked) private var callbackDepth = 0
-    @exclusivity(unchecked) private var deferredWriteCompleted = 0
-    @exclusivity(unchecked) private var finishDeferred = false
 
     /// The iovec array and message header of the send in flight: allocated on the first queued send
     /// (an idle or inline-only connection never needs them), then kept for the object's lifetime.
@@ -138,6 +96,63 @@ public class TCPConnection: @unchecked Sendable {
     // them (about 100 bytes per connection).
     @exclusivity(unchecked) private var onReceive: ((IOCompletion) -> Void)!
     @exclusivity(unchecked) private var rareClosures: RareClosures?
+
+    @exclusivity(unchecked) private var writeQueue = WriteQueue()
+    /// Writes dropped by the ``TCPFlowControl/Policy/dropNewest`` or ``TCPFlowControl/Policy/dropOldest`` policies.
+    @exclusivity(unchecked) public private(set) var droppedWrites = 0
+    /// Bytes of those dropped writes.
+    @exclusivity(unchecked) public private(set) var droppedWriteBytes = 0
+    /// Items of the write queue included in the send in flight (they cannot be dropped).
+    @exclusivity(unchecked) private var itemsInFlight = 0
+    @exclusivity(unchecked) private var deferredWriteCompleted = 0
+
+    /// A handler's buffer that the next read continues into (``continueReading(into:)``).
+    @exclusivity(unchecked) private var accumulator: DetachedBuffer?
+    enum State: UInt8 { case idle, open, closing, closed }
+    @exclusivity(unchecked) private(set) var state: State = .idle
+    @exclusivity(unchecked) private var closeMode: TCPCloseMode?
+    @exclusivity(unchecked) private var deferredWritability: Bool?
+
+    @exclusivity(unchecked) private var receiveOperation: OperationID?
+    @exclusivity(unchecked) private var receiveActive = false
+    /// Set when this connection cancelled its own receive (to pause, or to read into a handler's
+    /// buffer), so the cancellation is not mistaken for the thread stopping.
+    @exclusivity(unchecked) private var receiveCancelRequested = false
+    /// Read by readiness (poll, then recv) so urgent bytes are taken before the stream passes them.
+    @exclusivity(unchecked) private var receivesUrgentData = false
+    /// The socket descriptor (-1 once closed).
+    @exclusivity(unchecked) public private(set) var descriptor: Int32 = -1
+
+    @exclusivity(unchecked) private var sendOperation: OperationID?
+    @exclusivity(unchecked) private var sendInFlight = false
+    @exclusivity(unchecked) private var flushScheduled = false
+    /// False while the write queue is above the high watermark (until it drains to the low one).
+    @exclusivity(unchecked) public private(set) var isWritable = true
+    /// Incremented each time the object is reused, so stale cross-thread calls are dropped.
+    @exclusivity(unchecked) private(set) var generation: UInt32 = 0
+
+    @exclusivity(unchecked) private var idleTimer: TimerHandle?
+    @exclusivity(unchecked) private var peerHalfClosed = false
+    @exclusivity(unchecked) private var writeShutdown = false
+    @exclusivity(unchecked) private var finishDeferred = false
+    @exclusivity(unchecked) private var pendingOperations: Int32 = 0
+    @exclusivity(unchecked) private var readTimer: TimerHandle?
+    @exclusivity(unchecked) private var readingPausedByUser = false
+    @exclusivity(unchecked) private var readingPausedByFlowControl = false
+    @exclusivity(unchecked) private var deferredLimitExceeded = false
+    @exclusivity(unchecked) private var callbackDepth: Int32 = 0
+    @exclusivity(unchecked) private var retryTimer: TimerHandle?
+    /// Why the connection closed, once it has.
+    @exclusivity(unchecked) public private(set) var closeReason: TCPCloseReason?
+
+    /// The peer's address (asked of the kernel on each use: not stored, so idle connections stay small).
+    public var remoteAddress: SocketAddress? {
+        descriptor >= 0 ? try? Sockets.peerAddress(descriptor) : nil
+    }
+    private var idleTimeout: Duration? { settings.timeouts.idle }
+    private var readTimeout: Duration? { settings.timeouts.read }
+    /// The connection's write bounds (set when it opens).
+    public var flowControl: TCPFlowControl { settings.flowControl }
 
     private final class RareClosures {
         let onReceiveInto: (IOCompletion) -> Void
@@ -166,11 +181,6 @@ public class TCPConnection: @unchecked Sendable {
         rareClosures = made
         return made
     }
-
-    /// Read by readiness (poll, then recv) so urgent bytes are taken before the stream passes them.
-    @exclusivity(unchecked) private var receivesUrgentData = false
-    /// A handler's buffer that the next read continues into (``continueReading(into:)``).
-    @exclusivity(unchecked) private var accumulator: DetachedBuffer?
 
     private var onReceiveInto: (IOCompletion) -> Void { closures.onReceiveInto }
     private var onReadable: (IOCompletion) -> Void { closures.onReadable }
@@ -658,7 +668,7 @@ public class TCPConnection: @unchecked Sendable {
                     handleReceiveEnd(outcome)
                     break
                 }
-                let n = recv(descriptor, buffer.unsafeWritableAddress, buffer.writableBytes, 0)
+                let n = ckeel_recv(descriptor, buffer.unsafeWritableAddress, buffer.writableBytes, 0)
                 if n > 0 {
                     buffer.moveWriterIndex(forwardBy: n)
                     deliverInbound(buffer)

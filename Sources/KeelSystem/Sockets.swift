@@ -133,11 +133,11 @@ public enum Sockets {
         throws(SystemError) -> IOOutcome<Int>
     {
         let flags = Int32(CKEEL_MSG_NOSIGNAL | (urgent ? CKEEL_MSG_OOB : 0))
-        return try nonBlockingSyscall("send", context: "fd \(fd)") { Glibc.send(fd, bytes.baseAddress, bytes.count, flags) }
+        return try nonBlockingSyscall("send", context: "fd \(fd)") { ckeel_send(fd, bytes.baseAddress, bytes.count, flags) }
     }
 
     /// Non-blocking `sendmsg` (never SIGPIPE).
     public static func sendMessage(_ fd: Int32, _ message: UnsafePointer<msghdr>) throws(SystemError) -> IOOutcome<Int> {
-        try nonBlockingSyscall("sendmsg", context: "fd \(fd)") { sendmsg(fd, message, Int32(CKEEL_MSG_NOSIGNAL)) }
+        try nonBlockingSyscall("sendmsg", context: "fd \(fd)") { ckeel_sendmsg(fd, message, Int32(CKEEL_MSG_NOSIGNAL)) }
     }
 }

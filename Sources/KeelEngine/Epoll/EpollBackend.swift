@@ -236,11 +236,11 @@ final class EpollBackend {
             case .write(let fd, let address, let length):
                 n = CKeelLinux.write(fd, UnsafeRawPointer(bitPattern: address), Int(length))
             case .receive(let fd, let address, let length):
-                n = recv(fd, UnsafeMutableRawPointer(bitPattern: address), Int(length), 0)
+                n = ckeel_recv(fd, UnsafeMutableRawPointer(bitPattern: address), Int(length), 0)
             case .send(let fd, let address, let length, let flags):
                 n = CKeelLinux.send(fd, UnsafeRawPointer(bitPattern: address), Int(length), Int32(flags))
             case .sendMessage(let fd, let message, let flags):
-                n = sendmsg(fd, UnsafePointer(bitPattern: message), Int32(flags))
+                n = ckeel_sendmsg(fd, UnsafePointer(bitPattern: message), Int32(flags))
             case .accept(let fd, _):
                 n = Int(ckeel_accept4(fd))
             case .receivePooled(let fd, _):
@@ -248,7 +248,7 @@ final class EpollBackend {
                     return .completed(result: -ENOBUFS, flags: 0, final: true)
                 }
                 lentChunk = chunk.chunk
-                n = recv(fd, chunk.address, pool.bufferSize, 0)
+                n = ckeel_recv(fd, chunk.address, pool.bufferSize, 0)
             case .receiveMessagePooled(let fd, let template, _):
                 guard let chunk = pool.lendToKernel() else {
                     return .completed(result: -ENOBUFS, flags: 0, final: true)
@@ -293,7 +293,7 @@ final class EpollBackend {
             message.msg_iov = vectorPointer
             message.msg_iovlen = 1
             // MSG_TRUNC: return the datagram's real length even when it did not fit.
-            let n = recvmsg(fd, &message, Int32(CKEEL_MSG_TRUNC))
+            let n = ckeel_recvmsg(fd, &message, Int32(CKEEL_MSG_TRUNC))
             guard n >= 0 else { return -1 }
             let truncated = message.msg_flags & Int32(CKEEL_MSG_TRUNC) != 0
             ckeel_recvmsg_out_write(chunk, UInt32(message.msg_namelen), UInt32(n), truncated ? CKEEL_MSG_TRUNC : 0)
