@@ -70,10 +70,11 @@ public class TCPConnection: @unchecked Sendable {
     /// The I/O thread that owns this connection.
     public let thread: IOThread
     /// The per-thread list that flushes coalesced writes before the thread waits (nil: send at once).
-    /// unowned(unsafe): the list keeps this object alive (``FlushList/adopt(_:)``), so a strong
-    /// reference back would be a cycle; the list lives as long as the thread's loop (its flush hook
-    /// holds it), which outlives every use of this property (all on that thread).
-    @exclusivity(unchecked) unowned(unsafe) var flushList: FlushList?
+    /// Unretained: the list keeps this object alive (``FlushList/adopt(_:)``), so a strong reference
+    /// back would be a cycle, and scheduling costs no reference counting; the list lives as long as
+    /// the thread's loop (its flush hook holds it), which outlives every use of this property (all on
+    /// that thread).
+    @exclusivity(unchecked) var flushList: Unmanaged<FlushList>?
     /// The filter stack, bottom (socket side) first. Empty for most connections.
     @exclusivity(unchecked) private var filters: [any TCPConnectionFilter] = []
     /// Timeouts, flow control and socket options, shared by every connection of one server or
@@ -191,7 +192,11 @@ public class TCPConnection: @unchecked Sendable {
 
     init(thread: IOThread) {
         self.thread = thread
-        onReceive = { [unowned self] in self.receiveCompleted($0) }
+        // Unretained: the object outlives its operations (registries recycle connection objects and
+        // keep them for the thread's lifetime); a strong or checked unowned reference would cost an
+        // atomic retain and release on every receive.
+        let unretained = Unmanaged.passUnretained(self)
+        onReceive = { completion in unretained._withUnsafeGuaranteedRef { $0.receiveCompleted(completion) } }
     }
 
     deinit {
@@ -611,7 +616,7 @@ public class TCPConnection: @unchecked Sendable {
             if let flushList {
                 if !flushScheduled {
                     flushScheduled = true
-                    flushList.schedule(self)
+                    flushList._withUnsafeGuaranteedRef { $0.schedule(self) }
                 }
             } else {
                 submitSend()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# User-space instructions per echoed message in keel-echo, counted by valgrind's callgrind: repeatable
+# on a noisy machine, unlike time. Runs keel-echo (release, debug info stripped: valgrind chokes on
+# Swift's) under callgrind twice, with M and 3M messages per connection from keel-bench, and reports
+# the difference per message, in total and per function (the top 30).
+#
+#   scripts/instructions-per-message.sh [--depth D] [--connections C] [--messages M]
+#
+# Runs on the epoll backend: valgrind 3.19 blocks the whole process in io_uring_enter (the I/O thread
+# holds valgrind's lock), so an io_uring keel-echo never starts under it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+depth=1 connections=10 messages=1000
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --depth) depth=$2; shift ;;
+        --connections) connections=$2; shift ;;
+        --messages) messages=$2; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+swift build -c release --product keel-echo >/dev/null
+swift build -c release --product keel-bench >/dev/null
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp .build/release/keel-echo "$work/keel-echo"
+strip --strip-debug "$work/keel-echo"
+
+run() {  # messages-per-connection output-file
+    local log="$work/server.log" port
+    KEEL_BACKEND=epoll valgrind --tool=callgrind --callgrind-out-file="$2" "$work/keel-echo" --port 0 --threads 1 >"$log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 1 300); do grep -q "listening on" "$log" && break; sleep 0.1; done
+    port=$(grep -o "listening on .*" "$log" | sed 's/.*://')
+    .build/release/keel-bench echo --port "$port" --connections "$connections" --depth "$depth" \
+        --messages "$1" --warmup 0 --json >"$work/client.json" 2>/dev/null
+    kill -TERM "$pid"
+    wait "$pid" || true
+}
+run "$messages" "$work/small.out"
+run $((messages * 3)) "$work/large.out"
+python3 - "$work/small.out" "$work/large.out" $((messages * 2 * connections)) <<'PY'
+import re, subprocess, sys
+
+def functions(path):
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True, text=True).stdout
+    counts = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+\S*?:(\S+)", line)
+        if m:
+            name = re.sub(r"\$s\d*", "", m.group(2))
+            counts[name] = counts.get(name, 0) + int(m.group(1).replace(",", ""))
+    return counts
+
+small, large, extra = functions(sys.argv[1]), functions(sys.argv[2]), float(sys.argv[3])
+deltas = sorted(((large.get(k, 0) - small.get(k, 0)) / extra, k) for k in set(small) | set(large))
+deltas.reverse()
+print("user-space instructions per echoed message: %.0f" % sum(d for d, _ in deltas))
+for d, name in deltas[:30]:
+    print("%7.0f  %s" % (d, name[:120]))
+PY
