@@ -122,16 +122,27 @@ public final class IOThread: @unchecked Sendable {
 
     // MARK: Operations (I/O thread only)
 
-    /// Submits `operation`; `completion` runs on this thread with the result. Submissions are batched:
-    /// the kernel sees them at the next loop iteration.
+    /// Submits `operation`; `handler` gets its completions on this thread. Submissions are batched:
+    /// the kernel sees them at the next loop iteration. The thread keeps `handler` alive until the
+    /// operation's final completion; reusing one handler object for many operations allocates nothing.
+    ///
+    /// I/O thread only.
+    @discardableResult
+    public func submit(_ operation: IOOperation, handler: IOCompletionHandler) -> OperationID {
+        preconditionCurrent()
+        let token = loop.pointee.operations.insert(handler)
+        backend.push(operation, token: token)
+        return OperationID(token: token)
+    }
+
+    /// Submits `operation`; `completion` runs on this thread with the result. Convenient, but wraps the
+    /// closure in a new handler object per call: hot paths use ``submit(_:handler:)`` with a handler
+    /// made once.
     ///
     /// I/O thread only.
     @discardableResult
     public func submit(_ operation: IOOperation, _ completion: @escaping (IOCompletion) -> Void) -> OperationID {
-        preconditionCurrent()
-        let token = loop.pointee.operations.insert(completion)
-        backend.push(operation, token: token)
-        return OperationID(token: token)
+        submit(operation, handler: ClosureCompletionHandler(completion))
     }
 
     /// Requests cancellation of an in-flight operation. Its completion still runs, with
@@ -275,23 +286,34 @@ public final class IOThread: @unchecked Sendable {
     private func dispatch(_ token: Token, _ completion: IOCompletion) {
         switch token.kind {
         case .callback?:
-            let handler = completion.hasMore
-                ? loop.pointee.operations.lookup(token) : loop.pointee.operations.remove(token)
-            if completion.hasBuffer {
-                loop.pointee.receivedBuffer = completion
-                handler?(completion)
-                if let untaken = loop.pointee.receivedBuffer {
-                    // Nobody took it (or the operation was stale): back to the pool.
-                    loop.pointee.receivedBuffer = nil
-                    _ = backend.takeBuffer(untaken)
-                }
+            // The handler is borrowed, not retained: for a multishot operation the table keeps it
+            // alive; a final completion's handler, removed from the table, is released after the call.
+            if completion.hasMore {
+                deliver(completion, to: loop.pointee.operations.lookup(token))
             } else {
-                handler?(completion)
+                let handler = loop.pointee.operations.remove(token)
+                deliver(completion, to: handler)
+                handler?.release()
             }
         case .wakeup?:
             if case .ring(let ring) = backend { ring.armWakeup() }
         case .ignored?, nil:
             break
+        }
+    }
+
+    @inline(__always)
+    private func deliver(_ completion: IOCompletion, to handler: Unmanaged<IOCompletionHandler>?) {
+        if completion.hasBuffer {
+            loop.pointee.receivedBuffer = completion
+            handler?._withUnsafeGuaranteedRef { $0.complete(completion) }
+            if let untaken = loop.pointee.receivedBuffer {
+                // Nobody took it (or the operation was stale): back to the pool.
+                loop.pointee.receivedBuffer = nil
+                _ = backend.takeBuffer(untaken)
+            }
+        } else {
+            handler?._withUnsafeGuaranteedRef { $0.complete(completion) }
         }
     }
 

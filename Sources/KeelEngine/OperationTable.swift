@@ -1,6 +1,7 @@
 /// The in-flight operations of one I/O thread: a flat table of slots addressed by ``Token``.
 ///
-/// A slot holds the completion closure until the kernel (or the epoll backend) reports the result.
+/// A slot holds the operation's completion handler, retained, until the kernel (or the epoll backend)
+/// reports the final result; dispatch borrows it without reference counting.
 /// Each reuse of a slot bumps its 24-bit generation, so a stale completion for an earlier use is
 /// detected and ignored. The table grows by doubling and never shrinks, so steady state allocates
 /// nothing here.
@@ -11,7 +12,7 @@ struct OperationTable {
     struct Slot {
         var generation: UInt32
         var nextFree: UInt32
-        var completion: ((IOCompletion) -> Void)?
+        var handler: Unmanaged<IOCompletionHandler>?
     }
 
     private var slots: UnsafeMutablePointer<Slot>
@@ -31,55 +32,58 @@ struct OperationTable {
         freeHead = 0
     }
 
-    /// Frees the storage. Completions still held are dropped without being called.
+    /// Frees the storage. Handlers still held are released without being called.
     mutating func deallocate() {
+        for i in 0..<capacity { slots[i].handler?.release() }
         slots.deinitialize(count: capacity)
         slots.deallocate()
         capacity = 0
     }
 
-    /// Reserves a slot for `completion` and returns its token.
-    mutating func insert(_ completion: @escaping (IOCompletion) -> Void) -> Token {
+    /// Reserves a slot for `handler` (retaining it) and returns its token.
+    mutating func insert(_ handler: IOCompletionHandler) -> Token {
         if freeHead == Self.end { grow() }
         let slot = freeHead
         freeHead = slots[Int(slot)].nextFree
-        slots[Int(slot)].completion = completion
+        slots[Int(slot)].handler = .passRetained(handler)
         slots[Int(slot)].nextFree = Self.end
         inFlight += 1
         return Token(kind: .callback, generation: slots[Int(slot)].generation, slot: slot)
     }
 
-    /// Takes the completion for `token` and frees its slot, or returns nil for a stale or unknown token.
-    mutating func remove(_ token: Token) -> ((IOCompletion) -> Void)? {
+    /// Takes the handler for `token` (still retained: the caller releases it) and frees its slot, or
+    /// returns nil for a stale or unknown token.
+    mutating func remove(_ token: Token) -> Unmanaged<IOCompletionHandler>? {
         let slot = Int(token.slot)
         guard slot < capacity, slots[slot].generation == token.generation,
-            let completion = slots[slot].completion
+            let handler = slots[slot].handler
         else { return nil }
-        slots[slot].completion = nil
+        slots[slot].handler = nil
         slots[slot].generation = (slots[slot].generation &+ 1) & Token.generationMask
         slots[slot].nextFree = freeHead
         freeHead = token.slot
         inFlight -= 1
-        return completion
+        return handler
     }
 
-    /// The completion for `token` without freeing its slot (a multishot operation that stays armed).
-    func lookup(_ token: Token) -> ((IOCompletion) -> Void)? {
+    /// The handler for `token` without freeing its slot (a multishot operation that stays armed).
+    /// Unretained: the slot keeps it alive until the operation's final completion.
+    func lookup(_ token: Token) -> Unmanaged<IOCompletionHandler>? {
         let slot = Int(token.slot)
         guard slot < capacity, slots[slot].generation == token.generation else { return nil }
-        return slots[slot].completion
+        return slots[slot].handler
     }
 
     /// True when `token` names an operation still in flight.
     func contains(_ token: Token) -> Bool {
         let slot = Int(token.slot)
-        return slot < capacity && slots[slot].generation == token.generation && slots[slot].completion != nil
+        return slot < capacity && slots[slot].generation == token.generation && slots[slot].handler != nil
     }
 
     /// The tokens of all operations in flight.
     func inFlightTokens() -> [Token] {
         var tokens: [Token] = []
-        for i in 0..<capacity where slots[i].completion != nil {
+        for i in 0..<capacity where slots[i].handler != nil {
             tokens.append(Token(kind: .callback, generation: slots[i].generation, slot: UInt32(i)))
         }
         return tokens

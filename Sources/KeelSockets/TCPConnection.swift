@@ -91,11 +91,11 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) private var message: UnsafeMutablePointer<msghdr>?
     private static let maximumVectors = 64
 
-    // Completion closures, each made once per object and reused: submitting an operation retains
-    // them, so the steady state allocates nothing. All but the receive closure live in a side object
-    // made on first use: an idle connection that never queues a send or times out does not pay for
-    // them (about 100 bytes per connection).
-    @exclusivity(unchecked) private var onReceive: ((IOCompletion) -> Void)!
+    // Completion handlers and timer callbacks, each made once per object and reused, so the steady
+    // state allocates nothing. All but the receive handler live in a side object made on first use:
+    // an idle connection that never queues a send or times out does not pay for them (about 100
+    // bytes per connection).
+    @exclusivity(unchecked) private var onReceive: Completions!
     @exclusivity(unchecked) private var rareClosures: RareClosures?
 
     @exclusivity(unchecked) private var writeQueue = WriteQueue()
@@ -155,18 +155,44 @@ public class TCPConnection: @unchecked Sendable {
     /// The connection's write bounds (set when it opens).
     public var flowControl: TCPFlowControl { settings.flowControl }
 
+    /// Routes one kind of operation's completions to the connection.
+    private final class Completions: IOCompletionHandler {
+        enum Kind { case receive, receiveInto, readable, send }
+        /// Unretained: the connection outlives its operations (registries recycle connection objects
+        /// and keep them for the thread's lifetime), and a counted reference would cost an atomic
+        /// retain and release on every completion.
+        let connection: Unmanaged<TCPConnection>
+        let kind: Kind
+
+        init(_ connection: TCPConnection, _ kind: Kind) {
+            self.connection = .passUnretained(connection)
+            self.kind = kind
+        }
+
+        override func complete(_ completion: IOCompletion) {
+            connection._withUnsafeGuaranteedRef { connection in
+                switch kind {
+                case .receive: connection.receiveCompleted(completion)
+                case .receiveInto: connection.receiveIntoCompleted(completion)
+                case .readable: connection.readableSignalled(completion)
+                case .send: connection.sendCompleted(completion)
+                }
+            }
+        }
+    }
+
     private final class RareClosures {
-        let onReceiveInto: (IOCompletion) -> Void
-        let onReadable: (IOCompletion) -> Void
-        let onSend: (IOCompletion) -> Void
+        let onReceiveInto: Completions
+        let onReadable: Completions
+        let onSend: Completions
         let onIdle: () -> Void
         let onReadTimeout: () -> Void
         let onRetryReceive: () -> Void
 
         init(_ connection: TCPConnection) {
-            onReceiveInto = { [unowned connection] in connection.receiveIntoCompleted($0) }
-            onReadable = { [unowned connection] in connection.readableSignalled($0) }
-            onSend = { [unowned connection] in connection.sendCompleted($0) }
+            onReceiveInto = Completions(connection, .receiveInto)
+            onReadable = Completions(connection, .readable)
+            onSend = Completions(connection, .send)
             onIdle = { [unowned connection] in connection.timedOut(.idleTimeout) }
             onReadTimeout = { [unowned connection] in connection.timedOut(.readTimeout) }
             onRetryReceive = { [unowned connection] in
@@ -183,20 +209,16 @@ public class TCPConnection: @unchecked Sendable {
         return made
     }
 
-    private var onReceiveInto: (IOCompletion) -> Void { closures.onReceiveInto }
-    private var onReadable: (IOCompletion) -> Void { closures.onReadable }
-    private var onSend: (IOCompletion) -> Void { closures.onSend }
+    private var onReceiveInto: Completions { closures.onReceiveInto }
+    private var onReadable: Completions { closures.onReadable }
+    private var onSend: Completions { closures.onSend }
     private var onIdle: () -> Void { closures.onIdle }
     private var onReadTimeout: () -> Void { closures.onReadTimeout }
     private var onRetryReceive: () -> Void { closures.onRetryReceive }
 
     init(thread: IOThread) {
         self.thread = thread
-        // Unretained: the object outlives its operations (registries recycle connection objects and
-        // keep them for the thread's lifetime); a strong or checked unowned reference would cost an
-        // atomic retain and release on every receive.
-        let unretained = Unmanaged.passUnretained(self)
-        onReceive = { completion in unretained._withUnsafeGuaranteedRef { $0.receiveCompleted(completion) } }
+        onReceive = Completions(self, .receive)
     }
 
     deinit {
@@ -304,11 +326,11 @@ public class TCPConnection: @unchecked Sendable {
         receiveCancelRequested = false
         pendingOperations += 1
         if let accumulator {
-            receiveOperation = thread.submit(.receive(descriptor, into: accumulator.writableRegion), onReceiveInto)
+            receiveOperation = thread.submit(.receive(descriptor, into: accumulator.writableRegion), handler: onReceiveInto)
         } else if receivesUrgentData {
-            receiveOperation = thread.submit(.pollReadable(descriptor), onReadable)
+            receiveOperation = thread.submit(.pollReadable(descriptor), handler: onReadable)
         } else {
-            receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), onReceive)
+            receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), handler: onReceive)
         }
     }
 
@@ -736,7 +758,7 @@ public class TCPConnection: @unchecked Sendable {
         itemsInFlight = count
         sendInFlight = true
         pendingOperations += 1
-        sendOperation = thread.submit(.sendMessage(descriptor, UnsafePointer(message)), onSend)
+        sendOperation = thread.submit(.sendMessage(descriptor, UnsafePointer(message)), handler: onSend)
     }
 
     private func sendCompleted(_ completion: IOCompletion) {

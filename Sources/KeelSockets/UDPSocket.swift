@@ -142,8 +142,8 @@ public class UDPSocket: @unchecked Sendable {
     private let sendMessage: UnsafeMutablePointer<msghdr>
     private let sendVector: UnsafeMutablePointer<iovec>
     private let sendAddress: UnsafeMutablePointer<sockaddr_storage>
-    private var onReceive: ((IOCompletion) -> Void)!
-    private var onSend: ((IOCompletion) -> Void)!
+    private var onReceive: Completions!
+    private var onSend: Completions!
     private static let addressSpace = MemoryLayout<sockaddr_storage>.size
 
     init(thread: IOThread, descriptor: Int32, localAddress: SocketAddress, sendLimits: UDPSendLimits) {
@@ -160,8 +160,23 @@ public class UDPSocket: @unchecked Sendable {
         sendVector.initialize(to: iovec())
         sendAddress = .allocate(capacity: 1)
         sendAddress.initialize(to: sockaddr_storage())
-        onReceive = { [unowned self] in self.receiveCompleted($0) }
-        onSend = { [unowned self] in self.sendCompleted($0) }
+        onReceive = Completions(self, isSend: false)
+        onSend = Completions(self, isSend: true)
+    }
+
+    /// Routes the socket's receive or send completions to it (made once per socket).
+    private final class Completions: IOCompletionHandler {
+        unowned let socket: UDPSocket
+        let isSend: Bool
+
+        init(_ socket: UDPSocket, isSend: Bool) {
+            self.socket = socket
+            self.isSend = isSend
+        }
+
+        override func complete(_ completion: IOCompletion) {
+            if isSend { socket.sendCompleted(completion) } else { socket.receiveCompleted(completion) }
+        }
     }
 
     deinit {
@@ -215,7 +230,7 @@ public class UDPSocket: @unchecked Sendable {
     func startReceiving() {
         guard !closed, receiveOperation == nil else { return }
         pendingOperations += 1
-        receiveOperation = thread.submit(.receiveMessagePooled(descriptor, template: template, multishot: true), onReceive)
+        receiveOperation = thread.submit(.receiveMessagePooled(descriptor, template: template, multishot: true), handler: onReceive)
     }
 
     private func receiveCompleted(_ completion: IOCompletion) {
@@ -377,7 +392,7 @@ public class UDPSocket: @unchecked Sendable {
         }
         sendInFlight = true
         pendingOperations += 1
-        sendOperation = thread.submit(.sendMessage(descriptor, UnsafePointer(sendMessage)), onSend)
+        sendOperation = thread.submit(.sendMessage(descriptor, UnsafePointer(sendMessage)), handler: onSend)
     }
 
     private func sendCompleted(_ completion: IOCompletion) {

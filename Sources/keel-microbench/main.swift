@@ -45,46 +45,48 @@ func onThread<Value: Sendable>(_ thread: IOThread, _ body: @escaping @Sendable (
     return result.withLock { $0! }
 }
 
-/// State for a chain of nops, each submitted from the previous one's completion.
-final class NopChain: @unchecked Sendable {
+/// Completes `count` nops and reports the mean time per nop. With `resubmits`, each nop is submitted
+/// from the previous one's completion (a round trip through the loop); otherwise all are submitted at
+/// once (a batch). One handler object serves every nop: nothing is allocated per operation.
+final class NopChain: IOCompletionHandler, @unchecked Sendable {
     // @unchecked Sendable: used only on the I/O thread running the chain.
-    var handler: ((IOCompletion) -> Void)?
-    var remaining = 0
+    let thread: IOThread
+    let count: Int
+    let resubmits: Bool
+    var remaining: Int
     var start = ContinuousClock.now
+    var done: ((Double) -> Void)?
+
+    init(thread: IOThread, count: Int, resubmits: Bool, done: @escaping (Double) -> Void) {
+        self.thread = thread
+        self.count = count
+        self.resubmits = resubmits
+        self.remaining = count
+        self.done = done
+    }
+
+    func begin() {
+        start = .now
+        for _ in 0..<(resubmits ? 1 : count) { thread.submit(.nop, handler: self) }
+    }
+
+    override func complete(_ completion: IOCompletion) {
+        remaining -= 1
+        if remaining == 0 {
+            done?(nanoseconds(ContinuousClock.now - start) / Double(count))
+            done = nil
+        } else if resubmits {
+            thread.submit(.nop, handler: self)
+        }
+    }
 }
 
 func nopRoundTrip(_ thread: IOThread, count: Int) -> Double {
-    onThread(thread) { done in
-        let chain = NopChain()
-        chain.remaining = count
-        chain.handler = { _ in
-            chain.remaining -= 1
-            if chain.remaining == 0 {
-                let elapsed = ContinuousClock.now - chain.start
-                chain.handler = nil
-                return done(nanoseconds(elapsed) / Double(count))
-            }
-            thread.submit(.nop, chain.handler!)
-        }
-        chain.start = .now
-        thread.submit(.nop, chain.handler!)
-    }
+    onThread(thread) { done in NopChain(thread: thread, count: count, resubmits: true, done: done).begin() }
 }
 
 func nopBatch(_ thread: IOThread, count: Int) -> Double {
-    onThread(thread) { done in
-        let chain = NopChain()
-        chain.remaining = count
-        chain.handler = { _ in
-            chain.remaining -= 1
-            if chain.remaining == 0 {
-                chain.handler = nil
-                done(nanoseconds(ContinuousClock.now - chain.start) / Double(count))
-            }
-        }
-        chain.start = .now
-        for _ in 0..<count { thread.submit(.nop, chain.handler!) }
-    }
+    onThread(thread) { done in NopChain(thread: thread, count: count, resubmits: false, done: done).begin() }
 }
 
 func crossThreadTasks(_ thread: IOThread, count: Int) -> Double {

@@ -4,15 +4,36 @@ import Testing
 @testable import KeelEngine
 import KeelTestSupport
 
-/// State of a chain of operations, each submitted from the previous one's completion. A concrete
-/// (non-generic) class, so the stored closure needs no reabstraction thunk when read back.
-final class NopChain: @unchecked Sendable {
+/// A chain of nops, each submitted from the previous one's completion, with one handler object for
+/// all of them; counts its thread's allocations after a warm-up.
+final class NopChain: IOCompletionHandler, @unchecked Sendable {
     // @unchecked Sendable: used only on the I/O thread that runs the chain.
-    var handler: ((IOCompletion) -> Void)?
+    let thread: IOThread
     var remaining: Int
     var warmup = 1_000
     var start: UInt64 = 0
-    init(rounds: Int) { remaining = rounds }
+    var finish: ((UInt64) -> Void)?
+
+    init(thread: IOThread, rounds: Int, finish: @escaping (UInt64) -> Void) {
+        self.thread = thread
+        self.remaining = rounds
+        self.finish = finish
+    }
+
+    override func complete(_ completion: IOCompletion) {
+        if warmup > 0 {
+            warmup -= 1
+            if warmup == 0 { start = AllocationCounter.currentThread }
+        } else {
+            remaining -= 1
+            if remaining == 0 {
+                finish?(AllocationCounter.currentThread - start)
+                finish = nil
+                return
+            }
+        }
+        thread.submit(.nop, handler: self)
+    }
 }
 
 /// Steady-state engine paths allocate nothing: counted on the I/O thread itself.
@@ -24,23 +45,8 @@ struct AllocationTests {
             let thread = pool.threads[0]
             let rounds = 20_000
             let allocations: UInt64 = await onThread(thread) { finish in
-                // One completion closure, reused for every operation: submitting retains it, nothing more.
-                let chain = NopChain(rounds: rounds)
-                chain.handler = { _ in
-                    if chain.warmup > 0 {
-                        chain.warmup -= 1
-                        if chain.warmup == 0 { chain.start = AllocationCounter.currentThread }
-                    } else {
-                        chain.remaining -= 1
-                        if chain.remaining == 0 {
-                            let used = AllocationCounter.currentThread - chain.start
-                            chain.handler = nil
-                            return finish(used)
-                        }
-                    }
-                    thread.submit(.nop, chain.handler!)
-                }
-                thread.submit(.nop, chain.handler!)
+                // One handler object, reused for every operation: submitting retains it, nothing more.
+                thread.submit(.nop, handler: NopChain(thread: thread, rounds: rounds, finish: finish))
             }
             #expect(allocations == 0, "\(allocations) allocations over \(rounds) loop round trips")
         }

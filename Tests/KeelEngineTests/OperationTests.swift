@@ -154,20 +154,39 @@ struct OperationTests {
     @Test func staleTokenForReusedSlotIsIgnored() {
         var table = OperationTable(initialCapacity: 2)
         defer { table.deallocate() }
-        let first = table.insert { _ in }
-        #expect(table.remove(first) != nil)
-        let second = table.insert { _ in }
+        var handler = IOCompletionHandler()
+        /// Removes `token`'s handler, releasing the table's retain. - Returns: whether it was there.
+        func remove(_ token: Token) -> Bool {
+            guard let removed = table.remove(token) else { return false }
+            removed.release()
+            return true
+        }
+        let first = table.insert(handler)
+        #expect(remove(first))
+        let second = table.insert(handler)
         #expect(second.slot == first.slot)
         #expect(second.generation != first.generation)
-        #expect(table.remove(first) == nil, "a stale completion must not reach the slot's new owner")
+        #expect(!remove(first), "a stale completion must not reach the slot's new owner")
         #expect(table.contains(second))
-        #expect(table.remove(second) != nil)
-        #expect(table.remove(second) == nil, "a completion is delivered once")
+        #expect(table.lookup(second)?.takeUnretainedValue() === handler)
+        #expect(remove(second))
+        #expect(!remove(second), "a completion is delivered once")
         // Growth keeps outstanding tokens valid.
-        let tokens = (0..<100).map { _ in table.insert { _ in } }
+        let tokens = (0..<100).map { _ in table.insert(handler) }
         #expect(table.inFlight == 100)
-        #expect(tokens.allSatisfy { table.remove($0) != nil })
+        #expect(tokens.allSatisfy { remove($0) })
         #expect(table.inFlight == 0)
+        // Every retain the table took was given back.
+        #expect(isKnownUniquelyReferenced(&handler))
+    }
+
+    @Test func deallocatingTheTableReleasesHandlersStillHeld() {
+        var table = OperationTable(initialCapacity: 4)
+        var handler = IOCompletionHandler()
+        for _ in 0..<10 { _ = table.insert(handler) }
+        #expect(!isKnownUniquelyReferenced(&handler))
+        table.deallocate()
+        #expect(isKnownUniquelyReferenced(&handler))
     }
 
     @Test func tokenPacksKindGenerationAndSlot() {
