@@ -43,7 +43,7 @@ for round in $(seq 1 "$repeats"); do
         for server in $servers; do
             start_server "$server"
             before=$(cpu_ticks "$SERVER_PID") user_before=$(user_ticks "$SERVER_PID")
-            json=$("$bench" echo --port "$SERVER_PORT" --connections "$conns" --size "$size" --depth "$depth" \
+            json=$("${CLIENT_CPU[@]}" "$bench" echo --port "$SERVER_PORT" --connections "$conns" --size "$size" --depth "$depth" \
                    --warmup 0 --duration "$seconds" --json 2>/dev/null || echo '{"count": 0, "rate": 0, "errors": 1}')
             after=$(cpu_ticks "$SERVER_PID") user_after=$(user_ticks "$SERVER_PID")
             rss=$(rss_kb "$SERVER_PID")

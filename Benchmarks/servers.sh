@@ -9,14 +9,25 @@ build_servers() {
     cc -O2 -I Sources/CKeelLinux/include Benchmarks/c-uring-echo/echo.c Sources/CKeelLinux/shim.c -o .build/release/c-uring-echo
 }
 
+# With two or more CPUs, servers run pinned to the last CPU and the load client to the first, so the
+# two never compete for a core and the scheduler does not migrate them mid-run, which narrows the
+# run-to-run spread. PIN=0 turns it off.
+if [ "${PIN:-1}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    SERVER_CPU=(taskset -c "$(($(nproc) - 1))")
+    CLIENT_CPU=(taskset -c 0)
+else
+    SERVER_CPU=()
+    CLIENT_CPU=()
+fi
+
 start_server() {  # name -> sets SERVER_PID and SERVER_PORT
     local out
     out=$(mktemp)
     case "$1" in
-        keel-io_uring) .build/release/keel-echo --port 0 --threads 1 --backend io_uring >"$out" 2>/dev/null & ;;
-        keel-epoll) .build/release/keel-echo --port 0 --threads 1 --backend epoll >"$out" 2>/dev/null & ;;
-        nio) Benchmarks/.build/release/nio-echo-server 0 1 >"$out" 2>/dev/null & ;;
-        c-io_uring) .build/release/c-uring-echo 0 >"$out" 2>/dev/null & ;;
+        keel-io_uring) "${SERVER_CPU[@]}" .build/release/keel-echo --port 0 --threads 1 --backend io_uring >"$out" 2>/dev/null & ;;
+        keel-epoll) "${SERVER_CPU[@]}" .build/release/keel-echo --port 0 --threads 1 --backend epoll >"$out" 2>/dev/null & ;;
+        nio) "${SERVER_CPU[@]}" Benchmarks/.build/release/nio-echo-server 0 1 >"$out" 2>/dev/null & ;;
+        c-io_uring) "${SERVER_CPU[@]}" .build/release/c-uring-echo 0 >"$out" 2>/dev/null & ;;
         *) echo "unknown server $1" >&2; return 1 ;;
     esac
     SERVER_PID=$!
