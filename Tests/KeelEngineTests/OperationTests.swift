@@ -1,10 +1,37 @@
 import CKeelLinux
 import Glibc
+import KeelBuffers
 import KeelSystem
 import Testing
 
 @testable import KeelEngine
 import KeelTestSupport
+
+/// Counts a multishot receive's completions and bytes; runs `onFinal` at the last completion.
+final class CountingHandler: IOCompletionHandler, @unchecked Sendable {
+    // @unchecked Sendable: used only on the I/O thread it was submitted on.
+    let thread: IOThread
+    var completions = 0
+    var bytes = 0
+    var onFinal: (() -> Void)?
+
+    init(thread: IOThread) { self.thread = thread }
+
+    override func complete(_ completion: IOCompletion) {
+        completions += 1
+        if let buffer = thread.takeReceivedBuffer(completion) { bytes += buffer.readableBytes }
+        if !completion.hasMore {
+            onFinal?()
+            onFinal = nil
+        }
+    }
+}
+
+/// Watches a handler's lifetime without keeping it alive.
+final class WeakHandler: @unchecked Sendable {
+    // @unchecked Sendable: read and written only on the I/O thread.
+    weak var handler: CountingHandler?
+}
 
 @Suite("Operations through the backend")
 struct OperationTests {
@@ -149,6 +176,35 @@ struct OperationTests {
         Descriptors.close(pipe.read)
         Descriptors.close(pipe.write)
         #expect(Descriptors.openDescriptors() == before)
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func theThreadKeepsAHandlerUntilItsOperationsFinalCompletion(backend: BackendKind) async throws {
+        var fds: [Int32] = [0, 0]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        defer { fds.forEach { close($0) } }
+        let reader = fds[0]
+        // Seven bytes, then end of stream: a multishot receive delivers the bytes and ends with EOF.
+        #expect(write(fds[1], "abc", 3) == 3 && write(fds[1], "defg", 4) == 4)
+        shutdown(fds[1], Int32(SHUT_WR))
+        let watch = WeakHandler()
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let (completions, bytes, releasedAfterFinal) = await onThread(thread) { finish in
+                let handler = CountingHandler(thread: thread)
+                watch.handler = handler
+                handler.onFinal = { [unowned handler] in
+                    let counts = (handler.completions, handler.bytes)
+                    // The thread releases the handler once this completion returns: look on the next turn.
+                    thread.schedule { finish((counts.0, counts.1, watch.handler == nil)) }
+                }
+                // After this, the operation table holds the only reference to the handler.
+                thread.submit(.receivePooled(reader, multishot: true), handler: handler)
+            }
+            #expect(completions >= 2, "data, then the final end-of-stream completion")
+            #expect(bytes == 7)
+            #expect(releasedAfterFinal, "the handler is released after its operation's final completion")
+        }
     }
 
     @Test func staleTokenForReusedSlotIsIgnored() {
