@@ -5,31 +5,33 @@
 /// ``reattach()``. Keel's own layers use it; applications use ``IOBuffer``.
 package struct DetachedBuffer: @unchecked Sendable {
     // @unchecked Sendable: the chunk is owned by exactly one holder at a time (by contract).
-    let pool: Unmanaged<BufferPool>
-    let chunk: UInt32
-    private(set) var reader: UInt32
-    private(set) var writer: UInt32
+    @usableFromInline let pool: Unmanaged<BufferPool>
+    /// The chunk's address, kept so the write path (which asks for the readable region several times
+    /// per message) does not look it up in the pool each time.
+    @usableFromInline let base: UnsafeMutableRawPointer
+    @usableFromInline let chunk: UInt32
+    @usableFromInline private(set) var reader: UInt32
+    @usableFromInline private(set) var writer: UInt32
 
-    init(pool: Unmanaged<BufferPool>, chunk: UInt32, reader: UInt32, writer: UInt32) {
+    init(pool: Unmanaged<BufferPool>, base: UnsafeMutableRawPointer, chunk: UInt32, reader: UInt32, writer: UInt32) {
         self.pool = pool
+        self.base = base
         self.chunk = chunk
         self.reader = reader
         self.writer = writer
     }
 
     /// Bytes not yet consumed.
-    package var readableBytes: Int { Int(writer - reader) }
+    @inlinable package var readableBytes: Int { Int(writer &- reader) }
 
     /// The readable bytes; valid until the buffer is released.
-    package var readableRegion: UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: pool.takeUnretainedValue().address(ofChunk: chunk) + Int(reader), count: readableBytes)
+    @inlinable package var readableRegion: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base + Int(reader), count: readableBytes)
     }
 
     /// The free space after the readable bytes; valid until the buffer is released.
     package var writableRegion: UnsafeMutableRawBufferPointer {
-        let owner = pool.takeUnretainedValue()
-        return UnsafeMutableRawBufferPointer(
-            start: owner.address(ofChunk: chunk) + Int(writer), count: owner.bufferSize - Int(writer))
+        UnsafeMutableRawBufferPointer(start: base + Int(writer), count: pool.takeUnretainedValue().bufferSize - Int(writer))
     }
 
     /// Marks `count` more bytes as written (after a receive filled them).
@@ -39,7 +41,7 @@ package struct DetachedBuffer: @unchecked Sendable {
     }
 
     /// Marks `count` bytes as sent.
-    package mutating func consume(_ count: Int) {
+    @inlinable package mutating func consume(_ count: Int) {
         precondition(count >= 0 && count <= readableBytes)
         reader += UInt32(count)
     }
@@ -60,6 +62,6 @@ extension IOBuffer {
     /// Gives up ownership as a ``DetachedBuffer`` (see its contract).
     package consuming func detach() -> DetachedBuffer {
         let parts = _detach()
-        return DetachedBuffer(pool: parts.pool, chunk: parts.chunk, reader: parts.reader, writer: parts.writer)
+        return DetachedBuffer(pool: parts.pool, base: parts.base, chunk: parts.chunk, reader: parts.reader, writer: parts.writer)
     }
 }

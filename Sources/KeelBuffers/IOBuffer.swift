@@ -58,8 +58,8 @@ public struct IOBuffer: ~Copyable, @unchecked Sendable {
 
     /// Gives up ownership without returning the chunk: the caller takes over the pool retain and chunk.
     @usableFromInline
-    consuming func _detach() -> (pool: Unmanaged<BufferPool>, chunk: UInt32, reader: UInt32, writer: UInt32) {
-        let parts = (_pool, _chunk, _reader, _writer)
+    consuming func _detach() -> (pool: Unmanaged<BufferPool>, base: UnsafeMutableRawPointer, chunk: UInt32, reader: UInt32, writer: UInt32) {
+        let parts = (_pool, _base, _chunk, _reader, _writer)
         discard self
         return parts
     }
