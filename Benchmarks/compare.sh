@@ -40,7 +40,10 @@ results=$(mktemp)
 for round in $(seq 1 "$repeats"); do
     for c in $cases; do
         IFS=: read -r size conns depth <<<"$c"
-        for server in $servers; do
+        # Each round starts with a different server, so a drift within a round favours none of them.
+        read -r -a order <<<"$servers"
+        for i in "${!order[@]}"; do
+            server=${order[$(( (i + round - 1) % ${#order[@]} ))]}
             start_server "$server"
             before=$(cpu_ticks "$SERVER_PID") user_before=$(user_ticks "$SERVER_PID")
             json=$("${CLIENT_CPU[@]}" "$bench" echo --port "$SERVER_PORT" --connections "$conns" --size "$size" --depth "$depth" \
@@ -54,28 +57,35 @@ for round in $(seq 1 "$repeats"); do
             failures=$(echo "$json" | sed 's/.*"validation_failures": \([0-9]*\).*/\1/')
             cpu_ns=$(awk "BEGIN { if ($count > 0) printf \"%.0f\", ($after - $before) * 1e9 / $tick / $count; else print 0 }")
             user_ns=$(awk "BEGIN { if ($count > 0) printf \"%.0f\", ($user_after - $user_before) * 1e9 / $tick / $count; else print 0 }")
-            echo "$c $server $rate $cpu_ns $rss $errors $failures $user_ns" >>"$results"
+            echo "$c $server $rate $cpu_ns $rss $errors $failures $user_ns $round" >>"$results"
             echo "round $round $c $server: $rate msg/s, $cpu_ns ns CPU/msg ($user_ns user), RSS ${rss} kB, errors $errors/$failures" >&2
         done
     done
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
+# Median over rounds of server/reference CPU per message within the same round: the machine's speed
+# drifts between rounds (other tenants), and neighbouring runs share the drift.
+ratio() {  # case server reference
+    awk -v c="$1" -v s="$2" -v r="$3" '$1==c && $2==s {mine[$9]=$4} $1==c && $2==r {ref[$9]=$4}
+        END {for (k in mine) if (ref[k] > 0) printf "%.4f\n", mine[k] / ref[k]}' "$results" | median |
+        awk '{printf "%.2f", $1}'
+}
 echo
-echo "Echo, one server thread, keel-bench client; medians of $repeats runs of ${seconds}s. CPU = server user+system time per message; user = its user-space part."
+echo "Echo, one server thread, keel-bench client; medians of $repeats runs of ${seconds}s. CPU = server user+system time per message; user = its user-space part; ratios are medians of the per-round ratios."
 echo
 echo "| size | conns | depth | server | msgs/s | CPU ns/msg | user ns/msg | CPU vs NIO | CPU vs C | RSS MB |"
 echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
 for c in $cases; do
     IFS=: read -r size conns depth <<<"$c"
-    nio_cpu=$(awk -v c="$c" '$1==c && $2=="nio" {print $4}' "$results" | median)
-    c_cpu=$(awk -v c="$c" '$1==c && $2=="c-io_uring" {print $4}' "$results" | median)
     for server in $servers; do
         rate=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $3}' "$results" | median)
         cpu=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $4}' "$results" | median)
         rss=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $5}' "$results" | median)
         user=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $8}' "$results" | median)
-        echo "| $size | $conns | $depth | $server | ${rate%.*} | $cpu | $user | $(awk "BEGIN {printf \"%.2f\", $cpu / ($nio_cpu > 0 ? $nio_cpu : 1)}") | $(awk "BEGIN {printf \"%.2f\", $cpu / ($c_cpu > 0 ? $c_cpu : 1)}") | $(awk "BEGIN {printf \"%.1f\", $rss / 1024}") |"
+        vs_nio=$(ratio "$c" "$server" nio)
+        vs_c=$(ratio "$c" "$server" c-io_uring)
+        echo "| $size | $conns | $depth | $server | ${rate%.*} | $cpu | $user | $vs_nio | $vs_c | $(awk "BEGIN {printf \"%.1f\", $rss / 1024}") |"
     done
 done
 errors=$(awk '{e += $6 + $7} END {print e + 0}' "$results")
