@@ -57,17 +57,22 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     private var free: [HandledConnection<Handler>] = []
     private let finished: @Sendable () -> Void
 
-    /// Coalesced writes of this registry's connections, flushed before the thread waits (nil: writes
-    /// are tried at once).
-    let flushList: FlushList?
+    /// Coalesced writes of this registry's connections, flushed before the thread waits. It also keeps
+    /// every connection object alive for as long as the thread runs (see ``FlushList``), whether or
+    /// not writes are coalesced.
+    let flushList = FlushList()
+    /// False: connections send at once instead of scheduling a flush.
+    let coalescesWrites: Bool
 
     /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.
     init(thread: IOThread, coalescesWrites: Bool = true, finished: @escaping @Sendable () -> Void) {
         self.thread = thread
         self.finished = finished
-        let flushList = coalescesWrites ? FlushList() : nil
-        self.flushList = flushList
-        if let flushList { thread.execute { thread.beforeEachWait { flushList.flush() } } }
+        self.coalescesWrites = coalescesWrites
+        // The thread's hook holds the registry (and through it the flush list and every connection
+        // object) for as long as the thread runs: a server or connector dropped while connections are
+        // open leaves them able to finish, and their completions never reach a freed object.
+        thread.execute { thread.beforeEachWait { [self] in flushList.flush() } }
     }
 
     /// A connection object ready to open: recycled when one is free, new otherwise.
@@ -77,8 +82,8 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
             connection = recycled
         } else {
             connection = HandledConnection<Handler>(thread: thread, registry: self)
-            connection.flushList = flushList.map { Unmanaged.passUnretained($0) }
-            flushList?.adopt(connection)
+            if coalescesWrites { connection.flushList = Unmanaged.passUnretained(flushList) }
+            flushList.adopt(connection)
         }
         connection.liveIndex = live.count
         live.append(connection)
@@ -114,9 +119,12 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
 /// Connections with writes waiting to be flushed, on one I/O thread.
 ///
 /// Scheduling is the hottest bookkeeping of a coalesced write, so the pending list holds unretained
-/// references: the list keeps every connection that can be scheduled alive itself (``adopt(_:)``, once
-/// per connection object; registries recycle those objects, so this costs nothing per connection
-/// opened), which makes each pending entry valid for as long as the list exists.
+/// references: the list keeps every connection object of its registry alive itself (``adopt(_:)``,
+/// once per object; registries recycle those objects, so this costs nothing per connection opened),
+/// which makes each pending entry valid for as long as the list exists. The thread's flush hook holds
+/// the registry and so the list: connection objects live as long as the thread runs, even if their
+/// server is dropped first, and the completion handlers that refer to them unretained stay valid
+/// until every operation has completed.
 final class FlushList: @unchecked Sendable {
     // @unchecked Sendable: touched only on its I/O thread (the registry's); for the same reason its
     // storage needs no dynamic exclusivity check (it is touched for every coalesced write).

@@ -158,9 +158,9 @@ public class TCPConnection: @unchecked Sendable {
     /// Routes one kind of operation's completions to the connection.
     private final class Completions: IOCompletionHandler {
         enum Kind { case receive, receiveInto, readable, send }
-        /// Unretained: the connection outlives its operations (registries recycle connection objects
-        /// and keep them for the thread's lifetime), and a counted reference would cost an atomic
-        /// retain and release on every completion.
+        /// Unretained: the connection outlives its operations (connection objects are recycled, and
+        /// their registry's ``FlushList`` keeps them for as long as the thread runs), and a counted
+        /// reference would cost an atomic retain and release on every completion.
         let connection: Unmanaged<TCPConnection>
         let kind: Kind
 

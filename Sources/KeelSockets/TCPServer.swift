@@ -149,7 +149,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         acceptors = listeners.enumerated().map { index, fd in
             Acceptor(listener: fd, thread: pool.threads[index])
         }
-        finished.bind { [unowned self] in self.connectionFinished() }
+        // Weak: the application may drop the server while connections are open; they still finish
+        // (their thread keeps the registries), and then there is no server left to tell.
+        finished.bind { [weak self] in self?.connectionFinished() }
         for acceptor in acceptors {
             acceptor.thread.execute { [self] in self.startAccepting(acceptor) }
         }

@@ -401,4 +401,34 @@ struct TCPBadPathTests {
         pool.shutdown()
         #expect(Descriptors.openDescriptors() == before)
     }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aServerDroppedWithOpenConnectionsShutsDownCleanly(backend: BackendKind) async throws {
+        // The application lets go of the server (no stop) while connections are open and echoing,
+        // then shuts the pool down: the connections must still close, with every completion reaching
+        // a live object, every buffer back and every descriptor closed. With and without coalescing.
+        let before = await openDescriptorsBaseline()
+        for coalesces in [true, false] {
+            let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+            var clients: [RawClient] = []
+            do {
+                var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+                configuration.coalescesWrites = coalesces
+                let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
+                for _ in 0..<5 { clients.append(try RawClient(connectingTo: server.localAddress)) }
+                for client in clients {
+                    #expect(client.send(Array("ping".utf8)) == 4)
+                    #expect(client.receive(count: 4) == Array("ping".utf8))
+                }
+                #expect(server.statistics.active == 5)
+            }
+            pool.shutdown()
+            #expect(buffersInUse(pool) == 0)
+            for client in clients {
+                #expect(client.receiveUntilClosed().bytes.isEmpty, "the server side closed")
+                client.close()
+            }
+        }
+        #expect(Descriptors.openDescriptors() == before)
+    }
 }
