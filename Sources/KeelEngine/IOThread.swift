@@ -302,18 +302,15 @@ public final class IOThread: @unchecked Sendable {
         }
     }
 
+    /// Calls `handler` (nil: a stale token) with `completion`; a pooled buffer it did not take goes
+    /// back to the pool.
     @inline(__always)
     private func deliver(_ completion: IOCompletion, to handler: Unmanaged<IOCompletionHandler>?) {
-        if completion.hasBuffer {
-            loop.pointee.receivedBuffer = completion
-            handler?._withUnsafeGuaranteedRef { $0.complete(completion) }
-            if let untaken = loop.pointee.receivedBuffer {
-                // Nobody took it (or the operation was stale): back to the pool.
-                loop.pointee.receivedBuffer = nil
-                _ = backend.takeBuffer(untaken)
-            }
-        } else {
-            handler?._withUnsafeGuaranteedRef { $0.complete(completion) }
+        if completion.hasBuffer { loop.pointee.receivedBuffer = completion }
+        handler?._withUnsafeGuaranteedRef { $0.complete(completion) }
+        if completion.hasBuffer, let untaken = loop.pointee.receivedBuffer {
+            loop.pointee.receivedBuffer = nil
+            _ = backend.takeBuffer(untaken)
         }
     }
 

@@ -55,13 +55,13 @@ final class ConnectionSettings: Sendable {
 /// **Lifetime:** connection objects are recycled after ``TCPConnectionHandler/connectionClosed(_:reason:)``;
 /// do not keep using one after that callback.
 public class TCPConnection: @unchecked Sendable {
+    // @unchecked Sendable: every mutable property is touched only on `thread` (checked by
+    // `thread.isCurrent` at the public entry points); cross-thread calls are marshalled with a
+    // generation check so a recycled object is never written to by a stale caller.
     // Stored properties are `@exclusivity(unchecked)`: they are only ever touched on the connection's
     // I/O thread (so no two accesses can overlap across threads), re-entrancy is ruled out by design
     // (events caused by a callback are deferred), and a dynamic check per access cost about a third of
     // the connection's user-space time per message (measured with callgrind).
-    // @unchecked Sendable: every mutable property is touched only on `thread` (checked by
-    // `thread.isCurrent` at the public entry points); cross-thread calls are marshalled with a
-    // generation check so a recycled object is never written to by a stale caller.
 
     // Declaration order is memory layout: references and words first, then each 9-byte optional
     // (operation IDs, timer handles) followed by the flags and 32-bit fields that fit in its padding.
@@ -72,8 +72,8 @@ public class TCPConnection: @unchecked Sendable {
     /// The per-thread list that flushes coalesced writes before the thread waits (nil: send at once).
     /// Unretained: the list keeps this object alive (``FlushList/adopt(_:)``), so a strong reference
     /// back would be a cycle, and scheduling costs no reference counting; the list lives as long as
-    /// the thread's loop (its flush hook holds it), which outlives every use of this property (all on
-    /// that thread).
+    /// the thread runs (the thread's flush hook holds its registry), which outlives every use of this
+    /// property (all on that thread).
     @exclusivity(unchecked) var flushList: Unmanaged<FlushList>?
     /// The filter stack, bottom (socket side) first. Empty for most connections.
     @exclusivity(unchecked) private var filters: [any TCPConnectionFilter] = []

@@ -166,16 +166,21 @@ public class UDPSocket: @unchecked Sendable {
 
     /// Routes the socket's receive or send completions to it (made once per socket).
     private final class Completions: IOCompletionHandler {
-        unowned let socket: UDPSocket
+        /// Unretained, like a TCP connection's handlers: the socket outlives its operations (its
+        /// thread's shutdown hook holds it while it is open, `lifeline` while it closes), and a counted
+        /// reference would cost an atomic retain and release on every datagram.
+        let socket: Unmanaged<UDPSocket>
         let isSend: Bool
 
         init(_ socket: UDPSocket, isSend: Bool) {
-            self.socket = socket
+            self.socket = .passUnretained(socket)
             self.isSend = isSend
         }
 
         override func complete(_ completion: IOCompletion) {
-            if isSend { socket.sendCompleted(completion) } else { socket.receiveCompleted(completion) }
+            socket._withUnsafeGuaranteedRef { socket in
+                if isSend { socket.sendCompleted(completion) } else { socket.receiveCompleted(completion) }
+            }
         }
     }
 

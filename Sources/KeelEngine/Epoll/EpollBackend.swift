@@ -238,7 +238,7 @@ final class EpollBackend {
             case .receive(let fd, let address, let length):
                 n = ckeel_recv(fd, UnsafeMutableRawPointer(bitPattern: address), Int(length), 0)
             case .send(let fd, let address, let length, let flags):
-                n = CKeelLinux.send(fd, UnsafeRawPointer(bitPattern: address), Int(length), Int32(flags))
+                n = ckeel_send(fd, UnsafeRawPointer(bitPattern: address), Int(length), Int32(flags))
             case .sendMessage(let fd, let message, let flags):
                 n = ckeel_sendmsg(fd, UnsafePointer(bitPattern: message), Int32(flags))
             case .accept(let fd, _):
