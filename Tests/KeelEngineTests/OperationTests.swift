@@ -75,14 +75,17 @@ struct OperationTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
-    func cancelledReadOnEmptyPipeCompletesAsCancelled(backend: BackendKind) async throws {
+    /// Submits a 64-byte read on an empty pipe, runs `then` 10 ms later on the I/O thread (with the
+    /// read's ID and the pipe's write end), and returns the read's completion and the bytes read.
+    private func readFromEmptyPipe(
+        _ backend: BackendKind, then: @escaping @Sendable (IOThread, OperationID, Int32) -> Void
+    ) async throws -> (IOCompletion, [UInt8]) {
         let pipe = try Descriptors.pipe()
         defer {
             Descriptors.close(pipe.read)
             Descriptors.close(pipe.write)
         }
-        try await withPool(backend) { pool in
+        return try await withPool(backend) { pool in
             let thread = pool.threads[0]
             let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
             defer { storage.deallocate() }
@@ -90,40 +93,29 @@ struct OperationTests {
             let completion: IOCompletion = await onThread(thread) { finish in
                 let buffer = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: 64)
                 let id = thread.submit(.read(pipe.read, into: buffer)) { finish($0) }
-                thread.scheduleTimer(after: .milliseconds(10)) { thread.cancel(id) }
+                thread.scheduleTimer(after: .milliseconds(10)) { then(thread, id, pipe.write) }
             }
-            #expect(completion.isCancelled)
+            return (completion, Array(storage.prefix(max(0, Int(completion.result)))))
         }
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func cancelledReadOnEmptyPipeCompletesAsCancelled(backend: BackendKind) async throws {
+        let (completion, _) = try await readFromEmptyPipe(backend) { thread, id, _ in thread.cancel(id) }
+        #expect(completion.isCancelled)
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func readCompletesWhenDataArrivesLater(backend: BackendKind) async throws {
-        let pipe = try Descriptors.pipe()
-        defer {
-            Descriptors.close(pipe.read)
-            Descriptors.close(pipe.write)
+        // The data arrives after the read is pending: epoll must wait for readiness.
+        let (completion, bytes) = try await readFromEmptyPipe(backend) { thread, _, writeEnd in
+            // The written bytes must outlive the operation: the completion frees them.
+            let message = UnsafeMutableRawBufferPointer.allocate(byteCount: 11, alignment: 1)
+            message.copyBytes(from: Array("hello, keel".utf8))
+            thread.submit(.write(writeEnd, from: UnsafeRawBufferPointer(message))) { _ in message.deallocate() }
         }
-        try await withPool(backend) { pool in
-            let thread = pool.threads[0]
-            let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
-            defer { storage.deallocate() }
-            let address = UInt(bitPattern: storage.baseAddress)
-            let completion: IOCompletion = await onThread(thread) { finish in
-                let buffer = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: 64)
-                thread.submit(.read(pipe.read, into: buffer)) { finish($0) }
-                // The data arrives after the read is pending: epoll must wait for readiness.
-                thread.scheduleTimer(after: .milliseconds(10)) {
-                    // The written bytes must outlive the operation: the completion frees them.
-                    let message = UnsafeMutableRawBufferPointer.allocate(byteCount: 11, alignment: 1)
-                    message.copyBytes(from: Array("hello, keel".utf8))
-                    thread.submit(.write(pipe.write, from: UnsafeRawBufferPointer(message))) { _ in
-                        message.deallocate()
-                    }
-                }
-            }
-            #expect(completion.result == 11)
-            #expect(Array(storage.prefix(11)) == Array("hello, keel".utf8))
-        }
+        #expect(completion.result == 11)
+        #expect(bytes == Array("hello, keel".utf8))
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
