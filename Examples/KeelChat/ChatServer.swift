@@ -24,7 +24,7 @@ public final class ChatServer: Sendable {
         let room = ChatRoom(threads: pool.threads)
         self.room = room
         var configuration = TCPServerConfiguration(host: host, port: port)
-        configuration.flowControl = TCPFlowControl(
+        configuration.connection.flowControl = TCPFlowControl(
             highWatermark: perMemberLimit / 4, lowWatermark: perMemberLimit / 16, hardLimit: perMemberLimit, policy: .close)
         server = try TCPServer(pool: pool, configuration: configuration) { ChatMember(room: room) }
     }

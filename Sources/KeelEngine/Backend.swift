@@ -6,6 +6,8 @@ import KeelSystem
 enum Backend {
     case ring(RingBackend)
     case epoll(EpollBackend)
+    /// In memory, for deterministic tests (``EmbeddedBackend``): never chosen by a pool.
+    case embedded(EmbeddedBackend)
 
     init(kind: BackendKind, ringEntries: UInt32, pool: BufferPool, providedBuffers: UInt32) throws(SystemError) {
         switch kind {
@@ -22,6 +24,9 @@ enum Backend {
         case .epoll(let epoll):
             guard completion.hasBuffer else { return nil }
             return epoll.pool.adoptFromKernel(chunk: completion.bufferChunk, length: Int(completion.result))
+        case .embedded(let embedded):
+            guard completion.hasBuffer else { return nil }
+            return embedded.pool.adoptFromKernel(chunk: completion.bufferChunk, length: Int(completion.result))
         }
     }
 
@@ -30,6 +35,7 @@ enum Backend {
         switch self {
         case .ring(let ring): ring.push(operation, token: token)
         case .epoll(let epoll): epoll.push(operation, token: token)
+        case .embedded(let embedded): embedded.push(operation, token: token)
         }
     }
 
@@ -37,6 +43,7 @@ enum Backend {
         switch self {
         case .ring(let ring): ring.cancel(token)
         case .epoll(let epoll): epoll.cancel(token)
+        case .embedded(let embedded): embedded.cancel(token)
         }
     }
 
@@ -45,6 +52,7 @@ enum Backend {
         switch self {
         case .ring(let ring): try ring.submitAndWait(waitNanoseconds: waitNanoseconds)
         case .epoll(let epoll): try epoll.submitAndWait(waitNanoseconds: waitNanoseconds)
+        case .embedded(let embedded): embedded.submitAndWait(waitNanoseconds: waitNanoseconds)
         }
     }
 
@@ -53,6 +61,7 @@ enum Backend {
         switch self {
         case .ring(let ring): ring.drain(body)
         case .epoll(let epoll): epoll.drain(body)
+        case .embedded(let embedded): embedded.drain(body)
         }
     }
 
@@ -60,6 +69,7 @@ enum Backend {
         switch self {
         case .ring(let ring): ring.wakeup()
         case .epoll(let epoll): epoll.wakeup()
+        case .embedded(let embedded): embedded.wakeup()
         }
     }
 
@@ -67,6 +77,7 @@ enum Backend {
         switch self {
         case .ring(let ring): ring.close()
         case .epoll(let epoll): epoll.close()
+        case .embedded(let embedded): embedded.close()
         }
     }
 }

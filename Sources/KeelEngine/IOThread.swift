@@ -31,8 +31,10 @@ public final class IOThread: @unchecked Sendable {
     public let workPool: WorkPool
 
     let backend: Backend
-    private let loop: UnsafeMutablePointer<LoopState>
-    private let inbox = Inbox()
+    /// The in-memory backend of an embedded thread (``makeEmbedded(bufferPool:)``), nil on real threads.
+    @usableFromInline package let embeddedBackend: EmbeddedBackend?
+    let loop: UnsafeMutablePointer<LoopState>
+    let inbox = Inbox()
     private let stopRequested = Atomic<Bool>(false)
 
     struct LoopState {
@@ -53,8 +55,16 @@ public final class IOThread: @unchecked Sendable {
         self.backend = backend
         self.bufferPool = bufferPool
         self.workPool = workPool
+        if case .embedded(let embedded) = backend { embeddedBackend = embedded } else { embeddedBackend = nil }
         loop = .allocate(capacity: 1)
-        loop.initialize(to: LoopState(timers: TimerWheel(nowNanoseconds: ckeel_monotonic_ns())))
+        loop.initialize(to: LoopState(timers: TimerWheel(nowNanoseconds: embeddedBackend?.nowNanoseconds ?? ckeel_monotonic_ns())))
+    }
+
+    /// Monotonic nanoseconds: the kernel's clock, or an embedded thread's manual one.
+    @inline(__always)
+    var nowNanoseconds: UInt64 {
+        if let embeddedBackend { return embeddedBackend.nowNanoseconds }
+        return ckeel_monotonic_ns()
     }
 
     deinit {
@@ -188,7 +198,7 @@ public final class IOThread: @unchecked Sendable {
     ) -> TimerHandle {
         preconditionCurrent()
         return loop.pointee.timers.schedule(
-            nowNanoseconds: ckeel_monotonic_ns(), delay: delay.nanoseconds, interval: interval?.nanoseconds, callback)
+            nowNanoseconds: nowNanoseconds, delay: delay.nanoseconds, interval: interval?.nanoseconds, callback)
     }
 
     /// Moves a pending timer's deadline to `delay` from now, keeping its callback (and interval).
@@ -199,7 +209,7 @@ public final class IOThread: @unchecked Sendable {
     @discardableResult
     public func resetTimer(_ timer: TimerHandle, after delay: Duration) -> Bool {
         preconditionCurrent()
-        return loop.pointee.timers.reset(timer, nowNanoseconds: ckeel_monotonic_ns(), delay: delay.nanoseconds)
+        return loop.pointee.timers.reset(timer, nowNanoseconds: nowNanoseconds, delay: delay.nanoseconds)
     }
 
     /// Disarms a timer. - Returns: false when it already fired (one-shot) or was cancelled.
@@ -259,12 +269,7 @@ public final class IOThread: @unchecked Sendable {
                 break
             }
 
-            // Index loop: hooks may not be added while running (registration happens in tasks).
-            var hook = 0
-            while hook < loop.pointee.beforeWaitHooks.count {
-                loop.pointee.beforeWaitHooks[hook]()
-                hook += 1
-            }
+            runBeforeWaitHooks()
             var wait = moreTasks ? 0 : loop.pointee.timers.nanosecondsUntilNextTimer(nowNanoseconds: now)
             if loop.pointee.stopping { wait = min(wait ?? 10_000_000, 10_000_000) }
             do {
@@ -275,15 +280,33 @@ public final class IOThread: @unchecked Sendable {
             backend.drain(dispatch)
             bufferPool.drainReturns()
         }
-        // Tasks accepted before the stop still run; later ones are refused (schedule returns false).
+        finishLoop()
+    }
+
+    /// The loop has ended: runs the tasks accepted before the stop (later ones are refused: schedule
+    /// returns false), releases timers and the operation table, and closes the backend.
+    func finishLoop() {
         inbox.closeAndDrain()
+        // Hooks hold their owners (registries, servers); dropping them breaks the cycles through this thread.
+        loop.pointee.beforeWaitHooks = []
+        loop.pointee.shutdownHooks = []
         loop.pointee.timers.deallocate()
         loop.pointee.operations.deallocate()
         backend.close()
     }
 
     @inline(__always)
-    private func dispatch(_ token: Token, _ completion: IOCompletion) {
+    func runBeforeWaitHooks() {
+        // Index loop: hooks may not be added while running (registration happens in tasks).
+        var hook = 0
+        while hook < loop.pointee.beforeWaitHooks.count {
+            loop.pointee.beforeWaitHooks[hook]()
+            hook += 1
+        }
+    }
+
+    @inline(__always)
+    func dispatch(_ token: Token, _ completion: IOCompletion) {
         switch token.kind {
         case .callback?:
             // The handler is borrowed, not retained: for a multishot operation the table keeps it
@@ -315,13 +338,13 @@ public final class IOThread: @unchecked Sendable {
     }
 
     /// Tasks run per loop iteration at most, so I/O completions keep flowing under a flood of tasks.
-    private static let inboxBatch = 4096
+    static let inboxBatch = 4096
 
     /// Runs queued tasks. - Returns: true when more may be waiting (the loop must not sleep).
     @inline(__always)
     @discardableResult
     private func runInbox() -> Bool {
-        inbox.drain(limit: IOThread.inboxBatch)
+        inbox.drain(limit: IOThread.inboxBatch) == IOThread.inboxBatch
     }
 
     /// Registers `hook` to run on this thread every loop iteration, after completions, tasks and timers
@@ -343,7 +366,7 @@ public final class IOThread: @unchecked Sendable {
         loop.pointee.shutdownHooks.append(hook)
     }
 
-    private func beginStopping() {
+    func beginStopping() {
         let hooks = loop.pointee.shutdownHooks
         loop.pointee.shutdownHooks = []
         for hook in hooks { hook() }

@@ -64,16 +64,16 @@ final class Inbox: @unchecked Sendable {
     }
 
     /// Runs queued tasks, at most `limit` of them, so a flood of tasks cannot starve I/O (consumer only).
-    /// - Returns: true when the limit was reached and tasks may remain: the caller must not sleep.
+    /// - Returns: how many ran; at `limit`, tasks may remain and the caller must not sleep.
     @discardableResult
-    func drain(limit: Int = .max) -> Bool {
+    func drain(limit: Int = .max) -> Int {
         wakeupRequested.store(false, ordering: .sequentiallyConsistent)
         var count = 0
         while count < limit, let task = pop() {
             task()
             count += 1
         }
-        return count == limit
+        return count
     }
 
     private func pop() -> Task? {

@@ -37,6 +37,9 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
     override func deliverUrgent(_ byte: UInt8) {
         handler!.connectionReceivedUrgent(self, byte: byte)
     }
+    override func deliverErrorCaught(_ error: any Error) {
+        handler!.connectionErrorCaught(error, on: self)
+    }
     override func deliverWriteLimitExceeded(_ queuedBytes: Int) {
         handler!.connectionWriteLimitExceeded(self, queuedBytes: queuedBytes)
     }

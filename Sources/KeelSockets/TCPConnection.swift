@@ -5,41 +5,6 @@ import KeelEngine
 import KeelSystem
 import SystemPackage
 
-/// The timers a connection runs on its I/O thread's timer wheel (O(1) reset on every event).
-public struct TCPTimeouts: Sendable, Hashable {
-    /// Close after this long with nothing received or sent (nil: never).
-    public var idle: Duration?
-    /// Close after this long with nothing received, even while sending (nil: never).
-    public var read: Duration?
-
-    /// Creates the timeouts.
-    public init(idle: Duration? = nil, read: Duration? = nil) {
-        self.idle = idle
-        self.read = read
-    }
-}
-
-/// What a server or connector applies to each of its connections; made once, shared by all.
-final class ConnectionSettings: Sendable {
-    let timeouts: TCPTimeouts
-    let flowControl: TCPFlowControl
-    let noDelay: Bool
-    let keepAliveIdleSeconds: Int32?
-    let receivesUrgentData: Bool
-
-    init(timeouts: TCPTimeouts, flowControl: TCPFlowControl, noDelay: Bool, keepAliveIdleSeconds: Int32?,
-         receivesUrgentData: Bool) {
-        self.timeouts = timeouts
-        self.flowControl = flowControl
-        self.noDelay = noDelay
-        self.keepAliveIdleSeconds = keepAliveIdleSeconds
-        self.receivesUrgentData = receivesUrgentData
-    }
-
-    static let `default` = ConnectionSettings(timeouts: .init(), flowControl: .default, noDelay: true,
-                                              keepAliveIdleSeconds: nil, receivesUrgentData: false)
-}
-
 /// One TCP connection, owned by exactly one I/O thread.
 ///
 /// Reads are a multishot pooled receive (io_uring provided buffers; emulated on epoll), so an idle
@@ -75,8 +40,8 @@ public class TCPConnection: @unchecked Sendable {
     /// the thread runs (the thread's flush hook holds its registry), which outlives every use of this
     /// property (all on that thread).
     @exclusivity(unchecked) var flushList: Unmanaged<FlushList>?
-    /// The filter stack, bottom (socket side) first. Empty for most connections.
-    @exclusivity(unchecked) private var filters: [any TCPConnectionFilter] = []
+    /// The filter stack (nil for most connections: they pay one nil check per event).
+    @exclusivity(unchecked) var filterStack: TCPFilterStack?
     /// Timeouts, flow control and socket options, shared by every connection of one server or
     /// connector (one reference instead of ~100 bytes per connection).
     @exclusivity(unchecked) private var settings = ConnectionSettings.default
@@ -146,14 +111,22 @@ public class TCPConnection: @unchecked Sendable {
     /// Why the connection closed, once it has.
     @exclusivity(unchecked) public private(set) var closeReason: TCPCloseReason?
 
-    /// The peer's address (asked of the kernel on each use: not stored, so idle connections stay small).
+    /// The peer's address: as a filter set it (``TCPFilterContext/setRemoteAddress(_:)``, e.g. from a
+    /// PROXY header), else as the kernel reports it (asked on each use: not stored, so idle connections
+    /// stay small).
     public var remoteAddress: SocketAddress? {
-        descriptor >= 0 ? try? Sockets.peerAddress(descriptor) : nil
+        if let override = filterStack?.remoteAddressOverride { return override }
+        return descriptor >= 0 ? thread.peerAddress(descriptor) : nil
     }
-    private var idleTimeout: Duration? { settings.timeouts.idle }
-    private var readTimeout: Duration? { settings.timeouts.read }
+    /// This side's address: as a filter set it, else as the kernel reports it.
+    public var localAddress: SocketAddress? {
+        if let override = filterStack?.localAddressOverride { return override }
+        return descriptor >= 0 ? thread.localAddress(descriptor) : nil
+    }
+    private var idleTimeout: Duration? { settings.options.idleTimeout }
+    private var readTimeout: Duration? { settings.options.readTimeout }
     /// The connection's write bounds (set when it opens).
-    public var flowControl: TCPFlowControl { settings.flowControl }
+    public var flowControl: TCPFlowControl { settings.options.flowControl }
 
     /// Routes one kind of operation's completions to the connection.
     private final class Completions: IOCompletionHandler {
@@ -237,14 +210,23 @@ public class TCPConnection: @unchecked Sendable {
     func deliverWritabilityChanged(_ isWritable: Bool) {}
     func deliverWriteLimitExceeded(_ queuedBytes: Int) {}
     func deliverUrgent(_ byte: UInt8) {}
+    func deliverErrorCaught(_ error: any Error) { closeForError(error) }
+
+    /// Closes abortively with ``TCPCloseReason/Code/protocolError`` naming `error` (what an unhandled
+    /// error from a filter does).
+    public func closeForError(_ error: any Error) {
+        precondition(thread.isCurrent, "closeForError must run on the connection's I/O thread")
+        noteCloseReason(TCPCloseReason(.protocolError, detail: "\(error)"))
+        close(.abortive)
+    }
     /// Called after `deliverClosed`: the owner may reuse the object.
     func didFinish() {}
 
     // MARK: Lifecycle
 
-    /// Takes over `fd` (connected, non-blocking) and starts the connection.
-    func open(descriptor fd: Int32, settings: ConnectionSettings, filters: [any TCPConnectionFilter] = []) {
-        self.filters = filters
+    /// Takes over `fd` (connected, non-blocking) and starts the connection. `endpoint` (the listener or
+    /// target) is evaluated only when the options make filters.
+    func open(descriptor fd: Int32, settings: ConnectionSettings, endpoint: @autoclosure () -> TCPFilterSetup.Endpoint) {
         self.settings = settings
         isWritable = true
         droppedWrites = 0
@@ -266,12 +248,24 @@ public class TCPConnection: @unchecked Sendable {
         peerHalfClosed = false
         writeShutdown = false
         deferredWriteCompleted = 0
-        if settings.noDelay { try? Sockets.setNoDelay(fd) }
-        if let keepAliveIdle = settings.keepAliveIdleSeconds { try? Sockets.setKeepAlive(fd, idle: keepAliveIdle) }
+        thread.configureStream(fd, noDelay: settings.options.noDelay,
+                               keepAliveIdleSeconds: settings.options.keepAliveIdleSeconds)
         if let idleTimeout { idleTimer = thread.scheduleTimer(after: idleTimeout, onIdle) }
         if let readTimeout { readTimer = thread.scheduleTimer(after: readTimeout, onReadTimeout) }
-        receivesUrgentData = settings.receivesUrgentData
-        withCallback { deliverEstablished() }
+        receivesUrgentData = settings.options.receivesUrgentData
+        if let makeFilters = settings.options.makeFilters {
+            let setup = TCPFilterSetup(endpoint: endpoint(), localAddress: thread.localAddress(fd),
+                                       remoteAddress: thread.peerAddress(fd))
+            let filters = makeFilters(setup)
+            if !filters.isEmpty { filterStack = TCPFilterStack(connection: self, filters: filters) }
+        }
+        withCallback {
+            if let bottom = filterStack?.bottom {
+                bottom.filter.connectionEstablished(context: bottom)
+            } else {
+                deliverEstablished()
+            }
+        }
         if state == .open { startReceiving() }
     }
 
@@ -302,14 +296,14 @@ public class TCPConnection: @unchecked Sendable {
         if let writable = deferredWritability, state == .open {
             deferredWritability = nil
             callbackDepth += 1
-            deliverWritabilityChanged(writable)
+            emitWritabilityChanged(writable)
             callbackDepth -= 1
         }
         while deferredWriteCompleted > 0 && state != .closed {
             let bytes = deferredWriteCompleted
             deferredWriteCompleted = 0
             callbackDepth += 1
-            deliverWriteCompleted(bytes)
+            emitWriteCompleted(bytes)
             callbackDepth -= 1
         }
         if finishDeferred {
@@ -342,6 +336,15 @@ public class TCPConnection: @unchecked Sendable {
     /// Call it on the connection's thread (typically from `connectionReceived`).
     public func continueReading(into buffer: consuming IOBuffer) {
         precondition(thread.isCurrent, "continueReading(into:) must be called on the connection's I/O thread")
+        if let stack = filterStack {
+            // Above filters the next bytes are decoded ones: they are appended to the handler's buffer
+            // where they reach the handler (one copy), never fed back into the filters.
+            guard state == .open, !peerHalfClosed, stack.handlerAccumulator == nil else { return }
+            if buffer.writableBytes == 0 { buffer.compact() }
+            if buffer.writableBytes == 0 { return deliverReceived(buffer) }
+            stack.handlerAccumulator = buffer.detach()
+            return
+        }
         guard state == .open, !peerHalfClosed, accumulator == nil else { return }
         if buffer.writableBytes == 0 { buffer.compact() }
         if buffer.writableBytes == 0 {
@@ -378,6 +381,18 @@ public class TCPConnection: @unchecked Sendable {
 
     /// Delivers stashed buffers while reading stays unpaused, then receives again.
     private func resumeDelivery() {
+        if let stack = filterStack, !stack.handlerStash.isEmpty {
+            callbackDepth += 1
+            while !stack.handlerStash.isEmpty && !isReadingPaused && state == .open {
+                deliverToHandler(stack.handlerStash.removeFirst().reattach(), stack: stack)
+            }
+            if stack.handlerStash.isEmpty && stack.handlerHalfClosePending && state == .open {
+                stack.handlerHalfClosePending = false
+                deliverPeerHalfClosed()
+            }
+            endCallback()
+            if !stack.handlerStash.isEmpty { return }
+        }
         while stashHead < stash.count && !isReadingPaused && state == .open {
             let next = stash[stashHead]
             stashHead += 1
@@ -418,10 +433,10 @@ public class TCPConnection: @unchecked Sendable {
 
     private func deliverNow(_ buffer: consuming IOBuffer) {
         callbackDepth += 1
-        if filters.isEmpty {
-            deliverReceived(buffer)
+        if let bottom = filterStack?.bottom {
+            bottom.filter.filterInbound(buffer, context: bottom)
         } else {
-            filters[0].filterInbound(buffer, context: TCPFilterContext(connection: self, index: 0))
+            deliverReceived(buffer)
         }
         endCallback()
     }
@@ -460,7 +475,13 @@ public class TCPConnection: @unchecked Sendable {
         if completion.result == 0 {
             peerHalfClosed = true
             if state == .open {
-                withCallback { deliverPeerHalfClosed() }
+                withCallback {
+                    if let bottom = filterStack?.bottom {
+                        bottom.filter.peerHalfClosed(context: bottom)
+                    } else {
+                        deliverPeerHalfClosed()
+                    }
+                }
             }
         } else if completion.result == -ENOBUFS {
             // The buffer pool is exhausted: back off and receive again when buffers may be back.
@@ -505,40 +526,104 @@ public class TCPConnection: @unchecked Sendable {
             }
             return
         }
-        if filters.isEmpty {
-            writeToSocket(buffer)
-        } else {
-            filters[filters.count - 1].filterOutbound(buffer, context: TCPFilterContext(connection: self, index: filters.count - 1))
+        if let stack = filterStack {
+            guard !stack.handlerClosed else { return }
+            if let top = stack.top { return top.filter.filterOutbound(buffer, context: top) }
         }
+        writeToSocket(buffer)
     }
 
-    /// Moves `buffer` from filter `index` to the layer above it.
-    func passInbound(_ buffer: consuming IOBuffer, from index: Int) {
+    // MARK: Filter stack ends (the handler above the top filter, the socket below the bottom one)
+
+    /// True while events may still travel through the filters.
+    var isOpenForEvents: Bool { state == .open }
+
+    /// Records why the connection closes, unless a reason is already known.
+    func noteCloseReason(_ reason: TCPCloseReason) {
+        if closeReason == nil { closeReason = reason }
+    }
+
+    func stackReachedHandlerEstablished() {
+        guard let stack = filterStack, !stack.handlerEstablished, state == .open else { return }
+        stack.handlerEstablished = true
+        deliverEstablished()
+    }
+
+    /// Bytes from the top filter: to the handler, unless reading is paused (stashed) or the handler's
+    /// own buffer is accumulating them (appended).
+    func stackReachedHandler(_ buffer: consuming IOBuffer) {
+        guard let stack = filterStack, state == .open else { return }
+        if !stack.handlerEstablished { stackReachedHandlerEstablished() }
+        if isReadingPaused || !stack.handlerStash.isEmpty {
+            stack.handlerStash.append(buffer.detach())
+            return
+        }
+        deliverToHandler(buffer, stack: stack)
+    }
+
+    private func deliverToHandler(_ buffer: consuming IOBuffer, stack: TCPFilterStack) {
+        guard let detached = stack.handlerAccumulator.take() else { return deliverReceived(buffer) }
+        var accumulated = detached.reattach()
+        let taken = buffer.withUnsafeReadableBytes { accumulated.append($0) }
+        buffer.consume(taken)
+        deliverReceived(accumulated)
+        if buffer.readableBytes > 0 { stackReachedHandler(buffer) }
+    }
+
+    func stackReachedHandlerPeerHalfClosed() {
+        guard let stack = filterStack, state == .open else { return }
+        if !stack.handlerEstablished { stackReachedHandlerEstablished() }
+        if let accumulated = stack.handlerAccumulator.take() {
+            deliverReceived(accumulated.reattach())  // what the handler gathered is its own: hand it back
+        }
+        if !stack.handlerStash.isEmpty {
+            stack.handlerHalfClosePending = true  // after the stashed bytes, on resume
+            return
+        }
+        deliverPeerHalfClosed()
+    }
+
+    func stackReachedHandlerWritability(_ isWritable: Bool) {
         guard state == .open else { return }
-        if index + 1 < filters.count {
-            filters[index + 1].filterInbound(buffer, context: TCPFilterContext(connection: self, index: index + 1))
+        deliverWritabilityChanged(isWritable)
+    }
+
+    func stackReachedHandlerWriteCompleted(_ bytes: Int) {
+        guard state == .open else { return }
+        deliverWriteCompleted(bytes)
+    }
+
+    func stackReachedHandlerError(_ error: any Error) {
+        guard state == .open else { return }
+        deliverErrorCaught(error)
+    }
+
+    private func emitWritabilityChanged(_ isWritable: Bool) {
+        if let bottom = filterStack?.bottom {
+            bottom.filter.writabilityChanged(isWritable, context: bottom)
         } else {
-            deliverReceived(buffer)
+            deliverWritabilityChanged(isWritable)
         }
     }
 
-    /// Moves `buffer` from filter `index` to the layer below it.
-    func passOutbound(_ buffer: consuming IOBuffer, from index: Int) {
-        if index > 0 {
-            filters[index - 1].filterOutbound(buffer, context: TCPFilterContext(connection: self, index: index - 1))
+    private func emitWriteCompleted(_ bytes: Int) {
+        if let bottom = filterStack?.bottom {
+            bottom.filter.writeCompleted(bytes, context: bottom)
         } else {
-            writeToSocket(buffer)
+            deliverWriteCompleted(bytes)
         }
     }
 
-    private func writeToSocket(_ buffer: consuming IOBuffer) {
+    /// Queues `buffer` for the socket (the bottom of the filter stack). Ignored once the close reached
+    /// the socket.
+    func writeToSocket(_ buffer: consuming IOBuffer) {
         guard state == .open, !writeShutdown, closeMode == nil else { return }
         if buffer.readableBytes == 0 { return }
         if flushList == nil && writeQueue.isEmpty && !sendInFlight {
             let readable = buffer.readableBytes
             if readable == 0 { return }
             let outcome = buffer.withUnsafeReadableBytes { bytes in
-                Result { () throws(SystemError) in try Sockets.send(descriptor, bytes) }
+                Result { () throws(SystemError) in try thread.send(descriptor, bytes) }
             }
             switch outcome {
             case .success(.completed(let sent)):
@@ -559,7 +644,9 @@ public class TCPConnection: @unchecked Sendable {
 
     /// Sends a shared payload after everything queued before it, without copying it; the payload is
     /// released when the send completes. One payload may be written to many connections. (With filters
-    /// installed it is copied into a pooled buffer so the filters see it like any other write.)
+    /// installed it is copied into pooled buffers so the filters see it like any other write; if the
+    /// pool runs dry part-way, the connection closes with ``TCPCloseReason/Code/resourceExhausted``
+    /// rather than send a stream with a gap.)
     public func write(_ buffer: SharedBuffer) {
         if !thread.isCurrent {
             let expected = generation
@@ -569,9 +656,13 @@ public class TCPConnection: @unchecked Sendable {
             }
             return
         }
-        if !filters.isEmpty {
+        if let stack = filterStack, stack.top != nil {
             var remaining = buffer.unsafeReadableBytes
-            while !remaining.isEmpty, var copy = try? thread.bufferPool.acquire() {
+            while !remaining.isEmpty && state == .open {
+                guard var copy = try? thread.bufferPool.acquire() else {
+                    noteCloseReason(TCPCloseReason(.resourceExhausted, detail: "buffer pool exhausted while copying a shared write"))
+                    return close(.abortive)
+                }
                 let count = copy.append(remaining)
                 remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
                 write(copy)
@@ -581,7 +672,7 @@ public class TCPConnection: @unchecked Sendable {
         guard state == .open, !writeShutdown, closeMode == nil, buffer.readableBytes > 0 else { return }
         var offset = 0
         if flushList == nil && writeQueue.isEmpty && !sendInFlight {
-            switch Result(catching: { () throws(SystemError) in try Sockets.send(descriptor, buffer.unsafeReadableBytes) }) {
+            switch Result(catching: { () throws(SystemError) in try thread.send(descriptor, buffer.unsafeReadableBytes) }) {
             case .success(.completed(let sent)):
                 if sent > 0 { noteWriteCompleted(sent) }
                 if sent == buffer.readableBytes { return }
@@ -603,7 +694,7 @@ public class TCPConnection: @unchecked Sendable {
             case .close:
                 if case .owned(let buffer) = item { buffer.release() }
                 discardQueuedWrites()
-                try? Sockets.setAbortiveClose(descriptor)
+                thread.setAbortiveClose(descriptor)
                 return teardown(reason: .slowConsumer)
             case .dropNewest:
                 if case .owned(let buffer) = item { buffer.release() }
@@ -670,7 +761,7 @@ public class TCPConnection: @unchecked Sendable {
         guard state == .open, !writeShutdown else { return false }
         var value = byte
         let outcome = withUnsafeBytes(of: &value) { bytes in
-            Result { () throws(SystemError) in try Sockets.send(descriptor, bytes, urgent: true) }
+            Result { () throws(SystemError) in try thread.send(descriptor, bytes, urgent: true) }
         }
         if case .success(.completed(1)) = outcome { return true }
         return false
@@ -695,19 +786,21 @@ public class TCPConnection: @unchecked Sendable {
                     handleReceiveEnd(outcome)
                     break
                 }
-                let n = ckeel_recv(descriptor, buffer.unsafeWritableAddress, buffer.writableBytes, 0)
-                if n > 0 {
+                let target = UnsafeMutableRawBufferPointer(start: buffer.unsafeWritableAddress, count: buffer.writableBytes)
+                switch Result(catching: { () throws(SystemError) in try thread.receive(descriptor, into: target) }) {
+                case .success(.completed(let n)) where n > 0:
                     buffer.moveWriterIndex(forwardBy: n)
                     deliverInbound(buffer)
                     continue
-                }
-                let code = n == 0 ? 0 : ckeel_errno()
-                switch code {
-                case EAGAIN, EWOULDBLOCK: break reading
-                case EINTR: continue
-                default:
-                    outcome = IOCompletion(result: -code)
-                    handleReceiveEnd(outcome)  // 0: end of stream
+                case .success(.wouldBlock):
+                    break reading
+                case .success:
+                    outcome = IOCompletion(result: 0)
+                    handleReceiveEnd(outcome)  // end of stream
+                    break reading
+                case .failure(let error):
+                    outcome = IOCompletion(result: -error.errno.rawValue)
+                    handleReceiveEnd(outcome)
                     break reading
                 }
             }
@@ -721,7 +814,10 @@ public class TCPConnection: @unchecked Sendable {
 
     private func takeUrgentByte() {
         var byte: UInt8 = 0
-        if recv(descriptor, &byte, 1, Int32(CKEEL_MSG_OOB)) == 1 {
+        let outcome = withUnsafeMutableBytes(of: &byte) { target in
+            Result { () throws(SystemError) in try thread.receive(descriptor, into: target, urgent: true) }
+        }
+        if case .success(.completed(1)) = outcome {
             withCallback { deliverUrgent(byte) }
         }
     }
@@ -733,7 +829,7 @@ public class TCPConnection: @unchecked Sendable {
         if callbackDepth > 0 {
             deferredWriteCompleted += bytes
         } else {
-            withCallback { deliverWriteCompleted(bytes) }
+            withCallback { emitWriteCompleted(bytes) }
         }
     }
 
@@ -786,7 +882,7 @@ public class TCPConnection: @unchecked Sendable {
         message.pointee = msghdr()
         message.pointee.msg_iov = vectors
         message.pointee.msg_iovlen = count
-        switch Result(catching: { () throws(SystemError) in try Sockets.sendMessage(descriptor, UnsafePointer(message)) }) {
+        switch Result(catching: { () throws(SystemError) in try thread.sendMessage(descriptor, UnsafePointer(message)) }) {
         case .success(.completed(let sent)):
             afterSent(sent)
         case .success(.wouldBlock):
@@ -822,7 +918,9 @@ public class TCPConnection: @unchecked Sendable {
     // MARK: Closing
 
     /// Closes the connection (see ``TCPCloseMode``). Safe to call more than once; the first call's
-    /// mode wins, except that an abortive close overrides a pending graceful one.
+    /// mode wins, except that an abortive close overrides a pending graceful one. With filters, a
+    /// graceful or half close goes down through them first (each may finish its protocol: a TLS
+    /// close_notify) and the handler's later writes are dropped; an abortive close is immediate.
     public func close(_ mode: TCPCloseMode = .graceful) {
         if !thread.isCurrent {
             let expected = generation
@@ -832,12 +930,28 @@ public class TCPConnection: @unchecked Sendable {
             }
             return
         }
+        if let stack = filterStack, mode != .abortive, state == .open {
+            guard !stack.handlerClosed else { return }
+            stack.handlerClosed = true
+            if let top = stack.top {
+                callbackDepth += 1
+                top.filter.closeRequested(mode, context: top)
+                endCallback()
+                return
+            }
+        }
+        closeAtSocket(mode, reason: nil)
+    }
+
+    /// Closes at the socket (the bottom of the filter stack, or the whole close without filters).
+    func closeAtSocket(_ mode: TCPCloseMode, reason: TCPCloseReason?) {
+        if let reason { noteCloseReason(reason) }
         guard state == .open || (state == .closing && mode == .abortive && closeMode != .abortive) else { return }
         if closeMode != nil && mode != .abortive { return }
         closeMode = mode
         switch mode {
         case .abortive:
-            try? Sockets.setAbortiveClose(descriptor)
+            thread.setAbortiveClose(descriptor)
             discardQueuedWrites()
             teardown(reason: closeReason ?? .local)
         case .graceful, .halfClose:
@@ -849,7 +963,7 @@ public class TCPConnection: @unchecked Sendable {
     private func flushedForClose() {
         if !writeShutdown {
             writeShutdown = true
-            try? Sockets.shutdown(descriptor, .write)
+            thread.shutdownWrite(descriptor)
         }
         if closeMode == .halfClose && !peerHalfClosed {
             closeMode = nil  // keep receiving until the peer closes its side
@@ -875,7 +989,7 @@ public class TCPConnection: @unchecked Sendable {
         if reason == .idleTimeout { idleTimer = nil } else { readTimer = nil }
         guard state == .open || state == .closing else { return }
         discardQueuedWrites()
-        try? Sockets.setAbortiveClose(descriptor)
+        thread.setAbortiveClose(descriptor)
         teardown(reason: reason)
     }
 
@@ -903,7 +1017,6 @@ public class TCPConnection: @unchecked Sendable {
 
     private func finishIfQuiet() {
         guard state == .closing, pendingOperations == 0 else { return }
-        filters = []
         accumulator.take()?.release()
         releaseStash()
         if callbackDepth > 0 {
@@ -912,10 +1025,14 @@ public class TCPConnection: @unchecked Sendable {
         }
         state = .closed
         writeQueue.removeAll()
-        Descriptors.close(descriptor)
+        thread.closeDescriptor(descriptor)
         descriptor = -1
         let reason = closeReason ?? .local
         callbackDepth += 1
+        if let stack = filterStack {
+            filterStack = nil
+            stack.connectionClosed(reason)
+        }
         deliverClosed(reason)
         callbackDepth -= 1
         didFinish()

@@ -39,6 +39,10 @@ public protocol TCPConnectionHandler: SendableMetatype {
     /// The peer sent an urgent (out-of-band, `MSG_OOB`) byte, delivered apart from the normal stream.
     /// Only called when the server or connector enables ``TCPServerConfiguration/receivesUrgentData``.
     mutating func connectionReceivedUrgent(_ connection: TCPConnection, byte: UInt8)
+
+    /// A filter reported an error that did not close the connection (``TCPFilterContext/passError(_:)``).
+    /// The default closes the connection abortively with ``TCPCloseReason/Code/protocolError``.
+    mutating func connectionErrorCaught(_ error: any Error, on connection: TCPConnection)
 }
 
 extension TCPConnectionHandler {
@@ -49,6 +53,9 @@ extension TCPConnectionHandler {
     public mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool) {}
     public mutating func connectionWriteLimitExceeded(_ connection: TCPConnection, queuedBytes: Int) {}
     public mutating func connectionReceivedUrgent(_ connection: TCPConnection, byte: UInt8) {}
+    public mutating func connectionErrorCaught(_ error: any Error, on connection: TCPConnection) {
+        connection.closeForError(error)
+    }
 }
 
 /// Bounds on what a connection queues for a slow reader, so the server never hoards memory.
@@ -96,36 +103,6 @@ public struct TCPFlowControl: Sendable, Hashable {
 
     /// The default: 256 KiB high, 64 KiB low, 16 MiB hard limit closing a slow consumer.
     public static let `default` = TCPFlowControl()
-}
-
-/// Why a connection closed.
-public enum TCPCloseReason: Sendable, Hashable, CustomStringConvertible {
-    /// This side called ``TCPConnection/close(_:)`` (or the server stopped).
-    case local
-    /// The peer closed the connection (end of stream) and this side finished.
-    case peerClosed
-    /// The peer reset the connection (ECONNRESET, EPIPE).
-    case reset
-    /// Nothing received or sent within the idle timeout.
-    case idleTimeout
-    /// Nothing received within the read timeout.
-    case readTimeout
-    /// The peer read too slowly: the write queue hit its hard limit (``TCPFlowControl/Policy/close``).
-    case slowConsumer
-    /// Any other failure, with the kernel's errno.
-    case error(Errno)
-
-    public var description: String {
-        switch self {
-        case .local: return "local close"
-        case .peerClosed: return "peer closed"
-        case .reset: return "reset by peer"
-        case .idleTimeout: return "idle timeout"
-        case .readTimeout: return "read timeout"
-        case .slowConsumer: return "slow consumer"
-        case .error(let errno): return "error: \(errno)"
-        }
-    }
 }
 
 /// How ``TCPConnection/close(_:)`` ends a connection.

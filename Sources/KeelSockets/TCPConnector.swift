@@ -67,30 +67,14 @@ public struct TCPConnectError: Error, Sendable, Hashable, CustomStringConvertibl
 public struct TCPConnectorConfiguration: Sendable {
     /// Give up a connection attempt after this long.
     public var connectTimeout: Duration
-    /// Close connections with nothing received or sent for this long (nil: never).
-    public var idleTimeout: Duration?
-    /// Close connections with nothing received for this long, even while sending (nil: never).
-    public var readTimeout: Duration?
-    /// `TCP_NODELAY`. Default true.
-    public var noDelay: Bool
-    /// TCP keepalive idle seconds (nil: off).
-    public var keepAliveIdleSeconds: Int32?
-    /// Bounds on each connection's write queue.
-    public var flowControl: TCPFlowControl = .default
-    /// Coalesce each connection's writes per loop iteration (see ``TCPServerConfiguration/coalescesWrites``).
-    public var coalescesWrites = true
-    /// Watch for urgent (out-of-band) data and deliver it through
-    /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).
-    public var receivesUrgentData = false
+    /// What every connection gets: timeouts, socket options, flow control, coalescing, urgent data,
+    /// filters (a client-side TLS filter, say).
+    public var connection: TCPConnectionOptions
 
     /// Creates a configuration.
-    public init(connectTimeout: Duration = .seconds(10), idleTimeout: Duration? = nil, readTimeout: Duration? = nil,
-                noDelay: Bool = true, keepAliveIdleSeconds: Int32? = nil) {
+    public init(connectTimeout: Duration = .seconds(10), connection: TCPConnectionOptions = .init()) {
         self.connectTimeout = connectTimeout
-        self.idleTimeout = idleTimeout
-        self.readTimeout = readTimeout
-        self.noDelay = noDelay
-        self.keepAliveIdleSeconds = keepAliveIdleSeconds
+        self.connection = connection
     }
 }
 
@@ -109,12 +93,9 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
     public init(pool: IOPool, configuration: TCPConnectorConfiguration = .init()) {
         self.pool = pool
         self.configuration = configuration
-        settings = ConnectionSettings(
-            timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout),
-            flowControl: configuration.flowControl, noDelay: configuration.noDelay,
-            keepAliveIdleSeconds: configuration.keepAliveIdleSeconds, receivesUrgentData: configuration.receivesUrgentData)
+        settings = ConnectionSettings(options: configuration.connection)
         let active = self.active
-        let coalesces = configuration.coalescesWrites
+        let coalesces = configuration.connection.coalescesWrites
         let registries = pool.threads.map {
             ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces) { active.decrement() }
         }
@@ -212,7 +193,7 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
                 self.active.increment()
                 let connection = self.registries[thread.index].take()
                 connection.handler = makeHandler()
-                connection.open(descriptor: fd, settings: self.settings)
+                connection.open(descriptor: fd, settings: self.settings, endpoint: .target("\(target)"))
                 return
             }
             Descriptors.close(fd)

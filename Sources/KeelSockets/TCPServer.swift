@@ -23,42 +23,22 @@ public struct TCPServerConfiguration: Sendable {
     public var maximumConnections: Int
     /// Most connections accepted per second (nil: no limit); over it, accepting pauses until the next second.
     public var maximumAcceptRate: Int?
-    /// Close connections with nothing received or sent for this long (nil: never).
-    public var idleTimeout: Duration?
-    /// Close connections with nothing received for this long, even while sending (nil: never).
-    public var readTimeout: Duration?
-    /// `TCP_NODELAY` on accepted connections. Default true.
-    public var noDelay: Bool
-    /// TCP keepalive idle seconds on accepted connections (nil: off).
-    public var keepAliveIdleSeconds: Int32?
-    /// Bounds on each connection's write queue.
-    public var flowControl: TCPFlowControl = .default
-    /// Coalesce the writes a connection makes during one loop iteration into one `sendmsg`, flushed
-    /// before the thread waits (like flushing at the end of a read batch). Off: every write is tried
-    /// at once (the inline fast path). Default on.
-    public var coalescesWrites = true
-    /// Watch for urgent (out-of-band) data and deliver it through
-    /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).
-    public var receivesUrgentData = false
-    /// Makes the filter stack (bottom first) for each accepted connection; nil for none.
-    public var makeFilters: (@Sendable () -> [any TCPConnectionFilter])?
+    /// What every accepted connection gets: timeouts, socket options, flow control, coalescing,
+    /// urgent data, filters.
+    public var connection: TCPConnectionOptions
 
     /// Creates a configuration.
     public init(
         host: String = "127.0.0.1", port: UInt16 = 0, backlog: Int32 = 1024, reusePort: Bool = true,
-        maximumConnections: Int = 100_000, maximumAcceptRate: Int? = nil, idleTimeout: Duration? = nil,
-        readTimeout: Duration? = nil, noDelay: Bool = true, keepAliveIdleSeconds: Int32? = nil
+        maximumConnections: Int = 100_000, maximumAcceptRate: Int? = nil, connection: TCPConnectionOptions = .init()
     ) {
-        self.readTimeout = readTimeout
         self.host = host
         self.port = port
         self.backlog = backlog
         self.reusePort = reusePort
         self.maximumConnections = maximumConnections
         self.maximumAcceptRate = maximumAcceptRate
-        self.idleTimeout = idleTimeout
-        self.noDelay = noDelay
-        self.keepAliveIdleSeconds = keepAliveIdleSeconds
+        self.connection = connection
     }
 }
 
@@ -120,10 +100,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         self.pool = pool
         self.configuration = configuration
         self.makeHandler = makeHandler
-        settings = ConnectionSettings(
-            timeouts: TCPTimeouts(idle: configuration.idleTimeout, read: configuration.readTimeout),
-            flowControl: configuration.flowControl, noDelay: configuration.noDelay,
-            keepAliveIdleSeconds: configuration.keepAliveIdleSeconds, receivesUrgentData: configuration.receivesUrgentData)
+        settings = ConnectionSettings(options: configuration.connection)
         var address = try SocketAddress(host: configuration.host, port: configuration.port)
         let listenerCount = configuration.reusePort ? pool.threads.count : 1
         var listeners: [Int32] = []
@@ -144,7 +121,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         }
         localAddress = address
         let finished = LateBoundAction()
-        let coalesces = configuration.coalescesWrites
+        let coalesces = configuration.connection.coalescesWrites
         registries = pool.threads.map { ConnectionRegistry(thread: $0, coalescesWrites: coalesces) { finished.run() } }
         acceptors = listeners.enumerated().map { index, fd in
             Acceptor(listener: fd, thread: pool.threads[index])
@@ -365,7 +342,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         let registry = registries[thread.index]
         let connection = registry.take()
         connection.handler = makeHandler()
-        connection.open(descriptor: fd, settings: settings, filters: configuration.makeFilters?() ?? [])
+        connection.open(descriptor: fd, settings: settings, endpoint: .listener(localAddress))
     }
 
     private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {

@@ -136,6 +136,15 @@ public enum Sockets {
         return try nonBlockingSyscall("send", context: "fd \(fd)") { ckeel_send(fd, bytes.baseAddress, bytes.count, flags) }
     }
 
+    /// Non-blocking receive into `buffer` (0: end of stream). `urgent` takes the out-of-band byte
+    /// (`MSG_OOB`) instead of stream data.
+    public static func receive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, urgent: Bool = false)
+        throws(SystemError) -> IOOutcome<Int>
+    {
+        let flags = urgent ? Int32(CKEEL_MSG_OOB) : 0
+        return try nonBlockingSyscall("recv", context: "fd \(fd)") { ckeel_recv(fd, buffer.baseAddress, buffer.count, flags) }
+    }
+
     /// Non-blocking `sendmsg` (never SIGPIPE).
     public static func sendMessage(_ fd: Int32, _ message: UnsafePointer<msghdr>) throws(SystemError) -> IOOutcome<Int> {
         try nonBlockingSyscall("sendmsg", context: "fd \(fd)") { ckeel_sendmsg(fd, message, Int32(CKEEL_MSG_NOSIGNAL)) }

@@ -19,7 +19,7 @@ struct KeelAsyncEcho: ParsableCommand {
         let signals = ShutdownSignals()
         let pool = try IOPool(configuration: options.poolConfiguration)
         var configuration = TCPServerConfiguration(host: options.host, port: options.port)
-        configuration.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
+        configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
         let server = try AsyncTCPServer(pool: pool, configuration: configuration) { connection in
             for try await payload in connection.inbound {
                 try await connection.write(payload)  // zero-copy, suspends under backpressure

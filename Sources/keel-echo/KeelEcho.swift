@@ -32,8 +32,8 @@ struct KeelEcho: ParsableCommand {
         var configuration = TCPServerConfiguration(host: options.host, port: options.port)
         // A client that sends without reading is pushed back by TCP: the server stops reading from it
         // while its echo queue is over the high watermark, instead of queuing without bound.
-        configuration.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
-        configuration.coalescesWrites = !noCoalescing
+        configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
+        configuration.connection.coalescesWrites = !noCoalescing
         let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
         announce("listening on \(server.localAddress)")
         let signal = signals.wait()

@@ -66,7 +66,7 @@ struct TCPAllocationTests {
         let results = Collector<UInt64>()
         let warmup = 2_000
         let measured = 10_000
-        let server = try TCPServer(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, idleTimeout: .seconds(30))) {
+        let server = try TCPServer(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, connection: .init(idleTimeout: .seconds(30)))) {
             MeasuringEchoHandler(warmup: warmup, measured: measured, results: results)
         }
         let address = server.localAddress

@@ -231,7 +231,7 @@ struct TCPBadPathTests {
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func idleConnectionsAreClosedAfterTheTimeout(backend: BackendKind) async throws {
-        let fixture = try ServerFixture(backend, .echo) { $0.idleTimeout = .milliseconds(150) }
+        let fixture = try ServerFixture(backend, .echo) { $0.connection.idleTimeout = .milliseconds(150) }
         let address = fixture.server.localAddress
         let (echo, end, elapsed) = await onPlainThread { () -> ([UInt8], Int, Duration) in
             guard let client = try? RawClient(connectingTo: address) else { return ([], 1, .zero) }
@@ -251,7 +251,7 @@ struct TCPBadPathTests {
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func readTimeoutClosesASilentPeer(backend: BackendKind) async throws {
-        let fixture = try ServerFixture(backend, .echo) { $0.readTimeout = .milliseconds(150) }
+        let fixture = try ServerFixture(backend, .echo) { $0.connection.readTimeout = .milliseconds(150) }
         let address = fixture.server.localAddress
         let end = await onPlainThread { () -> Int in
             guard let client = try? RawClient(connectingTo: address) else { return 1 }
@@ -413,7 +413,7 @@ struct TCPBadPathTests {
             var clients: [RawClient] = []
             do {
                 var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
-                configuration.coalescesWrites = coalesces
+                configuration.connection.coalescesWrites = coalesces
                 let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
                 for _ in 0..<5 { clients.append(try RawClient(connectingTo: server.localAddress)) }
                 for client in clients {

@@ -56,8 +56,12 @@ struct TCPFilterTests {
     func readsGoUpAndWritesGoDownThroughTheStackInOrder(backend: BackendKind) async throws {
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
         let log = Collector<String>()
+        let setups = Collector<TCPFilterSetup>()
         var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
-        configuration.makeFilters = { [UppercaseInbound(log: log), BracketOutbound(log: log)] }
+        configuration.connection.makeFilters = { setup in
+            setups.add(setup)
+            return [UppercaseInbound(log: log), BracketOutbound(log: log)]
+        }
         let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
         let address = server.localAddress
         let reply = await onPlainThread { () -> [UInt8] in
@@ -69,8 +73,44 @@ struct TCPFilterTests {
         #expect(String(decoding: reply, as: UTF8.self) == "[KEEL]")
         // Up: filter 0 then 1; down: filter 1 then filter 0 (once per piece the bracket filter sends).
         #expect(log.snapshot == ["upper in", "bracket in", "bracket out", "upper out", "upper out", "upper out"])
+        // The factory saw the listener and both addresses of the connection.
+        let setup = try #require(setups.snapshot.first)
+        #expect(setup.endpoint == .listener(address))
+        #expect(setup.localAddress == address)
+        #expect(setup.remoteAddress?.description.hasPrefix("127.0.0.1:") == true)
         await server.stop()
         #expect(await eventually { buffersInUse(pool) == 0 })
+        pool.shutdown()
+    }
+
+    /// A connector's filters: the client writes "x" through a bracketing filter and reads the echo
+    /// back through an upper-casing one.
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func connectorsRunFiltersToo(backend: BackendKind) async throws {
+        struct Client: TCPConnectionHandler {
+            let received: Collector<String>
+            mutating func connectionEstablished(_ connection: TCPConnection) {
+                var buffer = try! connection.thread.bufferPool.acquire()
+                buffer.append(contentsOf: Array("x".utf8))
+                connection.write(buffer)
+            }
+            mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+                received.add(String(decoding: buffer.readableByteArray, as: UTF8.self))
+            }
+        }
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let server = try TCPServer(pool: pool, configuration: .init()) { EchoHandler() }
+        let log = Collector<String>()
+        let received = Collector<String>()
+        let targets = Collector<TCPFilterSetup.Endpoint>()
+        let connector = TCPConnector<Client>(pool: pool, configuration: .init(connection: .init(makeFilters: { setup in
+            targets.add(setup.endpoint)
+            return [UppercaseInbound(log: log), BracketOutbound(log: log)]
+        })))
+        connector.connect(to: server.localAddress) { Client(received: received) }
+        #expect(await eventually { received.snapshot.joined() == "[X]" })
+        #expect(targets.snapshot == [.target("\(server.localAddress)")])
+        await server.stop()
         pool.shutdown()
     }
 }

@@ -73,7 +73,7 @@ struct TCPFlowControlTests {
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
         let peak = PeakCounter()
         var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
-        configuration.flowControl = TCPFlowControl(highWatermark: 256 * 1024, lowWatermark: 64 * 1024,
+        configuration.connection.flowControl = TCPFlowControl(highWatermark: 256 * 1024, lowWatermark: 64 * 1024,
                                                    pausesReadingWhileNotWritable: true)
         let server = try TCPServer(pool: pool, configuration: configuration) { QueueWatchingEcho(peak: peak) }
         let address = server.localAddress
@@ -119,7 +119,7 @@ struct TCPFlowControlTests {
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
         let reports = Collector<BurstWriter.Report>()
         var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
-        configuration.flowControl = flowControl
+        configuration.connection.flowControl = flowControl
         let server = try TCPServer(pool: pool, configuration: configuration) { BurstWriter(count: count, reports: reports) }
         let address = server.localAddress
         let received = await onPlainThread { () -> [UInt8] in

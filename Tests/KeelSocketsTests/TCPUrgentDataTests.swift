@@ -32,7 +32,7 @@ struct TCPUrgentDataTests {
         let normal = Collector<[UInt8]>()
         let urgent = Collector<UInt8>()
         var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
-        configuration.receivesUrgentData = true
+        configuration.connection.receivesUrgentData = true
         let server = try TCPServer(pool: pool, configuration: configuration) { UrgentRecorder(normal: normal, urgent: urgent) }
         let address = server.localAddress
         let clientUrgent = await onPlainThread { () -> UInt8? in

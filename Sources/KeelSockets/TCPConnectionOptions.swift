@@ -1,0 +1,83 @@
+import KeelSystem
+
+/// What every connection of a server or connector gets: timeouts, socket options, flow control, write
+/// coalescing, urgent data and the filter stack. ``TCPServerConfiguration`` and
+/// ``TCPConnectorConfiguration`` both carry one, so an option added here serves accepted and outbound
+/// connections alike.
+public struct TCPConnectionOptions: Sendable {
+    /// Close after this long with nothing received or sent (nil: never).
+    public var idleTimeout: Duration?
+    /// Close after this long with nothing received, even while sending (nil: never).
+    public var readTimeout: Duration?
+    /// `TCP_NODELAY`: send small segments at once (Nagle off). Default true.
+    public var noDelay: Bool
+    /// TCP keepalive idle seconds (nil: off).
+    public var keepAliveIdleSeconds: Int32?
+    /// Bounds on each connection's write queue.
+    public var flowControl: TCPFlowControl
+    /// Coalesce the writes a connection makes during one loop iteration into one `sendmsg`, flushed
+    /// before the thread waits (like flushing at the end of a read batch). Off: every write is tried
+    /// at once (the inline fast path). Default on.
+    public var coalescesWrites: Bool
+    /// Watch for urgent (out-of-band) data and deliver it through
+    /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).
+    public var receivesUrgentData: Bool
+    /// Makes the filter stack (bottom, socket side, first) for each connection, from its addresses and
+    /// the listener or target it belongs to; nil for none. Called on the connection's I/O thread.
+    public var makeFilters: (@Sendable (TCPFilterSetup) -> [any TCPConnectionFilter])?
+
+    /// Creates options; every parameter has a production default.
+    public init(
+        idleTimeout: Duration? = nil, readTimeout: Duration? = nil, noDelay: Bool = true,
+        keepAliveIdleSeconds: Int32? = nil, flowControl: TCPFlowControl = .default, coalescesWrites: Bool = true,
+        receivesUrgentData: Bool = false, makeFilters: (@Sendable (TCPFilterSetup) -> [any TCPConnectionFilter])? = nil
+    ) {
+        self.idleTimeout = idleTimeout
+        self.readTimeout = readTimeout
+        self.noDelay = noDelay
+        self.keepAliveIdleSeconds = keepAliveIdleSeconds
+        self.flowControl = flowControl
+        self.coalescesWrites = coalescesWrites
+        self.receivesUrgentData = receivesUrgentData
+        self.makeFilters = makeFilters
+    }
+}
+
+/// What a filter factory knows about the connection it makes filters for.
+public struct TCPFilterSetup: Sendable {
+    /// Where a connection comes from.
+    public enum Endpoint: Sendable, Hashable {
+        /// Accepted by a server listening on this address.
+        case listener(SocketAddress)
+        /// Made by a connector to this target (`host:port`, as given).
+        case target(String)
+        /// Opened by an ``EmbeddedConnection`` (tests).
+        case embedded
+    }
+
+    /// The listener or target the connection belongs to (e.g. to pick a certificate per listener).
+    public var endpoint: Endpoint
+    /// The connection's local address, as the kernel reports it.
+    public var localAddress: SocketAddress?
+    /// The peer's address, as the kernel reports it (e.g. for an allow-list of PROXY senders).
+    public var remoteAddress: SocketAddress?
+
+    /// Creates a setup description.
+    public init(endpoint: Endpoint, localAddress: SocketAddress?, remoteAddress: SocketAddress?) {
+        self.endpoint = endpoint
+        self.localAddress = localAddress
+        self.remoteAddress = remoteAddress
+    }
+}
+
+/// What a server or connector applies to each of its connections; made once, shared by all (one
+/// reference per connection instead of the options' ~150 bytes).
+final class ConnectionSettings: Sendable {
+    let options: TCPConnectionOptions
+
+    init(options: TCPConnectionOptions) {
+        self.options = options
+    }
+
+    static let `default` = ConnectionSettings(options: TCPConnectionOptions())
+}

@@ -1,0 +1,143 @@
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+import KeelSystem
+import Testing
+
+// The embedded harness on connections without filters: the socket-layer behaviour (timeouts, resets,
+// flow control, half-close, urgent data) driven deterministically, with no sockets and no sleeps.
+
+@Suite("Connections in memory")
+struct EmbeddedConnectionTests {
+    @Test(arguments: [true, false])
+    func echoesEverySegmentInOrder(coalescing: Bool) {
+        let test = EmbeddedConnection(handler: EchoHandler(), options: .init(coalescesWrites: coalescing))
+        test.receive(chunks: [Array("one ".utf8), Array("two ".utf8), Array("three".utf8)])
+        #expect(test.takeWrittenString() == "one two three")
+        let big = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 % 251) }
+        test.receive(big)  // larger than one pool buffer: split into several receives
+        #expect(test.takeWritten() == big)
+        #expect(test.finish().isClean)
+    }
+
+    @Test func idleTimeoutFiresOnTheManualClockOnly() {
+        let log = Collector<String>()
+        let test = EmbeddedConnection(handler: EventRecorder(log: log), options: .init(idleTimeout: .seconds(30)))
+        test.advanceTime(by: .seconds(29))
+        #expect(!test.isClosed)
+        test.receive("x")  // activity resets the timer
+        test.advanceTime(by: .seconds(29))
+        #expect(!test.isClosed)
+        test.advanceTime(by: .seconds(2))
+        #expect(test.closeReason == .idleTimeout)
+        #expect(test.closedAbortively)
+        #expect(log.snapshot.last == "closed idleTimeout")
+        #expect(test.finish().isClean)
+    }
+
+    @Test func readTimeoutIgnoresSending() {
+        let test = EmbeddedConnection(handler: EventRecorder(log: Collector()), options: .init(readTimeout: .seconds(5)))
+        for _ in 0..<4 {
+            test.withConnection { connection in
+                var buffer = try! connection.thread.bufferPool.acquire()
+                buffer.append(contentsOf: [1, 2, 3])
+                connection.write(buffer)
+            }
+            test.advanceTime(by: .seconds(1))
+        }
+        #expect(!test.isClosed)
+        test.advanceTime(by: .seconds(1))
+        #expect(test.closeReason == .readTimeout)
+        #expect(test.finish().isClean)
+    }
+
+    @Test func aResetMidWriteClosesWithReasonResetAndReturnsEveryBuffer() {
+        let test = EmbeddedConnection(handler: EventRecorder(log: Collector()))
+        test.sendWindow = 10
+        test.withConnection { connection in
+            for _ in 0..<8 {
+                var buffer = try! connection.thread.bufferPool.acquire()
+                buffer.append(contentsOf: [UInt8](repeating: 7, count: 1000))
+                connection.write(buffer)
+            }
+        }
+        #expect(test.takeWritten().count == 10)
+        #expect(test.connection.queuedWriteBytes == 7990)
+        test.peerResets()
+        #expect(test.closeReason == .reset)
+        #expect(test.finish().isClean)
+    }
+
+    @Test func aSlowConsumerIsClosedAtTheHardLimit() {
+        let flow = TCPFlowControl(highWatermark: 1000, lowWatermark: 100, hardLimit: 4000, policy: .close)
+        let test = EmbeddedConnection(handler: EventRecorder(log: Collector()), options: .init(flowControl: flow))
+        test.sendWindow = 0
+        test.withConnection { connection in
+            for _ in 0..<5 {
+                var buffer = try! connection.thread.bufferPool.acquire()
+                buffer.append(contentsOf: [UInt8](repeating: 1, count: 1000))
+                connection.write(buffer)
+            }
+        }
+        #expect(test.closeReason == .slowConsumer)
+        #expect(test.closedAbortively)
+        #expect(test.finish().isClean)
+    }
+
+    @Test func peerHalfCloseThenGracefulCloseSendsEverythingFirst() {
+        let test = EmbeddedConnection(handler: EchoHandler())
+        test.sendWindow = 3
+        test.receive("abcdef")
+        test.peerHalfCloses()
+        #expect(!test.isClosed, "three bytes are still queued")
+        test.sendWindow = .max
+        #expect(test.takeWrittenString() == "abcdef")
+        #expect(test.peerSawEndOfStream)
+        #expect(test.closeReason == .peerClosed)
+        #expect(test.finish().isClean)
+    }
+
+    @Test func urgentBytesArriveApartFromTheStream() {
+        struct UrgentRecorder: TCPConnectionHandler {
+            let log: Collector<String>
+            mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+                log.add("in \(String(decoding: buffer.readableByteArray, as: UTF8.self))")
+            }
+            mutating func connectionReceivedUrgent(_ connection: TCPConnection, byte: UInt8) { log.add("urgent \(byte)") }
+        }
+        let log = Collector<String>()
+        let test = EmbeddedConnection(handler: UrgentRecorder(log: log), options: .init(receivesUrgentData: true))
+        test.receive("ab")
+        test.receiveUrgent(9)
+        test.receive("cd")
+        #expect(log.snapshot == ["in ab", "urgent 9", "in cd"])
+        test.withConnection { #expect($0.sendUrgent(5)) }
+        #expect(test.urgentWritten == [5])
+        #expect(test.finish().isClean)
+    }
+
+    @Test func pauseStopsDeliveryAndResumeDeliversWhatWasReadInOrder() {
+        let log = Collector<String>()
+        var handler = EventRecorder(log: log)
+        handler.pauseAfterFirst = true
+        let test = EmbeddedConnection(handler: handler)
+        test.receive(chunks: [Array("a".utf8), Array("b".utf8)])
+        test.receive("c")
+        #expect(log.snapshot.filter { $0.hasPrefix("in ") } == ["in a"])
+        test.withConnection { $0.resumeReading() }
+        #expect(log.snapshot.filter { $0.hasPrefix("in ") } == ["in a", "in b", "in c"])
+        #expect(test.finish().isClean)
+    }
+
+    @Test func continueReadingGathersAMessageInOneBuffer() {
+        let log = Collector<String>()
+        var handler = EventRecorder(log: log)
+        handler.accumulateUntil = 6
+        let test = EmbeddedConnection(handler: handler)
+        test.receive("ab")
+        test.receive("cd")
+        test.receive("ef")
+        #expect(log.snapshot.filter { $0.hasPrefix("in ") } == ["in abcdef"])
+        #expect(test.finish().isClean)
+    }
+}
