@@ -45,6 +45,11 @@ public final class BufferPool: @unchecked Sendable {
     /// Per-chunk reader/writer indices while a chunk sits in a chain.
     @usableFromInline let chainIndices: UnsafeMutablePointer<(reader: UInt32, writer: UInt32)>
     private let slabs: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    #if DEBUG
+    /// Debug builds: who holds each chunk (``ChunkHolder``), to trap a double release or the use of a
+    /// released chunk (copyable ``DetachedBuffer``s make both possible) at the moment it happens.
+    private let holders: UnsafeMutablePointer<Atomic<UInt8>>
+    #endif
 
     /// Head of the cross-thread return stack; `UInt32.max` when empty.
     private let returnHead = Atomic<UInt32>(BufferPool.none)
@@ -89,6 +94,10 @@ public final class BufferPool: @unchecked Sendable {
         let free = UnsafeMutablePointer<UInt32>.allocate(capacity: maximumChunks)
         self.state = .allocate(capacity: 1)
         self.state.initialize(to: OwnerState(free: free))
+        #if DEBUG
+        holders = .allocate(capacity: maximumChunks)
+        for i in 0..<maximumChunks { (holders + i).initialize(to: Atomic(ChunkHolder.pool.rawValue)) }
+        #endif
     }
 
     deinit {
@@ -102,6 +111,35 @@ public final class BufferPool: @unchecked Sendable {
         addresses.deallocate()
         links.deallocate()
         chainIndices.deallocate()
+        #if DEBUG
+        holders.deinitialize(count: maximumChunks)
+        holders.deallocate()
+        #endif
+    }
+
+    /// Debug builds: who holds a chunk.
+    enum ChunkHolder: UInt8 {
+        case pool, application, kernel
+    }
+
+    /// Debug builds: moves `chunk` from holder `from` to `to`, trapping with `message` if it was elsewhere.
+    @inline(__always)
+    func debugMove(_ chunk: UInt32, from: ChunkHolder, to: ChunkHolder, _ message: @autoclosure () -> String) {
+        #if DEBUG
+        let (exchanged, found) = holders[Int(chunk)].compareExchange(
+            expected: from.rawValue, desired: to.rawValue, ordering: .acquiringAndReleasing)
+        if !exchanged {
+            preconditionFailure("\(message()) (chunk \(chunk) is held by \(ChunkHolder(rawValue: found).map { "\($0)" } ?? "?"))")
+        }
+        #endif
+    }
+
+    /// Debug builds: traps unless `chunk` is held by the application (not released, not lent to the kernel).
+    package func debugCheckHeld(_ chunk: UInt32, _ what: StaticString) {
+        #if DEBUG
+        let holder = holders[Int(chunk)].load(ordering: .acquiring)
+        precondition(holder == ChunkHolder.application.rawValue, "\(what): pooled buffer chunk \(chunk) was already released")
+        #endif
     }
 
     // MARK: Acquire and release
@@ -130,7 +168,9 @@ public final class BufferPool: @unchecked Sendable {
             }
         }
         state.pointee.freeCount -= 1
-        return state.pointee.free[state.pointee.freeCount]
+        let chunk = state.pointee.free[state.pointee.freeCount]
+        debugMove(chunk, from: .pool, to: .application, "a free chunk was taken twice")
+        return chunk
     }
 
     @usableFromInline
@@ -148,6 +188,7 @@ public final class BufferPool: @unchecked Sendable {
     /// other thread it goes onto the lock-free return queue.
     @usableFromInline
     func release(chunk: UInt32) {
+        debugMove(chunk, from: .application, to: .pool, "double release of a pooled buffer")
         #if DEBUG
         // Poison freed memory so use-after-release shows up as garbage, not as plausible data.
         addresses[Int(chunk)].unsafelyUnwrapped.initializeMemory(as: UInt8.self, repeating: 0xDD, count: bufferSize)
@@ -262,6 +303,7 @@ public final class BufferPool: @unchecked Sendable {
     /// - Returns: the chunk id and its stable address, or `nil` when the pool is exhausted.
     public func lendToKernel() -> (chunk: UInt32, address: UnsafeMutableRawPointer)? {
         guard let chunk = try? takeChunk() else { return nil }
+        debugMove(chunk, from: .application, to: .kernel, "lending a chunk to the kernel")
         state.pointee.heldByKernel += 1
         counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
         return (chunk, addresses[Int(chunk)].unsafelyUnwrapped)
@@ -274,6 +316,7 @@ public final class BufferPool: @unchecked Sendable {
     public func adoptFromKernel(chunk: UInt32, length: Int) -> IOBuffer {
         assertOwner()
         precondition(length >= 0 && length <= bufferSize, "kernel reported \(length) bytes in a \(bufferSize)-byte buffer")
+        debugMove(chunk, from: .kernel, to: .application, "adopting a chunk the kernel does not hold")
         state.pointee.heldByKernel -= 1
         counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
         noteAcquired()
@@ -287,6 +330,7 @@ public final class BufferPool: @unchecked Sendable {
     /// **Threading:** owner thread only.
     public func reclaimFromKernel(chunk: UInt32) {
         assertOwner()
+        debugMove(chunk, from: .kernel, to: .pool, "reclaiming a chunk the kernel does not hold")
         state.pointee.heldByKernel -= 1
         counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
         pushFree(chunk)

@@ -54,7 +54,8 @@ package struct DetachedBuffer: @unchecked Sendable {
 
     /// Turns it back into an owning ``IOBuffer``.
     package func reattach() -> IOBuffer {
-        IOBuffer(retainedPool: pool, chunk: chunk, reader: reader, writer: writer)
+        pool.takeUnretainedValue().debugCheckHeld(chunk, "reattach")
+        return IOBuffer(retainedPool: pool, chunk: chunk, reader: reader, writer: writer)
     }
 }
 

@@ -40,9 +40,16 @@ public final class IOThread: @unchecked Sendable {
     struct LoopState {
         var operations = OperationTable()
         /// Run once when the thread begins stopping, before in-flight operations are cancelled.
-        var shutdownHooks: [() -> Void] = []
-        /// Run every loop iteration just before the thread submits and waits (write coalescing).
+        var shutdownHooks: [(id: UInt64, hook: (() -> Void)?)] = []
+        /// Run every loop iteration just before the thread submits and waits (write coalescing), with
+        /// their registration ids beside them (a plain closure array: calling a closure kept inside a
+        /// tuple or optional costs a reabstraction thunk, an allocation per loop turn in debug builds).
+        /// A removed hook becomes a no-op with id 0 (it may be removed while the hooks run) and is
+        /// compacted away after.
         var beforeWaitHooks: [() -> Void] = []
+        var beforeWaitHookIDs: [UInt64] = []
+        var removedBeforeWaitHooks = 0
+        var nextHookID: UInt64 = 0
         /// The pooled receive buffer of the completion being dispatched, until its handler takes it.
         var receivedBuffer: IOCompletion?
         var timers: TimerWheel
@@ -289,6 +296,7 @@ public final class IOThread: @unchecked Sendable {
         inbox.closeAndDrain()
         // Hooks hold their owners (registries, servers); dropping them breaks the cycles through this thread.
         loop.pointee.beforeWaitHooks = []
+        loop.pointee.beforeWaitHookIDs = []
         loop.pointee.shutdownHooks = []
         loop.pointee.timers.deallocate()
         loop.pointee.operations.deallocate()
@@ -297,11 +305,22 @@ public final class IOThread: @unchecked Sendable {
 
     @inline(__always)
     func runBeforeWaitHooks() {
-        // Index loop: hooks may not be added while running (registration happens in tasks).
-        var hook = 0
-        while hook < loop.pointee.beforeWaitHooks.count {
-            loop.pointee.beforeWaitHooks[hook]()
-            hook += 1
+        // Index loop: a hook may register or remove hooks while they run.
+        var index = 0
+        while index < loop.pointee.beforeWaitHooks.count {
+            loop.pointee.beforeWaitHooks[index]()
+            index += 1
+        }
+        if loop.pointee.removedBeforeWaitHooks > 0 {
+            var kept = 0
+            for i in loop.pointee.beforeWaitHookIDs.indices where loop.pointee.beforeWaitHookIDs[i] != 0 {
+                loop.pointee.beforeWaitHooks[kept] = loop.pointee.beforeWaitHooks[i]
+                loop.pointee.beforeWaitHookIDs[kept] = loop.pointee.beforeWaitHookIDs[i]
+                kept += 1
+            }
+            loop.pointee.beforeWaitHooks.removeLast(loop.pointee.beforeWaitHooks.count - kept)
+            loop.pointee.beforeWaitHookIDs.removeLast(loop.pointee.beforeWaitHookIDs.count - kept)
+            loop.pointee.removedBeforeWaitHooks = 0
         }
     }
 
@@ -351,25 +370,57 @@ public final class IOThread: @unchecked Sendable {
     /// and just before the thread submits its operations and waits. Socket layers flush coalesced
     /// writes here: every write made during one iteration leaves in one system call per connection.
     ///
-    /// I/O thread only.
-    public func beforeEachWait(_ hook: @escaping () -> Void) {
+    /// I/O thread only. - Returns: the registration, for ``removeHook(_:)``.
+    @discardableResult
+    public func beforeEachWait(_ hook: @escaping () -> Void) -> IOThreadHook {
         preconditionCurrent()
+        loop.pointee.nextHookID += 1
         loop.pointee.beforeWaitHooks.append(hook)
+        loop.pointee.beforeWaitHookIDs.append(loop.pointee.nextHookID)
+        return IOThreadHook(id: loop.pointee.nextHookID, kind: .beforeEachWait)
     }
 
     /// Registers `hook` to run on this thread when it begins stopping (``IOPool/shutdown()``), before
     /// in-flight operations are cancelled: servers close their listeners and connections there.
     ///
-    /// I/O thread only.
-    public func onShutdown(_ hook: @escaping () -> Void) {
+    /// I/O thread only. - Returns: the registration, for ``removeHook(_:)``.
+    @discardableResult
+    public func onShutdown(_ hook: @escaping () -> Void) -> IOThreadHook {
         preconditionCurrent()
-        loop.pointee.shutdownHooks.append(hook)
+        loop.pointee.nextHookID += 1
+        loop.pointee.shutdownHooks.append((loop.pointee.nextHookID, hook))
+        return IOThreadHook(id: loop.pointee.nextHookID, kind: .shutdown)
+    }
+
+    /// Removes a hook registered with ``beforeEachWait(_:)`` or ``onShutdown(_:)`` and releases it (and
+    /// what it captured). Removing one twice, or one already run (a shutdown hook), does nothing.
+    ///
+    /// I/O thread only.
+    public func removeHook(_ registration: IOThreadHook) {
+        preconditionCurrent()
+        switch registration.kind {
+        case .beforeEachWait:
+            guard let index = loop.pointee.beforeWaitHookIDs.firstIndex(of: registration.id) else { return }
+            loop.pointee.beforeWaitHooks[index] = {}
+            loop.pointee.beforeWaitHookIDs[index] = 0
+            loop.pointee.removedBeforeWaitHooks += 1
+        case .shutdown:
+            loop.pointee.shutdownHooks.removeAll { $0.id == registration.id }
+        }
+    }
+
+    /// Hooks registered and not removed: (before each wait, at shutdown). For leak checks.
+    ///
+    /// I/O thread only.
+    public var registeredHookCounts: (beforeEachWait: Int, shutdown: Int) {
+        preconditionCurrent()
+        return (loop.pointee.beforeWaitHooks.count - loop.pointee.removedBeforeWaitHooks, loop.pointee.shutdownHooks.count)
     }
 
     func beginStopping() {
         let hooks = loop.pointee.shutdownHooks
         loop.pointee.shutdownHooks = []
-        for hook in hooks { hook() }
+        for entry in hooks { entry.hook?() }
         loop.pointee.stopping = true
         for token in loop.pointee.operations.inFlightTokens() {
             backend.cancel(token)
@@ -382,4 +433,11 @@ public final class IOThread: @unchecked Sendable {
         stopRequested.store(true, ordering: .relaxed)
         backend.wakeup()
     }
+}
+
+/// A hook's registration on an ``IOThread``, for ``IOThread/removeHook(_:)``.
+public struct IOThreadHook: Sendable, Hashable {
+    enum Kind: Sendable, Hashable { case beforeEachWait, shutdown }
+    let id: UInt64
+    let kind: Kind
 }

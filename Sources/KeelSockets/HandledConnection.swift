@@ -66,6 +66,12 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     let flushList = FlushList()
     /// False: connections send at once instead of scheduling a flush.
     let coalescesWrites: Bool
+    /// This registry's flush hook on its thread (removed when the registry retires).
+    private var flushHook: IOThreadHook?
+    /// The owner's shutdown hook on this thread, removed with the flush hook when the registry retires.
+    var ownerShutdownHook: IOThreadHook?
+    /// The owner stopped: once no connection is open, the hooks go and the thread lets go of the registry.
+    private var retiring = false
 
     /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.
     init(thread: IOThread, coalescesWrites: Bool = true, finished: @escaping @Sendable () -> Void) {
@@ -75,7 +81,7 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
         // The thread's hook holds the registry (and through it the flush list and every connection
         // object) for as long as the thread runs: a server or connector dropped while connections are
         // open leaves them able to finish, and their completions never reach a freed object.
-        thread.execute { thread.beforeEachWait { [self] in flushList.flush() } }
+        thread.execute { [self] in flushHook = thread.beforeEachWait { [self] in flushList.flush() } }
     }
 
     /// A connection object ready to open: recycled when one is free, new otherwise.
@@ -97,6 +103,27 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     func connectionFinished(_ connection: HandledConnection<Handler>) {
         recycle(connection)
         finished()
+        if retiring && live.isEmpty { scheduleRetirement() }
+    }
+
+    /// The owner (a server that stopped) needs this registry no more: once its last connection has
+    /// finished, its hooks are removed, so the thread stops holding it, its connection objects and the
+    /// owner. On this registry's thread.
+    func retire() {
+        retiring = true
+        if live.isEmpty { scheduleRetirement() }
+    }
+
+    /// Removes the hooks on a later loop turn: never while a connection of this registry is inside a
+    /// callback (removing the last reference would free the object under it).
+    private func scheduleRetirement() {
+        thread.schedule { [self] in
+            guard retiring, live.isEmpty else { return }
+            if let flushHook { thread.removeHook(flushHook) }
+            if let ownerShutdownHook { thread.removeHook(ownerShutdownHook) }
+            flushHook = nil
+            ownerShutdownHook = nil
+        }
     }
 
     private func recycle(_ connection: HandledConnection<Handler>) {

@@ -12,13 +12,13 @@ import SystemPackage
 /// tried at once (the inline fast path) and only what did not go out is queued and sent with one
 /// vectored `sendmsg` per batch.
 ///
-/// **Threading:** use it on its ``thread`` (inside handler callbacks, or in ``IOThread/execute(_:)``).
-/// ``write(_:)-(SharedBuffer)``, ``write(_:)-(IOBuffer)`` and ``close(_:)`` may also be called from
-/// other threads: they are marshalled to the owning thread, and ignored if the connection has closed
-/// (or been recycled for another peer) by then.
+/// **Threading:** use it on its ``thread`` only (inside handler callbacks, or in ``IOThread/execute(_:)``);
+/// calls from other threads trap. To reach a connection from elsewhere (another thread, a task, a
+/// timer that may outlive it), keep its ``handle``: a handle names this connection *and this peer*,
+/// marshals writes and closes to the owning thread, and is ignored once that peer's connection closed.
 ///
 /// **Lifetime:** connection objects are recycled after ``TCPConnectionHandler/connectionClosed(_:reason:)``;
-/// do not keep using one after that callback.
+/// do not keep using one after that callback (a ``handle`` is safe to keep).
 public class TCPConnection: @unchecked Sendable {
     // @unchecked Sendable: every mutable property is touched only on `thread` (checked by
     // `thread.isCurrent` at the public entry points); cross-thread calls are marshalled with a
@@ -94,7 +94,7 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) private var flushScheduled = false
     /// False while the write queue is above the high watermark (until it drains to the low one).
     @exclusivity(unchecked) public private(set) var isWritable = true
-    /// Incremented each time the object is reused, so stale cross-thread calls are dropped.
+    /// Incremented each time the object is reused, so stale handles are ignored.
     @exclusivity(unchecked) private(set) var generation: UInt32 = 0
 
     @exclusivity(unchecked) private var idleTimer: TimerHandle?
@@ -517,15 +517,7 @@ public class TCPConnection: @unchecked Sendable {
     /// queued; queues only what did not go out. Ignored (the buffer released) once closing.
     /// With filters installed, the buffer goes down through them first.
     public func write(_ buffer: consuming IOBuffer) {
-        if !thread.isCurrent {
-            let detached = buffer.detach()
-            let expected = generation
-            thread.execute { [self] in
-                guard self.generation == expected else { return detached.release() }
-                self.write(detached.reattach())
-            }
-            return
-        }
+        precondition(thread.isCurrent, "TCPConnection.write called off its I/O thread: use connection.handle")
         if let stack = filterStack {
             guard !stack.handlerClosed else { return }
             if let top = stack.top { return top.filter.filterOutbound(buffer, context: top) }
@@ -648,14 +640,7 @@ public class TCPConnection: @unchecked Sendable {
     /// pool runs dry part-way, the connection closes with ``TCPCloseReason/Code/resourceExhausted``
     /// rather than send a stream with a gap.)
     public func write(_ buffer: SharedBuffer) {
-        if !thread.isCurrent {
-            let expected = generation
-            thread.execute { [self] in
-                guard self.generation == expected else { return }
-                self.write(buffer)
-            }
-            return
-        }
+        precondition(thread.isCurrent, "TCPConnection.write called off its I/O thread: use connection.handle")
         if let stack = filterStack, stack.top != nil {
             var remaining = buffer.unsafeReadableBytes
             while !remaining.isEmpty && state == .open {
@@ -922,14 +907,7 @@ public class TCPConnection: @unchecked Sendable {
     /// graceful or half close goes down through them first (each may finish its protocol: a TLS
     /// close_notify) and the handler's later writes are dropped; an abortive close is immediate.
     public func close(_ mode: TCPCloseMode = .graceful) {
-        if !thread.isCurrent {
-            let expected = generation
-            thread.execute { [self] in
-                guard self.generation == expected else { return }
-                self.close(mode)
-            }
-            return
-        }
+        precondition(thread.isCurrent, "TCPConnection.close called off its I/O thread: use connection.handle")
         if let stack = filterStack, mode != .abortive, state == .open {
             guard !stack.handlerClosed else { return }
             stack.handlerClosed = true

@@ -132,10 +132,11 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         for acceptor in acceptors {
             acceptor.thread.execute { [self] in self.startAccepting(acceptor) }
         }
-        // When the pool shuts down, close listeners and connections on each thread first.
+        // When the pool shuts down, close listeners and connections on each thread first. (Stopping the
+        // server removes these hooks, so a stopped server is not kept alive by its threads.)
         for thread in pool.threads {
             thread.execute { [self] in
-                thread.onShutdown { [self] in
+                self.registries[thread.index].ownerShutdownHook = thread.onShutdown { [self] in
                     self.stopped.store(true, ordering: .relaxed)
                     for acceptor in self.acceptors where acceptor.thread === thread && !acceptor.closed {
                         self.stopAccepting(acceptor, closing: .abortive)
@@ -154,11 +155,15 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     }
 
     /// Stops accepting and closes the listeners, then closes every open connection with `mode`.
-    /// Returns when the listeners are closed; connections finish closing on their threads.
+    /// Returns when the listeners are closed; connections finish closing on their threads. Once they
+    /// have, the threads let go of the server: dropping it then frees it while the pool runs on.
     public func stop(closing mode: TCPCloseMode = .graceful) async {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         for acceptor in acceptors {
-            _ = try? await acceptor.thread.submit { [self] in self.stopAccepting(acceptor, closing: mode) }
+            do {
+                try await acceptor.thread.submit { [self] in self.stopAccepting(acceptor, closing: mode) }
+                await acceptor.stopped.wait()
+            } catch {}  // the thread has stopped: the pool's shutdown closed the listener
         }
         for thread in pool.threads where !acceptors.contains(where: { $0.thread === thread }) {
             _ = try? await thread.submit { [self] in self.closeConnections(on: thread, mode: mode) }
@@ -184,6 +189,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         let waitingForRoom = Atomic<Bool>(false)
         /// Accepted while at the connection limit: admitted in order as room frees up.
         var parked: [Int32] = []
+        /// Opens once the listener is closed and its accept has finished: only then has the kernel let
+        /// go of the listening socket (io_uring holds it while the accept is in flight).
+        let stopped = AsyncLatch()
         static var maximumParked: Int { 64 }
 
         init(listener: Int32, thread: IOThread) {
@@ -200,7 +208,10 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     }
 
     private func acceptCompleted(_ completion: IOCompletion, _ acceptor: Acceptor) {
-        if !completion.hasMore { acceptor.acceptOperation = nil }
+        if !completion.hasMore {
+            acceptor.acceptOperation = nil
+            if acceptor.closed { acceptor.stopped.open() }
+        }
         if completion.result >= 0 {
             acceptor.backoff = .milliseconds(10)
             admit(descriptor: completion.result, acceptor)
@@ -331,8 +342,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         for fd in acceptor.parked { Descriptors.close(fd) }
         acceptor.parked = []
         // Closing the listener now is safe: the cancelled accept holds its own file reference (io_uring)
-        // or is no longer armed (epoll).
+        // or is no longer armed (epoll). The socket is gone once that accept has completed.
         Descriptors.close(acceptor.listener)
+        if acceptor.acceptOperation == nil { acceptor.stopped.open() }
         closeConnections(on: acceptor.thread, mode: mode)
     }
 
@@ -345,8 +357,10 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         connection.open(descriptor: fd, settings: settings, endpoint: .listener(localAddress))
     }
 
+    /// Closes this server's connections on `thread` and retires its registry there (the server has stopped).
     private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {
         registries[thread.index].closeAll(mode)
+        registries[thread.index].retire()
     }
 }
 
@@ -357,4 +371,32 @@ final class LateBoundAction: @unchecked Sendable {
     private var action: (@Sendable () -> Void)?
     func bind(_ action: @escaping @Sendable () -> Void) { self.action = action }
     func run() { action?() }
+}
+
+/// A one-way gate for async waiters: ``wait()`` returns once ``open()`` was called (before or after).
+final class AsyncLatch: Sendable {
+    private let state = Mutex<(isOpen: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    /// Opens the gate and resumes every waiter. Later calls do nothing.
+    func open() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            guard !state.isOpen else { return [] }
+            state.isOpen = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once the gate is open.
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = state.withLock { state -> Bool in
+                if state.isOpen { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
 }

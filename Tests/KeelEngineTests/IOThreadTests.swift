@@ -169,6 +169,42 @@ struct IOThreadTests {
         await #expect(throws: KeelError.self) { try await pool.workPool.run { 1 } }
     }
 
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func hooksCanBeRemovedEvenWhileTheyRun(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let thread = pool.threads[0]
+        let runs = Collector<String>()
+        let counts = try await thread.submit { () -> [Int] in
+            let baseline = thread.registeredHookCounts
+            // A hook that removes itself on its first run, and one that stays (registered second, so
+            // the removal shifts nothing it needs).
+            nonisolated(unsafe) var own: IOThreadHook?
+            own = thread.beforeEachWait {
+                runs.add("once")
+                thread.removeHook(own!)
+            }
+            thread.beforeEachWait { runs.add("stays") }
+            let shutdown = thread.onShutdown { runs.add("shutdown") }
+            let registered = thread.registeredHookCounts
+            thread.removeHook(shutdown)
+            thread.removeHook(shutdown)  // twice: nothing
+            return [baseline.beforeEachWait, baseline.shutdown, registered.beforeEachWait, registered.shutdown]
+        }
+        #expect(counts[2] == counts[0] + 2 && counts[3] == counts[1] + 1)
+        // Wake the loop until it has turned a few times (tasks given close together may share a
+        // turn): "once" ran once, "stays" every turn.
+        for _ in 0..<500 where runs.snapshot.filter({ $0 == "stays" }).count < 5 {
+            _ = try await thread.submit { 0 }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        #expect(runs.snapshot.filter { $0 == "once" }.count == 1)
+        #expect(runs.snapshot.filter { $0 == "stays" }.count >= 5)
+        let after = try await thread.submit { thread.registeredHookCounts }
+        #expect(after.beforeEachWait == counts[0] + 1 && after.shutdown == counts[1])
+        pool.shutdown()
+        #expect(!runs.snapshot.contains("shutdown"), "a removed shutdown hook does not run")
+    }
+
     @Test func backendNamesParse() {
         #expect(BackendKind(name: "io_uring") == .ioUring)
         #expect(BackendKind(name: "EPOLL") == .epoll)

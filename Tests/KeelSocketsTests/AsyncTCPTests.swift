@@ -55,7 +55,7 @@ struct AsyncTCPTests {
                 let bytes = (0..<chunk).map { patternByte(stream: 3, offset: offset + $0) }
                 try await connection.write(bytes)
                 offset += chunk
-                let queued = connection.queuedWriteBytes
+                let queued = await connection.queuedWriteBytes
                 if queued > maximumQueued.load(ordering: .relaxed) { maximumQueued.store(queued, ordering: .relaxed) }
             }
         }
@@ -85,6 +85,70 @@ struct AsyncTCPTests {
         let peak = maximumQueued.load(ordering: .relaxed)
         #expect(peak <= 256 * 1024 + chunk, "queued \(peak) bytes: writes did not wait for the reader")
         await server.stop()
+        #expect(await eventually { buffersInUse(pool) == 0 })
+        pool.shutdown()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aLaggingAsyncConsumerPausesReadingInsteadOfBufferingWithoutBound(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let limit = 64 * 1024
+        let total = 4 * 1024 * 1024
+        let buffered = Collector<Int>()
+        let counted = Collector<Int>()
+        let server = try AsyncTCPServer(pool: pool, configuration: .init(), inboundBufferLimit: limit) { connection in
+            try await Task.sleep(for: .milliseconds(300))  // the consumer lags while the peer sends
+            buffered.add(await connection.bufferedInboundBytes)
+            var count = 0
+            for try await payload in connection.inbound { count += payload.readableBytes }
+            counted.add(count)
+        }
+        let address = server.localAddress
+        let sent = await onPlainThread { () -> Int in
+            guard let client = try? RawClient(connectingTo: address) else { return -1 }
+            defer { client.close() }
+            let chunk = [UInt8](repeating: 1, count: 64 * 1024)
+            var sent = 0
+            while sent < total {
+                let n = client.send(chunk)
+                if n <= 0 { break }
+                sent += n
+            }
+            client.shutdownWrite()
+            return sent
+        }
+        #expect(sent == total)
+        let waiting = try #require(await buffered.wait(for: 1).first)
+        // Reading paused past the limit: at most one more pooled read arrived behind it.
+        #expect(waiting > 0 && waiting <= limit + 16 * 1024, "\(waiting) bytes waited for the consumer")
+        #expect(await counted.wait(for: 1) == [total], "every byte reached the consumer once it caught up")
+        await server.stop()
+        #expect(await eventually { buffersInUse(pool) == 0 })
+        pool.shutdown()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func theAsyncConnectorConnectsOrThrowsATypedError(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let server = try TCPServer(pool: pool, configuration: .init()) { EchoHandler() }
+        let connector = AsyncTCPConnector(pool: pool)
+        let connection = try await connector.connect(to: server.localAddress)
+        try await connection.write(Array("ping".utf8))
+        var reply: [UInt8] = []
+        for try await payload in connection.inbound {
+            reply += payload.readableByteArray
+            if reply.count >= 4 { break }
+        }
+        #expect(String(decoding: reply, as: UTF8.self) == "ping")
+        connection.close()
+        await server.stop()
+        // Nobody listens on a port just freed by a stopped server.
+        do {
+            _ = try await connector.connect(to: server.localAddress)
+            Issue.record("connected to a closed port")
+        } catch let error as TCPConnectError {
+            #expect(error.code == .refused)
+        }
         #expect(await eventually { buffersInUse(pool) == 0 })
         pool.shutdown()
     }

@@ -2,6 +2,7 @@ import KeelBuffers
 import KeelEngine
 import KeelSockets
 import KeelSystem
+import KeelTestSupport
 import Testing
 
 // The embedded harness on connections without filters: the socket-layer behaviour (timeouts, resets,

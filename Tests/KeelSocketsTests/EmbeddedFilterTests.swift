@@ -2,6 +2,7 @@ import KeelBuffers
 import KeelEngine
 import KeelSockets
 import KeelSystem
+import KeelTestSupport
 import Testing
 
 // In-memory tests of the filter model: a real TCPConnection with its filter stack and handler on an

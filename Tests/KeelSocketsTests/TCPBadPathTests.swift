@@ -43,8 +43,8 @@ struct RecordingHandler: TCPConnectionHandler {
             connection.write(chain)
             connection.write(Self.buffer(Array("d".utf8), connection).share())
             let shared = Self.buffer(Array("e".utf8), connection).share()
-            let target = connection
-            // Another thread writes and closes: both are marshalled to the connection's I/O thread.
+            let target = connection.handle
+            // Another thread writes and closes through a handle: both are marshalled to the connection's I/O thread.
             SystemThread.spawn(name: "foreign-writer") {
                 target.write(shared)
                 target.close()

@@ -12,35 +12,6 @@ func patternByte(stream: Int, offset: Int) -> UInt8 {
     UInt8(truncatingIfNeeded: (stream &* 31 &+ offset) % 251)
 }
 
-/// Collects results from I/O threads and lets a test wait for them with a deadline.
-final class Collector<Value: Sendable>: Sendable {
-    private let values = Locked<[Value]>([])
-
-    func add(_ value: Value) { values.withLock { $0.append(value) } }
-    var snapshot: [Value] { values.withLock { $0 } }
-
-    /// Waits until `count` values arrived or `timeout` passed. - Returns: the values so far.
-    func wait(for count: Int, timeout: Duration = .seconds(20)) async -> [Value] {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            let current = snapshot
-            if current.count >= count { return current }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return snapshot
-    }
-}
-
-/// Waits until `condition` holds or `timeout` passes. - Returns: whether it held.
-func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return condition()
-}
-
 /// Echoes every buffer back without copying.
 struct EchoHandler: TCPConnectionHandler {
     mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {

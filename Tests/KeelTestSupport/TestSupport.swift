@@ -88,3 +88,35 @@ public func openDescriptorsBaseline() async -> [Int32] {
     try? await Task.sleep(for: .milliseconds(1))
     return Descriptors.openDescriptors()
 }
+
+/// Collects results from I/O threads and lets a test wait for them with a deadline.
+public final class Collector<Value: Sendable>: Sendable {
+    private let values = Locked<[Value]>([])
+
+    public init() {}
+
+    public func add(_ value: Value) { values.withLock { $0.append(value) } }
+    public var snapshot: [Value] { values.withLock { $0 } }
+
+    /// Waits until `count` values arrived or `timeout` passed. - Returns: the values so far.
+    public func wait(for count: Int, timeout: Duration = .seconds(20)) async -> [Value] {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let current = snapshot
+            if current.count >= count { return current }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return snapshot
+    }
+}
+
+/// Waits until `condition` holds or `timeout` passes. - Returns: whether it held.
+public func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return condition()
+}
+
