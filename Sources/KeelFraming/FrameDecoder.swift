@@ -18,10 +18,17 @@ public protocol FrameDecoder {
 
     /// Forgets any scan state (called after each frame and when input is discarded).
     mutating func reset()
+
+    /// The total length (framing included) of the frame that starts at `bytes`, when its header says
+    /// so; nil when it cannot be known yet (too few bytes, or a delimited frame). Lets the accumulator
+    /// size the region for a frame longer than one buffer exactly. The default: nil.
+    /// - Throws: ``FramingError`` when the header announces a frame over ``maximumFrameBytes``.
+    mutating func frameLength(in bytes: UnsafeRawBufferPointer) throws(FramingError) -> Int?
 }
 
 extension FrameDecoder {
     public mutating func reset() {}
+    public mutating func frameLength(in bytes: UnsafeRawBufferPointer) throws(FramingError) -> Int? { nil }
 }
 
 /// Malformed or oversized input.
@@ -92,6 +99,8 @@ public struct LineDecoder: FrameDecoder {
 }
 
 /// Frames preceded by a big-endian length of 1, 2, 4 or 8 bytes (the length counts the payload only).
+/// Payloads may be longer than a pool buffer (set `maximumPayloadBytes`, e.g. 16 MiB): the accumulator
+/// gathers them in a region sized from the length field.
 public struct LengthPrefixedDecoder: FrameDecoder {
     public let maximumFrameBytes: Int
     /// Width of the length field in bytes.
@@ -105,15 +114,18 @@ public struct LengthPrefixedDecoder: FrameDecoder {
     }
 
     public mutating func nextFrame(in bytes: UnsafeRawBufferPointer) throws(FramingError) -> (payload: Range<Int>, length: Int)? {
+        guard let total = try frameLength(in: bytes), bytes.count >= total else { return nil }
+        return (prefixBytes..<total, total)
+    }
+
+    public mutating func frameLength(in bytes: UnsafeRawBufferPointer) throws(FramingError) -> Int? {
         guard bytes.count >= prefixBytes else { return nil }
         var length: UInt64 = 0
         for i in 0..<prefixBytes { length = length << 8 | UInt64(bytes[i]) }
         guard length <= UInt64(maximumFrameBytes - prefixBytes) else {
             throw FramingError(.frameTooLarge, "length \(length) exceeds \(maximumFrameBytes - prefixBytes)")
         }
-        let total = prefixBytes + Int(length)
-        guard bytes.count >= total else { return nil }
-        return (prefixBytes..<total, total)
+        return prefixBytes + Int(length)
     }
 }
 
@@ -132,4 +144,6 @@ public struct FixedSizeDecoder: FrameDecoder {
     public mutating func nextFrame(in bytes: UnsafeRawBufferPointer) throws(FramingError) -> (payload: Range<Int>, length: Int)? {
         bytes.count >= frameBytes ? (0..<frameBytes, frameBytes) : nil
     }
+
+    public mutating func frameLength(in bytes: UnsafeRawBufferPointer) throws(FramingError) -> Int? { frameBytes }
 }

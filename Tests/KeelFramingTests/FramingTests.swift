@@ -110,15 +110,100 @@ struct FramingTests {
             return
         }
         #expect(error.code == .frameTooLarge)
-        // A frame larger than one buffer, even if the decoder would allow it.
-        let big = [0, 0, 0, 100] + [UInt8](repeating: 1, count: 100)
+        // A length field over the maximum, announced in a frame that would span buffers.
+        let big = [0, 0, 0x07, 0xD0] + [UInt8](repeating: 1, count: 100)
         guard case .failure(let tooBig) = decode(LengthPrefixedDecoder(prefixBytes: 4, maximumPayloadBytes: 1000),
                                                  [Array(big[..<30]), Array(big[30...])], pool: pool)
         else {
-            Issue.record("a frame larger than a buffer was accumulated")
+            Issue.record("a frame over the maximum was accumulated")
             return
         }
         #expect(tooBig.code == .frameTooLarge)
+        // A line over the maximum that spans several buffers, in every split.
+        let longLine = [UInt8](repeating: UInt8(ascii: "y"), count: 300) + [UInt8(ascii: "\n")]
+        for (name, pieces) in splits(longLine) {
+            guard case .failure(let error) = decode(LineDecoder(maximumLineBytes: 200), pieces, pool: pool) else {
+                Issue.record("\(name): a line over the maximum was accepted")
+                continue
+            }
+            #expect(error.code == .frameTooLarge, "\(name)")
+        }
         #expect(pool.statistics.inUse == 0)
+    }
+
+    // Frames longer than one pool buffer (64 bytes here), gathered across reads, in every split.
+
+    @Test func lengthPrefixedFramesLongerThanOneBuffer() {
+        var input: [UInt8] = []
+        var expected: [[UInt8]] = []
+        for (index, size) in [3, 700, 0, 64, 65, 129, 5].enumerated() {
+            let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ index) }
+            input += [UInt8(size >> 8), UInt8(size & 0xFF)] + payload
+            expected.append(payload)
+        }
+        verify({ LengthPrefixedDecoder(prefixBytes: 2, maximumPayloadBytes: 1000) }, input: input, expected: expected)
+    }
+
+    @Test func linesLongerThanOneBuffer() {
+        let lines = ["short", String(repeating: "a", count: 300), "", String(repeating: "b", count: 64), "end"]
+        let input = Array(lines.map { $0 + "\n" }.joined().utf8)
+        verify({ LineDecoder(maximumLineBytes: 400) }, input: input, expected: lines.map { Array($0.utf8) })
+    }
+
+    @Test func fixedSizeFramesLongerThanOneBuffer() {
+        let input = (0..<600).map { UInt8(truncatingIfNeeded: $0) }
+        verify({ FixedSizeDecoder(frameBytes: 200) }, input: input,
+               expected: stride(from: 0, to: 600, by: 200).map { Array(input[$0..<$0 + 200]) })
+    }
+
+    @Test func aSixteenMebibyteFrameArrivesWhole() throws {
+        let pool = BufferPool()  // 16 KiB buffers
+        let size = 16 * 1024 * 1024
+        var accumulator = FrameAccumulator(decoder: LengthPrefixedDecoder(prefixBytes: 4, maximumPayloadBytes: size))
+        var received: [Int] = []
+        var checksum = 0
+        var stream: [UInt8] = [0x01, 0x00, 0x00, 0x00]  // 16 MiB, then a 1-byte frame
+        var produced = 0
+        while produced < size {
+            let count = min(size - produced, 16 * 1024 - stream.count)
+            stream += (produced..<(produced + count)).map { UInt8(truncatingIfNeeded: $0 / 4096) }
+            produced += count
+            if produced == size { stream += [0, 0, 0, 1, 42] }
+            var buffer = try pool.acquire()
+            buffer.append(contentsOf: stream)
+            stream = []
+            try accumulator.feed(buffer) { payload in
+                received.append(payload.count)
+                checksum = payload.reduce(0) { $0 &+ Int($1) }
+            }
+        }
+        #expect(received == [size, 1])
+        #expect(checksum == 42)
+        #expect(pool.statistics.inUse == 0)
+    }
+
+    @Test(.enabled(if: AllocationCounter.isActive, "malloc is not interposed (sanitizer build)"))
+    func framesWithinOneBufferAllocateNothing() throws {
+        let pool = BufferPool(configuration: .init(bufferSize: 256, buffersPerSlab: 8, maximumBytes: 256 * 8))
+        var accumulator = FrameAccumulator(decoder: LengthPrefixedDecoder(prefixBytes: 2, maximumPayloadBytes: 4096))
+        var frames = 0
+        // Frames of 40 bytes split across reads of 30: every other frame straddles two buffers.
+        let frame: [UInt8] = [0, 38] + [UInt8](repeating: 9, count: 38)
+        let stream = Array(repeatElement(frame, count: 200).joined())
+        func run(_ range: Range<Int>) throws {
+            for start in stride(from: range.lowerBound, to: range.upperBound, by: 30) {
+                var buffer = try pool.acquire()
+                buffer.append(contentsOf: stream[start..<min(start + 30, range.upperBound)])
+                try accumulator.feed(buffer) { _ in frames += 1 }
+            }
+        }
+        try run(0..<1200)  // warm-up
+        var failure: (any Error)?
+        let allocations = AllocationCounter.count {
+            do { try run(1200..<stream.count) } catch { failure = error }
+        }
+        #expect(failure == nil)
+        #expect(frames == 200)
+        #expect(allocations == 0, "\(allocations) allocations for 170 frames")
     }
 }
