@@ -69,7 +69,7 @@ public final class IOThread: @unchecked Sendable {
 
     /// Monotonic nanoseconds: the kernel's clock, or an embedded thread's manual one.
     @inline(__always)
-    var nowNanoseconds: UInt64 {
+    package var nowNanoseconds: UInt64 {
         if let embeddedBackend { return embeddedBackend.nowNanoseconds }
         return ckeel_monotonic_ns()
     }

@@ -210,19 +210,6 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
 public enum Resolver {
     /// The first address `host` resolves to (numeric hosts are parsed without a lookup).
     public static func resolve(host: String, port: UInt16) throws(SystemError) -> SocketAddress {
-        if let numeric = try? SocketAddress(host: host, port: port) { return numeric }
-        var hints = addrinfo()
-        hints.ai_socktype = CKEEL_SOCK_STREAM
-        var list: UnsafeMutablePointer<addrinfo>?
-        let rc = getaddrinfo(host, String(port), &hints, &list)
-        guard rc == 0, let first = list else {
-            throw SystemError(.noSuchAddressOrDevice, call: "getaddrinfo", context: "\(host): \(String(cString: gai_strerror(rc)))")
-        }
-        defer { freeaddrinfo(list) }
-        var storage = sockaddr_storage()
-        withUnsafeMutableBytes(of: &storage) { raw in
-            raw.baseAddress!.copyMemory(from: first.pointee.ai_addr, byteCount: Int(first.pointee.ai_addrlen))
-        }
-        return SocketAddress(storage: storage, length: first.pointee.ai_addrlen)
+        try Sockets.resolve(host: host, port: port)
     }
 }

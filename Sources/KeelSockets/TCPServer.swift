@@ -239,7 +239,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         }
         // Over the accept rate: hold it until the next one-second window.
         if let rate = configuration.maximumAcceptRate {
-            let now = ckeel_monotonic_ns()
+            let now = acceptor.thread.nowNanoseconds
             if now - acceptor.windowStart >= 1_000_000_000 {
                 acceptor.windowStart = now
                 acceptor.acceptedInWindow = 0
@@ -263,7 +263,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         if let rate = configuration.maximumAcceptRate {
             acceptor.acceptedInWindow += 1
             if acceptor.acceptedInWindow >= rate {
-                let elapsed = ckeel_monotonic_ns() - acceptor.windowStart
+                let elapsed = acceptor.thread.nowNanoseconds - acceptor.windowStart
                 pause(acceptor, for: .nanoseconds(Int64(1_000_000_000 - min(elapsed, 999_000_000))))
             }
         }

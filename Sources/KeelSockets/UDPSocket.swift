@@ -276,9 +276,7 @@ public class UDPSocket: @unchecked Sendable {
 
     /// Connects the socket to `peer`: only its datagrams are received, and ``send(_:)`` needs no address.
     public func connect(to peer: SocketAddress) throws(SystemError) {
-        _ = try peer.withSockAddr { (sa, length) throws(SystemError) -> Int32 in
-            try retryingSyscall("connect(udp)") { Glibc.connect(descriptor, sa, length) }
-        }
+        try Sockets.connectDatagram(descriptor, to: peer)
         connectedPeer = peer
     }
 
@@ -436,27 +434,7 @@ public class UDPSocket: @unchecked Sendable {
     }
 
     private func changeMembership(_ group: SocketAddress, interfaceIndex: Int32, join: Bool) throws(SystemError) {
-        if group.family == .ipv4 {
-            var request = ip_mreqn()
-            group.withSockAddr { sa, _ in
-                request.imr_multiaddr = UnsafeRawPointer(sa).assumingMemoryBound(to: sockaddr_in.self).pointee.sin_addr
-            }
-            request.imr_ifindex = interfaceIndex
-            _ = try retryingSyscall(join ? "setsockopt(IP_ADD_MEMBERSHIP)" : "setsockopt(IP_DROP_MEMBERSHIP)") {
-                setsockopt(descriptor, Int32(IPPROTO_IP), join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP,
-                           &request, socklen_t(MemoryLayout<ip_mreqn>.size))
-            }
-        } else {
-            var request = ipv6_mreq()
-            group.withSockAddr { sa, _ in
-                request.ipv6mr_multiaddr = UnsafeRawPointer(sa).assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_addr
-            }
-            request.ipv6mr_interface = UInt32(interfaceIndex)
-            _ = try retryingSyscall(join ? "setsockopt(IPV6_JOIN_GROUP)" : "setsockopt(IPV6_LEAVE_GROUP)") {
-                setsockopt(descriptor, Int32(IPPROTO_IPV6), join ? IPV6_ADD_MEMBERSHIP : IPV6_DROP_MEMBERSHIP,
-                           &request, socklen_t(MemoryLayout<ipv6_mreq>.size))
-            }
-        }
+        try Sockets.changeMulticastMembership(descriptor, group: group, interfaceIndex: interfaceIndex, join: join)
     }
 
     // MARK: Closing

@@ -149,4 +149,59 @@ public enum Sockets {
     public static func sendMessage(_ fd: Int32, _ message: UnsafePointer<msghdr>) throws(SystemError) -> IOOutcome<Int> {
         try nonBlockingSyscall("sendmsg", context: "fd \(fd)") { ckeel_sendmsg(fd, message, Int32(CKEEL_MSG_NOSIGNAL)) }
     }
+
+    /// Connects a datagram socket to `peer` (a datagram connect completes at once: it only sets the
+    /// default destination and filters what is received).
+    public static func connectDatagram(_ fd: Int32, to peer: SocketAddress) throws(SystemError) {
+        _ = try peer.withSockAddr { (sa, length) throws(SystemError) -> Int32 in
+            try retryingSyscall("connect(udp)", context: "\(peer)") { Glibc.connect(fd, sa, length) }
+        }
+    }
+
+    /// Joins (or leaves) multicast `group` on the interface with index `interfaceIndex` (0: the
+    /// kernel's choice): `IP_ADD_MEMBERSHIP`/`IP_DROP_MEMBERSHIP` or `IPV6_ADD_MEMBERSHIP`/`IPV6_DROP_MEMBERSHIP`.
+    public static func changeMulticastMembership(_ fd: Int32, group: SocketAddress, interfaceIndex: Int32, join: Bool)
+        throws(SystemError)
+    {
+        if group.family == .ipv4 {
+            var request = ip_mreqn()
+            group.withSockAddr { sa, _ in
+                request.imr_multiaddr = UnsafeRawPointer(sa).assumingMemoryBound(to: sockaddr_in.self).pointee.sin_addr
+            }
+            request.imr_ifindex = interfaceIndex
+            _ = try retryingSyscall(join ? "setsockopt(IP_ADD_MEMBERSHIP)" : "setsockopt(IP_DROP_MEMBERSHIP)") {
+                setsockopt(fd, Int32(IPPROTO_IP), join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP,
+                           &request, socklen_t(MemoryLayout<ip_mreqn>.size))
+            }
+        } else {
+            var request = ipv6_mreq()
+            group.withSockAddr { sa, _ in
+                request.ipv6mr_multiaddr = UnsafeRawPointer(sa).assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_addr
+            }
+            request.ipv6mr_interface = UInt32(interfaceIndex)
+            _ = try retryingSyscall(join ? "setsockopt(IPV6_JOIN_GROUP)" : "setsockopt(IPV6_LEAVE_GROUP)") {
+                setsockopt(fd, Int32(IPPROTO_IPV6), join ? IPV6_ADD_MEMBERSHIP : IPV6_DROP_MEMBERSHIP,
+                           &request, socklen_t(MemoryLayout<ipv6_mreq>.size))
+            }
+        }
+    }
+
+    /// The first stream-socket address `host` resolves to, with `getaddrinfo` (numeric hosts are
+    /// parsed without a lookup). Blocking: run it on a work pool, never on an I/O thread.
+    public static func resolve(host: String, port: UInt16) throws(SystemError) -> SocketAddress {
+        if let numeric = try? SocketAddress(host: host, port: port) { return numeric }
+        var hints = addrinfo()
+        hints.ai_socktype = CKEEL_SOCK_STREAM
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0, let first = list else {
+            throw SystemError(.noSuchAddressOrDevice, call: "getaddrinfo", context: "\(host): \(String(cString: gai_strerror(rc)))")
+        }
+        defer { freeaddrinfo(list) }
+        var storage = sockaddr_storage()
+        withUnsafeMutableBytes(of: &storage) { raw in
+            raw.baseAddress!.copyMemory(from: first.pointee.ai_addr, byteCount: Int(first.pointee.ai_addrlen))
+        }
+        return SocketAddress(storage: storage, length: first.pointee.ai_addrlen)
+    }
 }
