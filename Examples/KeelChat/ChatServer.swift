@@ -25,7 +25,7 @@ public final class ChatServer: Sendable {
         self.room = room
         var configuration = TCPServerConfiguration(host: host, port: port)
         configuration.connection.flowControl = TCPFlowControl(
-            highWatermark: perMemberLimit / 4, lowWatermark: perMemberLimit / 16, hardLimit: perMemberLimit, policy: .close)
+            highWatermark: perMemberLimit / 4, lowWatermark: perMemberLimit / 16, hardLimit: perMemberLimit, policy: .refuse)
         server = try TCPServer(pool: pool, configuration: configuration) { ChatMember(room: room) }
     }
 

@@ -35,7 +35,7 @@ public struct TCPCloseReason: Sendable, Hashable, CustomStringConvertible {
         public static let idleTimeout = Code("idleTimeout")
         /// Nothing received within the read timeout.
         public static let readTimeout = Code("readTimeout")
-        /// The peer read too slowly: the write queue hit its hard limit (``TCPFlowControl/Policy/close``).
+        /// The peer read too slowly: the write queue hit its hard limit (``SendQueuePolicy/refuse``).
         public static let slowConsumer = Code("slowConsumer")
         /// A system call failed (see ``TCPCloseReason/errno``).
         public static let error = Code("error")

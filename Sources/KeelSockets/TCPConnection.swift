@@ -64,7 +64,7 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) private var rareClosures: RareClosures?
 
     @exclusivity(unchecked) private var writeQueue = WriteQueue()
-    /// Writes dropped by the ``TCPFlowControl/Policy/dropNewest`` or ``TCPFlowControl/Policy/dropOldest`` policies.
+    /// Writes dropped by the ``SendQueuePolicy/dropNewest`` or ``SendQueuePolicy/dropOldest`` policies.
     @exclusivity(unchecked) public private(set) var droppedWrites = 0
     /// Bytes of those dropped writes.
     @exclusivity(unchecked) public private(set) var droppedWriteBytes = 0
@@ -675,30 +675,28 @@ public class TCPConnection: @unchecked Sendable {
     private func enqueue(_ item: WriteQueue.Item) {
         let size = item.readableRegion.count
         if let limit = flowControl.hardLimit, writeQueue.bytes + size > limit {
-            switch flowControl.policy {
-            case .close:
-                if case .owned(let buffer) = item { buffer.release() }
-                discardQueuedWrites()
-                thread.setAbortiveClose(descriptor)
-                return teardown(reason: .slowConsumer)
-            case .dropNewest:
+            let bound = SendQueueBound(maximumCount: .max, maximumBytes: limit, policy: flowControl.policy)
+            let (verdict, droppedItems, droppedBytes) = bound.admit(size: size, count: writeQueue.count, bytes: writeQueue.bytes) {
+                writeQueue.dropOldest(after: itemsInFlight)
+            }
+            droppedWrites += droppedItems
+            droppedWriteBytes += droppedBytes
+            switch verdict {
+            case .queue:
+                break
+            case .queueOverBound:
+                deferredLimitExceeded = true
+            case .drop:
                 if case .owned(let buffer) = item { buffer.release() }
                 droppedWrites += 1
                 droppedWriteBytes += size
                 return
-            case .dropOldest:
-                while writeQueue.bytes + size > limit, let dropped = writeQueue.dropOldest(after: itemsInFlight) {
-                    droppedWrites += 1
-                    droppedWriteBytes += dropped
-                }
-                if writeQueue.bytes + size > limit {
-                    if case .owned(let buffer) = item { buffer.release() }
-                    droppedWrites += 1
-                    droppedWriteBytes += size
-                    return
-                }
-            case .notify:
-                deferredLimitExceeded = true
+            case .refuse:
+                // A stream cannot skip a write: the slow consumer is closed.
+                if case .owned(let buffer) = item { buffer.release() }
+                discardQueuedWrites()
+                thread.setAbortiveClose(descriptor)
+                return teardown(reason: .slowConsumer)
             }
         }
         writeQueue.append(item)

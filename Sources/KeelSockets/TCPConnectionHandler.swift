@@ -32,7 +32,7 @@ public protocol TCPConnectionHandler: SendableMetatype {
     /// to the low watermark (`isWritable` true: go on). Optional. See ``TCPFlowControl``.
     mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool)
 
-    /// A write took the queue past the hard limit with the ``TCPFlowControl/Policy/notify`` policy
+    /// A write took the queue past the hard limit with the ``SendQueuePolicy/notify`` policy
     /// (the write was queued; decide what to do, e.g. close). Optional.
     mutating func connectionWriteLimitExceeded(_ connection: TCPConnection, queuedBytes: Int)
 
@@ -61,38 +61,26 @@ extension TCPConnectionHandler {
 /// Bounds on what a connection queues for a slow reader, so the server never hoards memory.
 ///
 /// ```
-///  queued bytes ─┬─ hardLimit      policy: close (slowConsumer) | dropNewest | dropOldest | notify
+///  queued bytes ─┬─ hardLimit      policy: refuse (closes: slowConsumer) | dropNewest | dropOldest | notify
 ///                ├─ highWatermark  → not writable: producers pause (and reading pauses, if asked)
 ///                └─ lowWatermark   → writable again
 /// ```
 public struct TCPFlowControl: Sendable, Hashable {
-    /// What happens to a write that would take the queue past ``hardLimit``.
-    public enum Policy: Sendable, Hashable {
-        /// Close the connection abortively with ``TCPCloseReason/slowConsumer``.
-        case close
-        /// Drop the new write (message-oriented protocols where the latest matters least).
-        case dropNewest
-        /// Drop the oldest queued writes not yet being sent, to make room for the new one.
-        case dropOldest
-        /// Queue it anyway and call ``TCPConnectionHandler/connectionWriteLimitExceeded(_:queuedBytes:)``.
-        case notify
-    }
-
     /// Queued bytes above which the connection reports itself not writable.
     public var highWatermark: Int
     /// Queued bytes at or below which it reports itself writable again.
     public var lowWatermark: Int
     /// Most bytes the queue may hold (nil: no limit).
     public var hardLimit: Int?
-    /// What to do at the hard limit.
-    public var policy: Policy
+    /// What to do with a write past the hard limit (``SendQueuePolicy/refuse``: close the slow consumer).
+    public var policy: SendQueuePolicy
     /// Stop reading this connection while its own queue is over the high watermark: a peer that sends
     /// without reading (an echo client) is pushed back by TCP instead of growing the server's queue.
     public var pausesReadingWhileNotWritable: Bool
 
     /// Creates a flow-control configuration.
     public init(highWatermark: Int = 256 * 1024, lowWatermark: Int = 64 * 1024, hardLimit: Int? = 16 * 1024 * 1024,
-                policy: Policy = .close, pausesReadingWhileNotWritable: Bool = false) {
+                policy: SendQueuePolicy = .refuse, pausesReadingWhileNotWritable: Bool = false) {
         precondition(lowWatermark <= highWatermark, "lowWatermark must not exceed highWatermark")
         self.highWatermark = highWatermark
         self.lowWatermark = lowWatermark

@@ -15,29 +15,18 @@ public protocol UDPHandler: SendableMetatype {
 /// Bounds on datagrams waiting to be sent. The kernel does not drop for a UDP sender: without a bound,
 /// pending sends would exhaust memory.
 public struct UDPSendLimits: Sendable, Hashable {
-    /// What to do with a send when the queue is full.
-    public enum Policy: Sendable, Hashable {
-        /// Drop the new datagram (counted in ``UDPSocketStatistics/dropped``).
-        case dropNewest
-        /// Drop the oldest queued datagram not yet being sent, and queue the new one.
-        case dropOldest
-        /// Refuse the send: ``UDPSocket/send(_:to:)`` returns ``UDPSendResult/refused`` (counted in
-        /// ``UDPSocketStatistics/failed``).
-        case fail
-    }
-
     /// Most datagrams queued.
     public var maximumDatagrams: Int
     /// Most bytes queued.
     public var maximumBytes: Int
-    /// The policy when full.
-    public var policy: Policy
+    /// What to do with a send when the queue is full (see ``SendQueuePolicy``).
+    public var policy: SendQueuePolicy
     /// Try each send at once when nothing is queued (the fast path). Turning it off sends every
     /// datagram through the queue (one operation per loop turn), e.g. to pace bursts.
     public var sendsInline: Bool
 
     /// Creates limits.
-    public init(maximumDatagrams: Int = 1024, maximumBytes: Int = 4 * 1024 * 1024, policy: Policy = .dropNewest,
+    public init(maximumDatagrams: Int = 1024, maximumBytes: Int = 4 * 1024 * 1024, policy: SendQueuePolicy = .dropNewest,
                 sendsInline: Bool = true) {
         self.maximumDatagrams = maximumDatagrams
         self.maximumBytes = maximumBytes
@@ -52,9 +41,9 @@ public enum UDPSendResult: Sendable, Hashable {
     case sent
     /// Queued; it will be sent in order.
     case queued
-    /// Dropped by the ``UDPSendLimits/Policy/dropNewest`` policy.
+    /// Dropped by the ``SendQueuePolicy/dropNewest`` (or ``SendQueuePolicy/dropOldest``) policy.
     case dropped
-    /// Refused by the ``UDPSendLimits/Policy/fail`` policy, or the socket is closed.
+    /// Refused by the ``SendQueuePolicy/refuse`` policy, or the socket is closed.
     case refused
 }
 
@@ -64,8 +53,10 @@ public struct UDPSocketStatistics: Sendable, Hashable {
     public var sent = 0
     /// Datagrams dropped by the send policy (newest or oldest).
     public var dropped = 0
-    /// Sends refused by the ``UDPSendLimits/Policy/fail`` policy or failed in the kernel.
+    /// Sends refused by the ``SendQueuePolicy/refuse`` policy or failed in the kernel.
     public var failed = 0
+    /// Sends queued past the limits by the ``SendQueuePolicy/notify`` policy.
+    public var overLimit = 0
     /// Datagrams received.
     public var received = 0
     /// Datagrams received truncated.
@@ -322,37 +313,37 @@ public class UDPSocket: @unchecked Sendable {
                 break  // would block: queue it
             }
         }
-        var result = UDPSendResult.queued
-        if queued >= sendLimits.maximumDatagrams || queuedBytes + size > sendLimits.maximumBytes {
-            switch sendLimits.policy {
-            case .dropNewest:
-                Self.release(payload)
-                counters.dropped += 1
-                return .dropped
-            case .fail:
-                Self.release(payload)
-                counters.failed += 1
-                return .refused
-            case .dropOldest:
-                // The head may be in flight; drop the oldest after it.
-                let oldest = queueHead + (sendInFlight ? 1 : 0)
-                if oldest < queue.count {
-                    queuedBytes -= queue[oldest].payload.readableRegion.count
-                    Self.release(queue[oldest].payload)
-                    queue.remove(at: oldest)
-                    counters.dropped += 1
-                } else {
-                    Self.release(payload)
-                    counters.dropped += 1
-                    return .dropped
-                }
-                result = .queued
-            }
+        let bound = SendQueueBound(maximumCount: sendLimits.maximumDatagrams, maximumBytes: sendLimits.maximumBytes,
+                                   policy: sendLimits.policy)
+        let (verdict, droppedItems, _) = bound.admit(size: size, count: queued, bytes: queuedBytes) {
+            // The head may be in flight; drop the oldest after it.
+            let oldest = queueHead + (sendInFlight ? 1 : 0)
+            guard oldest < queue.count else { return nil }
+            let dropped = queue[oldest].payload.readableRegion.count
+            queuedBytes -= dropped
+            Self.release(queue[oldest].payload)
+            queue.remove(at: oldest)
+            return dropped
+        }
+        counters.dropped += droppedItems
+        switch verdict {
+        case .queue:
+            break
+        case .queueOverBound:
+            counters.overLimit += 1
+        case .drop:
+            Self.release(payload)
+            counters.dropped += 1
+            return .dropped
+        case .refuse:
+            Self.release(payload)
+            counters.failed += 1
+            return .refused
         }
         queue.append(Pending(payload: payload, destination: destination))
         queuedBytes += size
         if !sendInFlight { submitNext() }
-        return result
+        return .queued
     }
 
     /// One non-blocking sendmsg. - Returns: true sent, false failed, nil would block.

@@ -1,6 +1,6 @@
 import KeelBuffers
 import KeelEngine
-import KeelSockets
+@testable import KeelSockets
 import KeelSystem
 import KeelTestSupport
 import Testing
@@ -70,7 +70,7 @@ struct EmbeddedConnectionTests {
     }
 
     @Test func aSlowConsumerIsClosedAtTheHardLimit() {
-        let flow = TCPFlowControl(highWatermark: 1000, lowWatermark: 100, hardLimit: 4000, policy: .close)
+        let flow = TCPFlowControl(highWatermark: 1000, lowWatermark: 100, hardLimit: 4000, policy: .refuse)
         let test = EmbeddedConnection(handler: EventRecorder(log: Collector()), options: .init(flowControl: flow))
         test.sendWindow = 0
         test.withConnection { connection in
@@ -140,5 +140,34 @@ struct EmbeddedConnectionTests {
         test.receive("ef")
         #expect(log.snapshot.filter { $0.hasPrefix("in ") } == ["in abcdef"])
         #expect(test.finish().isClean)
+    }
+}
+
+/// The one decision TCP and UDP send queues share, without I/O.
+@Suite("Send queue bound")
+struct SendQueueBoundTests {
+    @Test func underTheBoundEverythingQueues() {
+        for policy in [SendQueuePolicy.dropNewest, .dropOldest, .refuse, .notify] {
+            let bound = SendQueueBound(maximumCount: 3, maximumBytes: 100, policy: policy)
+            #expect(bound.admit(size: 10, count: 2, bytes: 90) { nil } == (.queue, 0, 0))
+        }
+    }
+
+    @Test func overTheBoundEachPolicyDecides() {
+        func admit(_ policy: SendQueuePolicy, droppable: [Int]) -> (SendQueueBound.Verdict, Int, Int, [Int]) {
+            var queue = droppable
+            let bound = SendQueueBound(maximumCount: 3, maximumBytes: 100, policy: policy)
+            let (verdict, items, bytes) = bound.admit(size: 30, count: 3, bytes: 90) {
+                queue.isEmpty ? nil : queue.removeFirst()
+            }
+            return (verdict, items, bytes, queue)
+        }
+        #expect(admit(.dropNewest, droppable: [40, 40]) == (.drop, 0, 0, [40, 40]))
+        #expect(admit(.refuse, droppable: [40, 40]) == (.refuse, 0, 0, [40, 40]))
+        #expect(admit(.notify, droppable: [40, 40]) == (.queueOverBound, 0, 0, [40, 40]))
+        // 3 items of 90 bytes: one dropped frees a slot, but 50 + 30 bytes fits only after it.
+        #expect(admit(.dropOldest, droppable: [40, 40]) == (.queue, 1, 40, [40]))
+        // Nothing droppable (all in flight): the new one goes.
+        #expect(admit(.dropOldest, droppable: []) == (.drop, 0, 0, []))
     }
 }

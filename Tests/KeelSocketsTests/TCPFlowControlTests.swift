@@ -141,7 +141,7 @@ struct TCPFlowControlTests {
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func hardLimitClosesASlowConsumer(backend: BackendKind) async throws {
-        let (report, received) = try await burst(backend, count: 512, .init(hardLimit: 1024 * 1024, policy: .close))
+        let (report, received) = try await burst(backend, count: 512, .init(hardLimit: 1024 * 1024, policy: .refuse))
         #expect(report?.reason == .slowConsumer)
         #expect(received.count < 512)
     }

@@ -133,7 +133,7 @@ struct UDPTests {
                                       handler: UDPRecorder(received: received))
         let total = 5_000
         let limit = 100
-        for policy in [UDPSendLimits.Policy.dropNewest, .dropOldest, .fail] {
+        for policy in [SendQueuePolicy.dropNewest, .dropOldest, .refuse, .notify] {
             // Every send goes through the queue, and the whole burst is issued before the loop can send.
             let limits = UDPSendLimits(maximumDatagrams: limit, maximumBytes: 1 << 20, policy: policy, sendsInline: false)
             let sender = try UDPSocket.bind(pool: pool, on: sink.thread,
@@ -152,11 +152,17 @@ struct UDPTests {
             case .dropOldest:
                 #expect(results[.queued] == total, "every send is accepted; older ones make room")
                 #expect(stats.sent == limit && stats.dropped == total - limit)
-            case .fail:
+            case .refuse:
                 #expect(results[.queued] == limit && results[.refused] == total - limit)
                 #expect(stats.sent == limit && stats.failed == total - limit && stats.dropped == 0)
+            case .notify:
+                #expect(results[.queued] == total, "every send is queued, past the limit too")
+                #expect(stats.overLimit == total - limit && stats.dropped == 0 && stats.failed == 0)
+                #expect(stats.sent + stats.failed == total)
             }
-            #expect(stats.sent + stats.dropped + stats.failed == total, "every datagram is accounted for")
+            if policy != .notify {
+                #expect(stats.sent + stats.dropped + stats.failed == total, "every datagram is accounted for")
+            }
             sender.close()
         }
         #expect(await eventually { buffersInUse(pool) == 0 })
