@@ -74,16 +74,13 @@ public class TCPConnection: @unchecked Sendable {
 
     /// A handler's buffer that the next read continues into (``continueReading(into:)``).
     @exclusivity(unchecked) private var accumulator: DetachedBuffer?
-    enum State: UInt8 { case idle, open, closing, closed }
-    @exclusivity(unchecked) private(set) var state: State = .idle
-    @exclusivity(unchecked) private var closeMode: TCPCloseMode?
+    /// Open, closing, closed; the close asked for; which sides have shut down (decided as a value).
+    @exclusivity(unchecked) private var lifecycle = TCPConnectionLifecycle()
     @exclusivity(unchecked) private var deferredWritability: Bool?
 
     @exclusivity(unchecked) private var receiveOperation: OperationID?
-    @exclusivity(unchecked) private var receiveActive = false
-    /// Set when this connection cancelled its own receive (to pause, or to read into a handler's
-    /// buffer), so the cancellation is not mistaken for the thread stopping.
-    @exclusivity(unchecked) private var receiveCancelRequested = false
+    /// Whether a receive is in flight, paused, or cancelled by this connection (decided as a value).
+    @exclusivity(unchecked) private var readState = TCPReadState()
     /// Read by readiness (poll, then recv) so urgent bytes are taken before the stream passes them.
     @exclusivity(unchecked) private var receivesUrgentData = false
     /// The socket descriptor (-1 once closed).
@@ -98,18 +95,15 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var generation: UInt32 = 0
 
     @exclusivity(unchecked) private var idleTimer: TimerHandle?
-    @exclusivity(unchecked) private var peerHalfClosed = false
-    @exclusivity(unchecked) private var writeShutdown = false
     @exclusivity(unchecked) private var finishDeferred = false
     @exclusivity(unchecked) private var pendingOperations: Int32 = 0
     @exclusivity(unchecked) private var readTimer: TimerHandle?
-    @exclusivity(unchecked) private var readingPausedByUser = false
-    @exclusivity(unchecked) private var readingPausedByFlowControl = false
     @exclusivity(unchecked) private var deferredLimitExceeded = false
     @exclusivity(unchecked) private var callbackDepth: Int32 = 0
     @exclusivity(unchecked) private var retryTimer: TimerHandle?
-    /// Why the connection closed, once it has.
-    @exclusivity(unchecked) public private(set) var closeReason: TCPCloseReason?
+    /// Why the connection closed, once it has (kept in the side object: a reason is ~40 bytes that an
+    /// open connection does not need).
+    public var closeReason: TCPCloseReason? { rareClosures?.closeReason }
 
     /// The peer's address: as a filter set it (``TCPFilterContext/setRemoteAddress(_:)``, e.g. from a
     /// PROXY header), else as the kernel reports it (asked on each use: not stored, so idle connections
@@ -123,6 +117,9 @@ public class TCPConnection: @unchecked Sendable {
         if let override = filterStack?.localAddressOverride { return override }
         return descriptor >= 0 ? thread.localAddress(descriptor) : nil
     }
+    /// Where the connection is in its life (open, closing, closed).
+    var state: TCPConnectionLifecycle.Phase { lifecycle.phase }
+    private var peerHalfClosed: Bool { lifecycle.peerHalfClosed }
     private var idleTimeout: Duration? { settings.options.idleTimeout }
     private var readTimeout: Duration? { settings.options.readTimeout }
     /// The connection's write bounds (set when it opens).
@@ -155,6 +152,8 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     private final class RareClosures {
+        /// Why the connection closed (see ``TCPConnection/closeReason``).
+        var closeReason: TCPCloseReason?
         let onReceiveInto: Completions
         let onReadable: Completions
         let onSend: Completions
@@ -232,21 +231,15 @@ public class TCPConnection: @unchecked Sendable {
         droppedWrites = 0
         droppedWriteBytes = 0
         itemsInFlight = 0
-        readingPausedByUser = false
-        readingPausedByFlowControl = false
+        readState.reset()
         deferredWritability = nil
         deferredLimitExceeded = false
-        precondition(state == .idle || state == .closed)
         generation &+= 1
         finishDeferred = false
         flushScheduled = false
-        receiveCancelRequested = false
         descriptor = fd
-        state = .open
-        closeReason = nil
-        closeMode = nil
-        peerHalfClosed = false
-        writeShutdown = false
+        lifecycle.opened()
+        rareClosures?.closeReason = nil
         deferredWriteCompleted = 0
         thread.configureStream(fd, noDelay: settings.options.noDelay,
                                keepAliveIdleSeconds: settings.options.keepAliveIdleSeconds)
@@ -315,9 +308,8 @@ public class TCPConnection: @unchecked Sendable {
     // MARK: Reading
 
     private func startReceiving() {
-        guard state == .open, !receiveActive, !peerHalfClosed, !readingPausedByUser, !readingPausedByFlowControl else { return }
-        receiveActive = true
-        receiveCancelRequested = false
+        guard readState.shouldReceive(isOpen: lifecycle.isOpen, peerHalfClosed: peerHalfClosed) else { return }
+        readState.receiveStarted()
         pendingOperations += 1
         if let accumulator {
             receiveOperation = thread.submit(.receive(descriptor, into: accumulator.writableRegion), handler: onReceiveInto)
@@ -352,8 +344,7 @@ public class TCPConnection: @unchecked Sendable {
             return deliverInbound(buffer)
         }
         accumulator = buffer.detach()
-        if let receiveOperation, receiveActive {
-            receiveCancelRequested = true
+        if let receiveOperation, readState.stopRequested() {
             thread.cancel(receiveOperation)  // the multishot receive ends; its completion starts the next read
         } else {
             startReceiving()
@@ -361,21 +352,21 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     /// True while reading is paused (by ``pauseReading()`` or by flow control).
-    public var isReadingPaused: Bool { readingPausedByUser || readingPausedByFlowControl }
+    public var isReadingPaused: Bool { readState.isPaused }
 
     /// Stops reading from this connection: no more ``TCPConnectionHandler/connectionReceived(_:on:)``
     /// until ``resumeReading()``, and TCP pushes back on the peer once its buffers fill. For proxies:
     /// pause the inbound side while the outbound side is not writable.
     public func pauseReading() {
         precondition(thread.isCurrent, "pauseReading() must be called on the connection's I/O thread")
-        readingPausedByUser = true
+        readState.pausedByUser = true
         stopReceiving()
     }
 
     /// Resumes reading after ``pauseReading()``.
     public func resumeReading() {
         precondition(thread.isCurrent, "resumeReading() must be called on the connection's I/O thread")
-        readingPausedByUser = false
+        readState.pausedByUser = false
         resumeDelivery()
     }
 
@@ -412,8 +403,7 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     private func stopReceiving() {
-        if receiveActive, let receiveOperation {
-            receiveCancelRequested = true
+        if let receiveOperation, readState.stopRequested() {
             thread.cancel(receiveOperation)
         }
     }
@@ -443,7 +433,7 @@ public class TCPConnection: @unchecked Sendable {
 
     private func receiveCompleted(_ completion: IOCompletion) {
         if !completion.hasMore {
-            receiveActive = false
+            readState.receiveEnded()
             receiveOperation = nil
             pendingOperations -= 1
         }
@@ -456,7 +446,7 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     private func receiveIntoCompleted(_ completion: IOCompletion) {
-        receiveActive = false
+        readState.receiveEnded()
         receiveOperation = nil
         pendingOperations -= 1
         guard var filled = accumulator.take() else { return finishIfQuiet() }
@@ -473,7 +463,7 @@ public class TCPConnection: @unchecked Sendable {
     /// A receive completed without data: end of stream, pool exhaustion, cancellation or an error.
     private func handleReceiveEnd(_ completion: IOCompletion) {
         if completion.result == 0 {
-            peerHalfClosed = true
+            lifecycle.peerShutDown()
             if state == .open {
                 withCallback {
                     if let bottom = filterStack?.bottom {
@@ -490,9 +480,7 @@ public class TCPConnection: @unchecked Sendable {
             }
         } else if completion.isCancelled {
             // Cancelled by this connection (pause, continueReading), or from outside: the thread stops.
-            if receiveCancelRequested {
-                receiveCancelRequested = false
-            } else if state == .open {
+            if !readState.cancellationArrived() && state == .open {
                 teardown(reason: .local)
             }
         } else if completion.result < 0 {
@@ -501,10 +489,10 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     private func afterReceive(_ completion: IOCompletion) {
-        if !receiveActive {
+        if !readState.receiving {
             if state == .open && !peerHalfClosed && completion.result != -ENOBUFS {
                 startReceiving()  // a multishot receive can end early (e.g. completion queue overflow)
-            } else if peerHalfClosed && writeShutdown && state == .open {
+            } else if lifecycle.bothSidesShutDown {
                 teardown(reason: .peerClosed)
             }
         }
@@ -532,84 +520,13 @@ public class TCPConnection: @unchecked Sendable {
 
     /// Records why the connection closes, unless a reason is already known.
     func noteCloseReason(_ reason: TCPCloseReason) {
-        if closeReason == nil { closeReason = reason }
-    }
-
-    func stackReachedHandlerEstablished() {
-        guard let stack = filterStack, !stack.handlerEstablished, state == .open else { return }
-        stack.handlerEstablished = true
-        deliverEstablished()
-    }
-
-    /// Bytes from the top filter: to the handler, unless reading is paused (stashed) or the handler's
-    /// own buffer is accumulating them (appended).
-    func stackReachedHandler(_ buffer: consuming IOBuffer) {
-        guard let stack = filterStack, state == .open else { return }
-        if !stack.handlerEstablished { stackReachedHandlerEstablished() }
-        if isReadingPaused || !stack.handlerStash.isEmpty {
-            stack.handlerStash.append(buffer.detach())
-            return
-        }
-        deliverToHandler(buffer, stack: stack)
-    }
-
-    private func deliverToHandler(_ buffer: consuming IOBuffer, stack: TCPFilterStack) {
-        guard let detached = stack.handlerAccumulator.take() else { return deliverReceived(buffer) }
-        var accumulated = detached.reattach()
-        let taken = buffer.withUnsafeReadableBytes { accumulated.append($0) }
-        buffer.consume(taken)
-        deliverReceived(accumulated)
-        if buffer.readableBytes > 0 { stackReachedHandler(buffer) }
-    }
-
-    func stackReachedHandlerPeerHalfClosed() {
-        guard let stack = filterStack, state == .open else { return }
-        if !stack.handlerEstablished { stackReachedHandlerEstablished() }
-        if let accumulated = stack.handlerAccumulator.take() {
-            deliverReceived(accumulated.reattach())  // what the handler gathered is its own: hand it back
-        }
-        if !stack.handlerStash.isEmpty {
-            stack.handlerHalfClosePending = true  // after the stashed bytes, on resume
-            return
-        }
-        deliverPeerHalfClosed()
-    }
-
-    func stackReachedHandlerWritability(_ isWritable: Bool) {
-        guard state == .open else { return }
-        deliverWritabilityChanged(isWritable)
-    }
-
-    func stackReachedHandlerWriteCompleted(_ bytes: Int) {
-        guard state == .open else { return }
-        deliverWriteCompleted(bytes)
-    }
-
-    func stackReachedHandlerError(_ error: any Error) {
-        guard state == .open else { return }
-        deliverErrorCaught(error)
-    }
-
-    private func emitWritabilityChanged(_ isWritable: Bool) {
-        if let bottom = filterStack?.bottom {
-            bottom.filter.writabilityChanged(isWritable, context: bottom)
-        } else {
-            deliverWritabilityChanged(isWritable)
-        }
-    }
-
-    private func emitWriteCompleted(_ bytes: Int) {
-        if let bottom = filterStack?.bottom {
-            bottom.filter.writeCompleted(bytes, context: bottom)
-        } else {
-            deliverWriteCompleted(bytes)
-        }
+        if closeReason == nil { closures.closeReason = reason }
     }
 
     /// Queues `buffer` for the socket (the bottom of the filter stack). Ignored once the close reached
     /// the socket.
     func writeToSocket(_ buffer: consuming IOBuffer) {
-        guard state == .open, !writeShutdown, closeMode == nil else { return }
+        guard lifecycle.acceptsWrites else { return }
         if buffer.readableBytes == 0 { return }
         if flushList == nil && writeQueue.isEmpty && !sendInFlight {
             let readable = buffer.readableBytes
@@ -654,7 +571,7 @@ public class TCPConnection: @unchecked Sendable {
             }
             return
         }
-        guard state == .open, !writeShutdown, closeMode == nil, buffer.readableBytes > 0 else { return }
+        guard lifecycle.acceptsWrites, buffer.readableBytes > 0 else { return }
         var offset = 0
         if flushList == nil && writeQueue.isEmpty && !sendInFlight {
             switch Result(catching: { () throws(SystemError) in try thread.send(descriptor, buffer.unsafeReadableBytes) }) {
@@ -704,7 +621,7 @@ public class TCPConnection: @unchecked Sendable {
             isWritable = false
             noteWritability(false)
             if flowControl.pausesReadingWhileNotWritable {
-                readingPausedByFlowControl = true
+                readState.pausedByFlowControl = true
                 stopReceiving()
             }
         }
@@ -741,7 +658,7 @@ public class TCPConnection: @unchecked Sendable {
     @discardableResult
     public func sendUrgent(_ byte: UInt8) -> Bool {
         precondition(thread.isCurrent, "sendUrgent must run on the connection's I/O thread")
-        guard state == .open, !writeShutdown else { return false }
+        guard state == .open, !lifecycle.writeShutdown else { return false }
         var value = byte
         let outcome = withUnsafeBytes(of: &value) { bytes in
             Result { () throws(SystemError) in try thread.send(descriptor, bytes, urgent: true) }
@@ -754,7 +671,7 @@ public class TCPConnection: @unchecked Sendable {
     /// passes the urgent mark discards the urgent byte, so each read first takes any urgent byte
     /// (`recv(MSG_OOB)`), then reads the stream into pooled buffers until it would block.
     private func readableSignalled(_ completion: IOCompletion) {
-        receiveActive = false
+        readState.receiveEnded()
         receiveOperation = nil
         pendingOperations -= 1
         var outcome = completion
@@ -884,14 +801,14 @@ public class TCPConnection: @unchecked Sendable {
         // already in flight (one send at a time keeps the bytes in order).
         if !writeQueue.isEmpty {
             submitSend()
-        } else if closeMode != nil {
-            flushedForClose()
+        } else {
+            perform(lifecycle.queueDrained())
         }
         if sent > 0 && state == .open { noteWriteCompleted(sent) }
         if !isWritable && writeQueue.bytes <= flowControl.lowWatermark && state == .open {
             isWritable = true
-            if readingPausedByFlowControl {
-                readingPausedByFlowControl = false
+            if readState.pausedByFlowControl {
+                readState.pausedByFlowControl = false
                 resumeDelivery()
             }
             noteWritability(true)
@@ -922,30 +839,26 @@ public class TCPConnection: @unchecked Sendable {
     /// Closes at the socket (the bottom of the filter stack, or the whole close without filters).
     func closeAtSocket(_ mode: TCPCloseMode, reason: TCPCloseReason?) {
         if let reason { noteCloseReason(reason) }
-        guard state == .open || (state == .closing && mode == .abortive && closeMode != .abortive) else { return }
-        if closeMode != nil && mode != .abortive { return }
-        closeMode = mode
-        switch mode {
-        case .abortive:
+        perform(lifecycle.closeRequested(mode, queueIsEmpty: writeQueue.isEmpty && !sendInFlight))
+    }
+
+    /// Carries out what the lifecycle decided.
+    private func perform(_ action: TCPConnectionLifecycle.Action) {
+        switch action {
+        case .none:
+            break
+        case .shutdownWrite:
+            thread.shutdownWrite(descriptor)
+        case .shutdownWriteThenTearDown(let reason):
+            thread.shutdownWrite(descriptor)
+            teardown(reason: reason)
+        case .tearDown(let reason):
+            teardown(reason: reason)
+        case .abort:
             thread.setAbortiveClose(descriptor)
             discardQueuedWrites()
             teardown(reason: closeReason ?? .local)
-        case .graceful, .halfClose:
-            if writeQueue.isEmpty && !sendInFlight { flushedForClose() }
         }
-    }
-
-    /// Everything queued has been sent: finish a graceful or half close.
-    private func flushedForClose() {
-        if !writeShutdown {
-            writeShutdown = true
-            thread.shutdownWrite(descriptor)
-        }
-        if closeMode == .halfClose && !peerHalfClosed {
-            closeMode = nil  // keep receiving until the peer closes its side
-            return
-        }
-        teardown(reason: peerHalfClosed ? .peerClosed : .local)
     }
 
     /// Drops queued writes on the way to closing. Buffers that a send in flight still reads are kept
@@ -971,9 +884,8 @@ public class TCPConnection: @unchecked Sendable {
 
     /// Stops all I/O: cancels the receive and (unless flushing) the send; finishes when they are done.
     private func teardown(reason: TCPCloseReason) {
-        if closeReason == nil { closeReason = reason }
-        guard state == .open || state == .closing else { return }
-        state = .closing
+        if closeReason == nil { closures.closeReason = reason }
+        guard lifecycle.beginTearDown() else { return }
         if let idleTimer {
             thread.cancelTimer(idleTimer)
             self.idleTimer = nil
@@ -999,7 +911,7 @@ public class TCPConnection: @unchecked Sendable {
             finishDeferred = true  // the closed callback must not run inside another callback
             return
         }
-        state = .closed
+        lifecycle.finished()
         writeQueue.removeAll()
         thread.closeDescriptor(descriptor)
         descriptor = -1

@@ -1,0 +1,76 @@
+import KeelBuffers
+
+/// The two ends of a connection's filter stack: above the top filter, events reach the handler (with
+/// pause, accumulation and the order of half-close kept right); below the bottom filter, the socket.
+extension TCPConnection {
+    func stackReachedHandlerEstablished() {
+        guard let stack = filterStack, !stack.handlerEstablished, state == .open else { return }
+        stack.handlerEstablished = true
+        deliverEstablished()
+    }
+
+    /// Bytes from the top filter: to the handler, unless reading is paused (stashed) or the handler's
+    /// own buffer is accumulating them (appended).
+    func stackReachedHandler(_ buffer: consuming IOBuffer) {
+        guard let stack = filterStack, state == .open else { return }
+        if !stack.handlerEstablished { stackReachedHandlerEstablished() }
+        if isReadingPaused || !stack.handlerStash.isEmpty {
+            stack.handlerStash.append(buffer.detach())
+            return
+        }
+        deliverToHandler(buffer, stack: stack)
+    }
+
+    func deliverToHandler(_ buffer: consuming IOBuffer, stack: TCPFilterStack) {
+        guard let detached = stack.handlerAccumulator.take() else { return deliverReceived(buffer) }
+        var accumulated = detached.reattach()
+        let taken = buffer.withUnsafeReadableBytes { accumulated.append($0) }
+        buffer.consume(taken)
+        deliverReceived(accumulated)
+        if buffer.readableBytes > 0 { stackReachedHandler(buffer) }
+    }
+
+    func stackReachedHandlerPeerHalfClosed() {
+        guard let stack = filterStack, state == .open else { return }
+        if !stack.handlerEstablished { stackReachedHandlerEstablished() }
+        if let accumulated = stack.handlerAccumulator.take() {
+            deliverReceived(accumulated.reattach())  // what the handler gathered is its own: hand it back
+        }
+        if !stack.handlerStash.isEmpty {
+            stack.handlerHalfClosePending = true  // after the stashed bytes, on resume
+            return
+        }
+        deliverPeerHalfClosed()
+    }
+
+    func stackReachedHandlerWritability(_ isWritable: Bool) {
+        guard state == .open else { return }
+        deliverWritabilityChanged(isWritable)
+    }
+
+    func stackReachedHandlerWriteCompleted(_ bytes: Int) {
+        guard state == .open else { return }
+        deliverWriteCompleted(bytes)
+    }
+
+    func stackReachedHandlerError(_ error: any Error) {
+        guard state == .open else { return }
+        deliverErrorCaught(error)
+    }
+
+    func emitWritabilityChanged(_ isWritable: Bool) {
+        if let bottom = filterStack?.bottom {
+            bottom.filter.writabilityChanged(isWritable, context: bottom)
+        } else {
+            deliverWritabilityChanged(isWritable)
+        }
+    }
+
+    func emitWriteCompleted(_ bytes: Int) {
+        if let bottom = filterStack?.bottom {
+            bottom.filter.writeCompleted(bytes, context: bottom)
+        } else {
+            deliverWriteCompleted(bytes)
+        }
+    }
+}
