@@ -24,6 +24,8 @@ public enum UDPSessionEndReason: Sendable, Hashable {
     case idleTimeout
     /// ``UDPSession/close()`` was called.
     case closed
+    /// The server stopped (``UDPSessionServer/stop()``).
+    case serverStopped
 }
 
 /// One remote peer of a ``UDPSessionServer``: a pseudo-connection over a shared UDP socket.
@@ -84,6 +86,17 @@ public final class UDPSessionServer<Handler: UDPSessionHandler>: Sendable {
     public var sessionCount: Int { table.count.load(ordering: .relaxed) }
     /// Datagrams dropped because the session limit was reached.
     public var refusedDatagrams: Int { table.refused.load(ordering: .relaxed) }
+
+    /// Ends every session (``UDPSessionEndReason/serverStopped``) and closes the socket. Once it has
+    /// closed, its thread lets go of it: dropping the server then frees it while the pool runs on.
+    public func stop() async {
+        let socket = self.socket
+        let table = self.table
+        _ = try? await socket.thread.submit {
+            for peer in Array(table.entries.keys) { table.end(peer, reason: .serverStopped) }
+            socket.close()
+        }
+    }
 }
 
 /// Peer → session, with each session's handler; confined to the socket's thread.

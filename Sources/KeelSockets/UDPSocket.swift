@@ -128,6 +128,9 @@ public class UDPSocket: @unchecked Sendable {
     /// Keeps the socket alive from close() until its cancelled operations have completed (their
     /// completion closures reference it unowned).
     private var lifeline: UDPSocket?
+    /// The thread's shutdown hook that closes this socket; removed once the socket has closed, so the
+    /// thread stops holding it.
+    fileprivate var shutdownHook: IOThreadHook?
     private var connectedPeer: SocketAddress?
     private let template: UnsafeMutablePointer<msghdr>
     private let sendMessage: UnsafeMutablePointer<msghdr>
@@ -207,7 +210,7 @@ public class UDPSocket: @unchecked Sendable {
         let socket = HandledUDPSocket<Handler>(thread: target, descriptor: fd, localAddress: bound, sendLimits: configuration.sendLimits)
         socket.handler = handler
         target.execute {
-            target.onShutdown { socket.close() }  // the pool's shutdown closes the socket cleanly
+            socket.shutdownHook = target.onShutdown { socket.close() }  // the pool's shutdown closes the socket cleanly
             socket.startReceiving()
         }
         return socket
@@ -455,6 +458,12 @@ public class UDPSocket: @unchecked Sendable {
         queuedBytes = 0
         Descriptors.close(descriptor)
         descriptor = -1
+        if let shutdownHook {
+            // On a later loop turn: the hook may hold the last reference to this socket.
+            let thread = self.thread
+            thread.schedule { thread.removeHook(shutdownHook) }
+            self.shutdownHook = nil
+        }
         lifeline = nil
     }
 }

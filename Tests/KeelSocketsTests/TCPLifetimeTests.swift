@@ -109,6 +109,50 @@ struct TCPLifetimeTests {
     }
 }
 
+extension TCPLifetimeTests {
+    @Test(.timeLimit(.minutes(2)), arguments: backendsUnderTest)
+    func stoppedUDPSessionServersAreReleasedByTheirThreads(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let thread = pool.threads[0]
+        let baseline = try await thread.submit { thread.registeredHookCounts.shutdown }
+        final class WeakSocket {
+            weak var socket: UDPSocket?
+            init(_ socket: UDPSocket) { self.socket = socket }
+        }
+        var stopped: [WeakSocket] = []
+        let events = Collector<String>()
+        for round in 0..<200 {
+            let server = try UDPSessionServer(pool: pool, configuration: .init(host: "127.0.0.1", port: 0),
+                                              idleTimeout: .seconds(30)) { _ in CountingSession(events: events) }
+            if round == 0 {
+                // One session, ended by the stop.
+                let client = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0),
+                                                handler: UDPRecorder(received: Collector()))
+                let address = server.localAddress
+                try await thread.submit {
+                    var datagram = try thread.bufferPool.acquire()
+                    datagram.append(contentsOf: Array("hi".utf8))
+                    _ = client.send(datagram, to: address)
+                }
+                #expect(await eventually { server.sessionCount == 1 })
+                client.close()
+            }
+            await server.stop()
+            stopped.append(WeakSocket(server.socket))
+        }
+        #expect(await events.wait(for: 2).last == "end 1 serverStopped")
+        #expect(await eventually { stopped.allSatisfy { $0.socket == nil } }, "every stopped socket is freed")
+        var hooks = try await thread.submit { thread.registeredHookCounts.shutdown }
+        for _ in 0..<200 where hooks != baseline {
+            try await Task.sleep(for: .milliseconds(10))
+            hooks = try await thread.submit { thread.registeredHookCounts.shutdown }
+        }
+        #expect(hooks == baseline, "every shutdown hook was removed")
+        #expect(await eventually { buffersInUse(pool) == 0 })
+        pool.shutdown()
+    }
+}
+
 /// Carries a pooled buffer out of an I/O thread's task (a test convenience).
 struct DetachedBufferBox: Sendable {
     private var detached: DetachedBuffer?
