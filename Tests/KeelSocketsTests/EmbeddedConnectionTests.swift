@@ -8,6 +8,15 @@ import Testing
 // The embedded harness on connections without filters: the socket-layer behaviour (timeouts, resets,
 // flow control, half-close, urgent data) driven deterministically, with no sockets and no sleeps.
 
+/// Writes `times` pooled buffers of `count` copies of `byte` (on the connection's thread).
+func write(repeating byte: UInt8, count: Int, times: Int, to connection: TCPConnection) {
+    for _ in 0..<times {
+        var buffer = try! connection.thread.bufferPool.acquire()
+        buffer.append(contentsOf: repeatElement(byte, count: count))
+        connection.write(buffer)
+    }
+}
+
 @Suite("Connections in memory")
 struct EmbeddedConnectionTests {
     @Test(arguments: [true, false])
@@ -39,11 +48,7 @@ struct EmbeddedConnectionTests {
     @Test func readTimeoutIgnoresSending() {
         let test = EmbeddedConnection(handler: EventRecorder(log: Collector()), options: .init(readTimeout: .seconds(5)))
         for _ in 0..<4 {
-            test.withConnection { connection in
-                var buffer = try! connection.thread.bufferPool.acquire()
-                buffer.append(contentsOf: [1, 2, 3])
-                connection.write(buffer)
-            }
+            test.withConnection { write(repeating: 1, count: 3, times: 1, to: $0) }
             test.advanceTime(by: .seconds(1))
         }
         #expect(!test.isClosed)
@@ -55,13 +60,7 @@ struct EmbeddedConnectionTests {
     @Test func aResetMidWriteClosesWithReasonResetAndReturnsEveryBuffer() {
         let test = EmbeddedConnection(handler: EventRecorder(log: Collector()))
         test.sendWindow = 10
-        test.withConnection { connection in
-            for _ in 0..<8 {
-                var buffer = try! connection.thread.bufferPool.acquire()
-                buffer.append(contentsOf: [UInt8](repeating: 7, count: 1000))
-                connection.write(buffer)
-            }
-        }
+        test.withConnection { write(repeating: 7, count: 1000, times: 8, to: $0) }
         #expect(test.takeWritten().count == 10)
         #expect(test.connection.queuedWriteBytes == 7990)
         test.peerResets()
@@ -73,13 +72,7 @@ struct EmbeddedConnectionTests {
         let flow = TCPFlowControl(highWatermark: 1000, lowWatermark: 100, hardLimit: 4000, policy: .refuse)
         let test = EmbeddedConnection(handler: EventRecorder(log: Collector()), options: .init(flowControl: flow))
         test.sendWindow = 0
-        test.withConnection { connection in
-            for _ in 0..<5 {
-                var buffer = try! connection.thread.bufferPool.acquire()
-                buffer.append(contentsOf: [UInt8](repeating: 1, count: 1000))
-                connection.write(buffer)
-            }
-        }
+        test.withConnection { write(repeating: 1, count: 1000, times: 5, to: $0) }
         #expect(test.closeReason == .slowConsumer)
         #expect(test.closedAbortively)
         #expect(test.finish().isClean)
