@@ -56,20 +56,18 @@ public struct BufferPoolStatistics: Sendable, Hashable, CustomStringConvertible 
 public struct BufferPoolError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What went wrong. New codes may be added without breaking callers.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable { case exhausted, outOfMemory }
-        private let base: Base
+        /// The code's name, stable across releases. Layers above may define codes of their own.
+        public let name: String
+
+        /// Creates a code (define each once, as a static constant).
+        public init(_ name: String) { self.name = name }
         /// The pool's memory cap is reached and every buffer is in use. Back off (pause reading) and
         /// retry once buffers come back.
-        public static let exhausted = Code(base: .exhausted)
+        public static let exhausted = Code("exhausted")
         /// The kernel refused to map another slab (mmap failed).
-        public static let outOfMemory = Code(base: .outOfMemory)
+        public static let outOfMemory = Code("outOfMemory")
 
-        public var description: String {
-            switch base {
-            case .exhausted: return "exhausted"
-            case .outOfMemory: return "outOfMemory"
-            }
-        }
+        public var description: String { name }
     }
 
     /// The kind of failure.

@@ -4,22 +4,19 @@ import KeelSystem
 public struct KeelError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What went wrong. New codes may be added without breaking callers.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable { case backendUnavailable, backendSetupFailed, shutDown }
-        private let base: Base
-        /// The requested backend cannot run on this host (e.g. io_uring disabled by seccomp).
-        public static let backendUnavailable = Code(base: .backendUnavailable)
-        /// Creating a backend (ring, epoll, eventfd) failed; see ``KeelError/underlying``.
-        public static let backendSetupFailed = Code(base: .backendSetupFailed)
-        /// The pool or thread has been shut down.
-        public static let shutDown = Code(base: .shutDown)
+        /// The code's name, stable across releases. Layers above may define codes of their own.
+        public let name: String
 
-        public var description: String {
-            switch base {
-            case .backendUnavailable: return "backendUnavailable"
-            case .backendSetupFailed: return "backendSetupFailed"
-            case .shutDown: return "shutDown"
-            }
-        }
+        /// Creates a code (define each once, as a static constant).
+        public init(_ name: String) { self.name = name }
+        /// The requested backend cannot run on this host (e.g. io_uring disabled by seccomp).
+        public static let backendUnavailable = Code("backendUnavailable")
+        /// Creating a backend (ring, epoll, eventfd) failed; see ``KeelError/underlying``.
+        public static let backendSetupFailed = Code("backendSetupFailed")
+        /// The pool or thread has been shut down.
+        public static let shutDown = Code("shutDown")
+
+        public var description: String { name }
     }
 
     /// The kind of failure.

@@ -35,14 +35,17 @@ extension FrameDecoder {
 public struct FramingError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What was wrong. New codes may be added without breaking callers.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable { case frameTooLarge, malformed }
-        private let base: Base
-        /// A frame is longer than the decoder's maximum.
-        public static let frameTooLarge = Code(base: .frameTooLarge)
-        /// The bytes do not follow the framing (e.g. a zero or negative length where that is invalid).
-        public static let malformed = Code(base: .malformed)
+        /// The code's name, stable across releases. Layers above may define codes of their own.
+        public let name: String
 
-        public var description: String { base == .frameTooLarge ? "frameTooLarge" : "malformed" }
+        /// Creates a code (define each once, as a static constant).
+        public init(_ name: String) { self.name = name }
+        /// A frame is longer than the decoder's maximum.
+        public static let frameTooLarge = Code("frameTooLarge")
+        /// The bytes do not follow the framing (e.g. a zero or negative length where that is invalid).
+        public static let malformed = Code("malformed")
+
+        public var description: String { name }
     }
 
     /// The kind of error.

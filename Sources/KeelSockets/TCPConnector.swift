@@ -9,28 +9,23 @@ import Synchronization
 public struct TCPConnectError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What failed. New codes may be added without breaking callers.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable { case timedOut, refused, unreachable, resolution, system }
-        private let base: Base
-        /// No answer within the connect timeout.
-        public static let timedOut = Code(base: .timedOut)
-        /// The peer answered with a reset: nobody listens on that port.
-        public static let refused = Code(base: .refused)
-        /// No route to the host or network.
-        public static let unreachable = Code(base: .unreachable)
-        /// The host name did not resolve.
-        public static let resolution = Code(base: .resolution)
-        /// Another system error (see ``TCPConnectError/errno``).
-        public static let system = Code(base: .system)
+        /// The code's name, stable across releases. Layers above may define codes of their own.
+        public let name: String
 
-        public var description: String {
-            switch base {
-            case .timedOut: return "timedOut"
-            case .refused: return "refused"
-            case .unreachable: return "unreachable"
-            case .resolution: return "resolution"
-            case .system: return "system"
-            }
-        }
+        /// Creates a code (define each once, as a static constant).
+        public init(_ name: String) { self.name = name }
+        /// No answer within the connect timeout.
+        public static let timedOut = Code("timedOut")
+        /// The peer answered with a reset: nobody listens on that port.
+        public static let refused = Code("refused")
+        /// No route to the host or network.
+        public static let unreachable = Code("unreachable")
+        /// The host name did not resolve.
+        public static let resolution = Code("resolution")
+        /// Another system error (see ``TCPConnectError/errno``).
+        public static let system = Code("system")
+
+        public var description: String { name }
     }
 
     /// The kind of failure.
