@@ -375,7 +375,8 @@ final class LateBoundAction: @unchecked Sendable {
 
 /// A one-way gate for async waiters: ``wait()`` returns once ``open()`` was called (before or after).
 final class AsyncLatch: Sendable {
-    private let state = Mutex<(isOpen: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    // A pthread lock (`Locked`), which ThreadSanitizer sees, rather than the standard library's Mutex.
+    private let state = Locked<(isOpen: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
     /// Opens the gate and resumes every waiter. Later calls do nothing.
     func open() {
