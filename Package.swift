@@ -11,6 +11,7 @@ let strict: [SwiftSetting] = [
 let package = Package(
     name: "Keel",
     products: [
+        .library(name: "KeelSystem", targets: ["KeelSystem"]),
         .library(name: "KeelBuffers", targets: ["KeelBuffers"]),
         .library(name: "KeelEngine", targets: ["KeelEngine"]),
         .library(name: "KeelSockets", targets: ["KeelSockets"]),
@@ -70,7 +71,7 @@ let package = Package(
         // Shared command-line options and signal handling of the example servers.
         .target(
             name: "KeelCommandLine",
-            dependencies: ["KeelEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KeelEngine", "KeelSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
         .executableTarget(

@@ -52,16 +52,20 @@ public struct BenchResult: Sendable {
     public var lost: Int = 0
     public var reordered: Int = 0
     public var extra: [(String, String)] = []
+    /// What ``messages`` counts: `messages` (echo), `connects` (storm, hold), `datagrams` (udp).
+    public var unit = "messages"
+    /// What the latency percentiles measure: a message's round trip, or a connect's duration.
+    public var latencyOf = "round trip"
 
-    /// Messages (or connections, datagrams) per second.
+    /// Messages (or connects, datagrams) per second.
     public var rate: Double { seconds > 0 ? Double(messages) / seconds : 0 }
 
     /// One human-readable summary line.
     public var summary: String {
-        var parts = ["\(mode): \(messages) in \(format(seconds)) s", "\(Int(rate))/s"]
+        var parts = ["\(mode): \(messages) \(unit) in \(format(seconds)) s", "\(Int(rate)) \(unit)/s"]
         if bytes > 0 { parts.append("\(format(Double(bytes) / seconds / 1e6)) MB/s") }
         if p50Microseconds > 0 {
-            parts.append("latency p50 \(format(p50Microseconds)) µs, p99 \(format(p99Microseconds)) µs, p99.9 \(format(p999Microseconds)) µs")
+            parts.append("\(latencyOf) p50 \(format(p50Microseconds)) µs, p99 \(format(p99Microseconds)) µs, p99.9 \(format(p999Microseconds)) µs")
         }
         if connections > 0 { parts.append("connections \(connections)") }
         if mode == "hold" { parts.append("held \(held)") }
@@ -80,7 +84,8 @@ public struct BenchResult: Sendable {
             ("validation_failures", "\(validationFailures)"), ("connections", "\(connections)"),
             ("held", "\(held)"), ("latency_p50_us", format(p50Microseconds, digits: 2)),
             ("latency_p99_us", format(p99Microseconds, digits: 2)), ("latency_p999_us", format(p999Microseconds, digits: 2)),
-            ("lost", "\(lost)"), ("reordered", "\(reordered)"),
+            ("lost", "\(lost)"), ("reordered", "\(reordered)"), ("unit", "\"\(unit)\""),
+            ("latency_of", "\"\(latencyOf)\""),
         ]
         fields += extra.map { ($0.0, "\"\($0.1)\"") }
         return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"

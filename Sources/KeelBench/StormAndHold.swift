@@ -128,7 +128,8 @@ public func runStormBenchmark(target: SocketAddress, concurrency: Int, messageSi
     result.p50Microseconds = Double(total.connectTimes.valueAtPercentile(50)) / 1000
     result.p99Microseconds = Double(total.connectTimes.valueAtPercentile(99)) / 1000
     result.p999Microseconds = Double(total.connectTimes.valueAtPercentile(99.9)) / 1000
-    result.extra = [("latency_is", "connect time")]
+    result.unit = "connects"
+    result.latencyOf = "connect time"
     return result
 }
 
@@ -214,6 +215,7 @@ public func runHoldBenchmark(target: SocketAddress, count: Int, trickle: Duratio
     result.p50Microseconds = Double(total.connectTimes.valueAtPercentile(50)) / 1000
     result.p99Microseconds = Double(total.connectTimes.valueAtPercentile(99)) / 1000
     result.p999Microseconds = Double(total.connectTimes.valueAtPercentile(99.9)) / 1000
-    result.extra = [("latency_is", "connect time")]
+    result.unit = "connects"
+    result.latencyOf = "connect time"
     return result
 }

@@ -109,6 +109,7 @@ public func runUDPBenchmark(target: SocketAddress, sockets: Int, size: Int, wind
     let after = await totals(loads)
     for load in loads { load.socket?.close() }
     var result = BenchResult(mode: "udp", seconds: seconds)
+    result.unit = "datagrams"
     result.messages = after.received - before.received
     result.bytes = result.messages * max(16, size)
     result.lost = max(0, (after.sent - before.sent) - (after.received - before.received))

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import KeelEngine
+import KeelSystem
 
 /// The command-line options every Keel example server shares: `--host`, `--port`, `--backend`,
 /// `--threads`.
@@ -22,6 +23,25 @@ public struct ServerOptions: ParsableArguments {
     /// The pool configuration these options ask for.
     public var poolConfiguration: IOPoolConfiguration {
         IOPoolConfiguration(threadCount: threads, backend: backend)
+    }
+
+    /// The life of an example server: blocks SIGINT and SIGTERM (before any thread starts, so every
+    /// thread inherits the mask), starts the pool, lets `start` bring the service up, prints
+    /// `listening on HOST:PORT`, waits for a signal, prints `NAME: signal N, shutting down (SUMMARY)`
+    /// and shuts the pool down.
+    /// - Parameter start: starts the service on the pool; returns the address it listens on and a
+    ///   closure that summarises what it did (read at shutdown; empty for none).
+    public func runUntilSignalled(
+        _ name: String, start: (IOPool) throws -> (address: SocketAddress, summary: () -> String)
+    ) throws {
+        let signals = ShutdownSignals()
+        let pool = try IOPool(configuration: poolConfiguration)
+        let service = try start(pool)
+        announce("listening on \(service.address)")
+        let signal = signals.wait()
+        let summary = service.summary()
+        announce("\(name): signal \(signal), shutting down" + (summary.isEmpty ? "" : " (\(summary))"))
+        pool.shutdown()
     }
 }
 

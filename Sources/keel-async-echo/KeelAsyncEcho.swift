@@ -16,18 +16,15 @@ struct KeelAsyncEcho: ParsableCommand {
     @OptionGroup var options: ServerOptions
 
     func run() throws {
-        let signals = ShutdownSignals()
-        let pool = try IOPool(configuration: options.poolConfiguration)
-        var configuration = TCPServerConfiguration(host: options.host, port: options.port)
-        configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
-        let server = try AsyncTCPServer(pool: pool, configuration: configuration) { connection in
-            for try await payload in connection.inbound {
-                try await connection.write(payload)  // zero-copy, suspends under backpressure
+        try options.runUntilSignalled("keel-async-echo") { pool in
+            var configuration = TCPServerConfiguration(host: options.host, port: options.port)
+            configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
+            let server = try AsyncTCPServer(pool: pool, configuration: configuration) { connection in
+                for try await payload in connection.inbound {
+                    try await connection.write(payload)  // zero-copy, suspends under backpressure
+                }
             }
+            return (server.localAddress, { "\(server.statistics.accepted) connections served" })
         }
-        announce("listening on \(server.localAddress)")
-        let signal = signals.wait()
-        announce("keel-async-echo: signal \(signal), shutting down (\(server.statistics.accepted) connections served)")
-        pool.shutdown()
     }
 }

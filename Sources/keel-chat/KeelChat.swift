@@ -16,12 +16,9 @@ struct KeelChatCommand: ParsableCommand {
     @OptionGroup var options: ServerOptions
 
     func run() throws {
-        let signals = ShutdownSignals()
-        let pool = try IOPool(configuration: options.poolConfiguration)
-        let server = try ChatServer(pool: pool, host: options.host, port: options.port)
-        announce("listening on \(server.localAddress)")
-        let signal = signals.wait()
-        announce("keel-chat: signal \(signal), shutting down (\(server.linesBroadcast) lines broadcast)")
-        pool.shutdown()
+        try options.runUntilSignalled("keel-chat") { pool in
+            let server = try ChatServer(pool: pool, host: options.host, port: options.port)
+            return (server.localAddress, { "\(server.linesBroadcast) lines broadcast" })
+        }
     }
 }

@@ -27,17 +27,14 @@ struct KeelEcho: ParsableCommand {
     var noCoalescing = false
 
     func run() throws {
-        let signals = ShutdownSignals()  // before any thread starts, so every thread inherits the mask
-        let pool = try IOPool(configuration: options.poolConfiguration)
-        var configuration = TCPServerConfiguration(host: options.host, port: options.port)
-        // A client that sends without reading is pushed back by TCP: the server stops reading from it
-        // while its echo queue is over the high watermark, instead of queuing without bound.
-        configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
-        configuration.connection.coalescesWrites = !noCoalescing
-        let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
-        announce("listening on \(server.localAddress)")
-        let signal = signals.wait()
-        announce("keel-echo: signal \(signal), shutting down (\(server.statistics.accepted) connections served)")
-        pool.shutdown()
+        try options.runUntilSignalled("keel-echo") { pool in
+            var configuration = TCPServerConfiguration(host: options.host, port: options.port)
+            // A client that sends without reading is pushed back by TCP: the server stops reading from it
+            // while its echo queue is over the high watermark, instead of queuing without bound.
+            configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
+            configuration.connection.coalescesWrites = !noCoalescing
+            let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
+            return (server.localAddress, { "\(server.statistics.accepted) connections served" })
+        }
     }
 }

@@ -27,19 +27,16 @@ struct KeelUDPEcho: ParsableCommand {
     @OptionGroup var options: ServerOptions
 
     func run() throws {
-        let signals = ShutdownSignals()
-        let pool = try IOPool(configuration: options.poolConfiguration)
-        let first = try UDPSocket.bind(pool: pool, on: pool.threads[0],
-                                       configuration: .init(host: options.host, port: options.port, reusePort: true),
+        try options.runUntilSignalled("keel-udp-echo") { pool in
+            let first = try UDPSocket.bind(pool: pool, on: pool.threads[0],
+                                           configuration: .init(host: options.host, port: options.port, reusePort: true),
+                                           handler: UDPEcho())
+            for thread in pool.threads.dropFirst() {
+                _ = try UDPSocket.bind(pool: pool, on: thread,
+                                       configuration: .init(host: options.host, port: first.localAddress.port, reusePort: true),
                                        handler: UDPEcho())
-        for thread in pool.threads.dropFirst() {
-            _ = try UDPSocket.bind(pool: pool, on: thread,
-                                   configuration: .init(host: options.host, port: first.localAddress.port, reusePort: true),
-                                   handler: UDPEcho())
+            }
+            return (first.localAddress, { "" })
         }
-        announce("listening on \(first.localAddress)")
-        let signal = signals.wait()
-        announce("keel-udp-echo: signal \(signal), shutting down")
-        pool.shutdown()
     }
 }

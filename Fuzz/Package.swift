@@ -1,0 +1,17 @@
+// swift-tools-version:6.2
+// libFuzzer targets, one per parser. Built apart from the main package because every target (and
+// Keel's own, which they import) is compiled with -sanitize=fuzzer,address: see run.sh.
+import PackageDescription
+
+let package = Package(
+    name: "KeelFuzz",
+    dependencies: [.package(name: "Keel", path: "..")],
+    targets: [
+        .target(name: "FuzzSupport", dependencies: [.product(name: "KeelFraming", package: "Keel"),
+                                                    .product(name: "KeelBuffers", package: "Keel")]),
+        .executableTarget(name: "FuzzLineDecoder", dependencies: ["FuzzSupport"]),
+        .executableTarget(name: "FuzzLengthPrefixedDecoder", dependencies: ["FuzzSupport"]),
+        .executableTarget(name: "FuzzFixedSizeDecoder", dependencies: ["FuzzSupport"]),
+        .executableTarget(name: "FuzzSocketAddress", dependencies: [.product(name: "KeelSystem", package: "Keel")]),
+    ]
+)
