@@ -1,6 +1,7 @@
 // swift-tools-version:6.2
 // libFuzzer targets, one per parser. Built apart from the main package because every target (and
-// Keel's own, which they import) is compiled with -sanitize=fuzzer,address: see run.sh.
+// Keel's own, which they import) is compiled with -sanitize=fuzzer,address: see run.sh. Each is an
+// executable compiled as a library (-parse-as-library) whose entry hands control to libFuzzer.
 import PackageDescription
 
 let package = Package(
@@ -12,6 +13,6 @@ let package = Package(
         .executableTarget(name: "FuzzLineDecoder", dependencies: ["FuzzSupport"]),
         .executableTarget(name: "FuzzLengthPrefixedDecoder", dependencies: ["FuzzSupport"]),
         .executableTarget(name: "FuzzFixedSizeDecoder", dependencies: ["FuzzSupport"]),
-        .executableTarget(name: "FuzzSocketAddress", dependencies: [.product(name: "KeelSystem", package: "Keel")]),
+        .executableTarget(name: "FuzzSocketAddress", dependencies: ["FuzzSupport", .product(name: "KeelSystem", package: "Keel")]),
     ]
 )

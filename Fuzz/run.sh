@@ -17,8 +17,13 @@ targets=(FuzzLineDecoder FuzzLengthPrefixedDecoder FuzzFixedSizeDecoder FuzzSock
 for name in "${selected[@]}"; do
     [ -d "Corpus/$name" ] || { echo "unknown target $name (one of: ${targets[*]})" >&2; exit 2; }
 done
-echo "== building fuzz targets (libFuzzer + AddressSanitizer)" >&2
-swift build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library >&2
+# lld, not gold: gold fails on libFuzzer's runtime here. -parse-as-library: each target's entry is an
+# @_cdecl function, not top-level code.
+flags=(-c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -use-ld=lld)
+for name in "${selected[@]}"; do
+    echo "== building $name (libFuzzer + AddressSanitizer)" >&2
+    swift build "${flags[@]}" --product "$name" >&2
+done
 mkdir -p artifacts
 for name in "${selected[@]}"; do
     echo "== fuzzing $name for ${seconds}s" >&2

@@ -1,9 +1,17 @@
 import FuzzSupport
 import KeelFraming
 
+/// The program's entry (SwiftPM names an executable's main `FuzzLengthPrefixedDecoder_main`; the target is compiled as a
+/// library, so this is it): hands control to libFuzzer.
+@_cdecl("FuzzLengthPrefixedDecoder_main")
+func entry(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runFuzzer(argc, argv, fuzzOne)
+}
+
+/// One input (also exported under libFuzzer's own name, which its runtime references).
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzLengthPrefixedDecoder(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
-    FrameFuzzing.check(UnsafeRawBufferPointer(start: start, count: count)) { settings in
+func fuzzOne(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
+    FrameFuzzing.check(fuzzInput(data, count)) { settings in
         LengthPrefixedDecoder(prefixBytes: [1, 2, 4, 8][Int(settings & 3)], maximumPayloadBytes: Int(settings >> 2) * 16)
     }
     return 0

@@ -1,10 +1,19 @@
+import FuzzSupport
 import KeelSystem
 
 /// Socket address parsing: any text as host and any port either parses to an address that prints
 /// back and parses again to the same address, or is a typed error; never a trap.
+/// The program's entry (SwiftPM names an executable's main `FuzzSocketAddress_main`; the target is compiled as a
+/// library, so this is it): hands control to libFuzzer.
+@_cdecl("FuzzSocketAddress_main")
+func entry(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runFuzzer(argc, argv, fuzzOne)
+}
+
+/// One input (also exported under libFuzzer's own name, which its runtime references).
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzSocketAddress(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
-    let bytes = UnsafeRawBufferPointer(start: start, count: count)
+func fuzzOne(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
+    let bytes = fuzzInput(data, count)
     guard bytes.count >= 2 else { return 0 }
     let port = UInt16(bytes[0]) << 8 | UInt16(bytes[1])
     let host = String(decoding: bytes[2...], as: UTF8.self)
