@@ -138,7 +138,6 @@ func onPlainThread<Value: Sendable>(_ body: @escaping @Sendable () -> Value) asy
 struct TCPBadPathTests {
     @Test(.timeLimit(.minutes(2)), arguments: backendsUnderTest)
     func sixtyFourMebibytesReachASlowReaderIntactAndInOrder(backend: BackendKind) async throws {
-        let before = await openDescriptorsBaseline()
         let total = 64 * 1024 * 1024
         let fixture = try ServerFixture(backend, .stream(bytes: total))
         let address = fixture.server.localAddress
@@ -171,12 +170,11 @@ struct TCPBadPathTests {
         #expect(end == 0, "the stream ends with an orderly close")
         #expect(await fixture.reasons.wait(for: 1) == [.local])
         await fixture.finish()
-        #expect(Descriptors.openDescriptors() == before)
+        #expect(openSockets(ports: [address.port]).isEmpty, "every socket of this test is closed")
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func peerResetMidWriteClosesWithResetAndReturnsEveryBuffer(backend: BackendKind) async throws {
-        let before = await openDescriptorsBaseline()
         let fixture = try ServerFixture(backend, .stream(bytes: 32 * 1024 * 1024))
         let address = fixture.server.localAddress
         let got = await onPlainThread { () -> Int in
@@ -189,7 +187,7 @@ struct TCPBadPathTests {
         let reasons = await fixture.reasons.wait(for: 1)
         #expect(reasons == [.reset])
         await fixture.finish()
-        #expect(Descriptors.openDescriptors() == before)
+        #expect(openSockets(ports: [address.port]).isEmpty, "every socket of this test is closed")
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
@@ -280,7 +278,6 @@ struct TCPBadPathTests {
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func connectionLimitPausesAcceptingAndResumesBelowIt(backend: BackendKind) async throws {
-        let before = await openDescriptorsBaseline()
         let fixture = try ServerFixture(backend, .hold) {
             $0.maximumConnections = 3
             $0.reusePort = false
@@ -297,7 +294,7 @@ struct TCPBadPathTests {
         for client in clients.dropFirst(2) { client.close() }
         #expect(await eventually { fixture.server.statistics.accepted == 6 && fixture.server.statistics.active == 0 })
         await fixture.finish()
-        #expect(Descriptors.openDescriptors() == before)
+        #expect(openSockets(ports: [address.port]).isEmpty, "every socket of this test is closed")
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
@@ -365,7 +362,6 @@ struct TCPBadPathTests {
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func connectFailuresAreTypedRefusedAndTimedOut(backend: BackendKind) async throws {
-        let before = await openDescriptorsBaseline()
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
         let connector = TCPConnector<EchoHandler>(pool: pool, configuration: .init(connectTimeout: .milliseconds(300)))
         let failures = Collector<TCPConnectError>()
@@ -399,7 +395,7 @@ struct TCPBadPathTests {
         for fd in fillers { close(fd) }
         close(silent)
         pool.shutdown()
-        #expect(Descriptors.openDescriptors() == before)
+        #expect(openSockets(ports: [closedPort.port, silentAddress.port]).isEmpty, "every socket of this test is closed")
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
@@ -407,7 +403,7 @@ struct TCPBadPathTests {
         // The application lets go of the server (no stop) while connections are open and echoing,
         // then shuts the pool down: the connections must still close, with every completion reaching
         // a live object, every buffer back and every descriptor closed. With and without coalescing.
-        let before = await openDescriptorsBaseline()
+        var ports: [UInt16] = []
         for coalesces in [true, false] {
             let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
             var clients: [RawClient] = []
@@ -415,6 +411,7 @@ struct TCPBadPathTests {
                 var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
                 configuration.connection.coalescesWrites = coalesces
                 let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
+                ports.append(server.localAddress.port)
                 for _ in 0..<5 { clients.append(try RawClient(connectingTo: server.localAddress)) }
                 for client in clients {
                     #expect(client.send(Array("ping".utf8)) == 4)
@@ -429,6 +426,6 @@ struct TCPBadPathTests {
                 client.close()
             }
         }
-        #expect(Descriptors.openDescriptors() == before)
+        #expect(openSockets(ports: ports).isEmpty, "every socket of this test is closed")
     }
 }

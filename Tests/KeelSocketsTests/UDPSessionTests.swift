@@ -33,8 +33,10 @@ struct UDPSessionTests {
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
         defer { pool.shutdown() }
         let events = Collector<String>()
+        // Long enough that a loaded machine (tests run in parallel) never idles a session out between
+        // its datagrams; the test waits for the expiry instead of racing it.
         let server = try UDPSessionServer(pool: pool, configuration: .init(host: "127.0.0.1", port: 0),
-                                          idleTimeout: .milliseconds(150)) { _ in CountingSession(events: events) }
+                                          idleTimeout: .seconds(5)) { _ in CountingSession(events: events) }
         let replies = Collector<UDPRecorder.Datagram>()
         let first = try UDPSocket.bind(pool: pool, configuration: .init(), handler: UDPRecorder(received: replies))
         let second = try UDPSocket.bind(pool: pool, configuration: .init(), handler: UDPRecorder(received: replies))

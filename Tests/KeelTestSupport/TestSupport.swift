@@ -1,3 +1,4 @@
+import Glibc
 import CKeelAllocationCounter
 import KeelEngine
 import KeelSystem
@@ -120,3 +121,44 @@ public func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool
     return condition()
 }
 
+
+/// This process's descriptors that are TCP or UDP sockets (IPv4 or IPv6) with one of `ports` as their
+/// local or remote port, from `/proc/net/{tcp,tcp6,udp,udp6}` and `/proc/self/fd`.
+///
+/// A leak check that counts every open descriptor is wrong while other tests run in parallel; one that
+/// looks only at the sockets of its own server's port sees exactly what that test opened (its
+/// listeners, the connections they accepted and the clients that connected to them).
+public func openSockets(ports: [UInt16]) -> [Int32] {
+    var inodes = Set<String>()
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        for line in readLines("/proc/net/\(table)").dropFirst() {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count > 9 else { continue }
+            let endpoints = [fields[1], fields[2]].compactMap { $0.split(separator: ":").last.flatMap { UInt16($0, radix: 16) } }
+            if endpoints.contains(where: ports.contains) && fields[9] != "0" { inodes.insert(String(fields[9])) }
+        }
+    }
+    guard !inodes.isEmpty else { return [] }
+    return Descriptors.openDescriptors().filter { fd in
+        var target = [CChar](repeating: 0, count: 64)
+        let length = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
+        guard length > 0 else { return false }
+        let text = String(decoding: target[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard text.hasPrefix("socket:["), text.hasSuffix("]") else { return false }
+        return inodes.contains(String(text.dropFirst(8).dropLast()))
+    }
+}
+
+/// The lines of a (small) text file, or none if it cannot be read.
+func readLines(_ path: String) -> [Substring] {
+    guard let file = fopen(path, "r") else { return [] }
+    defer { fclose(file) }
+    var text: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, file)
+        if n <= 0 { break }
+        text += chunk[..<n]
+    }
+    return String(decoding: text, as: UTF8.self).split(separator: "\n")
+}
