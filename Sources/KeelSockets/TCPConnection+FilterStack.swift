@@ -59,6 +59,7 @@ extension TCPConnection {
     }
 
     func emitWritabilityChanged(_ isWritable: Bool) {
+        if filterStack == nil { return deliverWritabilityChanged(isWritable) }  // no reference counting on the common path
         if let bottom = filterStack?.bottom {
             bottom.filter.writabilityChanged(isWritable, context: bottom)
         } else {
@@ -67,6 +68,7 @@ extension TCPConnection {
     }
 
     func emitWriteCompleted(_ bytes: Int) {
+        if filterStack == nil { return deliverWriteCompleted(bytes) }  // no reference counting on the common path
         if let bottom = filterStack?.bottom {
             bottom.filter.writeCompleted(bytes, context: bottom)
         } else {

@@ -801,7 +801,9 @@ public class TCPConnection: @unchecked Sendable {
         // already in flight (one send at a time keeps the bytes in order).
         if !writeQueue.isEmpty {
             submitSend()
-        } else {
+        } else if lifecycle.closeMode != nil {
+            // Only when a close waits: building and switching over an action per message cost ~35
+            // instructions on the echo path (callgrind).
             perform(lifecycle.queueDrained())
         }
         if sent > 0 && state == .open { noteWriteCompleted(sent) }
