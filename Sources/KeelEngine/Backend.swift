@@ -73,6 +73,15 @@ enum Backend {
         }
     }
 
+    /// The descriptors the backend itself holds (its ring or epoll instance and its wake-up eventfd).
+    var descriptors: [Int32] {
+        switch self {
+        case .ring(let ring): return [ring.ring.fd, ring.wakeupFD]
+        case .epoll(let epoll): return [epoll.epollFD, epoll.wakeupFD]
+        case .embedded: return []
+        }
+    }
+
     func close() {
         switch self {
         case .ring(let ring): ring.close()

@@ -67,6 +67,9 @@ public final class IOThread: @unchecked Sendable {
         loop.initialize(to: LoopState(timers: TimerWheel(nowNanoseconds: embeddedBackend?.nowNanoseconds ?? ckeel_monotonic_ns())))
     }
 
+    /// The descriptors this thread's backend holds (for leak checks: closed once the thread stopped).
+    package var backendDescriptors: [Int32] { backend.descriptors }
+
     /// Monotonic nanoseconds: the kernel's clock, or an embedded thread's manual one.
     @inline(__always)
     package var nowNanoseconds: UInt64 {

@@ -167,21 +167,22 @@ struct OperationTests {
         Descriptors.close(pipe.write)
     }
 
-    /// Checked in a child process (an exit test), where no other test opens or closes descriptors
-    /// meanwhile. Compared: the kinds of descriptor a pool opens (rings, eventfds, epoll instances,
-    /// sockets), not the testing library's own pipes to its parent.
+    /// Every descriptor the pool's threads opened (rings or epoll instances, eventfds) is closed by the
+    /// shutdown. Checked in a child process (an exit test), where no other test opens descriptors that
+    /// could take a closed one's number meanwhile.
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func shutdownClosesEveryDescriptorThePoolOpened(backend: BackendKind) async {
         await #expect(processExitsWith: .success) { [name = backend.rawValue as String] in
-            let before = kernelObjectDescriptors()
             let pool = try IOPool(configuration: .init(threadCount: 2, backend: BackendKind(rawValue: name)!, workPoolThreadCount: 2))
-            let opened = kernelObjectDescriptors().count - before.count
-            precondition(opened >= 4, "each thread opens its ring or epoll and eventfd descriptors (\(opened) opened)")
+            let owned = pool.threads.flatMap { $0.backendDescriptors }
+            precondition(owned.count == 4 && owned.allSatisfy { fcntl($0, F_GETFD) >= 0 }, "a ring or epoll and an eventfd per thread")
+            let kinds = Dictionary(uniqueKeysWithValues: owned.map { ($0, descriptorTarget($0)) })
             let thread = pool.threads[1]
             _ = try await thread.submit { thread.submit(.timeout(.seconds(60))) { _ in } }
             pool.shutdown()
-            let left = kernelObjectDescriptors().subtracting(before)
-            precondition(left.isEmpty, "descriptors left open after shutdown: \(left)")
+            // Closed, or (rarely) reused meanwhile for something of another kind.
+            let open = owned.filter { fcntl($0, F_GETFD) >= 0 && descriptorTarget($0) == kinds[$0] }
+            precondition(open.isEmpty, "descriptors left open after shutdown: \(open.map { "\($0) → \(kinds[$0]!)" })")
         }
     }
 
@@ -261,15 +262,9 @@ struct OperationTests {
     }
 }
 
-/// This process's descriptors of the kinds a pool opens (rings, eventfds, epoll instances, sockets), as
-/// "fd → target". A timerfd is libdispatch's (made lazily for the test's own timers): Keel opens none.
-func kernelObjectDescriptors() -> Set<String> {
-    Set(Descriptors.openDescriptors().compactMap { fd -> String? in
-        var target = [CChar](repeating: 0, count: 128)
-        let n = readlink("/proc/self/fd/\(fd)", &target, 127)
-        guard n > 0 else { return nil }
-        let text = String(decoding: target[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let kept = ["anon_inode:[io_uring]", "anon_inode:[eventfd]", "anon_inode:[eventpoll]", "socket:"]
-        return kept.contains(where: text.hasPrefix) ? "\(fd) → \(text)" : nil
-    })
+/// What `/proc/self/fd/FD` links to ("anon_inode:[eventfd]", "socket:[123]", ...).
+func descriptorTarget(_ fd: Int32) -> String {
+    var target = [CChar](repeating: 0, count: 128)
+    let n = readlink("/proc/self/fd/\(fd)", &target, 127)
+    return n > 0 ? String(decoding: target[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
 }

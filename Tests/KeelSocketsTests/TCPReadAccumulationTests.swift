@@ -35,9 +35,15 @@ struct TCPReadAccumulationTests {
         let echoed = await onPlainThread { () -> [UInt8] in
             guard let client = try? RawClient(connectingTo: address) else { return [] }
             defer { client.close() }
-            for piece in ["hel", "lo", " wor", "ld!"] {
+            for (index, piece) in ["hel", "lo", " wor", "ld!"].enumerated() {
                 _ = client.send(Array(piece.utf8))
-                usleep(30_000)  // separate reads on the server
+                // Separate reads on the server: the next piece goes only once this one was delivered
+                // (a deadline, not a sleep, so a loaded machine cannot merge two pieces).
+                var waited = 0
+                while deliveries.snapshot.count <= index && waited < 10_000 {
+                    usleep(1_000)
+                    waited += 1
+                }
             }
             return client.receive(count: 12)
         }
