@@ -61,7 +61,7 @@ extension TCPConnection {
     func emitWritabilityChanged(_ isWritable: Bool) {
         if filterStack == nil { return deliverWritabilityChanged(isWritable) }  // no reference counting on the common path
         if let bottom = filterStack?.bottom {
-            bottom.filter.writabilityChanged(isWritable, context: bottom)
+            bottom.filter?.writabilityChanged(isWritable, context: bottom)
         } else {
             deliverWritabilityChanged(isWritable)
         }
@@ -70,7 +70,7 @@ extension TCPConnection {
     func emitWriteCompleted(_ bytes: Int) {
         if filterStack == nil { return deliverWriteCompleted(bytes) }  // no reference counting on the common path
         if let bottom = filterStack?.bottom {
-            bottom.filter.writeCompleted(bytes, context: bottom)
+            bottom.filter?.writeCompleted(bytes, context: bottom)
         } else {
             deliverWriteCompleted(bytes)
         }

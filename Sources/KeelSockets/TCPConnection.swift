@@ -254,7 +254,7 @@ public class TCPConnection: @unchecked Sendable {
         }
         withCallback {
             if let bottom = filterStack?.bottom {
-                bottom.filter.connectionEstablished(context: bottom)
+                bottom.filter?.connectionEstablished(context: bottom)
             } else {
                 deliverEstablished()
             }
@@ -424,7 +424,7 @@ public class TCPConnection: @unchecked Sendable {
     private func deliverNow(_ buffer: consuming IOBuffer) {
         callbackDepth += 1
         if let bottom = filterStack?.bottom {
-            bottom.filter.filterInbound(buffer, context: bottom)
+            bottom.filter?.filterInbound(buffer, context: bottom)
         } else {
             deliverReceived(buffer)
         }
@@ -467,7 +467,7 @@ public class TCPConnection: @unchecked Sendable {
             if state == .open {
                 withCallback {
                     if let bottom = filterStack?.bottom {
-                        bottom.filter.peerHalfClosed(context: bottom)
+                        bottom.filter?.peerHalfClosed(context: bottom)
                     } else {
                         deliverPeerHalfClosed()
                     }
@@ -508,7 +508,7 @@ public class TCPConnection: @unchecked Sendable {
         precondition(thread.isCurrent, "TCPConnection.write called off its I/O thread: use connection.handle")
         if let stack = filterStack {
             guard !stack.handlerClosed else { return }
-            if let top = stack.top { return top.filter.filterOutbound(buffer, context: top) }
+            if let top = stack.top, let filter = top.filter { return filter.filterOutbound(buffer, context: top) }
         }
         writeToSocket(buffer)
     }
@@ -830,7 +830,7 @@ public class TCPConnection: @unchecked Sendable {
             stack.handlerClosed = true
             if let top = stack.top {
                 callbackDepth += 1
-                top.filter.closeRequested(mode, context: top)
+                top.filter?.closeRequested(mode, context: top)
                 endCallback()
                 return
             }

@@ -90,8 +90,9 @@ extension TCPConnectionFilter {
 public final class TCPFilterContext {
     /// The connection the filter belongs to.
     public let connection: TCPConnection
-    /// The filter this context belongs to.
-    public let filter: any TCPConnectionFilter
+    /// The filter this context belongs to; dropped when the connection closes, so a filter that keeps
+    /// its context makes no reference cycle.
+    private(set) var filter: (any TCPConnectionFilter)?
     /// The next layer up (nil: the handler) and down (nil: the socket).
     var above: TCPFilterContext?
     var below: TCPFilterContext?
@@ -105,6 +106,15 @@ public final class TCPFilterContext {
         self.filter = filter
     }
 
+    /// The connection closed: every later call is ignored, and the references to the filter and the
+    /// neighbours go.
+    func detach() {
+        isDetached = true
+        filter = nil
+        above = nil
+        below = nil
+    }
+
     /// The connection's thread's buffer pool, for filters that make bytes of their own.
     public var bufferPool: BufferPool { connection.thread.bufferPool }
 
@@ -114,26 +124,26 @@ public final class TCPFilterContext {
     /// runs once the top filter passes it).
     public func passEstablished() {
         guard !isDetached else { return }
-        if let above { above.filter.connectionEstablished(context: above) } else { connection.stackReachedHandlerEstablished() }
+        if let above { above.filter?.connectionEstablished(context: above) } else { connection.stackReachedHandlerEstablished() }
     }
 
     /// Hands `buffer` to the layer above (the next filter, or the handler).
     public func passInbound(_ buffer: consuming IOBuffer) {
         guard !isDetached, connection.isOpenForEvents else { return }
-        if let above { above.filter.filterInbound(buffer, context: above) } else { connection.stackReachedHandler(buffer) }
+        if let above { above.filter?.filterInbound(buffer, context: above) } else { connection.stackReachedHandler(buffer) }
     }
 
     /// Passes the peer's half-close up.
     public func passPeerHalfClosed() {
         guard !isDetached, connection.isOpenForEvents else { return }
-        if let above { above.filter.peerHalfClosed(context: above) } else { connection.stackReachedHandlerPeerHalfClosed() }
+        if let above { above.filter?.peerHalfClosed(context: above) } else { connection.stackReachedHandlerPeerHalfClosed() }
     }
 
     /// Passes a writability change up.
     public func passWritabilityChanged(_ isWritable: Bool) {
         guard !isDetached, connection.isOpenForEvents else { return }
         if let above {
-            above.filter.writabilityChanged(isWritable, context: above)
+            above.filter?.writabilityChanged(isWritable, context: above)
         } else {
             connection.stackReachedHandlerWritability(isWritable)
         }
@@ -142,14 +152,14 @@ public final class TCPFilterContext {
     /// Passes write-completion accounting up: `bytes` of what the layer above wrote have been sent.
     public func passWriteCompleted(_ bytes: Int) {
         guard !isDetached, connection.isOpenForEvents, bytes > 0 else { return }
-        if let above { above.filter.writeCompleted(bytes, context: above) } else { connection.stackReachedHandlerWriteCompleted(bytes) }
+        if let above { above.filter?.writeCompleted(bytes, context: above) } else { connection.stackReachedHandlerWriteCompleted(bytes) }
     }
 
     /// Reports `error` to the layers above; the handler's ``TCPConnectionHandler/connectionErrorCaught(_:on:)``
     /// decides (by default it closes the connection with ``TCPCloseReason/Code/protocolError``).
     public func passError(_ error: any Error) {
         guard !isDetached, connection.isOpenForEvents else { return }
-        if let above { above.filter.errorCaught(error, context: above) } else { connection.stackReachedHandlerError(error) }
+        if let above { above.filter?.errorCaught(error, context: above) } else { connection.stackReachedHandlerError(error) }
     }
 
     // MARK: Down (toward the socket)
@@ -158,14 +168,14 @@ public final class TCPFilterContext {
     /// released) once the connection is closing at the socket.
     public func passOutbound(_ buffer: consuming IOBuffer) {
         guard !isDetached else { return }
-        if let below { below.filter.filterOutbound(buffer, context: below) } else { connection.writeToSocket(buffer) }
+        if let below { below.filter?.filterOutbound(buffer, context: below) } else { connection.writeToSocket(buffer) }
     }
 
     /// Continues a close toward the socket: the layer below sees ``TCPConnectionFilter/closeRequested(_:context:)``,
     /// or, at the bottom, the connection closes with `mode`.
     public func passClose(_ mode: TCPCloseMode) {
         guard !isDetached else { return }
-        if let below { below.filter.closeRequested(mode, context: below) } else { connection.closeAtSocket(mode, reason: nil) }
+        if let below { below.filter?.closeRequested(mode, context: below) } else { connection.closeAtSocket(mode, reason: nil) }
     }
 
     /// Closes the connection for this filter's own reason (a failed handshake, a protocol error): the
@@ -177,7 +187,7 @@ public final class TCPFilterContext {
         if mode == .abortive || below == nil {
             connection.closeAtSocket(mode, reason: reason)
         } else if let below {
-            below.filter.closeRequested(mode, context: below)
+            below.filter?.closeRequested(mode, context: below)
         }
     }
 
@@ -203,7 +213,7 @@ public final class TCPFilterContext {
     public func removeFilter() {
         guard !isDetached, !isRemoved, let stack = connection.filterStack else { return }
         stack.unlink(self)
-        filter.filterRemoved(context: self)
+        filter?.filterRemoved(context: self)
     }
 
     /// Puts `newFilter` directly above this filter; it gets ``TCPConnectionFilter/filterAdded(context:)``
@@ -272,7 +282,7 @@ final class TCPFilterStack {
         var result: [any TCPConnectionFilter] = []
         var context = bottom
         while let current = context {
-            result.append(current.filter)
+            if let filter = current.filter { result.append(filter) }
             context = current.above
         }
         return result
@@ -300,7 +310,7 @@ final class TCPFilterStack {
         var context = bottom
         while let current = context {
             context = current.above
-            current.filter.connectionClosed(reason, context: current)
+            current.filter?.connectionClosed(reason, context: current)
         }
         detachAll()
     }
@@ -310,14 +320,10 @@ final class TCPFilterStack {
         var context = bottom
         while let current = context {
             context = current.above
-            current.isDetached = true
-            current.above = nil
-            current.below = nil
+            current.detach()
         }
         for current in removed {
-            current.isDetached = true
-            current.above = nil
-            current.below = nil
+            current.detach()
         }
         removed = []
         bottom = nil

@@ -187,6 +187,9 @@ public class UDPSocket: @unchecked Sendable {
 
     /// Overridden by the handler-storing subclass.
     func deliver(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool) {}
+    /// The socket has closed: the subclass drops its handler (which may refer back to the socket, as a
+    /// session server's sessions do).
+    func didClose() {}
 
     /// Binds a socket on `thread` (the next thread of `pool` when nil) and starts receiving into `handler`.
     public static func bind<Handler: UDPHandler>(
@@ -458,6 +461,7 @@ public class UDPSocket: @unchecked Sendable {
         queuedBytes = 0
         Descriptors.close(descriptor)
         descriptor = -1
+        didClose()
         if let shutdownHook {
             // On a later loop turn: the hook may hold the last reference to this socket.
             let thread = self.thread
@@ -475,5 +479,9 @@ final class HandledUDPSocket<Handler: UDPHandler>: UDPSocket, @unchecked Sendabl
 
     override func deliver(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool) {
         handler!.datagramReceived(datagram, from: sender, truncated: truncated, on: self)
+    }
+
+    override func didClose() {
+        handler = nil
     }
 }

@@ -389,5 +389,6 @@ struct EmbeddedFilterTests {
         #expect(test.takeWritten().isEmpty)
         #expect(test.closeReason == .local)
         #expect(test.finish().isClean)
+        kept.context = nil  // the factory holds `kept`, the connection holds the factory: break that cycle
     }
 }
