@@ -19,6 +19,9 @@ final class ProvidedBufferRing {
     /// Chunks currently lent to the kernel through this ring, by chunk id.
     private let lent: UnsafeMutablePointer<Bool>
     private let chunkLimit: Int
+    /// Ring slots left empty because the pool had no chunk when one was taken (its cap was reached):
+    /// ``refill()`` stocks them once chunks are back, or the ring would shrink for good.
+    private(set) var emptySlots = 0
 
     /// Registers a ring of `entries` (a power of two, at most 32768) under `group` and stocks it with
     /// as many pool chunks as it takes (fewer if the pool is capped lower).
@@ -62,12 +65,30 @@ final class ProvidedBufferRing {
         return buffer
     }
 
-    /// Lends one more chunk to the kernel, if the pool has one.
+    /// Lends one more chunk to the kernel, if the pool has one; otherwise the slot stays empty until
+    /// ``refill()``.
     func replenish() {
-        guard let chunk = pool.lendToKernel() else { return }
+        guard let chunk = pool.lendToKernel() else {
+            emptySlots += 1
+            return
+        }
         ckeel_buf_ring_add(bufferRing, entries - 1, 0, chunk.address, UInt32(pool.bufferSize), UInt16(chunk.chunk))
         lent[Int(chunk.chunk)] = true
         ckeel_buf_ring_advance(bufferRing, 1)
+    }
+
+    /// Stocks the slots left empty while the pool was at its cap, as far as the pool now allows.
+    /// Called before each pooled receive is submitted (a receive that failed with -ENOBUFS is retried
+    /// that way), so the ring recovers once buffers come back.
+    func refill() {
+        var added: UInt16 = 0
+        while emptySlots > 0, let chunk = pool.lendToKernel() {
+            ckeel_buf_ring_add(bufferRing, entries - 1, added, chunk.address, UInt32(pool.bufferSize), UInt16(chunk.chunk))
+            lent[Int(chunk.chunk)] = true
+            emptySlots -= 1
+            added += 1
+        }
+        if added > 0 { ckeel_buf_ring_advance(bufferRing, added) }
     }
 
     /// Unregisters the ring and takes every lent chunk back into the pool.

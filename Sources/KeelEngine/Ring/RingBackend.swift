@@ -109,6 +109,10 @@ final class RingBackend {
     /// Registers the provided-buffer ring on first use. A failure leaves no ring: pooled receives then
     /// complete with -ENOBUFS from the kernel, which callers already handle.
     private func ensureProvidedBuffers() -> UInt16 {
+        if let providedBuffers {
+            if providedBuffers.emptySlots > 0 { providedBuffers.refill() }
+            return RingBackend.providedBufferGroup
+        }
         if providedBuffers == nil {
             do {
                 providedBuffers = try ProvidedBufferRing(

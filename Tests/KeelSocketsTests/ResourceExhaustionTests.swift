@@ -1,0 +1,114 @@
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+import KeelSystem
+import KeelTestSupport
+import Testing
+
+/// Echoes, except on a connection whose first byte is `H`: that one hoards every buffer it receives
+/// and is closed (letting them all go) half a second after its first read: a handler that holds memory.
+struct HoardingOrEchoHandler: TCPConnectionHandler {
+    let hoarded: Collector<Int>
+    var hoarding: Bool?
+    var held: [DetachedBufferBox] = []
+
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+        if hoarding == nil {
+            hoarding = buffer.readableBytes > 0 && buffer.readableByteArray[0] == UInt8(ascii: "H")
+        }
+        guard hoarding == true else { return connection.write(buffer) }
+        hoarded.add(buffer.readableBytes)
+        held.append(DetachedBufferBox(buffer))
+        if held.count == 1 {
+            // Let go of everything after half a second: reads that waited for buffers go on.
+            let handle = connection.handle
+            connection.thread.scheduleTimer(after: .milliseconds(500)) { handle.close(.abortive) }
+        }
+    }
+
+    mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
+        for index in held.indices { _ = held[index].take() }
+        held = []
+    }
+}
+
+@Suite("Resource exhaustion", .serialized)
+struct ResourceExhaustionTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aSlowlorisPeerIsClosedByTheReadTimeoutWhileOthersAreServed(backend: BackendKind) async throws {
+        let fixture = try ServerFixture(backend, .echo) { $0.connection.readTimeout = .milliseconds(300) }
+        let address = fixture.server.localAddress
+        // One byte every 800 ms: each gap is longer than the read timeout.
+        async let slowPeerClosed = onPlainThread { () -> Bool in
+            guard let client = try? RawClient(connectingTo: address) else { return false }
+            defer { client.close() }
+            var scratch = [UInt8](repeating: 0, count: 64)
+            for _ in 0..<8 {
+                _ = client.send([UInt8(ascii: "x")])
+                usleep(800_000)
+                while true {
+                    let n = recv(client.fd, &scratch, scratch.count, Int32(MSG_DONTWAIT))
+                    if n == 0 { return true }  // closed by the server
+                    if n < 0 { if errno == EAGAIN || errno == EWOULDBLOCK { break } else { return true } }
+                }
+            }
+            return false
+        }
+        // A well-behaved client echoes during the slow peer's life and after it.
+        async let goodEchoes = onPlainThread { () -> Int in
+            guard let client = try? RawClient(connectingTo: address) else { return 0 }
+            defer { client.close() }
+            var echoed = 0
+            for i in 0..<60 {
+                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 64)
+                guard client.send(message) == 64, client.receive(count: 64) == message else { break }
+                echoed += 1
+                usleep(50_000)
+            }
+            return echoed
+        }
+        #expect(await slowPeerClosed, "the slow peer was closed")
+        #expect(await goodEchoes == 60, "the well-behaved client was served throughout")
+        #expect(await fixture.reasons.wait(for: 1).contains(.readTimeout))
+        await fixture.finish()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func reachingTheBufferPoolsCapMakesReadsWaitNotFail(backend: BackendKind) async throws {
+        // 32 buffers of 16 KiB in all; the kernel is lent 8 of them for pooled receives (io_uring).
+        let poolConfiguration = BufferPoolConfiguration(bufferSize: 16 * 1024, buffersPerSlab: 8, maximumBytes: 32 * 16 * 1024)
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, bufferPool: poolConfiguration,
+                                                   workPoolThreadCount: 1, providedBuffersPerThread: 8))
+        let hoarded = Collector<Int>()
+        let server = try TCPServer(pool: pool, configuration: .init()) { HoardingOrEchoHandler(hoarded: hoarded) }
+        let address = server.localAddress
+        // The hoarder sends 1 MiB and never reads: the server's pool runs dry.
+        let hoarder = try RawClient(connectingTo: address)
+        defer { hoarder.close() }
+        _ = await onPlainThread { () -> Int in
+            var payload = [UInt8](repeating: 0x41, count: 64 * 1024)
+            payload[0] = UInt8(ascii: "H")
+            var sent = 0
+            for _ in 0..<16 { sent += max(0, hoarder.send(payload)) }
+            return sent
+        }
+        #expect(await eventually { pool.threads[0].bufferPool.statistics.failedAcquisitions > 0 || hoarded.snapshot.reduce(0, +) >= 16 * 16 * 1024 },
+                "the hoarder took the pool to its cap")
+        // A well-behaved client meanwhile: its read waits for buffers instead of failing, and its echo
+        // arrives once the hoarder's buffers are back (the hoarder is closed after half a second).
+        let echoed = await onPlainThread { () -> Bool in
+            guard let client = try? RawClient(connectingTo: address) else { return false }
+            defer { client.close() }
+            for i in 0..<20 {
+                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 512)
+                guard client.send(message) == 512, client.receive(count: 512) == message else { return false }
+            }
+            return true
+        }
+        #expect(echoed, "the well-behaved client was served, after waiting for buffers")
+        await server.stop(closing: .abortive)
+        #expect(await eventually { buffersInUse(pool) == 0 })
+        pool.shutdown()
+    }
+}
