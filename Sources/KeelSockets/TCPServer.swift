@@ -224,8 +224,11 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
             pause(acceptor, for: acceptor.backoff)
             acceptor.backoff = min(acceptor.backoff * 2, .seconds(1))
             return
-        } else if completion.isCancelled || acceptor.closed {
+        } else if acceptor.closed {
             return
+        } else if completion.isCancelled {
+            // Cancelled to pause. If accepting resumed before this completion arrived (io_uring
+            // cancels asynchronously), the resume could not re-arm the accept: do it now.
         } else if completion.result != -ECONNABORTED && completion.result != -EAGAIN {
             Self.logger.error("accept on \(localAddress): \(completion)")
         }

@@ -111,4 +111,57 @@ struct ResourceExhaustionTests {
         #expect(await eventually { buffersInUse(pool) == 0 })
         pool.shutdown()
     }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aConnectStormOfTenTimesTheLimitNeverTakesTheServerPastIt(backend: BackendKind) async throws {
+        let limit = 20
+        let fixture = try ServerFixture(backend, .echo) {
+            $0.maximumConnections = limit
+            $0.reusePort = false
+        }
+        let address = fixture.server.localAddress
+        let good = try RawClient(connectingTo: address)
+        defer { good.close() }
+        #expect(await eventually { fixture.server.statistics.active == 1 })
+        // The storm: 10× the limit connect at once and hold on for a moment; meanwhile the well-behaved
+        // client keeps echoing, and the server's connection count is sampled.
+        async let stormed = onPlainThread { () -> Int in
+            var storm: [RawClient] = []
+            for _ in 0..<(10 * limit) {
+                if let client = try? RawClient(connectingTo: address) { storm.append(client) }
+            }
+            usleep(500_000)
+            storm.forEach { $0.close() }
+            return storm.count
+        }
+        async let goodEchoes = onPlainThread { () -> Int in
+            var echoed = 0
+            for i in 0..<40 {
+                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 64)
+                guard good.send(message) == 64, good.receive(count: 64) == message else { break }
+                echoed += 1
+                usleep(20_000)
+            }
+            return echoed
+        }
+        var peak = 0
+        let deadline = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < deadline {
+            peak = max(peak, fixture.server.statistics.active)
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        #expect(await stormed == 10 * limit, "the kernel's backlog took every connect")
+        #expect(await goodEchoes == 40, "the well-behaved client was served during the storm")
+        #expect(peak <= limit, "never more than \(limit) connections open (peak \(peak))")
+        #expect(fixture.server.statistics.accepted + fixture.server.statistics.refused >= limit)
+        // After the storm: the server admits and serves again.
+        #expect(await eventually { fixture.server.statistics.active == 1 })
+        let after = await onPlainThread { () -> Bool in
+            guard let client = try? RawClient(connectingTo: address) else { return false }
+            defer { client.close() }
+            return client.send(Array("after".utf8)) == 5 && client.receive(count: 5) == Array("after".utf8)
+        }
+        #expect(after, "a new client is served after the storm (statistics: \(fixture.server.statistics))")
+        await fixture.finish()
+    }
 }
