@@ -164,4 +164,55 @@ struct ResourceExhaustionTests {
         #expect(after, "a new client is served after the storm (statistics: \(fixture.server.statistics))")
         await fixture.finish()
     }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aConnectStormOfTenTimesTheAcceptRateIsAdmittedAtThatRate(backend: BackendKind) async throws {
+        let rate = 40
+        let fixture = try ServerFixture(backend, .echo) {
+            $0.maximumAcceptRate = rate
+            $0.reusePort = false
+        }
+        let address = fixture.server.localAddress
+        let good = try RawClient(connectingTo: address)
+        defer { good.close() }
+        #expect(await eventually { fixture.server.statistics.active == 1 })
+        try await Task.sleep(for: .milliseconds(1_100))  // a fresh one-second window for the storm
+        let start = ContinuousClock.now
+        async let storm = onPlainThread { () -> [RawClient] in
+            (0..<(10 * rate)).compactMap { _ in try? RawClient(connectingTo: address) }
+        }
+        async let goodEchoes = onPlainThread { () -> Int in
+            var echoed = 0
+            for i in 0..<40 {
+                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 64)
+                guard good.send(message) == 64, good.receive(count: 64) == message else { break }
+                echoed += 1
+                usleep(25_000)
+            }
+            return echoed
+        }
+        // Within the storm's first window, at most `rate` are admitted.
+        try await Task.sleep(for: .milliseconds(700))
+        let firstWindow = fixture.server.statistics.accepted - 1
+        let clients = await storm
+        #expect(clients.count == 10 * rate, "the kernel's backlog took every connect")
+        #expect(firstWindow <= rate, "\(firstWindow) admitted in the first window, at most \(rate)")
+        #expect(await goodEchoes == 40, "the well-behaved client was served during the storm")
+        // Every storm connection is admitted over the following windows, or refused when the parked
+        // queue overflowed; none is lost.
+        #expect(await eventually(timeout: .seconds(20)) {
+            let statistics = fixture.server.statistics
+            return statistics.accepted + statistics.refused == 10 * rate + 1
+        })
+        #expect(ContinuousClock.now - start >= .seconds(2), "admissions were spread over several windows")
+        clients.forEach { $0.close() }
+        #expect(await eventually { fixture.server.statistics.active == 1 })
+        let after = await onPlainThread { () -> Bool in
+            guard let client = try? RawClient(connectingTo: address) else { return false }
+            defer { client.close() }
+            return client.send(Array("after".utf8)) == 5 && client.receive(count: 5) == Array("after".utf8)
+        }
+        #expect(after, "a new client is served after the storm (statistics: \(fixture.server.statistics))")
+        await fixture.finish()
+    }
 }
