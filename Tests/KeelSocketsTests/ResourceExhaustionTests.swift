@@ -33,6 +33,26 @@ struct HoardingOrEchoHandler: TCPConnectionHandler {
     }
 }
 
+/// Echoes `count` messages of `size` bytes over `client`, `pause` microseconds apart, on a plain
+/// thread. - Returns: how many came back intact before the first failure.
+func echoRepeatedly(_ client: RawClient, count: Int, size: Int = 64, pause: UInt32 = 0) async -> Int {
+    await onPlainThread { () -> Int in
+        for i in 0..<count {
+            let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: size)
+            guard client.send(message) == size, client.receive(count: size) == message else { return i }
+            if pause > 0 { usleep(pause) }
+        }
+        return count
+    }
+}
+
+/// A new client connects to `address` and gets one echo.
+func aNewClientIsServed(at address: SocketAddress) async -> Bool {
+    guard let client = try? RawClient(connectingTo: address) else { return false }
+    defer { client.close() }
+    return await echoRepeatedly(client, count: 1) == 1
+}
+
 @Suite("Resource exhaustion", .serialized)
 struct ResourceExhaustionTests {
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
@@ -56,18 +76,9 @@ struct ResourceExhaustionTests {
             return false
         }
         // A well-behaved client echoes during the slow peer's life and after it.
-        async let goodEchoes = onPlainThread { () -> Int in
-            guard let client = try? RawClient(connectingTo: address) else { return 0 }
-            defer { client.close() }
-            var echoed = 0
-            for i in 0..<60 {
-                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 64)
-                guard client.send(message) == 64, client.receive(count: 64) == message else { break }
-                echoed += 1
-                usleep(50_000)
-            }
-            return echoed
-        }
+        let good = try RawClient(connectingTo: address)
+        defer { good.close() }
+        async let goodEchoes = echoRepeatedly(good, count: 60, pause: 50_000)
         #expect(await slowPeerClosed, "the slow peer was closed")
         #expect(await goodEchoes == 60, "the well-behaved client was served throughout")
         #expect(await fixture.reasons.wait(for: 1).contains(.readTimeout))
@@ -97,15 +108,9 @@ struct ResourceExhaustionTests {
                 "the hoarder took the pool to its cap")
         // A well-behaved client meanwhile: its read waits for buffers instead of failing, and its echo
         // arrives once the hoarder's buffers are back (the hoarder is closed after half a second).
-        let echoed = await onPlainThread { () -> Bool in
-            guard let client = try? RawClient(connectingTo: address) else { return false }
-            defer { client.close() }
-            for i in 0..<20 {
-                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 512)
-                guard client.send(message) == 512, client.receive(count: 512) == message else { return false }
-            }
-            return true
-        }
+        let client = try RawClient(connectingTo: address)
+        defer { client.close() }
+        let echoed = await echoRepeatedly(client, count: 20, size: 512) == 20
         #expect(echoed, "the well-behaved client was served, after waiting for buffers")
         await server.stop(closing: .abortive)
         #expect(await eventually { buffersInUse(pool) == 0 })
@@ -134,16 +139,7 @@ struct ResourceExhaustionTests {
             storm.forEach { $0.close() }
             return storm.count
         }
-        async let goodEchoes = onPlainThread { () -> Int in
-            var echoed = 0
-            for i in 0..<40 {
-                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 64)
-                guard good.send(message) == 64, good.receive(count: 64) == message else { break }
-                echoed += 1
-                usleep(20_000)
-            }
-            return echoed
-        }
+        async let goodEchoes = echoRepeatedly(good, count: 40, pause: 20_000)
         var peak = 0
         let deadline = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < deadline {
@@ -156,11 +152,7 @@ struct ResourceExhaustionTests {
         #expect(fixture.server.statistics.accepted + fixture.server.statistics.refused >= limit)
         // After the storm: the server admits and serves again.
         #expect(await eventually { fixture.server.statistics.active == 1 })
-        let after = await onPlainThread { () -> Bool in
-            guard let client = try? RawClient(connectingTo: address) else { return false }
-            defer { client.close() }
-            return client.send(Array("after".utf8)) == 5 && client.receive(count: 5) == Array("after".utf8)
-        }
+        let after = await aNewClientIsServed(at: address)
         #expect(after, "a new client is served after the storm (statistics: \(fixture.server.statistics))")
         await fixture.finish()
     }
@@ -181,16 +173,7 @@ struct ResourceExhaustionTests {
         async let storm = onPlainThread { () -> [RawClient] in
             (0..<(10 * rate)).compactMap { _ in try? RawClient(connectingTo: address) }
         }
-        async let goodEchoes = onPlainThread { () -> Int in
-            var echoed = 0
-            for i in 0..<40 {
-                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 64)
-                guard good.send(message) == 64, good.receive(count: 64) == message else { break }
-                echoed += 1
-                usleep(25_000)
-            }
-            return echoed
-        }
+        async let goodEchoes = echoRepeatedly(good, count: 40, pause: 25_000)
         // Within the storm's first window, at most `rate` are admitted.
         try await Task.sleep(for: .milliseconds(700))
         let firstWindow = fixture.server.statistics.accepted - 1
@@ -207,11 +190,7 @@ struct ResourceExhaustionTests {
         #expect(ContinuousClock.now - start >= .seconds(2), "admissions were spread over several windows")
         clients.forEach { $0.close() }
         #expect(await eventually { fixture.server.statistics.active == 1 })
-        let after = await onPlainThread { () -> Bool in
-            guard let client = try? RawClient(connectingTo: address) else { return false }
-            defer { client.close() }
-            return client.send(Array("after".utf8)) == 5 && client.receive(count: 5) == Array("after".utf8)
-        }
+        let after = await aNewClientIsServed(at: address)
         #expect(after, "a new client is served after the storm (statistics: \(fixture.server.statistics))")
         await fixture.finish()
     }
