@@ -36,21 +36,32 @@ struct HoardingOrEchoHandler: TCPConnectionHandler {
 /// Echoes `count` messages of `size` bytes over `client`, `pause` microseconds apart, on a plain
 /// thread. - Returns: how many came back intact before the first failure.
 func echoRepeatedly(_ client: RawClient, count: Int, size: Int = 64, pause: UInt32 = 0) async -> Int {
+    await onPlainThread { echoLoop(client, count: count, size: size, pause: pause) }
+}
+
+/// The blocking echo loop behind both forms.
+func echoLoop(_ client: RawClient, count: Int, size: Int, pause: UInt32) -> Int {
+    for i in 0..<count {
+        let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: size)
+        guard client.send(message) == size, client.receive(count: size) == message else { return i }
+        if pause > 0 { usleep(pause) }
+    }
+    return count
+}
+
+/// Connects to `address` and echoes as ``echoRepeatedly(_:count:size:pause:)`` does, all on one plain
+/// thread (no gap between connecting and the first message, which a read timeout would punish).
+func echoRepeatedly(connectingTo address: SocketAddress, count: Int, size: Int = 64, pause: UInt32 = 0) async -> Int {
     await onPlainThread { () -> Int in
-        for i in 0..<count {
-            let message = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: size)
-            guard client.send(message) == size, client.receive(count: size) == message else { return i }
-            if pause > 0 { usleep(pause) }
-        }
-        return count
+        guard let client = try? RawClient(connectingTo: address) else { return 0 }
+        defer { client.close() }
+        return echoLoop(client, count: count, size: size, pause: pause)
     }
 }
 
 /// A new client connects to `address` and gets one echo.
 func aNewClientIsServed(at address: SocketAddress) async -> Bool {
-    guard let client = try? RawClient(connectingTo: address) else { return false }
-    defer { client.close() }
-    return await echoRepeatedly(client, count: 1) == 1
+    await echoRepeatedly(connectingTo: address, count: 1) == 1
 }
 
 @Suite("Resource exhaustion", .serialized)
@@ -76,9 +87,7 @@ struct ResourceExhaustionTests {
             return false
         }
         // A well-behaved client echoes during the slow peer's life and after it.
-        let good = try RawClient(connectingTo: address)
-        defer { good.close() }
-        async let goodEchoes = echoRepeatedly(good, count: 60, pause: 50_000)
+        async let goodEchoes = echoRepeatedly(connectingTo: address, count: 60, pause: 50_000)
         #expect(await slowPeerClosed, "the slow peer was closed")
         #expect(await goodEchoes == 60, "the well-behaved client was served throughout")
         #expect(await fixture.reasons.wait(for: 1).contains(.readTimeout))
