@@ -71,7 +71,7 @@ let package = Package(
         // Shared command-line options and signal handling of the example servers.
         .target(
             name: "KeelCommandLine",
-            dependencies: ["KeelEngine", "KeelSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KeelEngine", "KeelBuffers", "KeelSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -164,7 +164,8 @@ let package = Package(
         ),
         .testTarget(
             name: "KeelSocketsTests",
-            dependencies: ["KeelSockets", "KeelEngine", "KeelSystem", "KeelBuffers", "KeelTestSupport", "CKeelLinux"],
+            dependencies: ["KeelSockets", "KeelEngine", "KeelSystem", "KeelBuffers", "KeelTestSupport", "CKeelLinux",
+                           .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict
         ),
         .testTarget(

@@ -392,7 +392,13 @@ public class TCPConnection: @unchecked Sendable {
         if stashHead == stash.count {
             stash.removeAll(keepingCapacity: true)
             stashHead = 0
-            startReceiving()
+            if readState.endOfStreamPending {
+                readState.endOfStreamPending = false
+                endOfStreamReached()
+                if state == .open && lifecycle.bothSidesShutDown { teardown(reason: .peerClosed) }
+            } else {
+                startReceiving()
+            }
         }
     }
 
@@ -453,6 +459,17 @@ public class TCPConnection: @unchecked Sendable {
         if completion.result > 0 {
             filled.moveWriterIndex(forwardBy: Int(completion.result))
             deliverInbound(filled.reattach())
+        } else if completion.result == -EAGAIN || completion.result == -EINTR
+            || (completion.isCancelled && readState.cancelRequested)
+        {
+            accumulator = filled  // still the handler's (paused, or retrying): the next read continues into it
+            handleReceiveEnd(completion)
+        } else if completion.result == 0 && filled.readableBytes > 0 {
+            // What the handler gathered is its own: it comes back before the end of stream (as the peer
+            // has shut down, the handler cannot gather into it again).
+            lifecycle.peerShutDown()
+            deliverInbound(filled.reattach())
+            handleReceiveEnd(completion)
         } else {
             filled.release()
             handleReceiveEnd(completion)
@@ -464,20 +481,18 @@ public class TCPConnection: @unchecked Sendable {
     private func handleReceiveEnd(_ completion: IOCompletion) {
         if completion.result == 0 {
             lifecycle.peerShutDown()
-            if state == .open {
-                withCallback {
-                    if let bottom = filterStack?.bottom {
-                        bottom.filter?.peerHalfClosed(context: bottom)
-                    } else {
-                        deliverPeerHalfClosed()
-                    }
-                }
+            if stashHead < stash.count {
+                readState.endOfStreamPending = true  // after the stashed bytes, when reading resumes
+            } else {
+                endOfStreamReached()
             }
         } else if completion.result == -ENOBUFS {
             // The buffer pool is exhausted: back off and receive again when buffers may be back.
             if state == .open, retryTimer == nil {
                 retryTimer = thread.scheduleTimer(after: .milliseconds(1), onRetryReceive)
             }
+        } else if completion.result == -EAGAIN || completion.result == -EINTR {
+            // As for sends (see sendCompleted): nothing is wrong; the receive starts again below.
         } else if completion.isCancelled {
             // Cancelled by this connection (pause, continueReading), or from outside: the thread stops.
             if !readState.cancellationArrived() && state == .open {
@@ -488,11 +503,23 @@ public class TCPConnection: @unchecked Sendable {
         }
     }
 
+    /// Hands the peer's half-close to the filters (if any), then the handler.
+    private func endOfStreamReached() {
+        guard state == .open else { return }
+        withCallback {
+            if let bottom = filterStack?.bottom {
+                bottom.filter?.peerHalfClosed(context: bottom)
+            } else {
+                deliverPeerHalfClosed()
+            }
+        }
+    }
+
     private func afterReceive(_ completion: IOCompletion) {
         if !readState.receiving {
             if state == .open && !peerHalfClosed && completion.result != -ENOBUFS {
                 startReceiving()  // a multishot receive can end early (e.g. completion queue overflow)
-            } else if lifecycle.bothSidesShutDown {
+            } else if lifecycle.bothSidesShutDown && !readState.endOfStreamPending {
                 teardown(reason: .peerClosed)
             }
         }
@@ -766,6 +793,11 @@ public class TCPConnection: @unchecked Sendable {
             writeQueue.removeAll()  // closing: what the send held can go now
         } else if completion.result >= 0 {
             afterSent(Int(completion.result))
+        } else if completion.result == -EAGAIN || completion.result == -EINTR {
+            // io_uring can hand a non-blocking socket's EAGAIN back instead of waiting (a retry after a
+            // spurious wake-up, such as the peer's FIN arriving, goes to a worker that does not block).
+            // The socket is fine: send again, which waits for room as usual.
+            submitSend()
         } else if !completion.isCancelled {
             fail(errno: completion.result)
         }

@@ -104,6 +104,10 @@ struct TCPReadState {
     /// Paused while the write queue is over its high watermark (``TCPFlowControl/pausesReadingWhileNotWritable``).
     var pausedByFlowControl = false
 
+    /// The peer's end of stream was read while earlier buffers still waited in the stash: the
+    /// half-close is handed on after them, never before.
+    var endOfStreamPending = false
+
     var isPaused: Bool { pausedByUser || pausedByFlowControl }
 
     /// A receive should be started now.

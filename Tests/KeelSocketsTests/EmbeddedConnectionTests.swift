@@ -3,6 +3,7 @@ import KeelEngine
 @testable import KeelSockets
 import KeelSystem
 import KeelTestSupport
+import SystemPackage
 import Testing
 
 // The embedded harness on connections without filters: the socket-layer behaviour (timeouts, resets,
@@ -91,6 +92,21 @@ struct EmbeddedConnectionTests {
         #expect(test.finish().isClean)
     }
 
+    @Test func aQueuedSendHandedBackWithEAGAINIsSentAgain() {
+        // The soak found this: io_uring can complete a send on a non-blocking socket with EAGAIN (a
+        // retry after the peer's FIN woke it); that closed the connection with queued bytes unsent.
+        let test = EmbeddedConnection(handler: EchoHandler())
+        test.sendWindow = 2
+        test.failQueuedSends(with: [.resourceTemporarilyUnavailable, .interrupted])
+        test.receive("abcdef")  // two go at once, the rest queue: that send fails twice, then waits for room
+        test.peerHalfCloses()
+        #expect(!test.isClosed)
+        test.sendWindow = .max
+        #expect(test.takeWrittenString() == "abcdef")
+        #expect(test.closeReason == .peerClosed)
+        #expect(test.finish().isClean)
+    }
+
     @Test func urgentBytesArriveApartFromTheStream() {
         struct UrgentRecorder: TCPConnectionHandler {
             let log: Collector<String>
@@ -123,6 +139,43 @@ struct EmbeddedConnectionTests {
         #expect(test.finish().isClean)
     }
 
+    @Test(arguments: [false, true])
+    func aHalfCloseReadWhilePausedWaitsBehindTheStashedBytes(withFilters: Bool) {
+        // The soak found this: an echo server paused by flow control read the peer's last bytes and its
+        // end of stream together; the half-close overtook the stashed bytes and the echo lost them.
+        let log = Collector<String>()
+        var handler = EventRecorder(log: log)
+        handler.pauseAfterFirst = true
+        handler.echoes = true
+        var options = TCPConnectionOptions()
+        if withFilters { options.makeFilters = { _ in [PassThroughFilter()] } }
+        let test = EmbeddedConnection(handler: handler, options: options)
+        test.receive(chunks: [Array("a".utf8), Array("b".utf8), Array("c".utf8)], thenHalfCloses: true)
+        #expect(log.snapshot.filter { $0.hasPrefix("in ") || $0 == "half-closed" } == ["in a"])
+        #expect(!test.isClosed)
+        test.withConnection { $0.resumeReading() }
+        #expect(log.snapshot.filter { $0.hasPrefix("in ") || $0 == "half-closed" } == ["in a", "in b", "in c", "half-closed"])
+        #expect(test.takeWrittenString() == "abc")
+        #expect(test.peerSawEndOfStream)
+        #expect(test.closeReason == .peerClosed)
+        #expect(test.finish().isClean)
+    }
+
+    @Test func aHalfClosedSideStillGetsEveryStashedByteBeforeTheClose() {
+        let log = Collector<String>()
+        var handler = EventRecorder(log: log)
+        handler.pauseAfterFirst = true
+        let test = EmbeddedConnection(handler: handler)
+        test.withConnection { $0.close(.halfClose) }
+        #expect(test.peerSawEndOfStream)
+        test.receive(chunks: [Array("a".utf8), Array("b".utf8)], thenHalfCloses: true)
+        #expect(log.snapshot.filter { $0.hasPrefix("in ") } == ["in a"])
+        #expect(!test.isClosed, "both sides are shut down, but \"b\" has not reached the handler")
+        test.withConnection { $0.resumeReading() }
+        #expect(log.snapshot.filter { $0.hasPrefix("in ") || $0.hasPrefix("closed") } == ["in a", "in b", "closed peerClosed"])
+        #expect(test.finish().isClean)
+    }
+
     @Test func continueReadingGathersAMessageInOneBuffer() {
         let log = Collector<String>()
         var handler = EventRecorder(log: log)
@@ -132,6 +185,33 @@ struct EmbeddedConnectionTests {
         test.receive("cd")
         test.receive("ef")
         #expect(log.snapshot.filter { $0.hasPrefix("in ") } == ["in abcdef"])
+        #expect(test.finish().isClean)
+    }
+
+    @Test func pausingWhileGatheringKeepsWhatWasGathered() {
+        let log = Collector<String>()
+        var handler = EventRecorder(log: log)
+        handler.accumulateUntil = 6
+        let test = EmbeddedConnection(handler: handler)
+        test.receive("ab")
+        test.withConnection { $0.pauseReading() }
+        test.receive("cd")
+        #expect(test.unreadBytes == 2)
+        test.withConnection { $0.resumeReading() }
+        test.receive("ef")
+        #expect(log.snapshot.filter { $0.hasPrefix("in ") } == ["in abcdef"])
+        #expect(test.finish().isClean)
+    }
+
+    @Test func theEndOfStreamHandsBackWhatWasGathered() {
+        let log = Collector<String>()
+        var handler = EventRecorder(log: log)
+        handler.accumulateUntil = 6
+        let test = EmbeddedConnection(handler: handler)
+        test.receive("abc")
+        test.peerHalfCloses()
+        // The gathered bytes come back once more (continueReading is refused now), then the half-close.
+        #expect(log.snapshot.suffix(4) == ["partial 3", "partial 3", "half-closed", "closed peerClosed"])
         #expect(test.finish().isClean)
     }
 }
@@ -164,3 +244,6 @@ struct SendQueueBoundTests {
         #expect(admit(.dropOldest, droppable: []) == (.drop, 0, 0, []))
     }
 }
+
+/// A filter that passes every event on (its defaults).
+final class PassThroughFilter: TCPConnectionFilter {}

@@ -173,6 +173,10 @@ package final class EmbeddedBackend {
 
     private func progressSend(_ fd: Int32, token: Token, _ send: (EmbeddedStream) -> Int32) -> Bool {
         guard let stream = streams[fd] else { complete(token, -EBADF); return true }
+        if !stream.queuedSendFailures.isEmpty {
+            complete(token, -stream.queuedSendFailures.removeFirst())
+            return true
+        }
         let result = send(stream)
         if result == -EAGAIN { return false }
         complete(token, result)
@@ -242,6 +246,8 @@ package final class EmbeddedStream {
     package var urgentOutbound: [UInt8] = []
     /// Bytes the "kernel" still accepts before sends would block (the peer's unread window).
     package var sendWindow = Int.max
+    /// Errors (errno values) the next queued send operations complete with, one each, without sending.
+    package var queuedSendFailures: [Int32] = []
     /// The peer shut down its sending side: reads end with end of stream once the chunks are read.
     package var peerShutDownWrite = false
     /// The peer reset the connection: reads and sends fail with ECONNRESET / EPIPE.

@@ -1,6 +1,7 @@
 import KeelBuffers
 import KeelEngine
 import KeelSystem
+import SystemPackage
 
 /// Runs one real connection (the same ``TCPConnection`` code, its filter stack and its handler value)
 /// in memory: no sockets, no threads, no sleeps. The way protocol layers and handlers are tested.
@@ -93,9 +94,12 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
         receive(Array(text.utf8))
     }
 
-    /// The peer sends `chunks`, each its own segment, all before the connection runs (a burst).
-    public func receive(chunks: [[UInt8]]) {
+    /// The peer sends `chunks`, each its own segment, all before the connection runs (a burst). With
+    /// `thenHalfCloses`, the peer's end of stream follows in the same burst, as a busy kernel reports
+    /// the last bytes and the end together.
+    public func receive(chunks: [[UInt8]], thenHalfCloses: Bool = false) {
         for chunk in chunks { stream.appendInbound(chunk) }
+        if thenHalfCloses { stream.peerShutDownWrite = true }
         run()
     }
 
@@ -109,6 +113,12 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
     public func peerHalfCloses() {
         stream.peerShutDownWrite = true
         run()
+    }
+
+    /// The next queued (asynchronous) sends complete with these errors, one each, without sending: as
+    /// io_uring can hand a non-blocking socket's `EAGAIN` back. Sends made at once are not affected.
+    public func failQueuedSends(with errors: [Errno]) {
+        stream.queuedSendFailures += errors.map(\.rawValue)
     }
 
     /// The peer resets the connection: reads and sends fail.
