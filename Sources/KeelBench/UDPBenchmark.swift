@@ -82,7 +82,7 @@ public func runUDPBenchmark(target: SocketAddress, sockets: Int, size: Int, wind
     for _ in 0..<sockets {
         let load = UDPLoad(size: size, window: window, phase: phase, target: target)
         guard let socket = try? UDPSocket.bind(
-            pool: pool, configuration: .init(host: target.family == .ipv4 ? "127.0.0.1" : "::1", port: 0,
+            pool: pool, configuration: .init(host: localHost(reaching: target), port: 0,
                                              receiveBufferSize: 4 << 20, sendLimits: .init(maximumDatagrams: window * 2)),
             handler: UDPLoadHandler(load: load))
         else { continue }
@@ -118,6 +118,13 @@ public func runUDPBenchmark(target: SocketAddress, sockets: Int, size: Int, wind
     result.connections = loads.count
     result.errors = sockets - loads.count
     return result
+}
+
+/// The address to bind a load socket to: loopback for a loopback target, any address otherwise (a
+/// server in a network namespace, reached over a veth pair).
+private func localHost(reaching target: SocketAddress) -> String {
+    if target.host.hasPrefix("127.") || target.host == "::1" { return target.family == .ipv4 ? "127.0.0.1" : "::1" }
+    return target.family == .ipv4 ? "0.0.0.0" : "::"
 }
 
 private func totals(_ loads: [UDPLoad]) async -> (sent: Int, received: Int, reordered: Int, corrupted: Int) {

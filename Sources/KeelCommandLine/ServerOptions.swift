@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import KeelBuffers
 import KeelEngine
 import KeelSystem
 
@@ -18,30 +19,76 @@ public struct ServerOptions: ParsableArguments {
     @Option(help: "I/O threads (default: one per core).")
     public var threads: Int = IOPoolConfiguration.coreCount
 
+    @Option(help: "Cap each I/O thread's buffer pool at this many MiB (reads wait for buffers at the cap).")
+    public var bufferPoolMib: Int?
+
+    @Option(help: "Append a CSV line of process and buffer-pool statistics to this file every --stats-interval seconds.")
+    public var statsFile: String?
+
+    @Option(help: "Seconds between --stats-file samples.")
+    public var statsInterval: Double = 1
+
     public init() {}
 
     /// The pool configuration these options ask for.
     public var poolConfiguration: IOPoolConfiguration {
-        IOPoolConfiguration(threadCount: threads, backend: backend)
+        var configuration = IOPoolConfiguration(threadCount: threads, backend: backend)
+        if let bufferPoolMib { configuration.bufferPool.maximumBytes = bufferPoolMib << 20 }
+        return configuration
     }
 
     /// The life of an example server: blocks SIGINT and SIGTERM (before any thread starts, so every
     /// thread inherits the mask), starts the pool, lets `start` bring the service up, prints
-    /// `listening on HOST:PORT`, waits for a signal, prints `NAME: signal N, shutting down (SUMMARY)`
-    /// and shuts the pool down.
-    /// - Parameter start: starts the service on the pool; returns the address it listens on and a
-    ///   closure that summarises what it did (read at shutdown; empty for none).
-    public func runUntilSignalled(
-        _ name: String, start: (IOPool) throws -> (address: SocketAddress, summary: () -> String)
-    ) throws {
+    /// `listening on HOST:PORT`, waits for a signal (sampling statistics into `--stats-file` meanwhile,
+    /// when given), prints `NAME: signal N, shutting down (SUMMARY)` and shuts the pool down.
+    /// - Parameter start: starts the service on the pool and describes it.
+    public func runUntilSignalled(_ name: String, start: (IOPool) throws -> RunningService) throws {
         let signals = ShutdownSignals()
         let pool = try IOPool(configuration: poolConfiguration)
         let service = try start(pool)
+        let recorder = try statsFile.map { path throws(SystemError) in
+            try StatisticsRecorder(path: path, pool: pool, counters: service.counters)
+        }
         announce("listening on \(service.address)")
-        let signal = signals.wait()
+        let signal: Int32
+        if let recorder {
+            let interval = Duration.milliseconds(Int64(max(0.01, statsInterval) * 1000))
+            var nextSample = ContinuousClock.now
+            while true {
+                if ContinuousClock.now >= nextSample {
+                    recorder.sample()
+                    nextSample += interval
+                }
+                if let received = signals.wait(timeout: nextSample - ContinuousClock.now) {
+                    signal = received
+                    break
+                }
+            }
+            recorder.sample()
+        } else {
+            signal = signals.wait()
+        }
         let summary = service.summary()
         announce("\(name): signal \(signal), shutting down" + (summary.isEmpty ? "" : " (\(summary))"))
         pool.shutdown()
+    }
+}
+
+/// What an example server's `start` closure brought up (see ``ServerOptions/runUntilSignalled(_:start:)``).
+public struct RunningService {
+    /// The address it listens on.
+    public var address: SocketAddress
+    /// Summarises what it did, for the shutdown line (empty for none).
+    public var summary: () -> String
+    /// Its counters for `--stats-file` samples, always the same names in the same order.
+    public var counters: () -> [(name: String, value: Int)]
+
+    /// Describes a running service.
+    public init(address: SocketAddress, summary: @escaping () -> String = { "" },
+                counters: @escaping () -> [(name: String, value: Int)] = { [] }) {
+        self.address = address
+        self.summary = summary
+        self.counters = counters
     }
 }
 
@@ -72,6 +119,16 @@ public struct ShutdownSignals: Sendable {
         var received: Int32 = 0
         sigwait(&set, &received)
         return received
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives or `timeout` passes. - Returns: the signal number, or nil
+    /// when the time ran out.
+    public func wait(timeout: Duration) -> Int32? {
+        var set = ShutdownSignals.set
+        let (seconds, attoseconds) = max(timeout, .zero).components
+        var limit = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        let received = sigtimedwait(&set, nil, &limit)
+        return received > 0 ? received : nil
     }
 }
 

@@ -52,6 +52,12 @@ public struct TCPServerStatistics: Sendable, Hashable {
     public var active: Int
     /// Times accepting failed for lack of descriptors (EMFILE/ENFILE) and backed off.
     public var descriptorExhaustion: Int
+
+    /// The counters as named values (`connections_active`, `accepted`, `refused`,
+    /// `descriptor_exhaustion`), for statistics files and metrics.
+    public var counters: [(name: String, value: Int)] {
+        [("connections_active", active), ("accepted", accepted), ("refused", refused), ("descriptor_exhaustion", descriptorExhaustion)]
+    }
 }
 
 /// A TCP server: listens, accepts within limits, and runs a ``TCPConnectionHandler`` value per connection

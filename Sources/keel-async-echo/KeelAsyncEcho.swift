@@ -24,7 +24,9 @@ struct KeelAsyncEcho: ParsableCommand {
                     try await connection.write(payload)  // zero-copy, suspends under backpressure
                 }
             }
-            return (server.localAddress, { "\(server.statistics.accepted) connections served" })
+            return RunningService(
+                address: server.localAddress, summary: { "\(server.statistics.accepted) connections served" },
+                counters: { server.statistics.counters })
         }
     }
 }

@@ -4,6 +4,7 @@
 //   keel-bench storm --port 7007 --concurrency 64 --duration 10
 //   keel-bench hold  --port 7007 --count 10000 --duration 30 [--trickle-ms 1000]
 //   keel-bench udp   --port 7007 --sockets 8 --window 32 --duration 10
+//   keel-bench misbehave --port 7007 --concurrency 16 --duration 10 [--behaviour slow-reader ...]
 import ArgumentParser
 import KeelBench
 import KeelCommandLine
@@ -14,7 +15,7 @@ import KeelSystem
 struct KeelBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keel-bench", abstract: "Load and soak tool for TCP and UDP echo servers.",
-        subcommands: [Echo.self, Storm.self, Hold.self, UDP.self])
+        subcommands: [Echo.self, Storm.self, Hold.self, UDP.self, Misbehave.self])
 }
 
 /// Options every mode shares.
@@ -104,6 +105,42 @@ extension KeelBenchCommand {
                 warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
             common.report(result)
             if result.validationFailures > 0 { throw ExitCode.failure }
+        }
+    }
+
+    struct Misbehave: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Misbehaving peers against an echo server: slow readers, resets mid-write, garbage, half-closes; every echoed byte validated.")
+        @OptionGroup var common: Common
+        @Option(help: "Sessions in progress at once.") var concurrency = 16
+        @Option(help: "Behaviours to rotate through (default: all): slow-reader, reset-mid-write, garbage, half-close.")
+        var behaviour: [PeerBehaviour] = []
+
+        func run() async throws {
+            let pool = try common.pool()
+            defer { pool.shutdown() }
+            let result = await runMisbehaveBenchmark(
+                target: try common.target(), concurrency: concurrency, behaviours: behaviour,
+                warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
+            common.report(result)
+            if result.validationFailures > 0 || result.errors > 0 { throw ExitCode.failure }
+        }
+    }
+}
+
+extension PeerBehaviour: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let match = PeerBehaviour.allCases.first(where: { $0.argument == argument }) else { return nil }
+        self = match
+    }
+
+    /// The command-line spelling.
+    var argument: String {
+        switch self {
+        case .slowReader: "slow-reader"
+        case .resetMidWrite: "reset-mid-write"
+        case .garbage: "garbage"
+        case .halfClose: "half-close"
         }
     }
 }

@@ -18,7 +18,7 @@ struct KeelChatCommand: ParsableCommand {
     func run() throws {
         try options.runUntilSignalled("keel-chat") { pool in
             let server = try ChatServer(pool: pool, host: options.host, port: options.port)
-            return (server.localAddress, { "\(server.linesBroadcast) lines broadcast" })
+            return RunningService(address: server.localAddress, summary: { "\(server.linesBroadcast) lines broadcast" })
         }
     }
 }

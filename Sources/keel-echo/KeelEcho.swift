@@ -26,6 +26,9 @@ struct KeelEcho: ParsableCommand {
     @Flag(help: "Send each write at once instead of coalescing a loop iteration's writes.")
     var noCoalescing = false
 
+    @Option(help: "Probe a connection idle this many seconds (TCP keepalive): one whose peer vanished without a reset is closed.")
+    var keepAlive: Int32?
+
     func run() throws {
         try options.runUntilSignalled("keel-echo") { pool in
             var configuration = TCPServerConfiguration(host: options.host, port: options.port)
@@ -33,8 +36,11 @@ struct KeelEcho: ParsableCommand {
             // while its echo queue is over the high watermark, instead of queuing without bound.
             configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
             configuration.connection.coalescesWrites = !noCoalescing
+            configuration.connection.keepAliveIdleSeconds = keepAlive
             let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
-            return (server.localAddress, { "\(server.statistics.accepted) connections served" })
+            return RunningService(
+                address: server.localAddress, summary: { "\(server.statistics.accepted) connections served" },
+                counters: { server.statistics.counters })
         }
     }
 }

@@ -36,7 +36,7 @@ struct KeelUDPEcho: ParsableCommand {
                                        configuration: .init(host: options.host, port: first.localAddress.port, reusePort: true),
                                        handler: UDPEcho())
             }
-            return (first.localAddress, { "" })
+            return RunningService(address: first.localAddress)
         }
     }
 }
