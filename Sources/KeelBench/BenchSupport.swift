@@ -157,6 +157,28 @@ final class ProgressLine: Sendable {
 
 func fflushStdout() { fflush(nil) }
 
+/// A closed-loop run of sessions that start one another (storm, misbehave): warms up, measures for
+/// `duration`, then stops starting sessions and waits up to `drain` for those in progress to end.
+/// - Returns: the measured seconds.
+func measureSessions(label: String, phase: Phase, stats: [ThreadStats], warmup: Duration, duration: Duration,
+                     drain: Duration, active: @escaping @Sendable () -> Int) async -> Double {
+    try? await Task.sleep(for: warmup)
+    phase.set(Phase.measuring)
+    let start = ContinuousClock.now
+    let progress = ProgressLine()
+    await runFor(duration, label: label, progress: progress) {
+        stats.reduce(0) { $0 + $1.progress.load(ordering: .relaxed) }
+    }
+    let seconds = (ContinuousClock.now - start).seconds
+    phase.set(Phase.stopping)
+    let deadline = ContinuousClock.now + drain
+    while active() > 0 && ContinuousClock.now < deadline {
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    progress.finish()
+    return seconds
+}
+
 /// Sleeps `duration` while updating the progress line from `count` once a second.
 func runFor(_ duration: Duration, label: String, progress: ProgressLine, count: @escaping @Sendable () -> Int) async {
     let start = ContinuousClock.now

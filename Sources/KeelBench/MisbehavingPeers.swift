@@ -226,21 +226,9 @@ public func runMisbehaveBenchmark(target: SocketAddress, concurrency: Int, behav
     let connector = TCPConnector<MisbehavingPeer>(pool: pool, configuration: .init(connectTimeout: .seconds(10)))
     run.active.store(concurrency, ordering: .relaxed)
     for slot in 0..<concurrency { MisbehavingPeer.next(run: run, connector: connector, slot: slot, round: 0) }
-    try? await Task.sleep(for: warmup)
-    run.phase.set(Phase.measuring)
-    let start = ContinuousClock.now
-    let progress = ProgressLine()
-    await runFor(duration, label: "misbehave", progress: progress) {
-        run.stats.reduce(0) { $0 + $1.progress.load(ordering: .relaxed) }
-    }
-    let seconds = (ContinuousClock.now - start).seconds
-    // Sessions in progress finish (a slow reader takes a few seconds) and start no others.
-    run.phase.set(Phase.stopping)
-    let deadline = ContinuousClock.now + .seconds(30)
-    while run.active.load(ordering: .relaxed) > 0 && ContinuousClock.now < deadline {
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    progress.finish()
+    // Sessions in progress at the end finish (a slow reader takes a few seconds) and start no others.
+    let seconds = await measureSessions(label: "misbehave", phase: run.phase, stats: run.stats, warmup: warmup,
+                                        duration: duration, drain: .seconds(30)) { run.active.load(ordering: .relaxed) }
     let total = await merge(run.stats, pool: pool)
     var result = BenchResult(mode: "misbehave", seconds: seconds)
     result.unit = "sessions"

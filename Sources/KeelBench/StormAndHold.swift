@@ -106,20 +106,8 @@ public func runStormBenchmark(target: SocketAddress, concurrency: Int, messageSi
     let connector = TCPConnector<StormClient>(pool: pool, configuration: .init(connectTimeout: .seconds(5)))
     run.active.store(concurrency, ordering: .relaxed)
     for slot in 0..<concurrency { StormClient.next(run: run, connector: connector, slot: slot) }
-    try? await Task.sleep(for: warmup)
-    run.phase.set(Phase.measuring)
-    let start = ContinuousClock.now
-    let progress = ProgressLine()
-    await runFor(duration, label: "storm", progress: progress) {
-        run.stats.reduce(0) { $0 + $1.progress.load(ordering: .relaxed) }
-    }
-    let seconds = (ContinuousClock.now - start).seconds
-    run.phase.set(Phase.stopping)
-    let deadline = ContinuousClock.now + .seconds(10)
-    while run.active.load(ordering: .relaxed) > 0 && ContinuousClock.now < deadline {
-        try? await Task.sleep(for: .milliseconds(10))
-    }
-    progress.finish()
+    let seconds = await measureSessions(label: "storm", phase: run.phase, stats: run.stats, warmup: warmup, duration: duration,
+                                        drain: .seconds(10)) { run.active.load(ordering: .relaxed) }
     let total = await merge(run.stats, pool: pool)
     var result = BenchResult(mode: "storm", seconds: seconds)
     result.messages = total.messages

@@ -29,11 +29,23 @@ struct Common: ParsableArguments {
     @Flag(help: "Print the result as one JSON object.") var json = false
 
     func target() throws -> SocketAddress { try SocketAddress(host: host, port: port) }
+    var warmupTime: Duration { .milliseconds(Int64(warmup * 1000)) }
+    var measuredTime: Duration { .milliseconds(Int64(duration * 1000)) }
     func pool() throws -> IOPool {
         try IOPool(configuration: .init(threadCount: threads, backend: backend, workPoolThreadCount: 1,
                                         providedBuffersPerThread: 4096))
     }
     func report(_ result: BenchResult) { announce(json ? result.json : result.summary) }
+
+    /// Runs one mode on a client pool of its own, reports the result, and exits nonzero when any echo
+    /// was corrupted (or, with `failsOnErrors`, when anything failed).
+    func run(failsOnErrors: Bool, _ body: (IOPool, SocketAddress) async throws -> BenchResult) async throws {
+        let pool = try pool()
+        defer { pool.shutdown() }
+        let result = try await body(pool, try target())
+        report(result)
+        if result.validationFailures > 0 || (failsOnErrors && result.errors > 0) { throw ExitCode.failure }
+    }
 }
 
 extension KeelBenchCommand {
@@ -46,14 +58,12 @@ extension KeelBenchCommand {
         @Option(help: "Messages per connection instead of a duration.") var messages: Int?
 
         func run() async throws {
-            let pool = try common.pool()
-            defer { pool.shutdown() }
-            let result = await runEchoBenchmark(
-                .init(target: try common.target(), connections: connections, messageSize: size, depth: depth,
-                      warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)),
-                      messagesPerConnection: messages), pool: pool)
-            common.report(result)
-            if result.validationFailures > 0 || result.errors > 0 { throw ExitCode.failure }
+            try await common.run(failsOnErrors: true) { pool, target in
+                await runEchoBenchmark(
+                    .init(target: target, connections: connections, messageSize: size, depth: depth,
+                          warmup: common.warmupTime, duration: common.measuredTime,
+                          messagesPerConnection: messages), pool: pool)
+            }
         }
     }
 
@@ -64,13 +74,11 @@ extension KeelBenchCommand {
         @Option(name: [.customShort("s"), .long], help: "Message size in bytes.") var size = 64
 
         func run() async throws {
-            let pool = try common.pool()
-            defer { pool.shutdown() }
-            let result = await runStormBenchmark(
-                target: try common.target(), concurrency: concurrency, messageSize: size,
-                warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
-            common.report(result)
-            if result.validationFailures > 0 { throw ExitCode.failure }
+            try await common.run(failsOnErrors: false) { pool, target in
+                await runStormBenchmark(
+                    target: target, concurrency: concurrency, messageSize: size,
+                    warmup: common.warmupTime, duration: common.measuredTime, pool: pool)
+            }
         }
     }
 
@@ -81,12 +89,11 @@ extension KeelBenchCommand {
         @Option(help: "Send one byte on each connection every this many milliseconds (default: idle).") var trickleMs: Int?
 
         func run() async throws {
-            let pool = try common.pool()
-            defer { pool.shutdown() }
-            let result = await runHoldBenchmark(
-                target: try common.target(), count: count, trickle: trickleMs.map { .milliseconds($0) },
-                duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
-            common.report(result)
+            try await common.run(failsOnErrors: false) { pool, target in
+                await runHoldBenchmark(
+                    target: target, count: count, trickle: trickleMs.map { .milliseconds($0) },
+                    duration: common.measuredTime, pool: pool)
+            }
         }
     }
 
@@ -98,13 +105,11 @@ extension KeelBenchCommand {
         @Option(help: "Datagrams in flight per socket.") var window = 32
 
         func run() async throws {
-            let pool = try common.pool()
-            defer { pool.shutdown() }
-            let result = await runUDPBenchmark(
-                target: try common.target(), sockets: sockets, size: size, window: window,
-                warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
-            common.report(result)
-            if result.validationFailures > 0 { throw ExitCode.failure }
+            try await common.run(failsOnErrors: false) { pool, target in
+                await runUDPBenchmark(
+                    target: target, sockets: sockets, size: size, window: window,
+                    warmup: common.warmupTime, duration: common.measuredTime, pool: pool)
+            }
         }
     }
 
@@ -117,13 +122,11 @@ extension KeelBenchCommand {
         var behaviour: [PeerBehaviour] = []
 
         func run() async throws {
-            let pool = try common.pool()
-            defer { pool.shutdown() }
-            let result = await runMisbehaveBenchmark(
-                target: try common.target(), concurrency: concurrency, behaviours: behaviour,
-                warmup: .milliseconds(Int64(common.warmup * 1000)), duration: .milliseconds(Int64(common.duration * 1000)), pool: pool)
-            common.report(result)
-            if result.validationFailures > 0 || result.errors > 0 { throw ExitCode.failure }
+            try await common.run(failsOnErrors: true) { pool, target in
+                await runMisbehaveBenchmark(
+                    target: target, concurrency: concurrency, behaviours: behaviour,
+                    warmup: common.warmupTime, duration: common.measuredTime, pool: pool)
+            }
         }
     }
 }
