@@ -16,7 +16,9 @@ let package = Package(
         .library(name: "KeelEngine", targets: ["KeelEngine"]),
         .library(name: "KeelSockets", targets: ["KeelSockets"]),
         .library(name: "KeelFraming", targets: ["KeelFraming"]),
+        .library(name: "KeelTLS", targets: ["KeelTLS"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
+        .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
         .executable(name: "keel-echo-client", targets: ["keel-echo-client"]),
         .executable(name: "keel-chat", targets: ["keel-chat"]),
@@ -58,6 +60,29 @@ let package = Package(
                 "CKeelLinux", "KeelSystem", "KeelBuffers", "KeelEngine",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
+        ),
+        // TLS: the system's OpenSSL 3 (Debian's libssl-dev) through a small C module, and the filter.
+        .target(
+            name: "CKeelOpenSSL",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        .target(
+            name: "KeelTLS",
+            dependencies: ["CKeelOpenSSL", "KeelSockets", "KeelEngine", "KeelBuffers"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelTLSTests",
+            dependencies: ["KeelTLS", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-tls-echo",
+            dependencies: [
+                "KeelTLS", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
         ),

@@ -76,3 +76,13 @@ extension TCPConnection {
         }
     }
 }
+
+extension TCPConnection {
+    /// The first filter of type `type` in this connection's stack, bottom first (nil without one): how a
+    /// handler reaches a layer's state, such as the TLS filter's peer certificate.
+    ///
+    /// Call it on the connection's thread.
+    public func filter<Filter: TCPConnectionFilter>(ofType type: Filter.Type) -> Filter? {
+        filterStack?.filters.lazy.compactMap { $0 as? Filter }.first
+    }
+}

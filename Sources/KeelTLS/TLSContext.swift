@@ -1,0 +1,161 @@
+import CKeelOpenSSL
+import KeelSockets
+
+/// An OpenSSL context made from a ``TLSConfiguration``: certificates and keys loaded and checked once,
+/// shared by every connection of a server or connector, on every I/O thread.
+///
+/// Making one refuses a configuration that cannot work with a ``TLSConfigurationError`` naming the
+/// file and the fix.
+public final class TLSContext: @unchecked Sendable {
+    // @unchecked Sendable: the SSL_CTX is configured completely in init and only read afterwards
+    // (SSL_new from any I/O thread), which OpenSSL documents as thread-safe; the ALPN list it points to
+    // is immutable and lives as long as the context.
+    /// The configuration it was made from.
+    public let configuration: TLSConfiguration
+    let context: OpaquePointer
+    private let alpnWire: UnsafeMutableBufferPointer<UInt8>?
+    /// The server's ALPN selection callback's argument (points into ``alpnWire``).
+    private let alpnList: UnsafeMutablePointer<ckeel_alpn_list>
+
+    /// Makes the OpenSSL context for `configuration`.
+    public init(configuration: TLSConfiguration) throws(TLSConfigurationError) {
+        self.configuration = configuration
+        let method = configuration.role == .server ? TLS_server_method() : TLS_client_method()
+        guard let context = SSL_CTX_new(method) else {
+            throw TLSConfigurationError(.openSSL, detail: "SSL_CTX_new failed: \(openSSLError())", fix: "check the OpenSSL installation")
+        }
+        self.context = context
+        alpnWire = TLSContext.wireFormat(configuration.applicationProtocols)
+        alpnList = .allocate(capacity: 1)
+        alpnList.initialize(to: ckeel_alpn_list(protocols: alpnWire?.baseAddress, length: UInt32(alpnWire?.count ?? 0)))
+        // A throw from here on still runs deinit (every property is set), which frees both.
+        // Resumption needs a session id context whenever client certificates may be checked.
+        _ = SSL_CTX_set_session_id_context(context, "keel", 4)
+        try applyProfile(configuration.profile)
+        try loadIdentity()
+        try applyVerification()
+        applyApplicationProtocols()
+    }
+
+    deinit {
+        SSL_CTX_free(context)
+        alpnWire?.deallocate()
+        alpnList.deallocate()
+    }
+
+    // MARK: Setting up
+
+    private func applyProfile(_ profile: TLSProfile) throws(TLSConfigurationError) {
+        _ = ckeel_ssl_ctx_set_options(context, ckeel_ssl_safe_options())
+        let invalid = { (what: String) in
+            TLSConfigurationError(.invalidProfile, detail: "OpenSSL refused the profile's \(what): \(openSSLError())",
+                                  fix: "use TLSProfile.intermediate or .modern, or names OpenSSL 3 knows")
+        }
+        guard ckeel_ssl_ctx_set_min_proto_version(context, profile.minimumVersion.openSSLValue) == 1,
+            ckeel_ssl_ctx_set_max_proto_version(context, profile.maximumVersion.openSSLValue) == 1
+        else { throw invalid("versions") }
+        if profile.minimumVersion <= .tls12 && !profile.tls12Ciphers.isEmpty {
+            guard SSL_CTX_set_cipher_list(context, profile.tls12Ciphers) == 1 else { throw invalid("TLS 1.2 ciphers") }
+        }
+        guard SSL_CTX_set_ciphersuites(context, profile.tls13CipherSuites) == 1 else { throw invalid("TLS 1.3 cipher suites") }
+        guard ckeel_ssl_ctx_set_groups_list(context, profile.groups.joined(separator: ":")) == 1 else { throw invalid("groups") }
+    }
+
+    private func loadIdentity() throws(TLSConfigurationError) {
+        guard let chain = configuration.certificateChain, let key = configuration.privateKey else {
+            if configuration.role == .server {
+                throw TLSConfigurationError(.missingCertificate, detail: "a TLS server needs a certificate chain and a private key",
+                                            fix: "set certificateChain and privateKey (PEM files)")
+            }
+            return
+        }
+        guard SSL_CTX_use_certificate_chain_file(context, chain) == 1 else {
+            throw TLSConfigurationError(.unreadableCertificate, path: chain,
+                                        detail: "cannot read a PEM certificate chain (\(openSSLError()))",
+                                        fix: "point to a PEM file with the leaf certificate first, then its intermediates")
+        }
+        guard let privateKey = TLSContext.readPrivateKey(key) else {
+            throw TLSConfigurationError(.unreadableKey, path: key,
+                                        detail: "cannot read an unencrypted PEM private key (\(openSSLError()))",
+                                        fix: "point to the leaf certificate's private key in PEM, without a passphrase")
+        }
+        defer { EVP_PKEY_free(privateKey) }
+        guard SSL_CTX_use_PrivateKey(context, privateKey) == 1, SSL_CTX_check_private_key(context) == 1 else {
+            throw TLSConfigurationError(.keyMismatch, path: key,
+                                        detail: "the private key does not belong to the certificate in \(chain)",
+                                        fix: "use the key the certificate was issued for")
+        }
+    }
+
+    /// Reads a PEM private key; an encrypted one fails instead of prompting for a passphrase.
+    private static func readPrivateKey(_ path: String) -> OpaquePointer? {
+        guard let file = BIO_new_file(path, "r") else { return nil }
+        defer { BIO_free(file) }
+        return PEM_read_bio_PrivateKey(file, nil, { _, _, _, _ in 0 }, nil)
+    }
+
+    private func applyVerification() throws(TLSConfigurationError) {
+        guard case .required(let roots) = configuration.peerVerification else {
+            SSL_CTX_set_verify(context, SSL_VERIFY_NONE, nil)
+            return
+        }
+        let loaded: Int32
+        switch roots {
+        case .system: loaded = SSL_CTX_set_default_verify_paths(context)
+        case .file(let path): loaded = SSL_CTX_load_verify_locations(context, path, nil)
+        case .directory(let path): loaded = SSL_CTX_load_verify_locations(context, nil, path)
+        }
+        guard loaded == 1 else {
+            let path: String? = switch roots {
+            case .system: nil
+            case .file(let path), .directory(let path): path
+            }
+            throw TLSConfigurationError(.unreadableTrustRoots, path: path, detail: "cannot load the CA certificates (\(openSSLError()))",
+                                        fix: "point to a PEM file of CA certificates, or a directory prepared with `openssl rehash`")
+        }
+        if configuration.role == .server {
+            SSL_CTX_set_verify(context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+            if case .file(let path) = roots, let names = SSL_load_client_CA_file(path) {
+                SSL_CTX_set_client_CA_list(context, names)  // tells clients which CAs are accepted
+            }
+        } else {
+            SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nil)
+        }
+    }
+
+    private func applyApplicationProtocols() {
+        guard let alpnWire, let base = alpnWire.baseAddress else { return }
+        if configuration.role == .server {
+            ckeel_ssl_ctx_set_alpn_select(context, alpnList)
+        } else {
+            _ = SSL_CTX_set_alpn_protos(context, base, UInt32(alpnWire.count))
+        }
+    }
+
+    /// ALPN's wire format: each protocol name prefixed by its length.
+    private static func wireFormat(_ protocols: [String]) -> UnsafeMutableBufferPointer<UInt8>? {
+        let names = protocols.map { Array($0.utf8) }.filter { !$0.isEmpty && $0.count < 256 }
+        guard !names.isEmpty else { return nil }
+        let bytes = names.flatMap { [UInt8($0.count)] + $0 }
+        let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: bytes.count)
+        _ = buffer.initialize(from: bytes)
+        return buffer
+    }
+}
+
+extension TLSVersion {
+    var openSSLValue: Int32 {
+        switch self {
+        case .tls12: TLS1_2_VERSION
+        case .tls13: TLS1_3_VERSION
+        }
+    }
+}
+
+/// The last error in OpenSSL's queue, as text (and the queue cleared).
+func openSSLError() -> String {
+    var buffer = [CChar](repeating: 0, count: 256)
+    ckeel_ssl_error_string(&buffer, buffer.count)
+    let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return text.isEmpty ? "no detail from OpenSSL" : text
+}

@@ -1,0 +1,145 @@
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+import KeelSystem
+import KeelTLS
+import KeelTestSupport
+import Testing
+
+// TLS over real sockets on 127.0.0.1, against independent peers: Python's ssl module and the openssl
+// command. Both backends.
+
+/// Echoes decrypted bytes back.
+struct TLSEchoHandler: TCPConnectionHandler {
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+        connection.write(buffer)
+    }
+}
+
+/// Python's ssl module as the client: TLS 1.2 and 1.3, a 100 KB echo checked byte by byte, ALPN, SNI
+/// with verification against the test CA, resumption, and a clean close_notify. Prints one line per
+/// check; exits nonzero on the first failure.
+let pythonClient = #"""
+import socket, ssl, sys
+port, pki, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def context(version):
+    c = ssl.create_default_context(cafile=f"{pki}/ca.pem")
+    c.minimum_version = c.maximum_version = version
+    c.set_alpn_protocols(["http/1.1"])
+    if mode == "mtls":
+        c.load_cert_chain(f"{pki}/client.pem", f"{pki}/client.key")
+    return c
+
+def session(c, previous=None):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = c.wrap_socket(raw, server_hostname="localhost", session=previous)
+    data = bytes(range(256)) * 400
+    s.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = s.recv(65536)
+        assert chunk, "the server closed early"
+        got += chunk
+    assert got == data, "the echo differs"
+    assert s.selected_alpn_protocol() == "http/1.1", s.selected_alpn_protocol()
+    result = (s.version(), s.session, s.session_reused)
+    s.unwrap()  # close_notify both ways
+    raw.close()
+    return result
+
+for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+    c = context(version)
+    name, first, _ = session(c)
+    _, _, reused = session(c, first)
+    assert reused, f"{name}: the session was not resumed"
+    print(f"{name}: echo, ALPN, verification, resumption: ok")
+
+if mode == "mtls-refused":
+    pass
+"""#
+
+/// A client without a certificate against a server that requires one: the handshake must fail.
+let pythonRefusedClient = #"""
+import socket, ssl, sys
+port, pki = int(sys.argv[1]), sys.argv[2]
+c = ssl.create_default_context(cafile=f"{pki}/ca.pem")
+try:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = c.wrap_socket(raw, server_hostname="localhost")
+    s.sendall(b"hello")
+    s.recv(10)  # TLS 1.3: the refusal arrives after the client's Finished
+    sys.exit("a client without a certificate got through")
+except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as error:
+    print("refused:", type(error).__name__)
+"""#
+
+@Suite("TLS over sockets")
+struct TLSSocketTests {
+    let pki = TestPKI.shared
+
+    /// Runs a shell command off the cooperative pool's hot path; returns its exit status.
+    func run(_ command: String) async -> Int32 {
+        await withCheckedContinuation { continuation in
+            SystemThread.spawn(name: "tls-peer") {
+                let status = system(command)
+                continuation.resume(returning: status == -1 ? -1 : (status >> 8) & 0xFF)
+            }.detach()
+        }
+    }
+
+    func script(_ name: String, _ text: String) -> String {
+        let path = "\(pki.directory)/\(name).py"
+        let file = fopen(path, "w")!
+        fputs(text, file)
+        fclose(file)
+        return path
+    }
+
+    func withTLSServer(_ backend: BackendKind, _ edit: (inout TLSConfiguration) -> Void,
+                       _ body: (UInt16) async throws -> Void) async throws {
+        try await withPool(backend) { pool in
+            var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+            configuration.connection.useTLS(try pki.serverContext(edit))
+            let server = try TCPServer(pool: pool, configuration: configuration) { TLSEchoHandler() }
+            try await body(server.localAddress.port)
+            await server.stop()
+        }
+    }
+
+    @Test(arguments: backendsUnderTest)
+    func pythonClientsEchoResumeAndNegotiate(backend: BackendKind) async throws {
+        let client = script("client", pythonClient)
+        try await withTLSServer(backend, { $0.applicationProtocols = ["h2", "http/1.1"] }) { port in
+            #expect(await run("python3 \(client) \(port) \(pki.directory) plain") == 0)
+        }
+    }
+
+    @Test(arguments: backendsUnderTest)
+    func mutualTLSAcceptsACertifiedClientAndRefusesOthers(backend: BackendKind) async throws {
+        let client = script("client", pythonClient)
+        let refused = script("refused", pythonRefusedClient)
+        try await withTLSServer(backend, {
+            $0.applicationProtocols = ["http/1.1"]
+            $0.peerVerification = .required(.file(pki.caCertificate))
+        }) { port in
+            #expect(await run("python3 \(client) \(port) \(pki.directory) mtls") == 0)
+            #expect(await run("python3 \(refused) \(port) \(pki.directory)") == 0)
+        }
+    }
+
+    @Test(arguments: backendsUnderTest)
+    func opensslClientEchoesOverTLS12And13(backend: BackendKind) async throws {
+        try await withTLSServer(backend, { $0.applicationProtocols = ["http/1.1"] }) { port in
+            for version in ["-tls1_2", "-tls1_3"] {
+                let output = "\(pki.directory)/s_client\(version).txt"
+                let status = await run(
+                    "(printf 'hello over tls\\n'; sleep 1) | timeout 10 openssl s_client -connect 127.0.0.1:\(port) \(version) "
+                        + "-servername localhost -CAfile \(pki.caCertificate) -verify_return_error -alpn http/1.1 >\(output) 2>&1")
+                #expect(status == 0, "openssl s_client \(version) failed")
+                #expect(await run("grep -q '^hello over tls' \(output) && grep -q 'ALPN protocol: http/1.1' \(output)") == 0)
+            }
+        }
+    }
+}
