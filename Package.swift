@@ -96,7 +96,7 @@ let package = Package(
         // Shared command-line options and signal handling of the example servers.
         .target(
             name: "KeelCommandLine",
-            dependencies: ["KeelEngine", "KeelBuffers", "KeelSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KeelEngine", "KeelBuffers", "KeelSystem", "KeelSockets", "KeelTLS", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
         .executableTarget(

@@ -15,9 +15,12 @@ public struct EchoBenchmarkOptions: Sendable {
     public var duration: Duration
     /// Messages per connection instead of a duration (nil: run for `duration`).
     public var messagesPerConnection: Int?
+    /// The load connections' options (their filters: TLS).
+    public var connection: TCPConnectionOptions
 
     public init(target: SocketAddress, connections: Int, messageSize: Int, depth: Int, warmup: Duration,
-                duration: Duration, messagesPerConnection: Int?) {
+                duration: Duration, messagesPerConnection: Int?, connection: TCPConnectionOptions = .init()) {
+        self.connection = connection
         self.target = target
         self.connections = connections
         self.messageSize = messageSize
@@ -131,7 +134,7 @@ struct EchoLoadClient: TCPConnectionHandler {
 /// The `echo` mode: C connections, S-byte messages, P in flight each, every byte validated.
 public func runEchoBenchmark(_ options: EchoBenchmarkOptions, pool: IOPool) async -> BenchResult {
     let run = EchoRun(options: options, threads: pool.threads.count)
-    let connector = TCPConnector<EchoLoadClient>(pool: pool, configuration: .init(connectTimeout: .seconds(10)))
+    let connector = TCPConnector<EchoLoadClient>(pool: pool, configuration: .init(connectTimeout: .seconds(10), connection: options.connection))
     let failures = Atomic<Int>(0)
     for stream in 0..<options.connections {
         let source = try? SocketAddress(host: "127.0.0.\(2 + stream % 200)", port: 0)

@@ -101,9 +101,9 @@ struct StormClient: TCPConnectionHandler {
 
 /// `storm`: connections per second with `concurrency` attempts in flight.
 public func runStormBenchmark(target: SocketAddress, concurrency: Int, messageSize: Int, warmup: Duration,
-                              duration: Duration, pool: IOPool) async -> BenchResult {
+                              duration: Duration, connection: TCPConnectionOptions = .init(), pool: IOPool) async -> BenchResult {
     let run = ConnectionRun(threads: pool.threads.count, target: target, messageSize: messageSize, trickle: nil)
-    let connector = TCPConnector<StormClient>(pool: pool, configuration: .init(connectTimeout: .seconds(5)))
+    let connector = TCPConnector<StormClient>(pool: pool, configuration: .init(connectTimeout: .seconds(5), connection: connection))
     run.active.store(concurrency, ordering: .relaxed)
     for slot in 0..<concurrency { StormClient.next(run: run, connector: connector, slot: slot) }
     let seconds = await measureSessions(label: "storm", phase: run.phase, stats: run.stats, warmup: warmup, duration: duration,

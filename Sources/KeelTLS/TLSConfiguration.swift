@@ -105,6 +105,10 @@ public struct TLSConfiguration: Sendable {
     public var serverName: String?
     /// A handshake not finished within this time closes the connection (``TCPCloseReason/Code/tlsHandshakeTimeout``).
     public var handshakeTimeout: Duration = .seconds(10)
+    /// The most handshakes in progress at once on connections of this context (a server's, usually);
+    /// a connection over the cap is closed at once (``TCPCloseReason/Code/tlsHandshakeLimit``), so a
+    /// handshake storm cannot take the CPU from established connections. Nil: no cap.
+    public var maximumConcurrentHandshakes: Int? = 1024
 
     /// A configuration for `role` with its defaults.
     public init(role: Role) {

@@ -1,5 +1,6 @@
 import CKeelOpenSSL
 import KeelSockets
+import Synchronization
 
 /// An OpenSSL context made from a ``TLSConfiguration``: certificates and keys loaded and checked once,
 /// shared by every connection of a server or connector, on every I/O thread.
@@ -14,6 +15,8 @@ public final class TLSContext: @unchecked Sendable {
     public let configuration: TLSConfiguration
     let context: OpaquePointer
     private let alpnWire: UnsafeMutableBufferPointer<UInt8>?
+    /// Handshakes in progress on this context's connections (any thread), for the cap.
+    private let handshakesInProgress = Atomic<Int>(0)
     /// The server's ALPN selection callback's argument (points into ``alpnWire``).
     private let alpnList: UnsafeMutablePointer<ckeel_alpn_list>
 
@@ -42,6 +45,22 @@ public final class TLSContext: @unchecked Sendable {
         alpnWire?.deallocate()
         alpnList.deallocate()
     }
+
+    /// Takes a handshake slot. - Returns: false when the cap is reached (nothing taken).
+    func beginHandshake() -> Bool {
+        let count = handshakesInProgress.wrappingAdd(1, ordering: .relaxed).newValue
+        guard let cap = configuration.maximumConcurrentHandshakes, count > cap else { return true }
+        handshakesInProgress.wrappingSubtract(1, ordering: .relaxed)
+        return false
+    }
+
+    /// Gives a slot taken by ``beginHandshake()`` back.
+    func endHandshake() {
+        handshakesInProgress.wrappingSubtract(1, ordering: .relaxed)
+    }
+
+    /// Handshakes in progress now on connections of this context.
+    public var handshakesNow: Int { handshakesInProgress.load(ordering: .relaxed) }
 
     // MARK: Setting up
 

@@ -61,6 +61,9 @@ extension TCPCloseReason.Code {
     /// The peer ended the TCP stream without a TLS close_notify: what arrived may have been cut short
     /// by an attacker (a truncation attack), so it is not a clean end.
     public static let tlsTruncated = Self("tls.truncated")
+    /// The connection came while ``TLSConfiguration/maximumConcurrentHandshakes`` handshakes were in
+    /// progress: it was closed before its own began.
+    public static let tlsHandshakeLimit = Self("tls.handshakeLimit")
     /// The peer sent bytes that are not valid TLS records, or an alert after the handshake.
     public static let tlsProtocolError = Self("tls.protocolError")
 }

@@ -37,6 +37,8 @@ public final class TLSFilter: TCPConnectionFilter {
     private var sentCloseNotify = false
     private var passedHalfClose = false
     private var failed = false
+    /// This connection counts against the context's handshake cap until its handshake ends.
+    private var holdsHandshakeSlot = false
     /// Ciphertext passed down, not yet reported sent, and the plaintext each part carries (FIFO), so
     /// write completions reach the layers above in their own bytes.
     private var unsentRecords: [(cipher: Int, plain: Int)] = []
@@ -51,6 +53,7 @@ public final class TLSFilter: TCPConnectionFilter {
     }
 
     deinit {
+        if holdsHandshakeSlot { tlsContext.endHandshake() }
         if let ssl { SSL_free(ssl) }
         for buffer in pendingWrites { buffer.release() }
         io.deallocate()
@@ -67,7 +70,14 @@ public final class TLSFilter: TCPConnectionFilter {
     }
 
     private func start(context: TCPFilterContext) {
-        guard ssl == nil, let ssl = SSL_new(tlsContext.context) else {
+        guard ssl == nil else { return }
+        guard tlsContext.beginHandshake() else {
+            failed = true
+            return context.close(.abortive, reason: TCPCloseReason(
+                .tlsHandshakeLimit, detail: "\(tlsContext.handshakesNow) handshakes in progress"))
+        }
+        holdsHandshakeSlot = true
+        guard let ssl = SSL_new(tlsContext.context) else {
             return context.close(.abortive, reason: TCPCloseReason(.resourceExhausted, detail: "SSL_new failed: \(openSSLError())"))
         }
         self.ssl = ssl
@@ -119,8 +129,15 @@ public final class TLSFilter: TCPConnectionFilter {
         }
     }
 
+    private func releaseHandshakeSlot() {
+        guard holdsHandshakeSlot else { return }
+        holdsHandshakeSlot = false
+        tlsContext.endHandshake()
+    }
+
     private func handshakeFinished(ssl: OpaquePointer, context: TCPFilterContext) {
         isHandshakeComplete = true
+        releaseHandshakeSlot()
         if let handshakeTimer { context.connection.thread.cancelTimer(handshakeTimer) }
         handshakeTimer = nil
         version = SSL_version(ssl) == TLS1_3_VERSION ? .tls13 : .tls12
@@ -224,6 +241,7 @@ public final class TLSFilter: TCPConnectionFilter {
     }
 
     public func connectionClosed(_ reason: TCPCloseReason, context: TCPFilterContext) {
+        releaseHandshakeSlot()
         if let handshakeTimer { context.connection.thread.cancelTimer(handshakeTimer) }
         handshakeTimer = nil
         for buffer in pendingWrites { buffer.release() }

@@ -1,6 +1,6 @@
 // keel-bench: Keel's load and soak tool. Every mode is bounded in time and stops by itself.
 //
-//   keel-bench echo  --port 7007 --connections 50 --size 64 --depth 16 --duration 10
+//   keel-bench echo  --port 7007 --connections 50 --size 64 --depth 16 --duration 10 [--tls --ca ca.pem]
 //   keel-bench storm --port 7007 --concurrency 64 --duration 10
 //   keel-bench hold  --port 7007 --count 10000 --duration 30 [--trickle-ms 1000]
 //   keel-bench udp   --port 7007 --sockets 8 --window 32 --duration 10
@@ -56,13 +56,15 @@ extension KeelBenchCommand {
         @Option(name: [.customShort("s"), .long], help: "Message size in bytes.") var size = 64
         @Option(name: [.customShort("p"), .long], help: "Messages in flight per connection.") var depth = 1
         @Option(help: "Messages per connection instead of a duration.") var messages: Int?
+        @OptionGroup var tls: ClientTLSOptions
 
         func run() async throws {
+            let connection = try tls.connectionOptions(host: common.host)
             try await common.run(failsOnErrors: true) { pool, target in
                 await runEchoBenchmark(
                     .init(target: target, connections: connections, messageSize: size, depth: depth,
                           warmup: common.warmupTime, duration: common.measuredTime,
-                          messagesPerConnection: messages), pool: pool)
+                          messagesPerConnection: messages, connection: connection), pool: pool)
             }
         }
     }
@@ -72,12 +74,14 @@ extension KeelBenchCommand {
         @OptionGroup var common: Common
         @Option(help: "Connections in progress at once.") var concurrency = 64
         @Option(name: [.customShort("s"), .long], help: "Message size in bytes.") var size = 64
+        @OptionGroup var tls: ClientTLSOptions
 
         func run() async throws {
+            let connection = try tls.connectionOptions(host: common.host)
             try await common.run(failsOnErrors: false) { pool, target in
                 await runStormBenchmark(
                     target: target, concurrency: concurrency, messageSize: size,
-                    warmup: common.warmupTime, duration: common.measuredTime, pool: pool)
+                    warmup: common.warmupTime, duration: common.measuredTime, connection: connection, pool: pool)
             }
         }
     }

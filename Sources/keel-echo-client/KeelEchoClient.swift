@@ -83,12 +83,15 @@ struct KeelEchoClient: ParsableCommand {
     @Option(help: "Concurrent connections.") var connections = 10
     @Option(help: "Messages per connection.") var messages = 1000
     @Option(help: "Bytes per message.") var size = 64
+    @OptionGroup var tls: ClientTLSOptions
 
     func run() throws {
+        let connection = try tls.connectionOptions(host: host)
         let pool = try IOPool(configuration: .init(threadCount: 1))
         defer { pool.shutdown() }
         let results = Results(expected: connections)
-        let connector = TCPConnector<PingPongClient>(pool: pool, configuration: .init(connectTimeout: .seconds(5)))
+        let connector = TCPConnector<PingPongClient>(
+            pool: pool, configuration: .init(connectTimeout: .seconds(5), connection: connection))
         let clock = ContinuousClock()
         let start = clock.now
         for stream in 0..<connections {

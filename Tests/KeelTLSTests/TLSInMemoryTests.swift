@@ -226,6 +226,26 @@ struct TLSInMemoryTests {
         #expect(server.finish().isClean)
     }
 
+    @Test func handshakesOverTheCapAreRefusedAndSlotsComeBack() throws {
+        let serverContext = try pki.serverContext { $0.maximumConcurrentHandshakes = 1 }
+        let first = TLSPair(server: serverContext, client: try pki.clientContext())
+        #expect(serverContext.handshakesNow == 1, "the first server connection is mid-handshake")
+        let log = Collector<String>()
+        var options = TCPConnectionOptions()
+        options.useTLS(serverContext)
+        let refused = EmbeddedConnection(handler: TLSRecorder(log: log), options: options)
+        #expect(log.snapshot == ["closed tls.handshakeLimit", "detail 1 handshakes in progress"])
+        #expect(refused.finish().isClean)
+        first.pump()
+        #expect(first.serverLog.snapshot.first?.hasPrefix("established") == true)
+        #expect(serverContext.handshakesNow == 0, "a finished handshake gives its slot back")
+        let second = TLSPair(server: serverContext, client: try pki.clientContext())
+        second.pump()
+        #expect(second.serverLog.snapshot.first?.hasPrefix("established") == true)
+        #expect(first.finishesClean && second.finishesClean)
+        #expect(serverContext.handshakesNow == 0)
+    }
+
     @Test func aConfigurationThatCannotWorkIsRefusedNamingTheFile() throws {
         #expect(throws: TLSConfigurationError.self) { try TLSContext(configuration: TLSConfiguration(role: .server)) }
         do throws(TLSConfigurationError) {
