@@ -70,7 +70,7 @@ let package = Package(
         ),
         .target(
             name: "KeelTLS",
-            dependencies: ["CKeelOpenSSL", "KeelSockets", "KeelEngine", "KeelBuffers"],
+            dependencies: ["CKeelOpenSSL", "KeelSockets", "KeelEngine", "KeelBuffers", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .testTarget(

@@ -103,6 +103,9 @@ public struct TLSConfiguration: Sendable {
     public var applicationProtocols: [String] = []
     /// A client's server name: sent as SNI and checked against the server's certificate.
     public var serverName: String?
+    /// The names a server is reached by: checked against its certificate when the context is made (a
+    /// warning for each name it does not cover).
+    public var hostNames: [String] = []
     /// A handshake not finished within this time closes the connection (``TCPCloseReason/Code/tlsHandshakeTimeout``).
     public var handshakeTimeout: Duration = .seconds(10)
     /// The most handshakes in progress at once on connections of this context (a server's, usually);

@@ -1,5 +1,6 @@
 import CKeelOpenSSL
 import KeelSockets
+import Logging
 import Synchronization
 
 /// An OpenSSL context made from a ``TLSConfiguration``: certificates and keys loaded and checked once,
@@ -13,6 +14,9 @@ public final class TLSContext: @unchecked Sendable {
     // is immutable and lives as long as the context.
     /// The configuration it was made from.
     public let configuration: TLSConfiguration
+    /// What the check of this side's certificate found (nil without a certificate). Its warnings were
+    /// logged when the context was made.
+    public private(set) var certificateReport: TLSCertificateReport?
     let context: OpaquePointer
     private let alpnWire: UnsafeMutableBufferPointer<UInt8>?
     /// Handshakes in progress on this context's connections (any thread), for the cap.
@@ -93,6 +97,13 @@ public final class TLSContext: @unchecked Sendable {
                                         detail: "cannot read a PEM certificate chain (\(openSSLError()))",
                                         fix: "point to a PEM file with the leaf certificate first, then its intermediates")
         }
+        let report = TLSCertificateReport.check(chainPath: chain, hostNames: configuration.hostNames)
+        certificateReport = report
+        if let error = report.errors.first {
+            throw TLSConfigurationError(.unusableCertificate, path: chain, detail: error.message, fix: error.fix)
+        }
+        let logger = Logger(label: "keel.tls")
+        for warning in report.warnings { logger.warning("\(warning)") }
         guard let privateKey = TLSContext.readPrivateKey(key) else {
             throw TLSConfigurationError(.unreadableKey, path: key,
                                         detail: "cannot read an unencrypted PEM private key (\(openSSLError()))",

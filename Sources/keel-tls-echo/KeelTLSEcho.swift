@@ -1,6 +1,7 @@
 // keel-tls-echo: the TCP echo server over TLS (OpenSSL 3), on Keel's callback API.
 //
 //   keel-tls-echo --cert cert.pem --key key.pem [--ca ca.pem] [--alpn h2,http/1.1] [--host 127.0.0.1] [--port 7007]
+//   keel-tls-echo --cert cert.pem --key key.pem [--server-name example.org] --check
 //
 // Prints `listening on HOST:PORT` when ready; SIGINT or SIGTERM shut it down cleanly.
 import ArgumentParser
@@ -36,10 +37,28 @@ struct KeelTLSEcho: ParsableCommand {
     @Option(help: "ALPN protocols the server accepts, in order of preference, comma-separated.")
     var alpn: String?
 
+    @Option(help: "A name clients reach the server by, checked against the certificate (repeatable).")
+    var serverName: [String] = []
+
+    @Flag(help: "Check the certificate and key, print a report and exit (nonzero when the server could not start).")
+    var check = false
+
     func run() throws {
         var tls = TLSConfiguration.server(certificateChain: cert, privateKey: key)
         if let ca { tls.peerVerification = .required(.file(ca)) }
         if let alpn { tls.applicationProtocols = alpn.split(separator: ",").map(String.init) }
+        tls.hostNames = serverName
+        if check {
+            announce(TLSCertificateReport.check(chainPath: cert, hostNames: serverName).description)
+            do {
+                _ = try TLSContext(configuration: tls)
+                announce("keel-tls-echo: the configuration works")
+                return
+            } catch {
+                announce("keel-tls-echo: \(error)")
+                throw ExitCode.failure
+            }
+        }
         let context = try TLSContext(configuration: tls)
         try options.runUntilSignalled("keel-tls-echo") { pool in
             var configuration = TCPServerConfiguration(host: options.host, port: options.port)

@@ -44,3 +44,7 @@ struct TestPKI: Sendable {
         return try TLSContext(configuration: configuration)
     }
 }
+
+extension TestPKI {
+    func path(_ name: String) -> String { "\(directory)/\(name)" }
+}
