@@ -122,15 +122,21 @@ public func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool
 }
 
 
-/// This process's descriptors that are TCP or UDP sockets (IPv4 or IPv6) with one of `ports` as their
-/// local or remote port, from `/proc/net/{tcp,tcp6,udp,udp6}` and `/proc/self/fd`.
+/// Which socket tables ``openSockets(ports:transport:)`` reads.
+public enum SocketTransport: Sendable {
+    case tcp, udp
+}
+
+/// This process's descriptors that are sockets of `transport` (IPv4 or IPv6) with one of `ports` as
+/// their local or remote port, from `/proc/net/{tcp,tcp6}` or `/proc/net/{udp,udp6}` and `/proc/self/fd`.
 ///
 /// A leak check that counts every open descriptor is wrong while other tests run in parallel; one that
 /// looks only at the sockets of its own server's port sees exactly what that test opened (its
-/// listeners, the connections they accepted and the clients that connected to them).
-public func openSockets(ports: [UInt16]) -> [Int32] {
+/// listeners, the connections they accepted and the clients that connected to them). Only the test's
+/// own transport: a UDP port's number is often some other test's TCP connection's port too.
+public func openSockets(ports: [UInt16], transport: SocketTransport = .tcp) -> [Int32] {
     var inodes = Set<String>()
-    for table in ["tcp", "tcp6", "udp", "udp6"] {
+    for table in transport == .tcp ? ["tcp", "tcp6"] : ["udp", "udp6"] {
         for line in readLines("/proc/net/\(table)").dropFirst() {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
             guard fields.count > 9 else { continue }
