@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PKI for tests and the TLS gate (never commit its keys): a CA, a server certificate for
-# localhost and 127.0.0.1, a client certificate, and an unrelated self-signed certificate, with the
+# localhost and 127.0.0.1, another for alt.keel.test and *.wild.keel.test (SNI), a client certificate,
+# an unrelated self-signed certificate, a two-level chain and weak certificates, with the
 # extensions strict verifiers ask for (key usage, extended key usage, positive serials).
 #
 #   scripts/make-test-pki.sh DIR
@@ -19,6 +20,7 @@ leaf() {  # NAME SUBJECT SAN USAGE SERIAL
 }
 leaf server /CN=localhost DNS:localhost,IP:127.0.0.1 serverAuth 2
 leaf client /CN=test-client/O=Keel DNS:client.keel.test clientAuth 3
+leaf alt /CN=alt.keel.test DNS:alt.keel.test,DNS:*.wild.keel.test serverAuth 9
 openssl req -x509 "${ec[@]}" -keyout "$d/other.key" -out "$d/other.pem" -days 90 -subj /CN=localhost -set_serial 4 \
     -addext subjectAltName=DNS:localhost 2>/dev/null
 # A two-level chain: an intermediate CA under the test CA, and a leaf for localhost under it.

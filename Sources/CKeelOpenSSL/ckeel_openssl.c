@@ -105,6 +105,13 @@ void ckeel_ssl_ctx_set_alpn_select(SSL_CTX *ctx, ckeel_alpn_list *list) {
     SSL_CTX_set_alpn_select_cb(ctx, keel_alpn_select, list);
 }
 
+void ckeel_ssl_ctx_set_servername_callback(SSL_CTX *ctx, ckeel_servername_callback callback, void *argument) {
+    SSL_CTX_set_tlsext_servername_callback(ctx, callback);
+    SSL_CTX_set_tlsext_servername_arg(ctx, argument);
+}
+
+const char *ckeel_ssl_get_servername(const SSL *ssl) { return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name); }
+
 void ckeel_ssl_get_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *length) {
     SSL_get0_alpn_selected(ssl, data, length);
 }

@@ -95,6 +95,9 @@ public struct TLSConfiguration: Sendable {
     public var certificateChain: String?
     /// PEM file with the private key of the leaf certificate.
     public var privateKey: String?
+    /// More certificates a server presents to clients that ask for one of their names (SNI); any other
+    /// name, or none, gets ``certificateChain``.
+    public var additionalCertificates: [TLSServerCertificate] = []
     /// How the peer is checked. Servers default to ``TLSPeerVerification/none`` (set ``TLSPeerVerification/required(_:)``
     /// for mutual TLS); clients to the system's CA store.
     public var peerVerification: TLSPeerVerification
@@ -133,5 +136,23 @@ public struct TLSConfiguration: Sendable {
         configuration.serverName = serverName
         configuration.peerVerification = .required(trustRoots)
         return configuration
+    }
+}
+
+/// A certificate a server presents to clients that ask for one of `serverNames` (server name
+/// indication).
+public struct TLSServerCertificate: Sendable, Hashable {
+    /// The names it serves: exact (`example.org`) or one wildcard label (`*.example.org`).
+    public var serverNames: [String]
+    /// PEM file with its chain, leaf first.
+    public var certificateChain: String
+    /// PEM file with its private key.
+    public var privateKey: String
+
+    /// A certificate for `serverNames`.
+    public init(serverNames: [String], certificateChain: String, privateKey: String) {
+        self.serverNames = serverNames
+        self.certificateChain = certificateChain
+        self.privateKey = privateKey
     }
 }

@@ -19,6 +19,9 @@ public final class TLSContext: @unchecked Sendable {
     public private(set) var certificateReport: TLSCertificateReport?
     let context: OpaquePointer
     private let alpnWire: UnsafeMutableBufferPointer<UInt8>?
+    /// The contexts of ``TLSConfiguration/additionalCertificates``, with the names each serves
+    /// (lowercased), chosen by the server name callback.
+    private var namedContexts: [(names: [String], context: TLSContext)] = []
     /// Handshakes in progress on this context's connections (any thread), for the cap.
     private let handshakesInProgress = Atomic<Int>(0)
     /// The server's ALPN selection callback's argument (points into ``alpnWire``).
@@ -42,6 +45,7 @@ public final class TLSContext: @unchecked Sendable {
         try loadIdentity()
         try applyVerification()
         applyApplicationProtocols()
+        try applyServerNames()
     }
 
     deinit {
@@ -151,6 +155,35 @@ public final class TLSContext: @unchecked Sendable {
         } else {
             SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nil)
         }
+    }
+
+    private func applyServerNames() throws(TLSConfigurationError) {
+        guard configuration.role == .server, !configuration.additionalCertificates.isEmpty else { return }
+        for certificate in configuration.additionalCertificates {
+            var child = configuration
+            child.certificateChain = certificate.certificateChain
+            child.privateKey = certificate.privateKey
+            child.hostNames = certificate.serverNames.filter { !$0.hasPrefix("*.") }
+            child.additionalCertificates = []
+            namedContexts.append((certificate.serverNames.map { $0.lowercased() }, try TLSContext(configuration: child)))
+        }
+        // Unretained: connections (and so the callback) never outlive the context that made them.
+        ckeel_ssl_ctx_set_servername_callback(context, { ssl, _, argument in
+            guard let ssl, let argument, let name = ckeel_ssl_get_servername(ssl) else { return SSL_TLSEXT_ERR_OK }
+            let context = Unmanaged<TLSContext>.fromOpaque(argument).takeUnretainedValue()
+            if let chosen = context.context(forServerName: String(cString: name).lowercased()) {
+                _ = SSL_set_SSL_CTX(ssl, chosen.context)
+            }
+            return SSL_TLSEXT_ERR_OK
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// The context whose certificate serves `name` (exactly, or by a `*.` wildcard for one label).
+    func context(forServerName name: String) -> TLSContext? {
+        if let exact = namedContexts.first(where: { $0.names.contains(name) }) { return exact.context }
+        guard let dot = name.firstIndex(of: ".") else { return nil }
+        let wildcard = "*" + name[dot...]
+        return namedContexts.first(where: { $0.names.contains(wildcard) })?.context
     }
 
     private func applyApplicationProtocols() {

@@ -1,6 +1,7 @@
 // keel-tls-echo: the TCP echo server over TLS (OpenSSL 3), on Keel's callback API.
 //
 //   keel-tls-echo --cert cert.pem --key key.pem [--ca ca.pem] [--alpn h2,http/1.1] [--host 127.0.0.1] [--port 7007]
+//                 [--sni api.example.org,*.api.example.org:api.pem:api.key ...]
 //   keel-tls-echo --cert cert.pem --key key.pem [--server-name example.org] --check
 //
 // Prints `listening on HOST:PORT` when ready; SIGINT or SIGTERM shut it down cleanly.
@@ -40,6 +41,9 @@ struct KeelTLSEcho: ParsableCommand {
     @Option(help: "A name clients reach the server by, checked against the certificate (repeatable).")
     var serverName: [String] = []
 
+    @Option(help: "Another certificate for clients asking for some names (SNI), as NAMES:CERT:KEY with NAMES comma-separated (repeatable).")
+    var sni: [String] = []
+
     @Flag(help: "Check the certificate and key, print a report and exit (nonzero when the server could not start).")
     var check = false
 
@@ -48,6 +52,12 @@ struct KeelTLSEcho: ParsableCommand {
         if let ca { tls.peerVerification = .required(.file(ca)) }
         if let alpn { tls.applicationProtocols = alpn.split(separator: ",").map(String.init) }
         tls.hostNames = serverName
+        for entry in sni {
+            let parts = entry.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 3 else { throw ValidationError("--sni takes NAMES:CERT:KEY, got \(entry)") }
+            tls.additionalCertificates.append(TLSServerCertificate(
+                serverNames: parts[0].split(separator: ",").map(String.init), certificateChain: parts[1], privateKey: parts[2]))
+        }
         if check {
             announce(TLSCertificateReport.check(chainPath: cert, hostNames: serverName).description)
             do {

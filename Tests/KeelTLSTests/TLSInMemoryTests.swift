@@ -246,6 +246,30 @@ struct TLSInMemoryTests {
         #expect(serverContext.handshakesNow == 0)
     }
 
+    @Test(arguments: [("alt.keel.test", "/CN=alt.keel.test"), ("ALT.keel.test", "/CN=alt.keel.test"),
+                      ("x.wild.keel.test", "/CN=alt.keel.test"), ("localhost", "/CN=localhost")])
+    func theServerNameChoosesTheCertificate(name: String, subject: String) throws {
+        let server = try pki.serverContext {
+            $0.additionalCertificates = [TLSServerCertificate(
+                serverNames: ["alt.keel.test", "*.wild.keel.test"], certificateChain: pki.path("alt.pem"), privateKey: pki.path("alt.key"))]
+        }
+        let pair = TLSPair(server: server, client: try pki.clientContext { $0.serverName = name })
+        pair.pump(split: 50)
+        #expect(pair.clientLog.snapshot.prefix(2) == ["established TLSv1.3 alpn=-", "peer \(subject)"])
+        #expect(pair.finishesClean)
+    }
+
+    @Test func anUnknownServerNameGetsTheDefaultCertificate() throws {
+        let server = try pki.serverContext {
+            $0.additionalCertificates = [TLSServerCertificate(
+                serverNames: ["alt.keel.test"], certificateChain: pki.path("alt.pem"), privateKey: pki.path("alt.key"))]
+        }
+        let pair = TLSPair(server: server, client: try pki.clientContext { $0.serverName = "deep.x.wild.keel.test" })
+        pair.pump()
+        #expect(pair.clientLog.snapshot.first == "closed tls.handshakeFailed", "the default certificate is for localhost")
+        #expect(pair.finishesClean)
+    }
+
     @Test func aConfigurationThatCannotWorkIsRefusedNamingTheFile() throws {
         #expect(throws: TLSConfigurationError.self) { try TLSContext(configuration: TLSConfiguration(role: .server)) }
         do throws(TLSConfigurationError) {

@@ -52,6 +52,14 @@ typedef struct ckeel_alpn_list {
 /// offers none of them is refused (RFC 7301).
 void ckeel_ssl_ctx_set_alpn_select(SSL_CTX *ctx, ckeel_alpn_list *list);
 
+/// Server name indication on a server: `callback(ssl, alert, argument)` runs on each ClientHello that
+/// names a server (it may switch the SSL's context) and returns SSL_TLSEXT_ERR_OK.
+typedef int (*ckeel_servername_callback)(SSL *ssl, int *alert, void *argument);
+void ckeel_ssl_ctx_set_servername_callback(SSL_CTX *ctx, ckeel_servername_callback callback, void *argument);
+
+/// The server name the client sent (NULL: none).
+const char *ckeel_ssl_get_servername(const SSL *ssl);
+
 /// The negotiated ALPN protocol (NULL, 0 when none).
 void ckeel_ssl_get_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *length);
 
