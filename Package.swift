@@ -70,7 +70,10 @@ let package = Package(
         ),
         .target(
             name: "KeelTLS",
-            dependencies: ["CKeelOpenSSL", "KeelSockets", "KeelEngine", "KeelBuffers", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "CKeelOpenSSL", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

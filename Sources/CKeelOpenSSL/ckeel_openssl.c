@@ -159,3 +159,135 @@ int ckeel_x509_dns_names(X509 *cert, char *buffer, size_t length) {
     GENERAL_NAMES_free(names);
     return count;
 }
+
+// MARK: Session ticket keys
+
+#include <openssl/rand.h>
+#include <openssl/core_names.h>
+
+static int keel_keys_index = -1, keel_owner_index = -1;
+static pthread_once_t keel_index_once = PTHREAD_ONCE_INIT;
+static void keel_make_indices(void) {
+    keel_keys_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    keel_owner_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+typedef struct {
+    unsigned char name[16];
+    unsigned char aes[32];
+    unsigned char hmac[32];
+    int64_t created;
+    int valid;
+} keel_ticket_key;
+
+struct ckeel_ticket_keys {
+    pthread_mutex_t lock;
+    int64_t lifetime;
+    keel_ticket_key current;
+    keel_ticket_key previous;
+};
+
+static int64_t keel_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (int64_t)now.tv_sec;
+}
+
+static int keel_make_key(keel_ticket_key *key) {
+    key->created = keel_now();
+    key->valid = RAND_bytes(key->name, sizeof key->name) == 1 && RAND_bytes(key->aes, sizeof key->aes) == 1
+        && RAND_bytes(key->hmac, sizeof key->hmac) == 1;
+    return key->valid;
+}
+
+static void keel_rotate_locked(ckeel_ticket_keys *keys) {
+    keys->previous = keys->current;
+    keel_make_key(&keys->current);
+}
+
+ckeel_ticket_keys *ckeel_ticket_keys_new(int64_t lifetime_seconds) {
+    ckeel_ticket_keys *keys = OPENSSL_zalloc(sizeof *keys);
+    if (!keys) return NULL;
+    pthread_mutex_init(&keys->lock, NULL);
+    keys->lifetime = lifetime_seconds > 0 ? lifetime_seconds : 1;
+    if (!keel_make_key(&keys->current)) {
+        ckeel_ticket_keys_free(keys);
+        return NULL;
+    }
+    return keys;
+}
+
+void ckeel_ticket_keys_free(ckeel_ticket_keys *keys) {
+    if (!keys) return;
+    pthread_mutex_destroy(&keys->lock);
+    OPENSSL_clear_free(keys, sizeof *keys);
+}
+
+void ckeel_ticket_keys_rotate(ckeel_ticket_keys *keys) {
+    pthread_mutex_lock(&keys->lock);
+    keel_rotate_locked(keys);
+    pthread_mutex_unlock(&keys->lock);
+}
+
+static int keel_ticket_callback(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cipher,
+                                EVP_MAC_CTX *mac, int encrypt) {
+    ckeel_ticket_keys *keys = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), keel_keys_index);
+    if (!keys) return -1;
+    keel_ticket_key key;
+    int result;
+    pthread_mutex_lock(&keys->lock);
+    if (encrypt) {
+        if (keel_now() - keys->current.created >= keys->lifetime) keel_rotate_locked(keys);
+        key = keys->current;
+        result = key.valid ? 1 : -1;
+    } else if (keys->current.valid && memcmp(name, keys->current.name, 16) == 0) {
+        key = keys->current;
+        // TLS 1.3 clients use a ticket once (RFC 8446, C.4): renewing gives them the next one.
+        result = SSL_version(ssl) == TLS1_3_VERSION ? 2 : 1;
+    } else if (keys->previous.valid && memcmp(name, keys->previous.name, 16) == 0
+               && keel_now() - keys->previous.created < 2 * keys->lifetime) {
+        key = keys->previous;
+        result = 2;  // accepted, and a fresh ticket is issued under the current key
+    } else {
+        result = 0;  // unknown or expired key: a full handshake
+    }
+    pthread_mutex_unlock(&keys->lock);
+    if (result <= 0) return result;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof key.hmac),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (encrypt) {
+        memcpy(name, key.name, 16);
+        if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1) return -1;
+        if (EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1) return -1;
+    } else if (EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1) {
+        return -1;
+    }
+    if (EVP_MAC_CTX_set_params(mac, params) != 1) return -1;
+    OPENSSL_cleanse(&key, sizeof key);
+    return result;
+}
+
+int ckeel_ssl_ctx_set_ticket_keys(SSL_CTX *ctx, ckeel_ticket_keys *keys) {
+    pthread_once(&keel_index_once, keel_make_indices);
+    if (SSL_CTX_set_ex_data(ctx, keel_keys_index, keys) != 1) return 0;
+    return SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, keel_ticket_callback) == 1;
+}
+
+// MARK: Owners and client sessions
+
+void ckeel_ssl_ctx_set_owner(SSL_CTX *ctx, void *owner) {
+    pthread_once(&keel_index_once, keel_make_indices);
+    SSL_CTX_set_ex_data(ctx, keel_owner_index, owner);
+}
+void *ckeel_ssl_get_ctx_owner(const SSL *ssl) {
+    pthread_once(&keel_index_once, keel_make_indices);
+    return SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), keel_owner_index);
+}
+
+void ckeel_ssl_ctx_set_client_session_callback(SSL_CTX *ctx, ckeel_new_session_callback callback) {
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, callback);
+}

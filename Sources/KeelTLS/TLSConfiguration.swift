@@ -111,6 +111,12 @@ public struct TLSConfiguration: Sendable {
     public var hostNames: [String] = []
     /// A handshake not finished within this time closes the connection (``TCPCloseReason/Code/tlsHandshakeTimeout``).
     public var handshakeTimeout: Duration = .seconds(10)
+    /// A server's session tickets are sealed with a key that is replaced after this long; tickets sealed
+    /// with the key before it are still accepted (and renewed), older ones get a full handshake.
+    public var sessionTicketKeyLifetime: Duration = .seconds(12 * 3600)
+    /// A client keeps the last session of each server name and offers it on the next connection
+    /// (resumption: no certificate exchange, one round trip less with TLS 1.2).
+    public var resumesSessions = true
     /// The most handshakes in progress at once on connections of this context (a server's, usually);
     /// a connection over the cap is closed at once (``TCPCloseReason/Code/tlsHandshakeLimit``), so a
     /// handshake storm cannot take the CPU from established connections. Nil: no cap.

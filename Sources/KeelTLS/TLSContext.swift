@@ -1,5 +1,6 @@
 import CKeelOpenSSL
 import KeelSockets
+import KeelSystem
 import Logging
 import Synchronization
 
@@ -22,6 +23,10 @@ public final class TLSContext: @unchecked Sendable {
     /// The contexts of ``TLSConfiguration/additionalCertificates``, with the names each serves
     /// (lowercased), chosen by the server name callback.
     private var namedContexts: [(names: [String], context: TLSContext)] = []
+    /// A server's rotating session ticket keys.
+    private var ticketKeys: OpaquePointer?
+    /// A client's last session per server name (each holds a reference), for resumption.
+    private let sessions = Locked<[String: OpaquePointer]>([:])
     /// Handshakes in progress on this context's connections (any thread), for the cap.
     private let handshakesInProgress = Atomic<Int>(0)
     /// The server's ALPN selection callback's argument (points into ``alpnWire``).
@@ -46,10 +51,13 @@ public final class TLSContext: @unchecked Sendable {
         try applyVerification()
         applyApplicationProtocols()
         try applyServerNames()
+        try applySessionResumption()
     }
 
     deinit {
         SSL_CTX_free(context)
+        ckeel_ticket_keys_free(ticketKeys)
+        sessions.withLock { for session in $0.values { SSL_SESSION_free(session) } }
         alpnWire?.deallocate()
         alpnList.deallocate()
     }
@@ -176,6 +184,44 @@ public final class TLSContext: @unchecked Sendable {
             }
             return SSL_TLSEXT_ERR_OK
         }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    private func applySessionResumption() throws(TLSConfigurationError) {
+        ckeel_ssl_ctx_set_owner(context, Unmanaged.passUnretained(self).toOpaque())  // unretained: see applyServerNames
+        if configuration.role == .server {
+            let (seconds, _) = configuration.sessionTicketKeyLifetime.components
+            guard let keys = ckeel_ticket_keys_new(max(1, seconds)), ckeel_ssl_ctx_set_ticket_keys(context, keys) == 1 else {
+                throw TLSConfigurationError(.openSSL, detail: "cannot set up session ticket keys: \(openSSLError())",
+                                            fix: "check the OpenSSL installation (its random number generator)")
+            }
+            ticketKeys = keys
+        } else if configuration.resumesSessions {
+            ckeel_ssl_ctx_set_client_session_callback(context) { ssl, session in
+                guard let ssl, let session, let owner = ckeel_ssl_get_ctx_owner(ssl), let name = ckeel_ssl_get_servername(ssl)
+                else { return 0 }
+                Unmanaged<TLSContext>.fromOpaque(owner).takeUnretainedValue().keep(session, for: String(cString: name))
+                return 1  // the reference is kept
+            }
+        }
+    }
+
+    /// Keeps `session` (taking its reference) as the one to offer to `serverName` next.
+    private func keep(_ session: OpaquePointer, for serverName: String) {
+        let replaced = sessions.withLock { $0.updateValue(session, forKey: serverName) }
+        if let replaced { SSL_SESSION_free(replaced) }
+    }
+
+    /// Offers the kept session for `serverName`, if any, to a client connection about to handshake.
+    func offerSession(to ssl: OpaquePointer, serverName: String) {
+        sessions.withLock { sessions in
+            if let session = sessions[serverName] { _ = SSL_set_session(ssl, session) }  // takes its own reference
+        }
+    }
+
+    /// Replaces a server's session ticket key now: tickets sealed with the key before the current one
+    /// are no longer accepted.
+    public func rotateSessionTicketKeys() {
+        if let ticketKeys { ckeel_ticket_keys_rotate(ticketKeys) }
     }
 
     /// The context whose certificate serves `name` (exactly, or by a `*.` wildcard for one label).

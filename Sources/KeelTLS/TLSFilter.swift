@@ -98,6 +98,7 @@ public final class TLSFilter: TCPConnectionFilter {
             if let name = configuration.serverName {
                 _ = ckeel_ssl_set_tlsext_host_name(ssl, name)
                 if case .required = configuration.peerVerification { _ = SSL_set1_host(ssl, name) }
+                if configuration.resumesSessions { tlsContext.offerSession(to: ssl, serverName: name) }
             }
             advanceHandshake(context: context)  // the ClientHello
         } else {

@@ -18,6 +18,7 @@ struct TLSRecorder: TCPConnectionHandler {
         let tls = connection.filter(ofType: TLSFilter.self)
         log.add("established \(tls?.version.map { "\($0)" } ?? "-") alpn=\(tls?.applicationProtocol ?? "-")")
         if let subject = tls?.peerCertificate?.subject { log.add("peer \(subject)") }
+        if tls?.isResumed == true { log.add("resumed") }
         if let greeting {
             let bytes = Array(greeting.utf8)
             var offset = 0
@@ -268,6 +269,34 @@ struct TLSInMemoryTests {
         pair.pump()
         #expect(pair.clientLog.snapshot.first == "closed tls.handshakeFailed", "the default certificate is for localhost")
         #expect(pair.finishesClean)
+    }
+
+    @Test(arguments: [TLSVersion.tls12, .tls13])
+    func aClientResumesItsSessionUntilTheTicketKeyIsTwoRotationsOld(version: TLSVersion) throws {
+        var profile = TLSProfile.intermediate
+        profile.maximumVersion = version
+        let server = try pki.serverContext()
+        let client = try pki.clientContext { $0.profile = profile }
+        func connect() -> Bool {
+            let pair = TLSPair(server: server, client: client)
+            pair.pump(split: 64)
+            let resumed = pair.serverLog.snapshot.contains("resumed")
+            #expect(resumed == pair.clientLog.snapshot.contains("resumed"), "both sides agree")
+            #expect(pair.serverLog.snapshot.contains("in hello"))
+            // A session stays resumable only when its connection ended with close_notify.
+            pair.client.withConnection { $0.close() }
+            pair.pump()
+            #expect(pair.finishesClean)
+            return resumed
+        }
+        #expect(!connect(), "the first connection has nothing to resume")
+        #expect(connect(), "the second resumes the first one's session")
+        server.rotateSessionTicketKeys()
+        #expect(connect(), "a ticket sealed with the previous key is still accepted")
+        server.rotateSessionTicketKeys()
+        server.rotateSessionTicketKeys()
+        #expect(!connect(), "a ticket two keys old gets a full handshake")
+        #expect(connect())
     }
 
     @Test func aConfigurationThatCannotWorkIsRefusedNamingTheFile() throws {

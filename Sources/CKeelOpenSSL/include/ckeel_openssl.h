@@ -60,6 +60,25 @@ void ckeel_ssl_ctx_set_servername_callback(SSL_CTX *ctx, ckeel_servername_callba
 /// The server name the client sent (NULL: none).
 const char *ckeel_ssl_get_servername(const SSL *ssl);
 
+/// Session ticket keys that rotate: tickets are sealed with the current key; a ticket sealed with the
+/// previous one is still accepted (and renewed); older ones get a full handshake. A new key replaces the
+/// current one once it is `lifetime_seconds` old. Thread-safe (a server's I/O threads share it).
+typedef struct ckeel_ticket_keys ckeel_ticket_keys;
+ckeel_ticket_keys *ckeel_ticket_keys_new(int64_t lifetime_seconds);
+void ckeel_ticket_keys_free(ckeel_ticket_keys *keys);
+/// Installs `keys` as `ctx`'s ticket key callback (keys must outlive ctx's sessions).
+int ckeel_ssl_ctx_set_ticket_keys(SSL_CTX *ctx, ckeel_ticket_keys *keys);
+/// Rotates now (for tests and operators): the current key becomes the previous one.
+void ckeel_ticket_keys_rotate(ckeel_ticket_keys *keys);
+
+/// A pointer kept with a context (its Swift owner), for callbacks that get only the SSL.
+void ckeel_ssl_ctx_set_owner(SSL_CTX *ctx, void *owner);
+void *ckeel_ssl_get_ctx_owner(const SSL *ssl);
+/// Client sessions: OpenSSL calls `callback(ssl, session)` with each new session (return 1 to keep
+/// the reference); no internal cache.
+typedef int (*ckeel_new_session_callback)(SSL *ssl, SSL_SESSION *session);
+void ckeel_ssl_ctx_set_client_session_callback(SSL_CTX *ctx, ckeel_new_session_callback callback);
+
 /// The negotiated ALPN protocol (NULL, 0 when none).
 void ckeel_ssl_get_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *length);
 
