@@ -257,7 +257,13 @@ struct AsyncBridgeHandler: TCPConnectionHandler {
     }
 
     mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
-        bridge?.closed(reason)
+        if let bridge {
+            bridge.closed(reason)
+        } else if case .deliver(let continuation) = purpose {
+            // Closed before it opened (a filter held the opening back: a failed TLS handshake, a refused
+            // PROXY header): the task that asked for it learns why.
+            continuation.resume(throwing: AsyncTCPConnectionError(reason: reason))
+        }
         bridge = nil
     }
 }

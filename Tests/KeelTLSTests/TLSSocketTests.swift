@@ -162,3 +162,42 @@ struct TLSSocketTests {
         }
     }
 }
+
+@Suite("TLS with the async API")
+struct TLSAsyncTests {
+    let pki = TestPKI.shared
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func asyncServerAndClientEchoOverTLS(backend: BackendKind) async throws {
+        try await withPool(backend, threads: 2) { pool in
+            var serverConfiguration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+            serverConfiguration.connection.useTLS(try pki.serverContext())
+            let server = try AsyncTCPServer(pool: pool, configuration: serverConfiguration) { connection in
+                for try await payload in connection.inbound { try await connection.write(payload) }
+            }
+            var clientConfiguration = TCPConnectorConfiguration()
+            clientConfiguration.connection.useTLS(try pki.clientContext())
+            let connector = AsyncTCPConnector(pool: pool, configuration: clientConfiguration)
+            let connection = try await connector.connect(to: server.localAddress)
+            let message = Array((0..<50_000).map { UInt8(truncatingIfNeeded: $0 % 251) })
+            try await connection.write(message)
+            var echoed: [UInt8] = []
+            while echoed.count < message.count, let payload = try await connection.receive() {
+                echoed += payload.readableByteArray
+            }
+            #expect(echoed == message)
+            connection.close()
+
+            // A server the client does not trust: connect throws with the handshake's reason.
+            var untrusting = TCPConnectorConfiguration()
+            untrusting.connection.useTLS(try pki.clientContext { $0.peerVerification = .required(.file(pki.otherCertificate)) })
+            do {
+                _ = try await AsyncTCPConnector(pool: pool, configuration: untrusting).connect(to: server.localAddress)
+                Issue.record("an untrusted server was accepted")
+            } catch let error as AsyncTCPConnectionError {
+                #expect(error.reason.code == .tlsHandshakeFailed)
+            }
+            await server.stop()
+        }
+    }
+}
