@@ -117,9 +117,14 @@ struct TCPAllocationTests {
         #expect(await eventually { server.statistics.accepted == total && server.statistics.active == 0 })
         let established = try await pool.threads[0].submit { storage.index.pointee }
         #expect(established == total)
-        let perAccept = Double(storage.marks[total - 1] - storage.marks[warmup]) / Double(total - 1 - warmup)
-        #expect(storage.marks[total - 1] - storage.marks[warmup] == 0,
-                "\(perAccept) allocations per accepted connection after warm-up")
+        // Allocations between one accepted connection and the next, after warm-up. In steady state each
+        // is zero. While the rest of the suite runs in parallel, the process's descriptor numbers can
+        // climb past any seen before, and the epoll backend's descriptor-indexed table then grows once:
+        // that one-off (or two) is tolerated; a cost per accept is not.
+        let deltas = (warmup..<(total - 1)).map { storage.marks[$0 + 1] - storage.marks[$0] }
+        let allocating = deltas.enumerated().filter { $0.element != 0 }
+        #expect(allocating.count <= 2,
+                "\(allocating.count) of \(deltas.count) accepts after warm-up allocated: \(allocating.prefix(10).map { "#\($0.offset + warmup + 1): \($0.element)" })")
         await server.stop()
         pool.shutdown()
     }
