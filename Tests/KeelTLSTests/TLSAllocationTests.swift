@@ -1,0 +1,83 @@
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+import KeelTLS
+import KeelSystem
+import KeelTestSupport
+import Testing
+
+/// Echoes, and measures its I/O thread's allocations between two message counts.
+struct MeasuringTLSEchoHandler: TCPConnectionHandler {
+    let warmup: Int
+    let measured: Int
+    let results: Collector<UInt64>
+    var messages = 0
+    var start: UInt64 = 0
+
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+        messages += 1
+        if messages == warmup { start = AllocationCounter.currentThread }
+        connection.write(buffer)
+        if messages == warmup + measured { results.add(AllocationCounter.currentThread - start) }
+    }
+}
+
+/// Python's ssl module as the client: COUNT round trips of one 64-byte message each.
+let pythonPingPong = #"""
+import socket, ssl, sys
+port, pki, count, version = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+c = ssl.create_default_context(cafile=f"{pki}/ca.pem")
+c.minimum_version = c.maximum_version = getattr(ssl.TLSVersion, version)
+s = c.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
+message = bytes(range(64))
+for _ in range(count):
+    s.sendall(message)
+    got = b""
+    while len(got) < 64:
+        got += s.recv(64 - len(got))
+    assert got == message
+s.unwrap()
+"""#
+
+@Suite("TLS allocations", .serialized, .enabled(if: AllocationCounter.isActive, "malloc is not interposed (sanitizer build)"))
+struct TLSAllocationTests {
+    let pki = TestPKI.shared
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest, ["TLSv1_3", "TLSv1_2"])
+    func echoAfterTheHandshakeAllocatesNothingPerMessage(backend: BackendKind, version: String) async throws {
+        let warmup = 1_000
+        let measured = 5_000
+        let results = Collector<UInt64>()
+        let script = "\(pki.directory)/pingpong.py"
+        let file = fopen(script, "w")!
+        fputs(pythonPingPong, file)
+        fclose(file)
+        try await withPool(backend) { pool in
+            var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+            configuration.connection.useTLS(try pki.serverContext())
+            let server = try TCPServer(pool: pool, configuration: configuration) {
+                MeasuringTLSEchoHandler(warmup: warmup, measured: measured, results: results)
+            }
+            let port = server.localAddress.port
+            let status = await withCheckedContinuation { continuation in
+                SystemThread.spawn(name: "tls-pingpong") {
+                    continuation.resume(returning: system("python3 \(script) \(port) \(pki.directory) \(warmup + measured) \(version)"))
+                }.detach()
+            }
+            #expect(status == 0)
+            let allocations = await results.wait(for: 1).first ?? .max
+            // Keel's own path allocates nothing here; OpenSSL 3.0's SSL_write still does (CRYPTO_zalloc
+            // inside libssl, traced with AllocationCounter.trace): 2 per echoed message with TLS 1.2,
+            // 4 with TLS 1.3. Until that is gone the zero is a known issue, and the bound below catches
+            // any allocation Keel adds.
+            withKnownIssue("OpenSSL 3.0 allocates in SSL_write per record") {
+                #expect(allocations == 0, "\(allocations) allocations over \(measured) messages echoed over TLS")
+            }
+            let openSSLPerMessage: UInt64 = version == "TLSv1_3" ? 4 : 2
+            #expect(allocations <= openSSLPerMessage * UInt64(measured) + 10,
+                    "\(allocations) allocations over \(measured) messages: more than OpenSSL's own")
+            await server.stop()
+        }
+    }
+}
