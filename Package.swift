@@ -181,7 +181,7 @@ let package = Package(
         .target(name: "CKeelAllocationCounter", path: "Tests/CKeelAllocationCounter"),
         .target(
             name: "KeelTestSupport",
-            dependencies: ["CKeelAllocationCounter", "KeelEngine", "KeelSystem"],
+            dependencies: ["CKeelAllocationCounter", "KeelEngine", "KeelSystem", "KeelSockets", "KeelBuffers"],
             path: "Tests/KeelTestSupport",
             swiftSettings: strict
         ),

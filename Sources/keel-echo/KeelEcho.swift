@@ -9,13 +9,6 @@ import KeelCommandLine
 import KeelEngine
 import KeelSockets
 
-/// Echoes every received buffer back on the same connection, without copying it.
-struct EchoHandler: TCPConnectionHandler {
-    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
-        connection.write(buffer)
-    }
-}
-
 @main
 struct KeelEcho: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -12,13 +12,6 @@ import KeelEngine
 import KeelSockets
 import KeelTLS
 
-/// Echoes every decrypted buffer back (the TLS filter encrypts it on the way out).
-struct EchoHandler: TCPConnectionHandler {
-    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
-        connection.write(buffer)
-    }
-}
-
 @main
 struct KeelTLSEcho: ParsableCommand {
     static let configuration = CommandConfiguration(

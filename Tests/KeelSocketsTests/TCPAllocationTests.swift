@@ -7,22 +7,6 @@ import Testing
 
 import KeelTestSupport
 
-/// Echoes, and measures its own I/O thread's allocations between two message counts.
-struct MeasuringEchoHandler: TCPConnectionHandler {
-    let warmup: Int
-    let measured: Int
-    let results: Collector<UInt64>
-    var messages = 0
-    var start: UInt64 = 0
-
-    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
-        messages += 1
-        if messages == warmup { start = AllocationCounter.currentThread }
-        connection.write(buffer)
-        if messages == warmup + measured { results.add(AllocationCounter.currentThread - start) }
-    }
-}
-
 /// Records its I/O thread's allocation counter when each connection opens, into preallocated storage.
 struct AcceptCountingHandler: TCPConnectionHandler {
     let marks: UnsafeMutablePointer<UInt64>

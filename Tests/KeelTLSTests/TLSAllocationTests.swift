@@ -7,22 +7,6 @@ import KeelSystem
 import KeelTestSupport
 import Testing
 
-/// Echoes, and measures its I/O thread's allocations between two message counts.
-struct MeasuringTLSEchoHandler: TCPConnectionHandler {
-    let warmup: Int
-    let measured: Int
-    let results: Collector<UInt64>
-    var messages = 0
-    var start: UInt64 = 0
-
-    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
-        messages += 1
-        if messages == warmup { start = AllocationCounter.currentThread }
-        connection.write(buffer)
-        if messages == warmup + measured { results.add(AllocationCounter.currentThread - start) }
-    }
-}
-
 /// Python's ssl module as the client: COUNT round trips of one 64-byte message each.
 let pythonPingPong = #"""
 import socket, ssl, sys
@@ -57,7 +41,7 @@ struct TLSAllocationTests {
             var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
             configuration.connection.useTLS(try pki.serverContext())
             let server = try TCPServer(pool: pool, configuration: configuration) {
-                MeasuringTLSEchoHandler(warmup: warmup, measured: measured, results: results)
+                MeasuringEchoHandler(warmup: warmup, measured: measured, results: results)
             }
             let port = server.localAddress.port
             let status = await withCheckedContinuation { continuation in
