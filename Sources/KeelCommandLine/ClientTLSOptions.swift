@@ -3,7 +3,7 @@ import KeelSockets
 import KeelTLS
 
 /// The TLS options of Keel's clients and load tools: `--tls`, `--ca`, `--insecure`, `--server-name`,
-/// `--alpn`.
+/// `--alpn`, `--tls-version`, `--no-resume`.
 public struct ClientTLSOptions: ParsableArguments {
     @Flag(help: "Speak TLS to the server.")
     public var tls = false
@@ -20,7 +20,19 @@ public struct ClientTLSOptions: ParsableArguments {
     @Option(help: "ALPN protocols to offer, comma-separated.")
     public var alpn: String?
 
+    @Option(help: "The highest TLS version to offer: 1.2 or 1.3 (default: 1.3).")
+    public var tlsVersion: String?
+
+    @Flag(help: "Do not resume sessions: every connection makes a full handshake.")
+    public var noResume = false
+
     public init() {}
+
+    public func validate() throws {
+        if let tlsVersion, tlsVersion != "1.2", tlsVersion != "1.3" {
+            throw ValidationError("--tls-version takes 1.2 or 1.3, not \(tlsVersion)")
+        }
+    }
 
     /// Connection options that speak TLS when `--tls` was given (plain TCP otherwise).
     /// - Parameter host: the host connected to, the default server name.
@@ -30,6 +42,8 @@ public struct ClientTLSOptions: ParsableArguments {
         var configuration = TLSConfiguration.client(serverName: serverName ?? host, trustRoots: ca.map { .file($0) } ?? .system)
         if insecure { configuration.peerVerification = .none }
         if let alpn { configuration.applicationProtocols = alpn.split(separator: ",").map(String.init) }
+        if tlsVersion == "1.2" { configuration.profile.maximumVersion = .tls12 }
+        configuration.resumesSessions = !noResume
         options.useTLS(try TLSContext(configuration: configuration))
         return options
     }
