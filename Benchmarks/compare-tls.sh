@@ -24,7 +24,7 @@ source Benchmarks/servers.sh
 echo "building release binaries..." >&2
 swift build -c release --product keel-tls-echo >/dev/null
 swift build -c release --product keel-bench >/dev/null
-swift build -c release --package-path Benchmarks --product nio-tls-echo-server >/dev/null
+swift build -c release --package-path Benchmarks --product nio-echo-server >/dev/null
 pki=$(mktemp -d)
 scripts/make-test-pki.sh "$pki"
 bench=.build/release/keel-bench
@@ -38,7 +38,7 @@ start_tls_server() {  # name -> SERVER_PID, SERVER_PORT
     case "$1" in
         keel) "${SERVER_CPU[@]}" .build/release/keel-tls-echo --port 0 --threads 1 --backend io_uring \
                   --cert "$pki/server.pem" --key "$pki/server.key" >"$out" 2>/dev/null & ;;
-        nio) "${SERVER_CPU[@]}" Benchmarks/.build/release/nio-tls-echo-server 0 1 "$pki/server.pem" "$pki/server.key" >"$out" 2>/dev/null & ;;
+        nio) "${SERVER_CPU[@]}" Benchmarks/.build/release/nio-echo-server 0 1 "$pki/server.pem" "$pki/server.key" >"$out" 2>/dev/null & ;;
     esac
     SERVER_PID=$!
     for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done

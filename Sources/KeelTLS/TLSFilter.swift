@@ -259,7 +259,9 @@ public final class TLSFilter: TCPConnectionFilter {
     private func perform(_ context: TCPFilterContext, plain: Int = 0, _ operation: (OpaquePointer) -> Int32) -> (Int32, Int32) {
         guard let ssl else { return (-1, SSL_ERROR_SSL) }
         var produced = 0
-        defer { if produced > 0 || plain > 0 { noteRecords(cipher: produced, plain: plain) } }
+        // Plaintext whose records OpenSSL had already passed down (cipher 0) completes with them: the
+        // FIFO hands it up right after the entries before it.
+        defer { if produced > 0 || plain > 0 { unsentRecords.append((produced, plain)) } }
         while true {
             guard var output = try? context.bufferPool.acquire() else { return (-1, SSL_ERROR_SSL) }
             let result = output.withUnsafeMutableWritableBytes { region in
@@ -280,19 +282,6 @@ public final class TLSFilter: TCPConnectionFilter {
             }
             if error != SSL_ERROR_WANT_WRITE { return (result, error) }
         }
-    }
-
-    private func noteRecords(cipher: Int, plain: Int) {
-        if cipher == 0 {
-            // Written into records already passed down (OpenSSL finished a record it had begun).
-            if plain > 0 {
-                if unsentRecordsHead < unsentRecords.count { unsentRecords[unsentRecords.count - 1].plain += plain } else {
-                    unsentRecords.append((0, plain))
-                }
-            }
-            return
-        }
-        unsentRecords.append((cipher, plain))
     }
 
     private func fail(_ code: TCPCloseReason.Code, detail: String, mode: TCPCloseMode, context: TCPFilterContext) {
