@@ -89,6 +89,8 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) private var sendOperation: OperationID?
     @exclusivity(unchecked) private var sendInFlight = false
     @exclusivity(unchecked) private var flushScheduled = false
+    /// A filter asked for a flush (``TCPFilterContext/requestFlush()``) with the next coalesced send.
+    @exclusivity(unchecked) private var filterFlushRequested = false
     /// False while the write queue is above the high watermark (until it drains to the low one).
     @exclusivity(unchecked) public private(set) var isWritable = true
     /// Incremented each time the object is reused, so stale handles are ignored.
@@ -237,6 +239,7 @@ public class TCPConnection: @unchecked Sendable {
         generation &+= 1
         finishDeferred = false
         flushScheduled = false
+        filterFlushRequested = false
         descriptor = fd
         lifecycle.opened()
         rareClosures?.closeReason = nil
@@ -550,6 +553,18 @@ public class TCPConnection: @unchecked Sendable {
         if closeReason == nil { closures.closeReason = reason }
     }
 
+    /// Schedules the filters' flushes (``TCPFilterContext/requestFlush()``) with the coalesced writes.
+    /// - Returns: false when this connection does not coalesce writes or is not open.
+    func scheduleFilterFlush() -> Bool {
+        guard let flushList, state == .open else { return false }
+        filterFlushRequested = true
+        if !flushScheduled {
+            flushScheduled = true
+            flushList._withUnsafeGuaranteedRef { $0.schedule(self) }
+        }
+        return true
+    }
+
     /// Queues `buffer` for the socket (the bottom of the filter stack). Ignored once the close reached
     /// the socket.
     func writeToSocket(_ buffer: consuming IOBuffer) {
@@ -807,6 +822,11 @@ public class TCPConnection: @unchecked Sendable {
     /// Writes made during one loop iteration leave together: one `sendmsg` of everything queued (up to
     /// 64 buffers), tried at once; what the kernel does not take goes on asynchronously.
     func flushCoalescedWrites() {
+        if filterFlushRequested, let filterStack {
+            // flushScheduled stays set meanwhile: what the filters pass down joins this send.
+            filterFlushRequested = false
+            filterStack.runRequestedFlushes()
+        }
         flushScheduled = false
         guard state == .open, !sendInFlight, !writeQueue.isEmpty else { return }
         let (vectors, message) = sendVectors()

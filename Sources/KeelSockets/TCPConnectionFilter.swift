@@ -61,6 +61,10 @@ public protocol TCPConnectionFilter: AnyObject {
     func filterAdded(context: TCPFilterContext)
     /// The filter was taken out of the stack (``TCPFilterContext/removeFilter()``); no more events come.
     func filterRemoved(context: TCPFilterContext)
+    /// The connection is about to send what was written in this loop iteration, and the filter asked
+    /// for this call (``TCPFilterContext/requestFlush()``): pass down what it held back to batch it
+    /// (TLS turns a burst of small writes into one record).
+    func flush(context: TCPFilterContext)
 }
 
 extension TCPConnectionFilter {
@@ -77,6 +81,7 @@ extension TCPConnectionFilter {
     public func connectionClosed(_ reason: TCPCloseReason, context: TCPFilterContext) {}
     public func filterAdded(context: TCPFilterContext) {}
     public func filterRemoved(context: TCPFilterContext) {}
+    public func flush(context: TCPFilterContext) {}
 }
 
 /// One filter's place in its connection's stack: how it passes events to its neighbours and changes
@@ -100,6 +105,8 @@ public final class TCPFilterContext {
     public internal(set) var isRemoved = false
     /// True once the connection closed: every call is ignored.
     var isDetached = false
+    /// The filter asked for ``TCPConnectionFilter/flush(context:)`` before the thread next waits.
+    var wantsFlush = false
 
     init(connection: TCPConnection, filter: any TCPConnectionFilter) {
         self.connection = connection
@@ -117,6 +124,19 @@ public final class TCPFilterContext {
 
     /// The connection's thread's buffer pool, for filters that make bytes of their own.
     public var bufferPool: BufferPool { connection.thread.bufferPool }
+
+    /// Asks for one ``TCPConnectionFilter/flush(context:)`` call once the loop iteration's events are
+    /// handled, right before the connection sends its coalesced writes, so the filter may hold writes
+    /// back until then and pass them down together.
+    /// - Returns: false when the connection does not coalesce writes
+    ///   (``TCPConnectionOptions/coalescesWrites``) or is closing: then pass writes down at once.
+    public func requestFlush() -> Bool {
+        guard !isDetached, connection.isOpenForEvents else { return false }
+        if wantsFlush { return true }
+        guard connection.scheduleFilterFlush() else { return false }
+        wantsFlush = true
+        return true
+    }
 
     // MARK: Up (toward the handler)
 
@@ -264,6 +284,19 @@ final class TCPFilterStack {
     var handlerHalfClosePending = false
     /// The handler's buffer that the next bytes reaching it are appended to (``TCPConnection/continueReading(into:)``).
     var handlerAccumulator: DetachedBuffer?
+
+    /// Runs the flushes the filters asked for, top filter first, so what one passes down reaches the
+    /// next in time for its own flush.
+    func runRequestedFlushes() {
+        var context = top
+        while let current = context {
+            context = current.below
+            if current.wantsFlush && !current.isDetached {
+                current.wantsFlush = false
+                current.filter?.flush(context: current)
+            }
+        }
+    }
 
     init(connection: TCPConnection, filters: [any TCPConnectionFilter]) {
         var previous: TCPFilterContext?

@@ -55,6 +55,7 @@ public struct TLSCertificateReport: Sendable, CustomStringConvertible {
     ///   - now: the time to judge validity at (seconds since the epoch; default: now).
     public static func check(chainPath: String, hostNames: [String] = [], trustRoots: TLSTrustRoots? = .system,
                              now: Int64 = Int64(time(nil))) -> TLSCertificateReport {
+        _ = OpenSSLRuntime.prepared
         var report = TLSCertificateReport()
         let chain = readCertificates(chainPath)
         defer { chain.forEach { X509_free($0) } }

@@ -34,6 +34,7 @@ public final class TLSContext: @unchecked Sendable {
 
     /// Makes the OpenSSL context for `configuration`.
     public init(configuration: TLSConfiguration) throws(TLSConfigurationError) {
+        _ = OpenSSLRuntime.prepared
         self.configuration = configuration
         let method = configuration.role == .server ? TLS_server_method() : TLS_client_method()
         guard let context = SSL_CTX_new(method) else {
@@ -267,4 +268,12 @@ func openSSLError() -> String {
     ckeel_ssl_error_string(&buffer, buffer.count)
     let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return text.isEmpty ? "no detail from OpenSSL" : text
+}
+
+/// OpenSSL readied for Keel once per process (``ckeel_openssl_prepare``): every KeelTLS entry point
+/// touches ``prepared`` before its first OpenSSL call, so Keel's small-block cache is in place before
+/// OpenSSL allocates anything (unless another part of the process used OpenSSL first).
+enum OpenSSLRuntime {
+    /// True when OpenSSL's allocations go through the per-thread small-block cache.
+    static let prepared: Bool = ckeel_openssl_prepare() != 0
 }

@@ -32,6 +32,8 @@ public final class TLSFilter: TCPConnectionFilter {
     private let io: UnsafeMutablePointer<ckeel_tls_io>
     /// What the layers above wrote before the handshake finished, sent once it has.
     private var pendingWrites: [DetachedBuffer] = []
+    /// Small writes of this loop iteration, gathered to be sealed as one record at the flush.
+    private var heldPlaintext: DetachedBuffer?
     private var handshakeTimer: TimerHandle?
     private var receivedCloseNotify = false
     private var sentCloseNotify = false
@@ -56,6 +58,7 @@ public final class TLSFilter: TCPConnectionFilter {
         if holdsHandshakeSlot { tlsContext.endHandshake() }
         if let ssl { SSL_free(ssl) }
         for buffer in pendingWrites { buffer.release() }
+        heldPlaintext?.release()
         io.deallocate()
     }
 
@@ -159,21 +162,28 @@ public final class TLSFilter: TCPConnectionFilter {
         for buffer in waiting { filterOutbound(buffer.reattach(), context: context) }
     }
 
+    /// Decrypts what OpenSSL can, gathering consecutive records into one buffer, so the layers above
+    /// see one delivery (and answer with one write) per burst rather than one per record.
     private func readPlaintext(context: TCPFilterContext) {
         while ssl != nil && !failed && !receivedCloseNotify {
             guard var plaintext = try? context.bufferPool.acquire() else {
                 return fail(.resourceExhausted, detail: "no buffer for decrypted bytes", mode: .abortive, context: context)
             }
-            let (result, error) = plaintext.withUnsafeMutableWritableBytes { region in
-                perform(context) { SSL_read($0, region.baseAddress, Int32(clamping: region.count)) }
-            }
-            if result > 0 {
+            var error = SSL_ERROR_NONE
+            while plaintext.writableBytes > 0 {
+                let (result, code) = plaintext.withUnsafeMutableWritableBytes { region in
+                    perform(context) { SSL_read($0, region.baseAddress, Int32(clamping: region.count)) }
+                }
+                guard result > 0 else {
+                    error = code
+                    break
+                }
                 plaintext.moveWriterIndex(forwardBy: Int(result))
-                context.passInbound(plaintext)
-                continue
             }
-            _ = consume plaintext
+            if plaintext.readableBytes > 0 { context.passInbound(plaintext) } else { _ = consume plaintext }
             switch error {
+            case SSL_ERROR_NONE:
+                continue  // the buffer filled up: more may follow
             case SSL_ERROR_WANT_READ:
                 return
             case SSL_ERROR_ZERO_RETURN:
@@ -206,6 +216,39 @@ public final class TLSFilter: TCPConnectionFilter {
     public func filterOutbound(_ buffer: consuming IOBuffer, context: TCPFilterContext) {
         guard ssl != nil, !failed, !sentCloseNotify, buffer.readableBytes > 0 else { return }
         guard isHandshakeComplete else { return pendingWrites.append(buffer.detach()) }
+        // Small writes made in one loop iteration become one record, sealed when the connection
+        // flushes: one encryption and one record header for a burst (a pipelined batch of replies)
+        // rather than one per write. The first write's own buffer gathers the rest when it has room.
+        let size = buffer.readableBytes
+        if var held = heldPlaintext?.reattach() {
+            heldPlaintext = nil
+            if held.writableBytes >= size {
+                _ = buffer.withUnsafeReadableBytes { held.append($0) }
+                heldPlaintext = held.detach()
+                return
+            }
+            encrypt(held, context: context)
+            guard ssl != nil, !failed else { return }
+        }
+        if size <= Self.gatheredWriteLimit && context.requestFlush() {
+            heldPlaintext = buffer.detach()
+            return
+        }
+        encrypt(buffer, context: context)
+    }
+
+    /// Writes up to this size are held back to gather the iteration's other writes into one record.
+    private static let gatheredWriteLimit = 4096
+
+    public func flush(context: TCPFilterContext) {
+        guard let held = heldPlaintext else { return }
+        heldPlaintext = nil
+        encrypt(held.reattach(), context: context)
+    }
+
+    /// Seals `buffer` into records and passes them down.
+    private func encrypt(_ buffer: consuming IOBuffer, context: TCPFilterContext) {
+        guard ssl != nil, !failed, !sentCloseNotify else { return }
         let plain = buffer.readableBytes
         let (result, _) = buffer.withUnsafeReadableBytes { bytes in
             perform(context, plain: plain) { SSL_write($0, bytes.baseAddress, Int32(clamping: bytes.count)) }
@@ -229,6 +272,7 @@ public final class TLSFilter: TCPConnectionFilter {
     }
 
     public func closeRequested(_ mode: TCPCloseMode, context: TCPFilterContext) {
+        if mode != .abortive { flush(context: context) }  // what was written before the close goes first
         if mode != .abortive, isHandshakeComplete, !sentCloseNotify, !failed {
             sentCloseNotify = true
             _ = perform(context) { SSL_shutdown($0) }  // queues close_notify ahead of the TCP close
@@ -247,6 +291,8 @@ public final class TLSFilter: TCPConnectionFilter {
         handshakeTimer = nil
         for buffer in pendingWrites { buffer.release() }
         pendingWrites.removeAll()
+        heldPlaintext?.release()
+        heldPlaintext = nil
         if let ssl { SSL_free(ssl) }
         ssl = nil
     }

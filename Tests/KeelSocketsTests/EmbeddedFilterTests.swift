@@ -181,6 +181,41 @@ final class UpgradingFilter: TCPConnectionFilter {
     }
 }
 
+/// Holds the writes of a loop iteration back and passes them down as one buffer at the flush (as TLS
+/// seals a burst of small writes into one record); passes each at once when flushes are unavailable.
+final class GatheringFilter: TCPConnectionFilter {
+    let log: Collector<String>
+    private var held: DetachedBuffer?
+    private var pieces = 0
+    init(log: Collector<String>) { self.log = log }
+
+    func filterOutbound(_ buffer: consuming IOBuffer, context: TCPFilterContext) {
+        if var gathered = held?.reattach() {
+            _ = buffer.withUnsafeReadableBytes { gathered.append($0) }
+            held = gathered.detach()
+            pieces += 1
+        } else if context.requestFlush() {
+            held = buffer.detach()
+            pieces = 1
+        } else {
+            log.add("passed at once")
+            context.passOutbound(buffer)
+        }
+    }
+
+    func flush(context: TCPFilterContext) {
+        guard let gathered = held else { return }
+        held = nil
+        log.add("flushed \(pieces)")
+        context.passOutbound(gathered.reattach())
+    }
+
+    func connectionClosed(_ reason: TCPCloseReason, context: TCPFilterContext) {
+        held?.release()
+        held = nil
+    }
+}
+
 struct TestError: Error, CustomStringConvertible {
     var description: String { "test error" }
 }
@@ -361,6 +396,29 @@ struct EmbeddedFilterTests {
         test.receive("bad!")
         #expect(test.closeReason == TCPCloseReason(.protocolError, detail: "test error"))
         #expect(test.closedAbortively)
+        #expect(test.finish().isClean)
+    }
+
+    @Test(arguments: [true, false])
+    func aFilterMayHoldAnIterationsWritesUntilTheFlush(coalescesWrites: Bool) {
+        let log = Collector<String>()
+        var options = TCPConnectionOptions(makeFilters: { _ in
+            [LoggingFilter("a", log: log), GatheringFilter(log: log), SplittingFilter()]
+        })
+        options.coalescesWrites = coalescesWrites
+        let test = EmbeddedConnection(handler: EventRecorder(log: log, echoes: true), options: options)
+        test.receive("abc")  // three deliveries, three echoed writes, in one iteration
+        #expect(test.takeWrittenString() == "abc")
+        let downAtTheBottom = log.snapshot.filter { $0 == "a out" }.count
+        if coalescesWrites {
+            #expect(log.snapshot.contains("flushed 3"))
+            #expect(downAtTheBottom == 1, "the three writes went down as one")
+        } else {
+            #expect(log.snapshot.filter { $0 == "passed at once" }.count == 3)
+            #expect(downAtTheBottom == 3)
+        }
+        test.receive("de")
+        #expect(test.takeWrittenString() == "de", "a later iteration flushes again")
         #expect(test.finish().isClean)
     }
 

@@ -57,11 +57,14 @@ final class TLSPair {
     private var clientFinForwarded = false
     private var serverFinForwarded = false
 
-    init(server serverContext: TLSContext, client clientContext: TLSContext, greeting: String? = "hello") {
+    init(server serverContext: TLSContext, client clientContext: TLSContext, greeting: String? = "hello",
+         coalescesWrites: Bool = true) {
         var serverOptions = TCPConnectionOptions()
         serverOptions.useTLS(serverContext)
+        serverOptions.coalescesWrites = coalescesWrites
         var clientOptions = TCPConnectionOptions()
         clientOptions.useTLS(clientContext)
+        clientOptions.coalescesWrites = coalescesWrites
         server = EmbeddedConnection(handler: TLSRecorder(log: serverLog, echoes: true), options: serverOptions)
         client = EmbeddedConnection(handler: TLSRecorder(log: clientLog, greeting: greeting), options: clientOptions)
     }
@@ -99,6 +102,18 @@ final class TLSPair {
 }
 
 extension Array where Element == UInt8 {
+    /// The TLS records these bytes hold, as (content type, length); the last may be incomplete.
+    var tlsRecords: [(type: UInt8, length: Int)] {
+        var records: [(UInt8, Int)] = []
+        var offset = 0
+        while offset + 5 <= count {
+            let length = Int(self[offset + 3]) << 8 | Int(self[offset + 4])
+            records.append((self[offset], length))
+            offset += 5 + length
+        }
+        return records
+    }
+
     func pieces(of size: Int) -> [[UInt8]] {
         guard size < count else { return [self] }
         return stride(from: 0, to: count, by: size).map { Array(self[$0..<Swift.min($0 + size, count)]) }
@@ -212,6 +227,78 @@ struct TLSInMemoryTests {
         #expect(pair.serverLog.snapshot.contains("closed tls.truncated"))
         #expect(!pair.serverLog.snapshot.contains("half-closed"), "not a clean end")
         #expect(pair.finishesClean)
+    }
+
+    @Test(arguments: [true, false])
+    func smallWritesOfOneIterationBecomeOneRecord(coalescesWrites: Bool) throws {
+        let pair = TLSPair(server: try pki.serverContext(), client: try pki.clientContext(), greeting: nil,
+                           coalescesWrites: coalescesWrites)
+        pair.pump()
+        pair.client.withConnection { connection in
+            for word in ["one ", "two ", "three"] {
+                var buffer = try! connection.thread.bufferPool.acquire()
+                buffer.append(contentsOf: Array(word.utf8))
+                connection.write(buffer)
+            }
+        }
+        let sent = pair.client.takeWritten()
+        #expect(sent.tlsRecords.count == (coalescesWrites ? 1 : 3), "records: \(sent.tlsRecords)")
+        // The server decrypts consecutive records into one delivery either way.
+        pair.server.receive(sent)
+        #expect(pair.serverLog.snapshot.last == "in one two three")
+        pair.pump()
+        #expect(pair.clientLog.snapshot.last == "in one two three")
+        #expect(pair.finishesClean)
+    }
+
+    /// A pair past its handshake, and the client's next write as ciphertext (not yet delivered).
+    private func establishedPairAndARecord() throws -> (TLSPair, [UInt8]) {
+        let pair = TLSPair(server: try pki.serverContext(), client: try pki.clientContext(), greeting: nil)
+        pair.pump()
+        pair.client.withConnection { connection in
+            var buffer = try! connection.thread.bufferPool.acquire()
+            buffer.append(contentsOf: Array(repeating: UInt8(ascii: "x"), count: 300))
+            connection.write(buffer)
+        }
+        let record = pair.client.takeWritten()
+        #expect(record.tlsRecords.count == 1)
+        return (pair, record)
+    }
+
+    @Test func aRecordCutShortByTheEndOfStreamIsTruncation() throws {
+        let (pair, record) = try establishedPairAndARecord()
+        pair.server.receive(chunks: [Array(record.prefix(100))], thenHalfCloses: true)
+        #expect(pair.serverLog.snapshot.suffix(2) == ["closed tls.truncated", "detail TCP end of stream without a TLS close_notify"])
+        #expect(!pair.serverLog.snapshot.contains { $0.hasPrefix("in ") }, "no part of a record that did not authenticate")
+        #expect(pair.finishesClean)
+    }
+
+    @Test func aResetMidRecordClosesWithTheReset() throws {
+        let (pair, record) = try establishedPairAndARecord()
+        pair.server.receive(Array(record.prefix(100)))
+        pair.server.peerResets()
+        #expect(pair.server.isClosed)
+        #expect(pair.serverLog.snapshot.last?.hasPrefix("closed ") == true)
+        #expect(!pair.serverLog.snapshot.contains { $0.hasPrefix("in ") })
+        #expect(pair.finishesClean)
+    }
+
+    @Test(arguments: [
+        ("oversized", [UInt8(23), 3, 3, 0x48, 0x01] + [UInt8](repeating: 0, count: 64)),  // 18,433 bytes: over any limit
+        ("corrupted", []),  // the real record with one ciphertext byte flipped
+        ("unknown type", [UInt8(99), 3, 3, 0, 16] + [UInt8](repeating: 0, count: 16)),
+    ])
+    func aBadRecordAfterTheHandshakeClosesWithAProtocolError(name: String, bytes: [UInt8]) throws {
+        var (pair, record) = try establishedPairAndARecord()
+        if bytes.isEmpty { record[record.count / 2] ^= 0x01 }
+        pair.server.receive(bytes.isEmpty ? record : bytes)
+        #expect(pair.serverLog.snapshot.last == "closed tls.protocolError" ||
+                pair.serverLog.snapshot.suffix(2).first == "closed tls.protocolError", "\(name): \(pair.serverLog.snapshot)")
+        #expect(!pair.serverLog.snapshot.contains { $0.hasPrefix("in ") }, "\(name)")
+        // The server told the client why (a fatal alert) before closing.
+        pair.pump()
+        #expect(pair.clientLog.snapshot.contains { $0.hasPrefix("closed ") }, "\(name)")
+        #expect(pair.finishesClean, "\(name)")
     }
 
     @Test func aPeerThatStallsMidHandshakeTimesOut() throws {

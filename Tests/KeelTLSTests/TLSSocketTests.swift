@@ -163,6 +163,156 @@ struct TLSSocketTests {
     }
 }
 
+/// A Keel TLS client for one exchange: on open it sends a line, logs what comes back and what the
+/// handshake agreed, and closes (with close_notify) once the answer arrived.
+struct OneLineTLSClient: TCPConnectionHandler {
+    let log: Collector<String>
+    let line: String
+
+    mutating func connectionEstablished(_ connection: TCPConnection) {
+        let tls = connection.filter(ofType: TLSFilter.self)
+        log.add("established \(tls?.version.map { "\($0)" } ?? "-") alpn=\(tls?.applicationProtocol ?? "-")"
+                + (tls?.isResumed == true ? " resumed" : ""))
+        var buffer = try! connection.thread.bufferPool.acquire()
+        buffer.append(contentsOf: Array(line.utf8))
+        connection.write(buffer)
+    }
+
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+        log.add("in \(String(decoding: buffer.readableByteArray, as: UTF8.self))")
+        connection.close()
+    }
+
+    mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
+        log.add("closed \(reason.code)")
+    }
+}
+
+@Suite("TLS clients over sockets")
+struct TLSClientSocketTests {
+    let pki = TestPKI.shared
+
+    /// Starts `openssl s_server` on a free port of 127.0.0.1 (it prints the port it bound), reversing
+    /// each line it receives; it ends by itself after `connections` connections or 30 seconds.
+    func startOpenSSLServer(_ options: String, connections: Int, name: String) async throws -> UInt16 {
+        let output = "\(pki.directory)/s_server-\(name).txt"
+        unlink(output)
+        let command = "timeout 30 openssl s_server -accept 127.0.0.1:0 -naccept \(connections) -rev "
+            + "-cert \(pki.serverCertificate) -key \(pki.serverKey) \(options) >\(output) 2>&1"
+        SystemThread.spawn(name: "s_server") { _ = system(command) }.detach()
+        var port: UInt16?
+        _ = await eventually {
+            guard let file = fopen(output, "r") else { return false }
+            defer { fclose(file) }
+            var line = [CChar](repeating: 0, count: 256)
+            while fgets(&line, Int32(line.count), file) != nil {
+                let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                if text.hasPrefix("ACCEPT "), let colon = text.lastIndex(of: ":") {
+                    port = UInt16(text[text.index(after: colon)...].prefix { $0.isNumber })
+                }
+            }
+            return port != nil
+        }
+        return try #require(port, "openssl s_server did not start")
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest, ["-tls1_2", "-tls1_3"])
+    func aKeelClientTalksToOpenSSLServerAndResumes(backend: BackendKind, version: String) async throws {
+        let port = try await startOpenSSLServer("\(version) -alpn http/1.1", connections: 2, name: "\(backend)\(version)")
+        try await withPool(backend) { pool in
+            var configuration = TCPConnectorConfiguration()
+            configuration.connection.useTLS(try pki.clientContext { $0.applicationProtocols = ["h2", "http/1.1"] })
+            let connector = TCPConnector<OneLineTLSClient>(pool: pool, configuration: configuration)
+            let address = try SocketAddress(host: "127.0.0.1", port: port)
+            let expected = version == "-tls1_2" ? "TLSv1.2" : "TLSv1.3"
+            for round in 0..<2 {
+                let log = Collector<String>()
+                connector.connect(to: address) { OneLineTLSClient(log: log, line: "hello keel\n") }
+                let events = await log.wait(for: 3)
+                let resumed = round == 1 ? " resumed" : ""
+                #expect(events.first == "established \(expected) alpn=http/1.1\(resumed)", "round \(round): \(events)")
+                #expect(events.dropFirst().first == "in leek olleh\n", "round \(round): \(events)")
+                #expect(events.last == "closed local", "round \(round): \(events)")
+            }
+        }
+    }
+}
+
+/// A plain TCP client that starts a ClientHello record and stalls: it holds one of the server's
+/// handshake slots until the server gives up on it.
+struct StallingHandshakeClient: TCPConnectionHandler {
+    let closed: Collector<String>
+
+    mutating func connectionEstablished(_ connection: TCPConnection) {
+        var buffer = try! connection.thread.bufferPool.acquire()
+        buffer.append(contentsOf: [0x16, 0x03, 0x01, 0x00, 0x40])
+        connection.write(buffer)
+    }
+
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {}
+
+    mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
+        closed.add("\(reason.code)")
+    }
+}
+
+@Suite("TLS handshake storms")
+struct TLSHandshakeStormTests {
+    let pki = TestPKI.shared
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aStormOfStalledHandshakesDoesNotStarveAnEstablishedConnection(backend: BackendKind) async throws {
+        let stormSize = 120
+        let cap = 8
+        try await withPool(backend, threads: 2) { pool in
+            var serverConfiguration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+            serverConfiguration.connection.useTLS(try pki.serverContext {
+                $0.maximumConcurrentHandshakes = cap
+                $0.handshakeTimeout = .seconds(4)
+            })
+            let server = try TCPServer(pool: pool, configuration: serverConfiguration) { TLSEchoHandler() }
+            var clientConfiguration = TCPConnectorConfiguration()
+            clientConfiguration.connection.useTLS(try pki.clientContext())
+            let tlsConnector = AsyncTCPConnector(pool: pool, configuration: clientConfiguration)
+            let established = try await tlsConnector.connect(to: server.localAddress)
+
+            // The storm: every connection holds a handshake slot or is refused for want of one.
+            let closed = Collector<String>()
+            let storm = TCPConnector<StallingHandshakeClient>(pool: pool)
+            for _ in 0..<stormSize {
+                // A refusal can overtake the connect's own completion: then the connect reports it.
+                storm.connect(to: server.localAddress, makeHandler: { StallingHandshakeClient(closed: closed) },
+                              failed: { closed.add("connect \($0.code)") })
+            }
+            // Meanwhile the established connection keeps its round trips.
+            let message = Array("still served\n".utf8)
+            for round in 0..<50 {
+                try await established.write(message)
+                var echoed: [UInt8] = []
+                while echoed.count < message.count, let payload = try await established.receive() {
+                    echoed += payload.readableByteArray
+                }
+                #expect(echoed == message, "round \(round)")
+            }
+            // The refused ones close at once; the ones holding a slot only when their handshake times out.
+            #expect(await eventually(timeout: .seconds(3)) { closed.snapshot.count >= stormSize - cap })
+            #expect(closed.snapshot.count == stormSize - cap, "only the connections over the cap were refused")
+            let reasons = await closed.wait(for: stormSize, timeout: .seconds(20))
+            #expect(reasons.count == stormSize)
+            #expect(reasons.allSatisfy { ["peerClosed", "reset", "connect system"].contains($0) }, "\(Set(reasons))")
+            let statistics = server.statistics
+            #expect(statistics.accepted >= stormSize + 1)
+            // The slots came back: a new client completes its handshake.
+            let late = try await tlsConnector.connect(to: server.localAddress)
+            try await late.write(message)
+            #expect(try await late.receive()?.readableByteArray == message)
+            late.close()
+            established.close()
+            await server.stop()
+        }
+    }
+}
+
 @Suite("TLS with the async API")
 struct TLSAsyncTests {
     let pki = TestPKI.shared
