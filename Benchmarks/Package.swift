@@ -29,6 +29,7 @@ let package = Package(
                 .product(name: "KeelBuffers", package: "Keel"),
                 .product(name: "KeelEngine", package: "Keel"),
                 .product(name: "KeelSockets", package: "Keel"),
+                .product(name: "KeelTLS", package: "Keel"),
             ],
             path: "Benchmarks/KeelAllocations",
             swiftSettings: [.swiftLanguageMode(.v6)],

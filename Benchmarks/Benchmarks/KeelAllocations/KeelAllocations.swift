@@ -1,13 +1,16 @@
 // Allocation benchmarks for Keel's steady-state paths, counted by ordo-one/benchmark's malloc
 // interposer (process-wide: the I/O thread and the driving client together). Each path runs on both
-// backends. The stored thresholds (Benchmarks/Thresholds) are 0 for every Keel path and 1,000 for the
-// two controls that prove the counter sees both threads; `Benchmarks/check-allocations.sh` checks them.
+// backends. TLS echo runs between a Keel TLS client and server on the one I/O thread, so both ends
+// of every record are counted. The stored thresholds (Benchmarks/Thresholds) are 0 for every Keel
+// path and 1,000 for the two controls that prove the counter sees both threads;
+// `Benchmarks/check-allocations.sh` checks them.
 import Benchmark
 import Glibc
 import KeelBuffers
 import KeelEngine
 import KeelSockets
 import KeelSystem
+import KeelTLS
 import Synchronization
 
 /// Echoes every buffer back on the connection it came from.
@@ -24,6 +27,59 @@ struct UDPEchoHandler: UDPHandler {
     }
 }
 
+/// A Keel TLS client that, once told to, sends a 64-byte message, waits for its echo, checks it and
+/// sends the next, `remaining` times; it runs on the I/O thread and allocates nothing of its own.
+final class TLSPingPong: @unchecked Sendable {
+    // @unchecked Sendable: `connection` and `received` are touched on the I/O thread only; the
+    // benchmark thread reads the atomics.
+    let message: UnsafeRawBufferPointer
+    var connection: TCPConnection?
+    var received = 0
+    let remaining = Atomic<Int>(0)
+    let established = Atomic<Int>(0)
+    let finished = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
+
+    init(message: UnsafeRawBufferPointer) { self.message = message }
+
+    /// Sends the next message (on the I/O thread).
+    func sendNext() {
+        guard let connection, var buffer = try? connection.thread.bufferPool.acquire() else {
+            return failed.store(1, ordering: .releasing)
+        }
+        _ = buffer.append(message)
+        connection.write(buffer)
+    }
+
+    struct Handler: TCPConnectionHandler {
+        let pingPong: TLSPingPong
+
+        mutating func connectionEstablished(_ connection: TCPConnection) {
+            pingPong.connection = connection
+            pingPong.established.store(1, ordering: .releasing)
+        }
+
+        mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
+            let matches = buffer.withUnsafeReadableBytes { bytes in
+                bytes.count + pingPong.received <= 64
+                    && memcmp(bytes.baseAddress!, pingPong.message.baseAddress! + pingPong.received, bytes.count) == 0
+            }
+            guard matches else { return pingPong.failed.store(1, ordering: .releasing) }
+            pingPong.received += buffer.readableBytes
+            guard pingPong.received == 64 else { return }
+            pingPong.received = 0
+            let left = pingPong.remaining.load(ordering: .relaxed) - 1
+            pingPong.remaining.store(left, ordering: .relaxed)
+            if left > 0 { pingPong.sendNext() } else { pingPong.finished.store(1, ordering: .releasing) }
+        }
+
+        mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
+            pingPong.connection = nil
+            pingPong.failed.store(1, ordering: .releasing)
+        }
+    }
+}
+
 /// One single-threaded pool with a TCP echo server, a UDP echo socket and a blocking raw client of
 /// each, so the measured loops allocate nothing of their own. Created by a benchmark's setup hook,
 /// shut down by its teardown hook.
@@ -34,6 +90,10 @@ final class Fixture: @unchecked Sendable {
     private(set) var pool: IOPool?
     private(set) var server: TCPServer<EchoHandler>?
     private var udpServer: UDPSocket?
+    /// The TLS echo server and one Keel TLS client per protocol version.
+    private var tlsServer: TCPServer<EchoHandler>?
+    private var tlsConnector: [TLSVersion: TCPConnector<TLSPingPong.Handler>] = [:]
+    private(set) var tlsClients: [TLSVersion: TLSPingPong] = [:]
     /// Connected blocking clients.
     private(set) var tcpClient: Int32 = -1
     private(set) var udpClient: Int32 = -1
@@ -69,14 +129,63 @@ final class Fixture: @unchecked Sendable {
         let udp = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0), handler: UDPEchoHandler())
         udpServer = udp
         udpClient = try Self.connectedSocket(type: SOCK_DGRAM, to: udp.localAddress)
+        try setUpTLS(pool: pool)
+    }
+
+    /// A TLS echo server on a certificate made for the run, and a connected client per version.
+    private func setUpTLS(pool: IOPool) throws {
+        let directory = "/tmp/keel-allocations-tls-\(getpid())"
+        let made = system("mkdir -p \(directory) && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+            + "-keyout \(directory)/key.pem -out \(directory)/cert.pem -days 365 -subj /CN=localhost "
+            + "-addext subjectAltName=DNS:localhost >/dev/null 2>&1")
+        guard made == 0 else { throw SystemError(code: EIO, call: "openssl req") }
+        var serverConfiguration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+        serverConfiguration.connection.useTLS(try TLSContext(configuration: .server(
+            certificateChain: "\(directory)/cert.pem", privateKey: "\(directory)/key.pem")))
+        let server = try TCPServer(pool: pool, configuration: serverConfiguration) { EchoHandler() }
+        tlsServer = server
+        for version in [TLSVersion.tls12, .tls13] {
+            var client = TLSConfiguration.client(serverName: "localhost", trustRoots: .file("\(directory)/cert.pem"))
+            client.profile.minimumVersion = version
+            client.profile.maximumVersion = version
+            var configuration = TCPConnectorConfiguration()
+            configuration.connection.useTLS(try TLSContext(configuration: client))
+            let connector = TCPConnector<TLSPingPong.Handler>(pool: pool, configuration: configuration)
+            let pingPong = TLSPingPong(message: UnsafeRawBufferPointer(message))
+            connector.connect(to: server.localAddress) { TLSPingPong.Handler(pingPong: pingPong) }
+            guard waitUntil({ pingPong.established.load(ordering: .acquiring) != 0 }) else {
+                throw SystemError(code: ETIMEDOUT, call: "TLS handshake")
+            }
+            tlsConnector[version] = connector
+            tlsClients[version] = pingPong
+        }
+        _ = system("rm -rf \(directory)")
+    }
+
+    /// Runs `count` TLS round trips of 64 bytes between the Keel client for `version` and the server,
+    /// measured from the first send to the last echo.
+    func tlsRoundTrips(_ benchmark: Benchmark, version: TLSVersion, count: Int) {
+        guard let pingPong = tlsClients[version] else { return benchmark.error("no TLS client") }
+        pingPong.remaining.store(count, ordering: .relaxed)
+        pingPong.finished.store(0, ordering: .relaxed)
+        measureOnIOThread(benchmark, waitingFor: { pingPong.finished.load(ordering: .acquiring) != 0 || pingPong.failed.load(ordering: .acquiring) != 0 }) { _ in
+            pingPong.sendNext()
+        }
+        if pingPong.failed.load(ordering: .acquiring) != 0 || pingPong.remaining.load(ordering: .acquiring) != 0 {
+            benchmark.error("the TLS echo failed with \(pingPong.remaining.load(ordering: .acquiring)) round trips to go")
+        }
     }
 
     func tearDown() async {
         Glibc.close(tcpClient)
         Glibc.close(udpClient)
         await server?.stop(closing: .abortive)
+        await tlsServer?.stop(closing: .abortive)
         pool?.shutdown()
         server = nil
+        tlsServer = nil
+        tlsConnector = [:]
+        tlsClients = [:]
         udpServer = nil
         pool = nil
     }
@@ -149,7 +258,9 @@ final class Fixture: @unchecked Sendable {
 
     /// Runs `body` on the I/O thread between the benchmark's start and stop of measurement. The task
     /// is queued (which allocates) before measuring starts and waits for the go signal.
-    func measureOnIOThread(_ benchmark: Benchmark, _ body: @escaping @Sendable (IOThread) -> Void) {
+    /// `finished`: what else to wait for once `body` returned (work it started on the I/O thread).
+    func measureOnIOThread(_ benchmark: Benchmark, waitingFor finished: () -> Bool = { true },
+                           _ body: @escaping @Sendable (IOThread) -> Void) {
         // A task that never got the go signal would hold the I/O thread: it gives up after 5 s.
         guard let thread = pool?.threads[0] else { return }
         go.store(0, ordering: .relaxed)
@@ -160,7 +271,7 @@ final class Fixture: @unchecked Sendable {
         }
         benchmark.startMeasurement()
         go.store(1, ordering: .releasing)
-        if !waitUntil({ done.load(ordering: .acquiring) != 0 }) { benchmark.error("the I/O thread did not finish") }
+        if !waitUntil({ done.load(ordering: .acquiring) != 0 && finished() }) { benchmark.error("the I/O thread did not finish") }
         benchmark.stopMeasurement()
     }
 }
@@ -200,6 +311,11 @@ let benchmarks: @Sendable () -> Void = {
         allocationBenchmark("TCP_echo_20000_messages_of_64_bytes", on: fixture) { benchmark in
             for _ in 0..<20_000 {
                 if let failure = fixture.roundTrip(fixture.tcpClient) { return benchmark.error("TCP echo: \(failure)") }
+            }
+        }
+        for (version, name) in [(TLSVersion.tls12, "TLS12"), (.tls13, "TLS13")] {
+            allocationBenchmark("\(name)_echo_20000_messages_of_64_bytes", on: fixture) { benchmark in
+                fixture.tlsRoundTrips(benchmark, version: version, count: 20_000)
             }
         }
         allocationBenchmark("TCP_accept_and_close_500_connections", on: fixture) { benchmark in
