@@ -166,10 +166,14 @@ int ckeel_x509_dns_names(X509 *cert, char *buffer, size_t length) {
 #include <openssl/core_names.h>
 
 static int keel_keys_index = -1, keel_owner_index = -1;
+/// The ticket cipher, fetched once: OpenSSL 3 looks a cipher named by EVP_aes_256_cbc() up again on
+/// every use, which costs each handshake a provider lookup per ticket.
+static EVP_CIPHER *keel_ticket_cipher;
 static pthread_once_t keel_index_once = PTHREAD_ONCE_INIT;
 static void keel_make_indices(void) {
     keel_keys_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     keel_owner_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    keel_ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
 }
 
 typedef struct {
@@ -232,7 +236,7 @@ void ckeel_ticket_keys_rotate(ckeel_ticket_keys *keys) {
 static int keel_ticket_callback(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cipher,
                                 EVP_MAC_CTX *mac, int encrypt) {
     ckeel_ticket_keys *keys = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), keel_keys_index);
-    if (!keys) return -1;
+    if (!keys || !keel_ticket_cipher) return -1;
     keel_ticket_key key;
     int result;
     pthread_mutex_lock(&keys->lock);
@@ -261,8 +265,8 @@ static int keel_ticket_callback(SSL *ssl, unsigned char *name, unsigned char *iv
     if (encrypt) {
         memcpy(name, key.name, 16);
         if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1) return -1;
-        if (EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1) return -1;
-    } else if (EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1) {
+        if (EVP_EncryptInit_ex(cipher, keel_ticket_cipher, NULL, key.aes, iv) != 1) return -1;
+    } else if (EVP_DecryptInit_ex(cipher, keel_ticket_cipher, NULL, key.aes, iv) != 1) {
         return -1;
     }
     if (EVP_MAC_CTX_set_params(mac, params) != 1) return -1;

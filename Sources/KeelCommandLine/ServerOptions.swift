@@ -22,6 +22,9 @@ public struct ServerOptions: ParsableArguments {
     @Option(help: "Cap each I/O thread's buffer pool at this many MiB (reads wait for buffers at the cap).")
     public var bufferPoolMib: Int?
 
+    @Option(help: "Size of each pooled I/O buffer in KiB (default 16).")
+    public var bufferKib: Int?
+
     @Option(help: "Append a CSV line of process and buffer-pool statistics to this file every --stats-interval seconds.")
     public var statsFile: String?
 
@@ -34,6 +37,7 @@ public struct ServerOptions: ParsableArguments {
     public var poolConfiguration: IOPoolConfiguration {
         var configuration = IOPoolConfiguration(threadCount: threads, backend: backend)
         if let bufferPoolMib { configuration.bufferPool.maximumBytes = bufferPoolMib << 20 }
+        if let bufferKib { configuration.bufferPool.bufferSize = bufferKib << 10 }
         return configuration
     }
 

@@ -90,10 +90,14 @@ public final class TLSFilter: TCPConnectionFilter {
         SSL_set_bio(ssl, bio, bio)  // one reference, owned by the SSL from here
         let configuration = tlsContext.configuration
         let thread = context.connection.thread
-        handshakeTimer = thread.scheduleTimer(after: configuration.handshakeTimeout) { [weak self] in
-            guard let self, !self.isHandshakeComplete else { return }
-            self.handshakeTimer = nil
-            self.fail(.tlsHandshakeTimeout, detail: "no finished handshake within \(configuration.handshakeTimeout)",
+        // A strong capture, not a weak one: a weak reference would give the filter a side table and
+        // send every later retain and release of it down the runtime's slow path. The cycle it makes
+        // (the timer wheel holds the closure) ends when the timer fires or is cancelled, which the
+        // handshake's end, a failure and the connection's close each do.
+        handshakeTimer = thread.scheduleTimer(after: configuration.handshakeTimeout) { [self] in
+            guard !isHandshakeComplete else { return }
+            handshakeTimer = nil
+            fail(.tlsHandshakeTimeout, detail: "no finished handshake within \(configuration.handshakeTimeout)",
                       mode: .abortive, context: context)
         }
         if configuration.role == .client {
