@@ -822,8 +822,9 @@ public class TCPConnection: @unchecked Sendable {
     /// Writes made during one loop iteration leave together: one `sendmsg` of everything queued (up to
     /// 64 buffers), tried at once; what the kernel does not take goes on asynchronously.
     func flushCoalescedWrites() {
-        if filterFlushRequested, let filterStack {
-            // flushScheduled stays set meanwhile: what the filters pass down joins this send.
+        while filterFlushRequested, let filterStack {
+            // flushScheduled stays set meanwhile: what the filters pass down joins this send. A filter
+            // whose flush asked for another (it passed bytes to one below that holds them) gets it.
             filterFlushRequested = false
             filterStack.runRequestedFlushes()
         }

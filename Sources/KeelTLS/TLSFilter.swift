@@ -34,6 +34,8 @@ public final class TLSFilter: TCPConnectionFilter {
     private var pendingWrites: [DetachedBuffer] = []
     /// Small writes of this loop iteration, gathered to be sealed as one record at the flush.
     private var heldPlaintext: DetachedBuffer?
+    /// Records not yet passed down, in a buffer with room for more (passed down at the flush).
+    private var pendingOutput: DetachedBuffer?
     private var handshakeTimer: TimerHandle?
     private var receivedCloseNotify = false
     private var sentCloseNotify = false
@@ -59,6 +61,7 @@ public final class TLSFilter: TCPConnectionFilter {
         if let ssl { SSL_free(ssl) }
         for buffer in pendingWrites { buffer.release() }
         heldPlaintext?.release()
+        pendingOutput?.release()
         io.deallocate()
     }
 
@@ -183,6 +186,12 @@ public final class TLSFilter: TCPConnectionFilter {
                     break
                 }
                 plaintext.moveWriterIndex(forwardBy: Int(result))
+                // Nothing left to decrypt (all input taken, no record or plaintext buffered inside
+                // OpenSSL): another SSL_read would only say so, at the price of a call and an error.
+                if io.pointee.input_length == 0 && SSL_has_pending(ssl) == 0 {
+                    error = SSL_ERROR_WANT_READ
+                    break
+                }
             }
             if plaintext.readableBytes > 0 { context.passInbound(plaintext) } else { _ = consume plaintext }
             switch error {
@@ -245,9 +254,18 @@ public final class TLSFilter: TCPConnectionFilter {
     private static let gatheredWriteLimit = 4096
 
     public func flush(context: TCPFilterContext) {
-        guard let held = heldPlaintext else { return }
-        heldPlaintext = nil
-        encrypt(held.reattach(), context: context)
+        if let held = heldPlaintext {
+            heldPlaintext = nil
+            encrypt(held.reattach(), context: context)
+        }
+        passPendingOutput(context: context)
+    }
+
+    /// Passes the partly filled output buffer down, if there is one.
+    private func passPendingOutput(context: TCPFilterContext) {
+        guard let pending = pendingOutput else { return }
+        pendingOutput = nil
+        context.passOutbound(pending.reattach())
     }
 
     /// Seals `buffer` into records and passes them down.
@@ -281,6 +299,7 @@ public final class TLSFilter: TCPConnectionFilter {
             sentCloseNotify = true
             _ = perform(context) { SSL_shutdown($0) }  // queues close_notify ahead of the TCP close
         }
+        if mode != .abortive { passPendingOutput(context: context) }
         if receivedCloseNotify {
             // The peer ended first (its close_notify came before its TCP end of stream).
             context.close(mode, reason: .peerClosed)
@@ -297,23 +316,37 @@ public final class TLSFilter: TCPConnectionFilter {
         pendingWrites.removeAll()
         heldPlaintext?.release()
         heldPlaintext = nil
+        pendingOutput?.release()
+        pendingOutput = nil
         if let ssl { SSL_free(ssl) }
         ssl = nil
     }
 
     // MARK: Running OpenSSL
 
-    /// Runs `operation` on the session with a pooled buffer as the output region, passing each filled
-    /// buffer down, until it no longer waits for room to write. `plain`: the plaintext bytes the
+    /// Runs `operation` on the session with pooled buffers as the output region, until it no longer
+    /// waits for room to write. Records are laid back to back: a buffer goes down once full, and a
+    /// partly filled one waits for the next operation's records until the connection's flush (or goes
+    /// down at once when the connection does not coalesce writes). `plain`: the plaintext bytes the
     /// records carry (for write-completion accounting). - Returns: its result and SSL_get_error's code.
     private func perform(_ context: TCPFilterContext, plain: Int = 0, _ operation: (OpaquePointer) -> Int32) -> (Int32, Int32) {
         guard let ssl else { return (-1, SSL_ERROR_SSL) }
         var produced = 0
         // Plaintext whose records OpenSSL had already passed down (cipher 0) completes with them: the
         // FIFO hands it up right after the entries before it.
-        defer { if produced > 0 || plain > 0 { unsentRecords.append((produced, plain)) } }
+        defer {
+            if produced > 0 || plain > 0 { unsentRecords.append((produced, plain)) }
+            if pendingOutput != nil && !context.requestFlush() { passPendingOutput(context: context) }
+        }
         while true {
-            guard var output = try? context.bufferPool.acquire() else { return (-1, SSL_ERROR_SSL) }
+            var output: IOBuffer
+            if let pending = pendingOutput {
+                pendingOutput = nil
+                output = pending.reattach()
+            } else {
+                guard let fresh = try? context.bufferPool.acquire() else { return (-1, SSL_ERROR_SSL) }
+                output = fresh
+            }
             let result = output.withUnsafeMutableWritableBytes { region in
                 io.pointee.output = region.baseAddress?.assumingMemoryBound(to: UInt8.self)
                 io.pointee.output_capacity = region.count
@@ -325,10 +358,12 @@ public final class TLSFilter: TCPConnectionFilter {
             io.pointee.output_capacity = 0
             io.pointee.output_length = 0
             let error = result > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, result)
-            if written > 0 {
-                output.moveWriterIndex(forwardBy: written)
-                produced += written
+            output.moveWriterIndex(forwardBy: written)
+            produced += written
+            if output.writableBytes == 0 {
                 context.passOutbound(output)
+            } else if output.readableBytes > 0 {
+                pendingOutput = output.detach()
             }
             if error != SSL_ERROR_WANT_WRITE { return (result, error) }
         }
@@ -337,6 +372,7 @@ public final class TLSFilter: TCPConnectionFilter {
     private func fail(_ code: TCPCloseReason.Code, detail: String, mode: TCPCloseMode, context: TCPFilterContext) {
         guard !failed else { return }
         failed = true
+        if mode != .abortive { passPendingOutput(context: context) }  // the alert saying why goes first
         if let handshakeTimer { context.connection.thread.cancelTimer(handshakeTimer) }
         handshakeTimer = nil
         context.close(mode, reason: TCPCloseReason(code, detail: detail))
