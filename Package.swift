@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "KeelSockets", targets: ["KeelSockets"]),
         .library(name: "KeelFraming", targets: ["KeelFraming"]),
         .library(name: "KeelTLS", targets: ["KeelTLS"]),
+        .library(name: "KeelHTTP", targets: ["KeelHTTP"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
@@ -32,6 +33,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // Layer 1: the kernel's UAPI headers and raw syscalls, as static inline C.
@@ -87,6 +89,17 @@ let package = Package(
                 "KeelTLS", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: strict
+        ),
+        // HTTP/1.1: a strict incremental parser and writer (swift-http-types for heads).
+        .target(
+            name: "KeelHTTP",
+            dependencies: ["KeelBuffers", .product(name: "HTTPTypes", package: "swift-http-types")],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelHTTPTests",
+            dependencies: ["KeelHTTP", "KeelBuffers", "KeelTestSupport", .product(name: "HTTPTypes", package: "swift-http-types")],
             swiftSettings: strict
         ),
         // Layer 5: framing over pooled buffers (no sockets, so it runs anywhere).
