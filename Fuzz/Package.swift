@@ -14,6 +14,7 @@ let package = Package(
         .executableTarget(name: "FuzzLengthPrefixedDecoder", dependencies: ["FuzzSupport"]),
         .executableTarget(name: "FuzzFixedSizeDecoder", dependencies: ["FuzzSupport"]),
         .executableTarget(name: "FuzzSocketAddress", dependencies: ["FuzzSupport", .product(name: "KeelSystem", package: "Keel")]),
+        .executableTarget(name: "FuzzHTTPRequest", dependencies: ["FuzzSupport", .product(name: "KeelHTTP", package: "Keel")]),
         .executableTarget(name: "FuzzTLSServer", dependencies: [
             "FuzzSupport", .product(name: "KeelTLS", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
             .product(name: "KeelBuffers", package: "Keel"),

@@ -5,6 +5,7 @@
 #   Fuzz/run.sh all SECONDS           every target in turn
 #
 # Targets: FuzzLineDecoder, FuzzLengthPrefixedDecoder, FuzzFixedSizeDecoder, FuzzSocketAddress,
+# FuzzHTTPRequest (the HTTP/1.1 request parser, input split at a chosen point),
 # FuzzTLSServer (the server side of the TLS filter; needs the openssl command for its certificate). Each
 # starts from its committed seeds in Fuzz/Corpus/TARGET (read-only: what the run finds goes to a scratch
 # corpus under Fuzz/.corpus/, kept between runs). A crash exits non-zero and leaves the reproducer in
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 target=${1:?usage: Fuzz/run.sh TARGET|all SECONDS}
 seconds=${2:-30}
-targets=(FuzzLineDecoder FuzzLengthPrefixedDecoder FuzzFixedSizeDecoder FuzzSocketAddress FuzzTLSServer)
+targets=(FuzzLineDecoder FuzzLengthPrefixedDecoder FuzzFixedSizeDecoder FuzzSocketAddress FuzzHTTPRequest FuzzTLSServer)
 [ "$target" = all ] && selected=("${targets[@]}") || selected=("$target")
 for name in "${selected[@]}"; do
     [ -d "Corpus/$name" ] || { echo "unknown target $name (one of: ${targets[*]})" >&2; exit 2; }

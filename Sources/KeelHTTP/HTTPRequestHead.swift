@@ -29,6 +29,8 @@ public enum HTTPBodyFraming: Sendable, Hashable {
     case contentLength(Int)
     /// Chunked transfer coding, ended by a zero-size chunk and optional trailer fields.
     case chunked
+    /// Everything until the connection ends (responses only: no length and not chunked).
+    case untilClose
 }
 
 /// A request head as parsed from HTTP/1.x: the request itself (method, target, fields, as
