@@ -91,15 +91,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // HTTP/1.1: a strict incremental parser and writer (swift-http-types for heads).
+        // HTTP/1.1: a strict incremental parser and writer (swift-http-types for heads), the server filter.
         .target(
             name: "KeelHTTP",
-            dependencies: ["KeelBuffers", .product(name: "HTTPTypes", package: "swift-http-types")],
+            dependencies: ["KeelBuffers", "KeelSockets", .product(name: "HTTPTypes", package: "swift-http-types")],
             swiftSettings: strict
         ),
         .testTarget(
             name: "KeelHTTPTests",
-            dependencies: ["KeelHTTP", "KeelBuffers", "KeelTestSupport", .product(name: "HTTPTypes", package: "swift-http-types")],
+            dependencies: [
+                "KeelHTTP", "KeelBuffers", "KeelSockets", "KeelEngine", "KeelTestSupport",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             swiftSettings: strict
         ),
         // Layer 5: framing over pooled buffers (no sockets, so it runs anywhere).

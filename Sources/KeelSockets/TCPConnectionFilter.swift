@@ -104,7 +104,7 @@ public final class TCPFilterContext {
     /// True once the filter was removed from the stack.
     public internal(set) var isRemoved = false
     /// True once the connection closed: every call is ignored.
-    var isDetached = false
+    public internal(set) var isDetached = false
     /// The filter asked for ``TCPConnectionFilter/flush(context:)`` before the thread next waits.
     var wantsFlush = false
 
