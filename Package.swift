@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "KeelFraming", targets: ["KeelFraming"]),
         .library(name: "KeelTLS", targets: ["KeelTLS"]),
         .library(name: "KeelHTTP", targets: ["KeelHTTP"]),
+        .library(name: "KeelWebSocket", targets: ["KeelWebSocket"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
@@ -101,6 +102,23 @@ let package = Package(
             name: "KeelHTTPTests",
             dependencies: [
                 "KeelHTTP", "KeelBuffers", "KeelSockets", "KeelEngine", "KeelTestSupport",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
+        // WebSockets (RFC 6455): frames, messages, the opening handshake; SHA-1 and base64 from OpenSSL.
+        .target(
+            name: "KeelWebSocket",
+            dependencies: [
+                "KeelHTTP", "KeelSockets", "KeelBuffers", "CKeelOpenSSL",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelWebSocketTests",
+            dependencies: [
+                "KeelWebSocket", "KeelHTTP", "KeelBuffers", "KeelTestSupport",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict

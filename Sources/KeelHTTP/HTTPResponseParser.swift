@@ -12,6 +12,14 @@ public struct HTTPResponseHead: Sendable, Hashable {
     public var keepAlive: Bool
     /// How the body that follows is delimited (none for 1xx, 204, 304 and answers to HEAD).
     public var bodyFraming: HTTPBodyFraming
+
+    /// A head with these parts.
+    public init(response: HTTPResponse, version: HTTPVersion = .http1_1, keepAlive: Bool = true, bodyFraming: HTTPBodyFraming = .none) {
+        self.response = response
+        self.version = version
+        self.keepAlive = keepAlive
+        self.bodyFraming = bodyFraming
+    }
 }
 
 /// One step of a response as the parser finds it.

@@ -12,6 +12,7 @@
 #include <openssl/x509v3.h>
 #include <openssl/pem.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 /// Readies OpenSSL for Keel, once per process: routes OpenSSL's allocations through a per-thread cache
 /// of small blocks (its per-record allocations then cost no malloc) when no OpenSSL allocation has
