@@ -118,7 +118,7 @@ let package = Package(
         .testTarget(
             name: "KeelWebSocketTests",
             dependencies: [
-                "KeelWebSocket", "KeelHTTP", "KeelBuffers", "KeelTestSupport",
+                "KeelWebSocket", "KeelHTTP", "KeelSockets", "KeelBuffers", "KeelTestSupport",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict

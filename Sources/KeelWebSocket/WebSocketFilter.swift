@@ -1,0 +1,368 @@
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+
+/// Limits and timings of a WebSocket connection.
+public struct WebSocketConfiguration: Sendable, Hashable {
+    /// The largest frame payload accepted (1009 beyond it).
+    public var maximumFrameSize: Int
+    /// The largest message accepted, all fragments together (1009 beyond it).
+    public var maximumMessageSize: Int
+    /// How long to wait for the peer's close frame after sending one before the TCP connection is
+    /// closed anyway.
+    public var closeTimeout: Duration
+    /// Subprotocols a server accepts, in its order of preference.
+    public var subprotocols: [String]
+
+    /// 16 MiB frames and messages, a 5-second close timeout, no subprotocols.
+    public init(maximumFrameSize: Int = 16 << 20, maximumMessageSize: Int = 16 << 20, closeTimeout: Duration = .seconds(5),
+                subprotocols: [String] = []) {
+        self.maximumFrameSize = maximumFrameSize
+        self.maximumMessageSize = maximumMessageSize
+        self.closeTimeout = closeTimeout
+        self.subprotocols = subprotocols
+    }
+}
+
+/// A whole received message: text or binary, its payload in pooled buffers.
+public struct WebSocketMessage: ~Copyable {
+    /// Text (UTF-8, already checked) or binary.
+    public var kind: WebSocketMessageAssembler.Kind
+    /// The payload.
+    public var payload: BufferChain
+
+    /// The payload as a string (for a text message; binary bytes are decoded leniently).
+    public var text: String { String(decoding: payload.readableByteArray, as: UTF8.self) }
+}
+
+/// What a WebSocket connection's application does, per connection: messages arrive whole (the
+/// protocol's pings, pongs and closing handshake are answered for it).
+///
+/// **Threading:** every method runs on the connection's I/O thread.
+public protocol WebSocketHandler {
+    /// The connection switched to WebSocket and may send. Optional.
+    mutating func webSocketOpened(_ socket: WebSocket)
+    /// A whole message arrived; its buffers are yours (send them back to echo without a copy).
+    mutating func messageReceived(_ message: consuming WebSocketMessage, on socket: WebSocket)
+    /// The connection closed: `close` is the code and reason of the closing handshake (1006 when
+    /// there was none), `reason` the TCP connection's own. Optional.
+    mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason)
+}
+
+extension WebSocketHandler {
+    public mutating func webSocketOpened(_ socket: WebSocket) {}
+    public mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason) {}
+}
+
+/// How a handler sends on its WebSocket connection. Calls after the closing handshake started are
+/// ignored.
+public struct WebSocket {
+    let filter: WebSocketFilter
+
+    /// The TCP connection underneath (its addresses, its filters such as TLS).
+    public var connection: TCPConnection? { filter.context?.connection }
+
+    /// The subprotocol agreed on in the handshake, if any.
+    public var subprotocol: String? { filter.subprotocol }
+
+    /// Sends a text message.
+    public func send(text: String) { filter.send(.text, bytes: text.utf8) }
+
+    /// Sends a binary message.
+    public func send(binary bytes: some Collection<UInt8>) { filter.send(.binary, bytes: bytes) }
+
+    /// Sends a message whose payload is already in pooled buffers, without copying it (small payloads
+    /// are copied next to the frame header instead of costing a buffer of their own).
+    public func send(_ kind: WebSocketMessageAssembler.Kind, payload: consuming BufferChain) { filter.send(kind, payload: payload) }
+
+    /// Sends `message` as it came (an echo), without copying its payload.
+    public func send(_ message: consuming WebSocketMessage) {
+        let kind = message.kind
+        filter.send(kind, payload: message.payload)
+    }
+
+    /// Sends a ping (at most 125 bytes of payload).
+    public func ping(_ payload: [UInt8] = []) { filter.sendControl(.ping, payload: Array(payload.prefix(125))) }
+
+    /// Starts the closing handshake; the connection closes once the peer answers (or after the
+    /// close timeout).
+    public func close(_ code: WebSocketCloseCode = .normalClosure, reason: String = "") {
+        filter.startClose(WebSocketClose(code: code, reason: reason))
+    }
+}
+
+/// A WebSocket connection (RFC 6455) as a filter, after the opening handshake: frames to whole
+/// messages for a ``WebSocketHandler``, pings answered, the closing handshake, protocol errors
+/// failing the connection with their close code. Servers get one through
+/// ``KeelSockets/TCPConnectionOptions/serveWebSockets(configuration:makeHandler:)``.
+public final class WebSocketFilter: TCPConnectionFilter {
+    /// The side this filter speaks for.
+    public let role: WebSocketRole
+    /// Limits and timings.
+    public let configuration: WebSocketConfiguration
+    /// The subprotocol agreed on, if any.
+    public let subprotocol: String?
+
+    fileprivate private(set) var context: TCPFilterContext?
+    private var handler: (any WebSocketHandler)?
+    private var handlerBusy = false
+    private var closedWhileBusy: (WebSocketClose, TCPCloseReason)?
+    private var parser: WebSocketFrameParser
+    private var assembler: WebSocketMessageAssembler
+    private var frame: WebSocketFrameHeader?
+    /// The message being received, and its kind.
+    private var message: BufferChain?
+    private var messageKind = WebSocketMessageAssembler.Kind.binary
+    /// The control frame being received (at most 125 bytes).
+    private var controlPayload: [UInt8] = []
+    private var sentClose = false
+    private var receivedClose: WebSocketClose?
+    private var closeTimer: TimerHandle?
+    private var opened = false
+
+    /// A filter for `role` with `configuration`, delivering to `handler`.
+    public init(role: WebSocketRole, configuration: WebSocketConfiguration = WebSocketConfiguration(), subprotocol: String? = nil,
+                handler: any WebSocketHandler) {
+        self.role = role
+        self.configuration = configuration
+        self.subprotocol = subprotocol
+        self.handler = handler
+        parser = WebSocketFrameParser(role: role, maximumFrameSize: configuration.maximumFrameSize)
+        assembler = WebSocketMessageAssembler(maximumMessageSize: configuration.maximumMessageSize)
+    }
+
+    public func filterAdded(context: TCPFilterContext) { open(context) }
+    public func connectionEstablished(context: TCPFilterContext) { open(context) }
+
+    private func open(_ context: TCPFilterContext) {
+        self.context = context
+        guard !opened else { return }
+        opened = true
+        let socket = WebSocket(filter: self)
+        withHandler { $0.webSocketOpened(socket) }
+    }
+
+    // MARK: Inbound
+
+    public func filterInbound(_ buffer: consuming IOBuffer, context: TCPFilterContext) {
+        guard receivedClose == nil, !context.isDetached else { return }
+        let outcome = buffer.withUnsafeMutableReadableBytes { bytes in
+            Result { () throws(WebSocketProtocolError) in try read(bytes, context: context) }
+        }
+        if case .failure(let error) = outcome { fail(error) }
+    }
+
+    /// Parses `bytes`, handing whole messages to the handler and answering control frames as they end.
+    private func read(_ bytes: UnsafeMutableRawBufferPointer, context: TCPFilterContext) throws(WebSocketProtocolError) {
+        var offset = 0
+        while receivedClose == nil, !context.isDetached, let part = try parser.next(bytes, consumed: &offset) {
+            switch part {
+            case .header(let header):
+                frame = header
+                if let (kind, starts) = try assembler.frameStarted(header) {
+                    if starts { messageKind = kind }
+                } else {
+                    controlPayload.removeAll(keepingCapacity: true)
+                }
+            case .payload(let range):
+                let piece = UnsafeRawBufferPointer(rebasing: bytes[range])
+                if frame?.opcode.isControl == true {
+                    controlPayload.append(contentsOf: piece)
+                } else {
+                    try assembler.dataReceived(piece)
+                    try append(piece)
+                }
+            case .end:
+                guard let header = frame else { continue }
+                frame = nil
+                if header.opcode.isControl {
+                    try control(header.opcode)
+                } else if try assembler.frameEnded() {
+                    var received: WebSocketMessage? = WebSocketMessage(kind: messageKind, payload: message.take() ?? BufferChain())
+                    let socket = WebSocket(filter: self)
+                    withHandler { handler in
+                        if let whole = received.take() { handler.messageReceived(whole, on: socket) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies payload bytes onto the end of the message being received.
+    private func append(_ bytes: UnsafeRawBufferPointer) throws(WebSocketProtocolError) {
+        var remaining = bytes
+        while !remaining.isEmpty {
+            guard let pool = context?.bufferPool, var buffer = try? pool.acquire() else {
+                throw WebSocketProtocolError(.internalError, "no buffer for a message")
+            }
+            let count = buffer.append(remaining)
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
+            if message == nil { message = BufferChain() }
+            message!.append(buffer)
+        }
+    }
+
+    private func control(_ opcode: WebSocketOpcode) throws(WebSocketProtocolError) {
+        switch opcode {
+        case .ping:
+            sendControl(.pong, payload: controlPayload)
+        case .close:
+            let close = try controlPayload.withUnsafeBytes { raw in
+                Result { () throws(WebSocketProtocolError) in try WebSocketClose(payload: raw) }
+            }.get()
+            receivedClose = close
+            if !sentClose {
+                // Echo the code (RFC 6455, 5.5.1), then end the TCP connection (a server closes first).
+                sendCloseFrame(WebSocketClose(code: close.code))
+            }
+            finish(TCPCloseReason(.peerClosed, detail: "WebSocket close \(close.code.map { "\($0)" } ?? "without a code")"))
+        default:
+            break  // a pong: nothing to do
+        }
+    }
+
+    // MARK: Outbound
+
+    fileprivate func send(_ kind: WebSocketMessageAssembler.Kind, bytes: some Collection<UInt8>) {
+        var chain = BufferChain()
+        if let pool = context?.bufferPool {
+            var remaining = bytes[...]
+            while !remaining.isEmpty {
+                guard var buffer = try? pool.acquire() else { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
+                let count = min(buffer.writableBytes, remaining.count)
+                let end = remaining.index(remaining.startIndex, offsetBy: count)
+                _ = buffer.append(contentsOf: remaining[..<end])
+                remaining = remaining[end...]
+                chain.append(buffer)
+            }
+        }
+        send(kind, payload: chain)
+    }
+
+    fileprivate func send(_ kind: WebSocketMessageAssembler.Kind, payload: consuming BufferChain) {
+        guard let context, !sentClose, !context.isDetached else { return }
+        let opcode: WebSocketOpcode = kind == .text ? .text : .binary
+        writeFrame(WebSocketFrameHeader(opcode: opcode, payloadLength: payload.readableBytes), payload: payload, context: context)
+    }
+
+    fileprivate func sendControl(_ opcode: WebSocketOpcode, payload: [UInt8]) {
+        guard let context, !sentClose, !context.isDetached else { return }
+        var chain = BufferChain()
+        if !payload.isEmpty, var buffer = try? context.bufferPool.acquire() {
+            _ = buffer.append(contentsOf: payload)
+            chain.append(buffer)
+        }
+        writeFrame(WebSocketFrameHeader(opcode: opcode, payloadLength: payload.count), payload: chain, context: context)
+    }
+
+    /// A frame's header, then its payload. Small payloads travel in the header's buffer; a client
+    /// masks (copying, since the payload may be shared).
+    private func writeFrame(_ header: WebSocketFrameHeader, payload: consuming BufferChain, context: TCPFilterContext) {
+        var header = header
+        if role == .client { header.maskingKey = UInt32.random(in: 0...UInt32.max) }
+        guard var first = try? context.bufferPool.acquire() else {
+            return context.close(.abortive, reason: TCPCloseReason(.resourceExhausted, detail: "no buffer for a WebSocket frame"))
+        }
+        _ = first.append(contentsOf: header.encoded())
+        var masked = 0
+        while let next = payload.popFirst() {
+            var piece = next
+            if let key = header.maskingKey {
+                piece.withUnsafeMutableReadableBytes { webSocketMask($0, key: key, offset: masked) }
+            }
+            masked += piece.readableBytes
+            if piece.readableBytes <= first.writableBytes && piece.readableBytes <= Self.copiedPayloadLimit {
+                _ = piece.withUnsafeReadableBytes { first.append($0) }
+            } else {
+                context.passOutbound(first)
+                first = piece
+                continue
+            }
+        }
+        context.passOutbound(first)
+    }
+
+    /// Payloads up to this size are copied next to their frame header rather than sent as a buffer of their own.
+    private static let copiedPayloadLimit = 1024
+
+    // MARK: Closing
+
+    fileprivate func startClose(_ close: WebSocketClose) {
+        guard let context, !sentClose, !context.isDetached else { return }
+        sendCloseFrame(close)
+        closeTimer = context.connection.thread.scheduleTimer(after: configuration.closeTimeout) { [self] in
+            closeTimer = nil
+            self.context?.close(.abortive, reason: TCPCloseReason(.webSocketCloseTimeout, detail: "no close frame from the peer"))
+        }
+    }
+
+    private func sendCloseFrame(_ close: WebSocketClose) {
+        guard let context, !sentClose else { return }
+        var chain = BufferChain()
+        let payload = close.payload
+        if !payload.isEmpty, var buffer = try? context.bufferPool.acquire() {
+            _ = buffer.append(contentsOf: payload)
+            chain.append(buffer)
+        }
+        writeFrame(WebSocketFrameHeader(opcode: .close, payloadLength: payload.count), payload: chain, context: context)
+        sentClose = true
+    }
+
+    /// The closing handshake is complete: end the TCP connection.
+    private func finish(_ reason: TCPCloseReason) {
+        guard let context else { return }
+        if let closeTimer { context.connection.thread.cancelTimer(closeTimer) }
+        closeTimer = nil
+        context.close(.graceful, reason: reason)
+    }
+
+    /// Fails the connection: a close frame with the error's code, then the end of the TCP connection.
+    private func fail(_ error: WebSocketProtocolError) {
+        guard let context, !context.isDetached else { return }
+        sendCloseFrame(WebSocketClose(code: error.closeCode, reason: ""))
+        receivedClose = receivedClose ?? WebSocketClose(code: .abnormalClosure)
+        finish(TCPCloseReason(.webSocketProtocolError, detail: error.description))
+    }
+
+    public func peerHalfClosed(context: TCPFilterContext) {
+        context.close(.graceful, reason: receivedClose == nil
+            ? TCPCloseReason(.webSocketProtocolError, detail: "the TCP connection ended without a closing handshake") : .peerClosed)
+    }
+
+    public func connectionClosed(_ reason: TCPCloseReason, context: TCPFilterContext) {
+        if let closeTimer { context.connection.thread.cancelTimer(closeTimer) }
+        closeTimer = nil
+        message = nil
+        let close = receivedClose ?? WebSocketClose(code: .abnormalClosure)
+        if handlerBusy {
+            closedWhileBusy = (close, reason)
+        } else {
+            handler?.webSocketClosed(close, reason: reason)
+        }
+        handler = nil
+        self.context = nil
+    }
+
+    /// Runs `body` on the handler, taken out of the filter meanwhile (what it does may close the
+    /// connection: the close callback then waits until `body` returns).
+    private func withHandler(_ body: (inout any WebSocketHandler) -> Void) {
+        guard var taken = handler else { return }
+        handler = nil
+        handlerBusy = true
+        body(&taken)
+        handlerBusy = false
+        if let (close, reason) = closedWhileBusy {
+            closedWhileBusy = nil
+            taken.webSocketClosed(close, reason: reason)
+        } else if context != nil {
+            handler = taken
+        }
+    }
+}
+
+extension TCPCloseReason.Code {
+    /// The peer broke the WebSocket protocol (the detail names the close code sent).
+    public static let webSocketProtocolError = Self("webSocket.protocolError")
+    /// The peer did not answer a close frame within the close timeout.
+    public static let webSocketCloseTimeout = Self("webSocket.closeTimeout")
+}
