@@ -26,6 +26,7 @@ let package = Package(
         .executable(name: "keel-chat", targets: ["keel-chat"]),
         .executable(name: "keel-udp-echo", targets: ["keel-udp-echo"]),
         .executable(name: "keel-bench", targets: ["keel-bench"]),
+        .executable(name: "keel-ws-echo", targets: ["keel-ws-echo"]),
         .executable(name: "keel-demo", targets: ["keel-demo"]),
         .executable(name: "keel-microbench", targets: ["keel-microbench"]),
     ],
@@ -82,6 +83,14 @@ let package = Package(
         .testTarget(
             name: "KeelTLSTests",
             dependencies: ["KeelTLS", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-ws-echo",
+            dependencies: [
+                "KeelWebSocket", "KeelHTTP", "KeelTLS", "KeelSockets", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(

@@ -112,6 +112,8 @@ public final class WebSocketFilter: TCPConnectionFilter {
     private var frame: WebSocketFrameHeader?
     /// The message being received, and its kind.
     private var message: BufferChain?
+    /// The message's last buffer, while it has room.
+    private var messageTail: IOBuffer?
     private var messageKind = WebSocketMessageAssembler.Kind.binary
     /// The control frame being received (at most 125 bytes).
     private var controlPayload: [UInt8] = []
@@ -178,7 +180,7 @@ public final class WebSocketFilter: TCPConnectionFilter {
                 if header.opcode.isControl {
                     try control(header.opcode)
                 } else if try assembler.frameEnded() {
-                    var received: WebSocketMessage? = WebSocketMessage(kind: messageKind, payload: message.take() ?? BufferChain())
+                    var received: WebSocketMessage? = WebSocketMessage(kind: messageKind, payload: takeMessage())
                     let socket = WebSocket(filter: self)
                     withHandler { handler in
                         if let whole = received.take() { handler.messageReceived(whole, on: socket) }
@@ -188,18 +190,36 @@ public final class WebSocketFilter: TCPConnectionFilter {
         }
     }
 
-    /// Copies payload bytes onto the end of the message being received.
+    /// Copies payload bytes onto the end of the message being received, filling its last buffer
+    /// before taking another (a message in many small fragments costs no more buffers than its size).
     private func append(_ bytes: UnsafeRawBufferPointer) throws(WebSocketProtocolError) {
         var remaining = bytes
         while !remaining.isEmpty {
-            guard let pool = context?.bufferPool, var buffer = try? pool.acquire() else {
-                throw WebSocketProtocolError(.internalError, "no buffer for a message")
+            var buffer: IOBuffer
+            if let tail = messageTail.take() {
+                buffer = tail
+            } else {
+                guard let pool = context?.bufferPool, let fresh = try? pool.acquire() else {
+                    throw WebSocketProtocolError(.internalError, "no buffer for a message")
+                }
+                buffer = fresh
             }
             let count = buffer.append(remaining)
             remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
-            if message == nil { message = BufferChain() }
-            message!.append(buffer)
+            if buffer.writableBytes > 0 {
+                messageTail = consume buffer
+            } else {
+                if message == nil { message = BufferChain() }
+                message!.append(buffer)
+            }
         }
+    }
+
+    /// The message received so far, its last buffer included.
+    private func takeMessage() -> BufferChain {
+        var chain = message.take() ?? BufferChain()
+        if let tail = messageTail.take() { chain.append(tail) }
+        return chain
     }
 
     private func control(_ opcode: WebSocketOpcode) throws(WebSocketProtocolError) {
@@ -333,6 +353,7 @@ public final class WebSocketFilter: TCPConnectionFilter {
         if let closeTimer { context.connection.thread.cancelTimer(closeTimer) }
         closeTimer = nil
         message = nil
+        messageTail = nil
         let close = receivedClose ?? WebSocketClose(code: .abnormalClosure)
         if handlerBusy {
             closedWhileBusy = (close, reason)
