@@ -8,8 +8,13 @@ public enum WebSocketHandshake {
     /// The GUID RFC 6455 appends to the key.
     static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
+    /// OpenSSL readied for Keel before its first use here (see `ckeel_openssl_prepare`: KeelTLS's
+    /// allocation cache must be installed before OpenSSL allocates anything).
+    private static let openSSLPrepared: Bool = { _ = ckeel_openssl_prepare(); return true }()
+
     /// `Sec-WebSocket-Accept` for `key`: base64(SHA-1(key + GUID)).
     public static func acceptValue(forKey key: String) -> String {
+        _ = openSSLPrepared
         let input = Array((key + guid).utf8)
         var digest = [UInt8](repeating: 0, count: 20)
         var length: UInt32 = 0
@@ -26,6 +31,7 @@ public enum WebSocketHandshake {
 
     /// True when `key` is base64 of 16 bytes (24 characters ending in "==").
     static func isValidKey(_ key: String) -> Bool {
+        _ = openSSLPrepared
         let bytes = Array(key.utf8)
         guard bytes.count == 24, bytes[22] == UInt8(ascii: "="), bytes[23] == UInt8(ascii: "=") else { return false }
         var decoded = [UInt8](repeating: 0, count: 18)
@@ -81,6 +87,7 @@ public enum WebSocketHandshake {
 
     /// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64.
     public static func makeKey() -> String {
+        _ = openSSLPrepared
         var bytes = [UInt8](repeating: 0, count: 16)
         _ = RAND_bytes(&bytes, 16)
         return base64(bytes)

@@ -17,7 +17,8 @@
 /// Readies OpenSSL for Keel, once per process: routes OpenSSL's allocations through a per-thread cache
 /// of small blocks (its per-record allocations then cost no malloc) when no OpenSSL allocation has
 /// happened yet (and the build is not sanitized), and initialises libssl.
-/// Returns 1 when the cache is in place, 0 when OpenSSL keeps plain malloc.
+/// Returns 1 when the cache is in place, 0 when OpenSSL keeps plain malloc. Every Keel module that
+/// calls OpenSSL calls this first.
 int ckeel_openssl_prepare(void);
 
 /// Where a connection's BIO reads records from and writes records to, set around each SSL call.
