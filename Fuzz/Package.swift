@@ -15,6 +15,10 @@ let package = Package(
         .executableTarget(name: "FuzzFixedSizeDecoder", dependencies: ["FuzzSupport"]),
         .executableTarget(name: "FuzzSocketAddress", dependencies: ["FuzzSupport", .product(name: "KeelSystem", package: "Keel")]),
         .executableTarget(name: "FuzzHTTPRequest", dependencies: ["FuzzSupport", .product(name: "KeelHTTP", package: "Keel")]),
+        .executableTarget(name: "FuzzWebSocketServer", dependencies: [
+            "FuzzSupport", .product(name: "KeelWebSocket", package: "Keel"), .product(name: "KeelHTTP", package: "Keel"),
+            .product(name: "KeelSockets", package: "Keel"), .product(name: "KeelBuffers", package: "Keel"),
+        ]),
         .executableTarget(name: "FuzzTLSServer", dependencies: [
             "FuzzSupport", .product(name: "KeelTLS", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
             .product(name: "KeelBuffers", package: "Keel"),
