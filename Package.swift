@@ -115,11 +115,13 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // WebSockets (RFC 6455): frames, messages, the opening handshake; SHA-1 and base64 from OpenSSL.
+        // WebSockets (RFC 6455): frames, messages, the opening handshake; SHA-1 and base64 from OpenSSL;
+        // permessage-deflate (RFC 7692) on the system's zlib (Debian's zlib1g-dev).
+        .target(name: "CKeelZlib", linkerSettings: [.linkedLibrary("z")]),
         .target(
             name: "KeelWebSocket",
             dependencies: [
-                "KeelHTTP", "KeelSockets", "KeelBuffers", "CKeelOpenSSL",
+                "KeelHTTP", "KeelSockets", "KeelBuffers", "CKeelOpenSSL", "CKeelZlib",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict

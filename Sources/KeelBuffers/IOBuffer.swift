@@ -136,6 +136,13 @@ public struct IOBuffer: ~Copyable, @unchecked Sendable {
         }
     }
 
+    /// Drops the last `count` readable bytes (a trailer a codec appended and the wire leaves out).
+    @inlinable
+    public mutating func removeLast(_ count: Int) {
+        precondition(count >= 0 && count <= readableBytes, "removeLast(\(count)) past readable bytes")
+        _writer &-= UInt32(truncatingIfNeeded: count)
+    }
+
     /// Copies as much of `bytes` as fits into the writable region.
     /// - Returns: the number of bytes appended (less than `bytes.count` when the buffer is full).
     @inlinable

@@ -13,14 +13,36 @@ public struct WebSocketConfiguration: Sendable, Hashable {
     public var closeTimeout: Duration
     /// Subprotocols a server accepts, in its order of preference.
     public var subprotocols: [String]
+    /// permessage-deflate (RFC 7692): nil to refuse it. Compression costs each connection a compressor
+    /// and a decompressor (a few hundred KiB with the default window), so it is off unless asked for.
+    public var compression: WebSocketCompression?
 
-    /// 16 MiB frames and messages, a 5-second close timeout, no subprotocols.
+    /// 16 MiB frames and messages, a 5-second close timeout, no subprotocols, no compression.
     public init(maximumFrameSize: Int = 16 << 20, maximumMessageSize: Int = 16 << 20, closeTimeout: Duration = .seconds(5),
-                subprotocols: [String] = []) {
+                subprotocols: [String] = [], compression: WebSocketCompression? = nil) {
         self.maximumFrameSize = maximumFrameSize
         self.maximumMessageSize = maximumMessageSize
         self.closeTimeout = closeTimeout
         self.subprotocols = subprotocols
+        self.compression = compression
+    }
+}
+
+/// How a server takes part in permessage-deflate.
+public struct WebSocketCompression: Sendable, Hashable {
+    /// Reset the compressor after each message even when the client does not ask for it (less memory
+    /// held between messages, and a message can be compressed once for many connections).
+    public var serverNoContextTakeover: Bool
+    /// zlib's compression level (1 fastest ... 9 smallest).
+    public var level: Int
+    /// Messages shorter than this go uncompressed (not worth a deflate call).
+    public var minimumMessageSize: Int
+
+    /// Context takeover as the client wishes, level 6, messages from 64 bytes.
+    public init(serverNoContextTakeover: Bool = false, level: Int = 6, minimumMessageSize: Int = 64) {
+        self.serverNoContextTakeover = serverNoContextTakeover
+        self.level = level
+        self.minimumMessageSize = minimumMessageSize
     }
 }
 
@@ -102,6 +124,8 @@ public final class WebSocketFilter: TCPConnectionFilter {
     public let configuration: WebSocketConfiguration
     /// The subprotocol agreed on, if any.
     public let subprotocol: String?
+    /// permessage-deflate as agreed, if it was.
+    public let compression: WebSocketDeflateParameters?
 
     fileprivate private(set) var context: TCPFilterContext?
     private var handler: (any WebSocketHandler)?
@@ -121,15 +145,22 @@ public final class WebSocketFilter: TCPConnectionFilter {
     private var receivedClose: WebSocketClose?
     private var closeTimer: TimerHandle?
     private var opened = false
+    /// The message being received is compressed.
+    private var messageIsCompressed = false
+    /// Made on first use (an idle connection holds no zlib state).
+    private var inflater: WebSocketInflater?
+    private var deflater: WebSocketDeflater?
 
     /// A filter for `role` with `configuration`, delivering to `handler`.
     public init(role: WebSocketRole, configuration: WebSocketConfiguration = WebSocketConfiguration(), subprotocol: String? = nil,
-                handler: any WebSocketHandler) {
+                compression: WebSocketDeflateParameters? = nil, handler: any WebSocketHandler) {
         self.role = role
         self.configuration = configuration
         self.subprotocol = subprotocol
+        self.compression = compression
         self.handler = handler
-        parser = WebSocketFrameParser(role: role, maximumFrameSize: configuration.maximumFrameSize)
+        parser = WebSocketFrameParser(role: role, maximumFrameSize: configuration.maximumFrameSize,
+                                      allowedReservedBits: compression == nil ? 0 : 0b100)
         assembler = WebSocketMessageAssembler(maximumMessageSize: configuration.maximumMessageSize)
     }
 
@@ -161,15 +192,24 @@ public final class WebSocketFilter: TCPConnectionFilter {
             switch part {
             case .header(let header):
                 frame = header
+                let compressed = header.reserved & 0b100 != 0
                 if let (kind, starts) = try assembler.frameStarted(header) {
-                    if starts { messageKind = kind }
+                    if starts {
+                        messageKind = kind
+                        messageIsCompressed = compressed
+                    } else if compressed {
+                        throw WebSocketProtocolError(.protocolError, "RSV1 on a continuation frame")
+                    }
                 } else {
+                    if compressed { throw WebSocketProtocolError(.protocolError, "RSV1 on a control frame") }
                     controlPayload.removeAll(keepingCapacity: true)
                 }
             case .payload(let range):
                 let piece = UnsafeRawBufferPointer(rebasing: bytes[range])
                 if frame?.opcode.isControl == true {
                     controlPayload.append(contentsOf: piece)
+                } else if messageIsCompressed {
+                    try inflate(piece)
                 } else {
                     try assembler.dataReceived(piece)
                     try append(piece)
@@ -179,7 +219,15 @@ public final class WebSocketFilter: TCPConnectionFilter {
                 frame = nil
                 if header.opcode.isControl {
                     try control(header.opcode)
-                } else if try assembler.frameEnded() {
+                    continue
+                }
+                if header.fin && messageIsCompressed {
+                    try WebSocketInflater.trailer.withUnsafeBytes { raw in
+                        Result { () throws(WebSocketProtocolError) in try inflate(raw) }
+                    }.get()
+                    inflater?.messageEnded()
+                }
+                if try assembler.frameEnded() {
                     var received: WebSocketMessage? = WebSocketMessage(kind: messageKind, payload: takeMessage())
                     let socket = WebSocket(filter: self)
                     withHandler { handler in
@@ -213,6 +261,38 @@ public final class WebSocketFilter: TCPConnectionFilter {
                 message!.append(buffer)
             }
         }
+    }
+
+    /// Inflates compressed payload bytes straight into the message's buffers, checking what comes
+    /// out (UTF-8, the size limit: a compression bomb stops at 1009).
+    private func inflate(_ piece: UnsafeRawBufferPointer) throws(WebSocketProtocolError) {
+        if inflater == nil {
+            inflater = WebSocketInflater(resetsAfterEachMessage: role == .server
+                ? compression?.clientNoContextTakeover == true : compression?.serverNoContextTakeover == true)
+        }
+        guard let inflater, let pool = context?.bufferPool else { throw WebSocketProtocolError(.internalError, "no decompressor") }
+        try inflater.inflate(piece, region: { () throws(WebSocketProtocolError) -> UnsafeMutableRawBufferPointer in
+            let tail: IOBuffer
+            if let kept = messageTail.take() {
+                tail = kept
+            } else {
+                guard let fresh = try? pool.acquire() else { throw WebSocketProtocolError(.internalError, "no buffer for a message") }
+                tail = fresh
+            }
+            let room = UnsafeMutableRawBufferPointer(start: tail.unsafeWritableAddress, count: tail.writableBytes)
+            messageTail = consume tail
+            return room
+        }, produced: { (count: Int) throws(WebSocketProtocolError) in
+            guard count > 0, var tail = messageTail.take() else { return }
+            try assembler.dataReceived(UnsafeRawBufferPointer(start: tail.unsafeWritableAddress, count: count))
+            tail.moveWriterIndex(forwardBy: count)
+            if tail.writableBytes > 0 {
+                messageTail = consume tail
+            } else {
+                if message == nil { message = BufferChain() }
+                message!.append(tail)
+            }
+        })
     }
 
     /// The message received so far, its last buffer included.
@@ -262,6 +342,23 @@ public final class WebSocketFilter: TCPConnectionFilter {
     fileprivate func send(_ kind: WebSocketMessageAssembler.Kind, payload: consuming BufferChain) {
         guard let context, !sentClose, !context.isDetached else { return }
         let opcode: WebSocketOpcode = kind == .text ? .text : .binary
+        if let compression, payload.readableBytes >= (configuration.compression?.minimumMessageSize ?? 0) {
+            if deflater == nil {
+                let serverSide = role == .server
+                deflater = WebSocketDeflater(
+                    windowBits: serverSide ? compression.serverMaxWindowBits : (compression.clientMaxWindowBits ?? 15),
+                    resetsAfterEachMessage: serverSide ? compression.serverNoContextTakeover : compression.clientNoContextTakeover,
+                    level: Int32(configuration.compression?.level ?? 6))
+            }
+            guard let deflater else { return fail(WebSocketProtocolError(.internalError, "no compressor")) }
+            do {
+                let compressed = try deflater.compress(payload, pool: context.bufferPool)
+                return writeFrame(WebSocketFrameHeader(reserved: 0b100, opcode: opcode, payloadLength: compressed.readableBytes),
+                                  payload: compressed, context: context)
+            } catch {
+                return fail(error)
+            }
+        }
         writeFrame(WebSocketFrameHeader(opcode: opcode, payloadLength: payload.readableBytes), payload: payload, context: context)
     }
 

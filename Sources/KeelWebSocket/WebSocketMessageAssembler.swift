@@ -16,8 +16,6 @@ public struct WebSocketMessageAssembler: Sendable {
     /// The frame being read: a data frame (of the current message) or a control frame.
     private var frameIsData = false
     private var frameIsFinal = false
-    /// Text validation waits for the payload's inflation (permessage-deflate): the caller checks then.
-    private var frameIsCompressed = false
 
     /// An assembler refusing messages over `maximumMessageSize` bytes.
     public init(maximumMessageSize: Int = 16 << 20) {
@@ -45,13 +43,13 @@ public struct WebSocketMessageAssembler: Sendable {
             current = header.opcode == .text ? .text : .binary
             size = 0
             validator = UTF8Validator()
-            frameIsCompressed = header.reserved & 0b100 != 0
             starts = true
         }
         return (current!, starts)
     }
 
-    /// Payload bytes of a data frame (after unmasking and, for a compressed message, inflation).
+    /// Payload bytes of a data frame, after unmasking and, for a compressed message, after inflation
+    /// (so the size limit bounds the inflated message, and UTF-8 is checked on the text itself).
     /// - Throws: 1009 past the size limit, 1007 at the first byte of a text message that is not UTF-8.
     public mutating func dataReceived(_ bytes: UnsafeRawBufferPointer) throws(WebSocketProtocolError) {
         guard frameIsData else { return }

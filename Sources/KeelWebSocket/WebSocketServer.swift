@@ -14,9 +14,15 @@ struct WebSocketUpgrader: HTTPRequestHandler {
     mutating func requestEnded(trailers: HTTPFields?, responder: HTTPResponder) {
         guard let head = responder.request else { return }
         do {
-            let response = try WebSocketHandshake.serverResponse(to: head, subprotocols: configuration.subprotocols)
-            let filter = WebSocketFilter(role: .server, configuration: configuration,
-                                         subprotocol: response.headerFields[.secWebSocketProtocol], handler: makeHandler())
+            var response = try WebSocketHandshake.serverResponse(to: head, subprotocols: configuration.subprotocols)
+            var compression: WebSocketDeflateParameters?
+            if let policy = configuration.compression {
+                compression = WebSocketDeflateParameters.negotiate(
+                    offers: head.request.headerFields[values: .secWebSocketExtensions], serverNoContextTakeover: policy.serverNoContextTakeover)
+                if let compression { response.headerFields[.secWebSocketExtensions] = compression.responseValue }
+            }
+            let filter = WebSocketFilter(role: .server, configuration: configuration, subprotocol: response.headerFields[.secWebSocketProtocol],
+                                         compression: compression, handler: makeHandler())
             responder.upgrade(response, to: [filter])
         } catch {
             var fields = error.response.headerFields
