@@ -70,7 +70,8 @@ struct ChatServerTests {
             defer { stalled.close(); talker.close() }
             var size: Int32 = 4096
             setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-            usleep(100_000)
+            // Both are in the room before the talking starts (a fixed pause was too short under load).
+            for _ in 0..<1000 where chat.statistics.active < 2 { usleep(10_000) }
             // The talker sends ~6 MiB of lines and reads its own echo; the stalled member reads nothing.
             let line = String(repeating: "x", count: 1000)
             var ok = true

@@ -125,7 +125,9 @@ struct IOThreadTests {
             #expect(firedCount == count)
             #expect(earlyCount == 0)
             #expect(armedAt < 2_000_000_000, "arming 100k timers took \(armedAt) ns")
-            #expect(worstRoundTrip < 500_000_000, "a task waited \(worstRoundTrip) ns behind the timers")
+            // Generous: the suite runs in parallel on two cores; a loop that scanned its timers would
+            // take many seconds here.
+            #expect(worstRoundTrip < 2_000_000_000, "a task waited \(worstRoundTrip) ns behind the timers")
         }
     }
 
