@@ -205,6 +205,20 @@ struct HTTPMessageReader: Sendable {
 
     // MARK: Lines and fields
 
+    /// The field lines left in `lines`, under the field-count limit.
+    static func fields(_ lines: inout LineCursor, limits: HTTPParserLimits) throws(HTTPParseError) -> HTTPFields {
+        var fields = HTTPFields()
+        var count = 0
+        while let line = try lines.next() {
+            count += 1
+            guard count <= limits.maximumHeaderCount else {
+                throw HTTPParseError(.headerFieldsTooLarge, "more than \(limits.maximumHeaderCount) header fields")
+            }
+            fields.append(try field(line))
+        }
+        return fields
+    }
+
     /// Reads a CRLF-ended line, gathering it across calls; nil until complete.
     private mutating func readLine(_ input: UnsafeRawBufferPointer, _ offset: inout Int, limit: Int, what: String,
                                    overLimit: HTTPParseError.Code = .badRequest) throws(HTTPParseError) -> [UInt8]? {
@@ -361,5 +375,90 @@ extension StringProtocol {
         let isOWS: (Character) -> Bool = { $0 == " " || $0 == "\t" }
         guard let first = firstIndex(where: { !isOWS($0) }), let last = lastIndex(where: { !isOWS($0) }) else { return "" }
         return String(self[first...last])
+    }
+}
+
+/// A stream of HTTP messages, requests or responses: heads parsed by the caller's function, bodies read
+/// here, and the first error kept (the stream cannot be resynchronised after it).
+struct HTTPMessageStream: Sendable {
+    enum State: Sendable {
+        case head
+        case body(HTTPMessageReader.BodyState)
+        case failed(HTTPParseError)
+    }
+
+    /// One step of a message.
+    enum Part<Head> {
+        case head(Head)
+        case body(Range<Int>)
+        case end(trailers: HTTPFields?)
+    }
+
+    private(set) var state = State.head
+    private var reader: HTTPMessageReader
+
+    init(limits: HTTPParserLimits, startLineTooLong: HTTPParseError.Code) {
+        reader = HTTPMessageReader(limits: limits, startLineTooLong: startLineTooLong)
+    }
+
+    /// True between messages, with nothing of the next one gathered.
+    var isIdle: Bool {
+        if case .head = state { return !reader.isGathering }
+        return false
+    }
+
+    /// The next part in `input[consumed...]`; nil when more input is needed. `parseHead` reads a
+    /// head's lines; `framing` says how its body is delimited.
+    mutating func next<Head>(_ input: UnsafeRawBufferPointer, consumed: inout Int,
+                             parseHead: (UnsafeRawBufferPointer) throws(HTTPParseError) -> Head,
+                             framing: (Head) -> HTTPBodyFraming) throws(HTTPParseError) -> Part<Head>? {
+        do throws(HTTPParseError) {
+            switch state {
+            case .failed(let error):
+                throw error
+            case .head:
+                guard consumed < input.count, let head = try reader.readHead(input, &consumed, parse: parseHead) else { return nil }
+                state = .body(reader.startBody(framing(head)))
+                return .head(head)
+            case .body(var body):
+                let part = try reader.readBody(&body, input, &consumed)
+                state = .body(body)
+                switch part {
+                case nil: return nil
+                case .body(let range): return .body(range)
+                case .end(let trailers):
+                    state = .head
+                    return .end(trailers: trailers)
+                }
+            }
+        } catch {
+            state = .failed(error)
+            throw error
+        }
+    }
+
+    /// The connection ended: ends a body delimited by the close; nil when no message was in progress.
+    /// - Throws: ``HTTPParseError`` when a message was cut short.
+    mutating func finish() throws(HTTPParseError) -> HTTPFields?? {
+        switch state {
+        case .failed(let error):
+            throw error
+        case .head:
+            guard !reader.isGathering else { throw fail(HTTPParseError(.badRequest, "the connection ended inside a head")) }
+            return nil
+        case .body(.untilClose):
+            state = .head
+            return .some(nil)
+        case .body(.end(let trailers)):
+            state = .head
+            return .some(trailers)
+        case .body:
+            throw fail(HTTPParseError(.badRequest, "the connection ended inside a body"))
+        }
+    }
+
+    private mutating func fail(_ error: HTTPParseError) -> HTTPParseError {
+        state = .failed(error)
+        return error
     }
 }

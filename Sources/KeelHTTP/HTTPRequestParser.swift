@@ -29,58 +29,31 @@ public struct HTTPRequestParser: Sendable {
     /// The limits in force.
     public let limits: HTTPParserLimits
 
-    private enum State: Sendable {
-        case head
-        case body(HTTPMessageReader.BodyState)
-        case failed(HTTPParseError)
-    }
-
-    private var state = State.head
-    private var reader: HTTPMessageReader
+    private var stream: HTTPMessageStream
 
     /// A parser enforcing `limits`.
     public init(limits: HTTPParserLimits = HTTPParserLimits()) {
         self.limits = limits
-        reader = HTTPMessageReader(limits: limits, startLineTooLong: .uriTooLong)
+        stream = HTTPMessageStream(limits: limits, startLineTooLong: .uriTooLong)
     }
 
     /// True between requests: nothing of a next request has arrived (a server may close an idle
     /// keep-alive connection then without cutting a request short).
-    public var isIdle: Bool {
-        if case .head = state { return !reader.isGathering }
-        return false
-    }
+    public var isIdle: Bool { stream.isIdle }
 
     /// The next part found in `input[consumed...]`, advancing `consumed` past the bytes it used; nil
     /// once every byte is consumed and more input is needed.
     /// - Throws: ``HTTPParseError`` when the bytes cannot be a valid request (and on every later call).
     public mutating func next(_ input: UnsafeRawBufferPointer, consumed: inout Int) throws(HTTPParseError) -> HTTPRequestPart? {
-        do throws(HTTPParseError) {
-            switch state {
-            case .failed(let error):
-                throw error
-            case .head:
-                guard consumed < input.count else { return nil }
-                let limits = limits
-                guard let head = try reader.readHead(input, &consumed, parse: { bytes throws(HTTPParseError) in
-                    try Self.head(bytes, limits: limits)
-                }) else { return nil }
-                state = .body(reader.startBody(head.bodyFraming))
-                return .head(head)
-            case .body(var body):
-                let part = try reader.readBody(&body, input, &consumed)
-                state = .body(body)
-                switch part {
-                case nil: return nil
-                case .body(let range): return .body(range)
-                case .end(let trailers):
-                    state = .head
-                    return .end(trailers: trailers)
-                }
-            }
-        } catch {
-            state = .failed(error)
-            throw error
+        let limits = limits
+        let part = try stream.next(input, consumed: &consumed, parseHead: { bytes throws(HTTPParseError) in
+            try Self.head(bytes, limits: limits)
+        }, framing: \.bodyFraming)
+        switch part {
+        case nil: return nil
+        case .head(let head): return .head(head)
+        case .body(let range): return .body(range)
+        case .end(let trailers): return .end(trailers: trailers)
         }
     }
 
@@ -92,15 +65,7 @@ public struct HTTPRequestParser: Sendable {
         var lines = LineCursor(bytes)
         guard let requestLine = try lines.next() else { throw HTTPParseError(.badRequest, "no request line") }
         let (method, target, version) = try Self.requestLine(requestLine)
-        var fields = HTTPFields()
-        var count = 0
-        while let line = try lines.next() {
-            count += 1
-            guard count <= limits.maximumHeaderCount else {
-                throw HTTPParseError(.headerFieldsTooLarge, "more than \(limits.maximumHeaderCount) header fields")
-            }
-            fields.append(try HTTPMessageReader.field(line))
-        }
+        let fields = try HTTPMessageReader.fields(&lines, limits: limits)
         return try Self.interpret(method: method, target: target, version: version, fields: fields, limits: limits)
     }
 

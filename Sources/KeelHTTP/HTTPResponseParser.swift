@@ -40,19 +40,12 @@ public struct HTTPResponseParser: Sendable {
     /// The limits in force (the start-line limit applies to the status line).
     public let limits: HTTPParserLimits
 
-    private enum State: Sendable {
-        case head
-        case body(HTTPMessageReader.BodyState)
-        case failed(HTTPParseError)
-    }
-
-    private var state = State.head
-    private var reader: HTTPMessageReader
+    private var stream: HTTPMessageStream
 
     /// A parser enforcing `limits`.
     public init(limits: HTTPParserLimits = HTTPParserLimits()) {
         self.limits = limits
-        reader = HTTPMessageReader(limits: limits, startLineTooLong: .headerFieldsTooLarge)
+        stream = HTTPMessageStream(limits: limits, startLineTooLong: .headerFieldsTooLarge)
     }
 
     /// The next part found in `input[consumed...]`, advancing `consumed`; nil once every byte is
@@ -60,32 +53,15 @@ public struct HTTPResponseParser: Sendable {
     /// - Throws: ``HTTPParseError`` when the bytes cannot be a valid response (and on every later call).
     public mutating func next(_ input: UnsafeRawBufferPointer, consumed: inout Int,
                               answering method: HTTPRequest.Method = .get) throws(HTTPParseError) -> HTTPResponsePart? {
-        do throws(HTTPParseError) {
-            switch state {
-            case .failed(let error):
-                throw error
-            case .head:
-                guard consumed < input.count else { return nil }
-                let limits = limits
-                guard let head = try reader.readHead(input, &consumed, parse: { bytes throws(HTTPParseError) in
-                    try Self.head(bytes, method: method, limits: limits)
-                }) else { return nil }
-                state = .body(reader.startBody(head.bodyFraming))
-                return .head(head)
-            case .body(var body):
-                let part = try reader.readBody(&body, input, &consumed)
-                state = .body(body)
-                switch part {
-                case nil: return nil
-                case .body(let range): return .body(range)
-                case .end(let trailers):
-                    state = .head
-                    return .end(trailers: trailers)
-                }
-            }
-        } catch {
-            state = .failed(error)
-            throw error
+        let limits = limits
+        let part = try stream.next(input, consumed: &consumed, parseHead: { bytes throws(HTTPParseError) in
+            try Self.head(bytes, method: method, limits: limits)
+        }, framing: \.bodyFraming)
+        switch part {
+        case nil: return nil
+        case .head(let head): return .head(head)
+        case .body(let range): return .body(range)
+        case .end(let trailers): return .end(trailers: trailers)
         }
     }
 
@@ -93,26 +69,8 @@ public struct HTTPResponseParser: Sendable {
     /// was in progress).
     /// - Throws: ``HTTPParseError`` when a response was cut short.
     public mutating func finish() throws(HTTPParseError) -> HTTPResponsePart? {
-        switch state {
-        case .failed(let error):
-            throw error
-        case .head:
-            guard !reader.isGathering else { throw fail(HTTPParseError(.badRequest, "the connection ended inside a response head")) }
-            return nil
-        case .body(.untilClose):
-            state = .head
-            return .end(trailers: nil)
-        case .body(.end(let trailers)):
-            state = .head
-            return .end(trailers: trailers)
-        case .body:
-            throw fail(HTTPParseError(.badRequest, "the connection ended inside a response body"))
-        }
-    }
-
-    private mutating func fail(_ error: HTTPParseError) -> HTTPParseError {
-        state = .failed(error)
-        return error
+        guard let trailers = try stream.finish() else { return nil }
+        return .end(trailers: trailers)
     }
 
     // MARK: Heads
@@ -122,15 +80,7 @@ public struct HTTPResponseParser: Sendable {
         var lines = LineCursor(bytes)
         guard let statusLine = try lines.next() else { throw HTTPParseError(.badRequest, "no status line") }
         let (version, status) = try Self.statusLine(statusLine)
-        var fields = HTTPFields()
-        var count = 0
-        while let line = try lines.next() {
-            count += 1
-            guard count <= limits.maximumHeaderCount else {
-                throw HTTPParseError(.headerFieldsTooLarge, "more than \(limits.maximumHeaderCount) header fields")
-            }
-            fields.append(try HTTPMessageReader.field(line))
-        }
+        let fields = try HTTPMessageReader.fields(&lines, limits: limits)
         let framing = try Self.framing(status: status, method: method, fields: fields, limits: limits)
         let connection = HTTPMessageReader.tokens(fields[values: .connection])
         let keepAlive = framing != .untilClose
