@@ -224,9 +224,10 @@ public final class HTTPServerFilter: TCPConnectionFilter {
         while !stash.isEmpty && !waitingForResponse && !upgraded && !context.isDetached {
             let next = stash.removeFirst().reattach()
             stashedBytes -= next.readableBytes
+            let heldBefore = stash.count
             process(next, context: context)
-            if !stash.isEmpty && (waitingForResponse || upgraded) {
-                // process() held what it did not use at the end: move it to the front, in order.
+            if stash.count > heldBefore {
+                // process() held the part of `next` it did not use, at the end: it goes before the rest.
                 stash.insert(stash.removeLast(), at: 0)
             }
         }

@@ -138,6 +138,21 @@ struct HTTPServerFilterTests {
         #expect(harness.connection.finish().isClean)
     }
 
+    @Test func requestsHeldInManyPiecesKeepTheirOrder() {
+        let harness = HTTPServerHarness()
+        harness.connection.receive("GET /later HTTP/1.1\r\nHost: a\r\n\r\n")
+        // Three more segments arrive while the first response is pending: a whole request, then one in two pieces.
+        harness.connection.receive(chunks: [Array("GET /later HTTP/1.1\r\nHost: a\r\n\r\n".utf8), Array("GET /hello HTTP/1.1\r\n".utf8),
+                                            Array("Host: a\r\n\r\n".utf8)])
+        harness.connection.withConnection { _ in harness.later.waiting.removeFirst().respond(.ok, body: Array("1".utf8)) }
+        harness.connection.withConnection { _ in harness.later.waiting.removeFirst().respond(.ok, body: Array("2".utf8)) }
+        #expect(harness.connection.takeWrittenString()
+                == "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1" + "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"
+                + "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        #expect(harness.log.snapshot == ["GET /later", "GET /later", "GET /hello"])
+        #expect(harness.connection.finish().isClean)
+    }
+
     @Test func aMalformedRequestGetsItsStatusAndTheConnectionCloses() {
         let harness = HTTPServerHarness()
         harness.connection.receive("GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
