@@ -45,7 +45,8 @@ struct ChatServerTests {
         let received = await Task.detached { () -> [[String]] in
             let members = (0..<3).compactMap { _ in try? ChatClient(address) }
             defer { members.forEach { $0.close() } }
-            usleep(100_000)  // all joined
+            // All three joined before anyone speaks (a fixed pause was too short under AddressSanitizer).
+            for _ in 0..<1000 where chat.statistics.active < 3 { usleep(10_000) }
             members[0].say("hello")
             members[1].say("hi there")
             return members.map { $0.lines(2) }
