@@ -601,18 +601,28 @@ public class TCPConnection: @unchecked Sendable {
     public func write(_ buffer: SharedBuffer) {
         precondition(thread.isCurrent, "TCPConnection.write called off its I/O thread: use connection.handle")
         if let stack = filterStack, stack.top != nil {
-            var remaining = buffer.unsafeReadableBytes
-            while !remaining.isEmpty && state == .open {
-                guard var copy = try? thread.bufferPool.acquire() else {
-                    noteCloseReason(TCPCloseReason(.resourceExhausted, detail: "buffer pool exhausted while copying a shared write"))
-                    return close(.abortive)
-                }
-                let count = copy.append(remaining)
-                remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
-                write(copy)
-            }
-            return
+            return copySharedWrite(buffer) { write($0) }
         }
+        writeSharedToSocket(buffer)
+    }
+
+    /// Copies a shared payload into pooled buffers for `deliver` (a filter must see bytes it may change).
+    /// If the pool runs dry part-way, the connection closes rather than send a stream with a gap.
+    func copySharedWrite(_ buffer: SharedBuffer, to deliver: (consuming IOBuffer) -> Void) {
+        var remaining = buffer.unsafeReadableBytes
+        while !remaining.isEmpty && state == .open {
+            guard var copy = try? thread.bufferPool.acquire() else {
+                noteCloseReason(TCPCloseReason(.resourceExhausted, detail: "buffer pool exhausted while copying a shared write"))
+                return close(.abortive)
+            }
+            let count = copy.append(remaining)
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
+            deliver(copy)
+        }
+    }
+
+    /// Queues a shared payload for the socket (the bottom of the filter stack), without copying it.
+    func writeSharedToSocket(_ buffer: SharedBuffer) {
         guard lifecycle.acceptsWrites, buffer.readableBytes > 0 else { return }
         var offset = 0
         if flushList == nil && writeQueue.isEmpty && !sendInFlight {

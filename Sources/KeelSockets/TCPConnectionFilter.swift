@@ -191,6 +191,18 @@ public final class TCPFilterContext {
         if let below { below.filter?.filterOutbound(buffer, context: below) } else { connection.writeToSocket(buffer) }
     }
 
+    /// Hands a shared payload (one prepared for many connections, such as a broadcast frame) to the
+    /// layer below. At the bottom of the stack it goes to the socket without a copy; a filter below
+    /// (TLS) gets it copied into pooled buffers, since it must transform the bytes anyway.
+    public func passOutbound(_ buffer: SharedBuffer) {
+        guard !isDetached else { return }
+        if let below {
+            connection.copySharedWrite(buffer) { copy in below.filter?.filterOutbound(copy, context: below) }
+        } else {
+            connection.writeSharedToSocket(buffer)
+        }
+    }
+
     /// Continues a close toward the socket: the layer below sees ``TCPConnectionFilter/closeRequested(_:context:)``,
     /// or, at the bottom, the connection closes with `mode`.
     public func passClose(_ mode: TCPCloseMode) {

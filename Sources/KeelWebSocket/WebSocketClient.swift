@@ -40,6 +40,11 @@ public final class WebSocketClientUpgrader: TCPConnectionFilter {
         fields[.secWebSocketKey] = key
         fields[.secWebSocketVersion] = "13"
         if !subprotocols.isEmpty { fields[.secWebSocketProtocol] = subprotocols.joined(separator: ", ") }
+        if let compression = configuration.compression {
+            // The client keeps no context when the server-side policy asks for none of its own.
+            fields[.secWebSocketExtensions] = "permessage-deflate; client_max_window_bits"
+                + (compression.serverNoContextTakeover ? "; client_no_context_takeover" : "")
+        }
         let request = HTTPRequest(method: .get, scheme: nil, authority: host, path: path, headerFields: fields)
         do {
             try HTTPWriter.write(HTTPWriter.head(request), pool: context.bufferPool) { context.passOutbound($0) }
@@ -79,12 +84,20 @@ public final class WebSocketClientUpgrader: TCPConnectionFilter {
         if let chosen, !subprotocols.contains(chosen) {
             return refuse("the server chose a subprotocol that was not offered (\(chosen))", context: context)
         }
-        if head.response.headerFields[.secWebSocketExtensions] != nil {
-            return refuse("the server agreed to an extension that was not offered", context: context)
+        var compression: WebSocketDeflateParameters?
+        let extensions = head.response.headerFields[values: .secWebSocketExtensions]
+        if !extensions.isEmpty {
+            guard configuration.compression != nil, extensions.count == 1, !extensions[0].contains(","),
+                  let agreed = WebSocketDeflateParameters.negotiate(offers: extensions) else {
+                return refuse("the server agreed to an extension that was not offered (\(extensions.joined(separator: ", ")))",
+                              context: context)
+            }
+            compression = agreed
         }
         done = true
         guard let handler = handler.take() else { return }
-        context.replaceFilter(with: [WebSocketFilter(role: .client, configuration: configuration, subprotocol: chosen, handler: handler)])
+        context.replaceFilter(with: [WebSocketFilter(role: .client, configuration: configuration, subprotocol: chosen,
+                                                     compression: compression, handler: handler)])
         buffer.consume(offset)
         if buffer.readableBytes > 0 { context.passInbound(buffer) }  // frames right behind the 101
     }

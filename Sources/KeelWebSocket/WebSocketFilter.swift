@@ -13,18 +13,28 @@ public struct WebSocketConfiguration: Sendable, Hashable {
     public var closeTimeout: Duration
     /// Subprotocols a server accepts, in its order of preference.
     public var subprotocols: [String]
-    /// permessage-deflate (RFC 7692): nil to refuse it. Compression costs each connection a compressor
-    /// and a decompressor (a few hundred KiB with the default window), so it is off unless asked for.
+    /// permessage-deflate (RFC 7692): nil to refuse it (a server) or not offer it (a client).
+    /// Compression costs each connection a compressor and a decompressor (a few hundred KiB with the
+    /// default window), so it is off unless asked for.
     public var compression: WebSocketCompression?
+    /// Keep-alive: after this long without receiving anything, send a ping; nil for none.
+    public var pingInterval: Duration?
+    /// Keep-alive: how long to wait for anything from the peer after a keep-alive ping before the
+    /// connection is closed (``KeelSockets/TCPCloseReason/Code/webSocketPingTimeout``).
+    public var pongTimeout: Duration
 
-    /// 16 MiB frames and messages, a 5-second close timeout, no subprotocols, no compression.
+    /// 16 MiB frames and messages, a 5-second close timeout, no subprotocols, no compression, no
+    /// keep-alive pings (a 10-second pong timeout once an interval is set).
     public init(maximumFrameSize: Int = 16 << 20, maximumMessageSize: Int = 16 << 20, closeTimeout: Duration = .seconds(5),
-                subprotocols: [String] = [], compression: WebSocketCompression? = nil) {
+                subprotocols: [String] = [], compression: WebSocketCompression? = nil,
+                pingInterval: Duration? = nil, pongTimeout: Duration = .seconds(10)) {
         self.maximumFrameSize = maximumFrameSize
         self.maximumMessageSize = maximumMessageSize
         self.closeTimeout = closeTimeout
         self.subprotocols = subprotocols
         self.compression = compression
+        self.pingInterval = pingInterval
+        self.pongTimeout = pongTimeout
     }
 }
 
@@ -69,17 +79,30 @@ public protocol WebSocketHandler {
     /// The connection closed: `close` is the code and reason of the closing handshake (1006 when
     /// there was none), `reason` the TCP connection's own. Optional.
     mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason)
+    /// The connection's send queue went over its high watermark (`isWritable` false) or drained
+    /// below the low one (true): a producer should wait for true before sending more. Optional.
+    mutating func webSocketWritabilityChanged(_ isWritable: Bool, on socket: WebSocket)
 }
 
 extension WebSocketHandler {
     public mutating func webSocketOpened(_ socket: WebSocket) {}
     public mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason) {}
+    public mutating func webSocketWritabilityChanged(_ isWritable: Bool, on socket: WebSocket) {}
 }
 
 /// How a handler sends on its WebSocket connection. Calls after the closing handshake started are
-/// ignored.
-public struct WebSocket {
+/// ignored. Two values are equal when they are the same connection.
+///
+/// **Threading:** the connection's I/O thread only.
+public struct WebSocket: Hashable {
     let filter: WebSocketFilter
+
+    public static func == (lhs: WebSocket, rhs: WebSocket) -> Bool { lhs.filter === rhs.filter }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(filter)) }
+
+    /// False while the connection's send queue is over its high watermark (see
+    /// ``WebSocketHandler/webSocketWritabilityChanged(_:on:)``); false once closed.
+    public var isWritable: Bool { filter.context.map { !$0.isDetached && $0.connection.isWritable } ?? false }
 
     /// The TCP connection underneath (its addresses, its filters such as TLS).
     public var connection: TCPConnection? { filter.context?.connection }
@@ -97,11 +120,19 @@ public struct WebSocket {
     /// are copied next to the frame header instead of costing a buffer of their own).
     public func send(_ kind: WebSocketMessageAssembler.Kind, payload: consuming BufferChain) { filter.send(kind, payload: payload) }
 
+    /// Sends a payload held in shared buffers (a server sends them as they are, behind its own
+    /// frame header; a client, or a compressing connection, copies them).
+    func send(_ kind: WebSocketMessageAssembler.Kind, shared payload: [SharedBuffer]) { filter.send(kind, shared: payload) }
+
     /// Sends `message` as it came (an echo), without copying its payload.
     public func send(_ message: consuming WebSocketMessage) {
         let kind = message.kind
         filter.send(kind, payload: message.payload)
     }
+
+    /// Sends a message prepared once for many connections, without copying or framing it again (see
+    /// ``WebSocketBroadcast``).
+    public func send(_ broadcast: WebSocketBroadcast) { filter.send(broadcast) }
 
     /// Sends a ping (at most 125 bytes of payload).
     public func ping(_ payload: [UInt8] = []) { filter.sendControl(.ping, payload: Array(payload.prefix(125))) }
@@ -145,6 +176,13 @@ public final class WebSocketFilter: TCPConnectionFilter {
     private var receivedClose: WebSocketClose?
     private var closeTimer: TimerHandle?
     private var opened = false
+    /// Keep-alive: when something last arrived, and when the outstanding keep-alive ping went (0: none).
+    private var lastReceived: UInt64 = 0
+    private var keepAlivePingSent: UInt64 = 0
+    private var keepAliveTimer: TimerHandle?
+    /// The async face of this connection, when an ``AsyncWebSocketBridge`` is its handler (weak: the
+    /// bridge owns it).
+    weak var asyncSocket: AsyncWebSocket?
     /// The message being received is compressed.
     private var messageIsCompressed = false
     /// Made on first use (an idle connection holds no zlib state).
@@ -171,14 +209,20 @@ public final class WebSocketFilter: TCPConnectionFilter {
         self.context = context
         guard !opened else { return }
         opened = true
+        if let interval = configuration.pingInterval {
+            lastReceived = context.connection.thread.nowNanoseconds
+            scheduleKeepAlive(after: interval, context: context)
+        }
         let socket = WebSocket(filter: self)
         withHandler { $0.webSocketOpened(socket) }
+        context.passEstablished()  // the connection's own handler learns that the WebSocket is open
     }
 
     // MARK: Inbound
 
     public func filterInbound(_ buffer: consuming IOBuffer, context: TCPFilterContext) {
         guard receivedClose == nil, !context.isDetached else { return }
+        if keepAliveTimer != nil { lastReceived = context.connection.thread.nowNanoseconds }
         let outcome = buffer.withUnsafeMutableReadableBytes { bytes in
             Result { () throws(WebSocketProtocolError) in try read(bytes, context: context) }
         }
@@ -372,6 +416,55 @@ public final class WebSocketFilter: TCPConnectionFilter {
         writeFrame(WebSocketFrameHeader(opcode: opcode, payloadLength: payload.count), payload: chain, context: context)
     }
 
+    fileprivate func send(_ kind: WebSocketMessageAssembler.Kind, shared payload: [SharedBuffer]) {
+        guard let context, !sentClose, !context.isDetached else { return }
+        let size = payload.reduce(0) { $0 + $1.readableBytes }
+        if role == .client || (compression != nil && size >= (configuration.compression?.minimumMessageSize ?? 0)) {
+            var chain = BufferChain()
+            for buffer in payload {
+                guard var copy = try? context.bufferPool.acquire() else { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
+                copy.append(buffer.unsafeReadableBytes)
+                chain.append(copy)
+            }
+            return send(kind, payload: chain)
+        }
+        let header = WebSocketFrameHeader(opcode: kind == .text ? .text : .binary, payloadLength: size)
+        guard var first = try? context.bufferPool.acquire() else { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
+        first.append(contentsOf: header.encoded())
+        var index = 0
+        // Small payloads travel in the header's buffer; large ones go down shared, without a copy.
+        while index < payload.count, payload[index].readableBytes <= min(first.writableBytes, Self.copiedPayloadLimit) {
+            first.append(payload[index].unsafeReadableBytes)
+            index += 1
+        }
+        context.passOutbound(first)
+        while index < payload.count {
+            context.passOutbound(payload[index])
+            index += 1
+        }
+    }
+
+    fileprivate func send(_ broadcast: WebSocketBroadcast) {
+        guard let context, !sentClose, !context.isDetached else { return }
+        guard role == .server else {
+            // A client masks every frame with its own key: this connection frames its own copy.
+            var chain = BufferChain()
+            var failed = false
+            broadcast.forEachPayloadRegion { region in
+                var remaining = region
+                while !remaining.isEmpty && !failed {
+                    guard var buffer = try? context.bufferPool.acquire() else { failed = true; return }
+                    let count = buffer.append(remaining)
+                    remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
+                    chain.append(buffer)
+                }
+            }
+            if failed { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
+            return send(broadcast.kind, payload: chain)
+        }
+        for buffer in broadcast.frame(for: compression) { context.passOutbound(buffer) }
+    }
+
     /// A frame's header, then its payload. Small payloads travel in the header's buffer; a client
     /// masks (copying, since the payload may be shared).
     private func writeFrame(_ header: WebSocketFrameHeader, payload: consuming BufferChain, context: TCPFilterContext) {
@@ -402,6 +495,33 @@ public final class WebSocketFilter: TCPConnectionFilter {
     /// Payloads up to this size are copied next to their frame header rather than sent as a buffer of their own.
     private static let copiedPayloadLimit = 1024
 
+    // MARK: Keep-alive
+
+    private func scheduleKeepAlive(after delay: Duration, context: TCPFilterContext) {
+        keepAliveTimer = context.connection.thread.scheduleTimer(after: delay) { [self] in
+            keepAliveTimer = nil
+            keepAliveTick()
+        }
+    }
+
+    /// Sends a ping after a quiet interval; closes the connection when nothing answered the last one
+    /// within the pong timeout.
+    private func keepAliveTick() {
+        guard let context, !context.isDetached, !sentClose, let interval = configuration.pingInterval else { return }
+        let now = context.connection.thread.nowNanoseconds
+        if keepAlivePingSent != 0 {
+            if lastReceived < keepAlivePingSent {
+                return context.close(.abortive, reason: TCPCloseReason(.webSocketPingTimeout, detail: "no answer to a keep-alive ping"))
+            }
+            keepAlivePingSent = 0
+        }
+        let quiet = Duration.nanoseconds(Int64(now &- lastReceived))
+        if quiet < interval { return scheduleKeepAlive(after: interval - quiet, context: context) }
+        keepAlivePingSent = now
+        sendControl(.ping, payload: [])
+        scheduleKeepAlive(after: configuration.pongTimeout, context: context)
+    }
+
     // MARK: Closing
 
     fileprivate func startClose(_ close: WebSocketClose) {
@@ -428,9 +548,15 @@ public final class WebSocketFilter: TCPConnectionFilter {
     /// The closing handshake is complete: end the TCP connection.
     private func finish(_ reason: TCPCloseReason) {
         guard let context else { return }
+        cancelTimers(context)
+        context.close(.graceful, reason: reason)
+    }
+
+    private func cancelTimers(_ context: TCPFilterContext) {
         if let closeTimer { context.connection.thread.cancelTimer(closeTimer) }
         closeTimer = nil
-        context.close(.graceful, reason: reason)
+        if let keepAliveTimer { context.connection.thread.cancelTimer(keepAliveTimer) }
+        keepAliveTimer = nil
     }
 
     /// Fails the connection: a close frame with the error's code, then the end of the TCP connection.
@@ -446,9 +572,14 @@ public final class WebSocketFilter: TCPConnectionFilter {
             ? TCPCloseReason(.webSocketProtocolError, detail: "the TCP connection ended without a closing handshake") : .peerClosed)
     }
 
+    public func writabilityChanged(_ isWritable: Bool, context: TCPFilterContext) {
+        let socket = WebSocket(filter: self)
+        withHandler { $0.webSocketWritabilityChanged(isWritable, on: socket) }
+        context.passWritabilityChanged(isWritable)
+    }
+
     public func connectionClosed(_ reason: TCPCloseReason, context: TCPFilterContext) {
-        if let closeTimer { context.connection.thread.cancelTimer(closeTimer) }
-        closeTimer = nil
+        cancelTimers(context)
         message = nil
         messageTail = nil
         let close = receivedClose ?? WebSocketClose(code: .abnormalClosure)
@@ -483,4 +614,6 @@ extension TCPCloseReason.Code {
     public static let webSocketProtocolError = Self("webSocket.protocolError")
     /// The peer did not answer a close frame within the close timeout.
     public static let webSocketCloseTimeout = Self("webSocket.closeTimeout")
+    /// The peer sent nothing within the pong timeout after a keep-alive ping.
+    public static let webSocketPingTimeout = Self("webSocket.pingTimeout")
 }
