@@ -82,7 +82,7 @@ let package = Package(
         ),
         .testTarget(
             name: "KeelTLSTests",
-            dependencies: ["KeelTLS", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport"],
+            dependencies: ["KeelTLS", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport", "KeelWebSocket", "KeelHTTP"],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -129,7 +129,7 @@ let package = Package(
         .testTarget(
             name: "KeelWebSocketTests",
             dependencies: [
-                "KeelWebSocket", "KeelHTTP", "KeelSockets", "KeelBuffers", "KeelTestSupport",
+                "KeelWebSocket", "KeelHTTP", "KeelSockets", "KeelBuffers", "KeelTestSupport", "KeelEngine", "KeelSystem",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict

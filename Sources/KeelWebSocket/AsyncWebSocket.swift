@@ -41,6 +41,8 @@ public final class AsyncWebSocket: @unchecked Sendable {
     public let thread: IOThread
     /// The subprotocol agreed on in the handshake, if any.
     public let subprotocol: String?
+    /// permessage-deflate as agreed in the handshake, if it was.
+    public let compression: WebSocketDeflateParameters?
     private var socket: WebSocket?
     private let inboundLimit: Int
     private var inboundQueue: [Message] = []
@@ -57,6 +59,7 @@ public final class AsyncWebSocket: @unchecked Sendable {
         self.socket = socket
         self.thread = thread
         subprotocol = socket.subprotocol
+        compression = socket.compression
         self.inboundLimit = inboundLimit
     }
 
@@ -94,7 +97,7 @@ public final class AsyncWebSocket: @unchecked Sendable {
         return try await withCheckedThrowingContinuation { receiver = $0 }
     }
 
-    private static func endedCleanly(_ reason: TCPCloseReason) -> Bool { reason == .peerClosed || reason == .local }
+    private static func endedCleanly(_ reason: TCPCloseReason) -> Bool { reason.code == .peerClosed || reason.code == .local }
 
     private func takeInbound() -> Message {
         let message = inboundQueue[inboundHead]

@@ -110,6 +110,9 @@ public struct WebSocket: Hashable {
     /// The subprotocol agreed on in the handshake, if any.
     public var subprotocol: String? { filter.subprotocol }
 
+    /// permessage-deflate as agreed in the handshake, if it was.
+    public var compression: WebSocketDeflateParameters? { filter.compression }
+
     /// Sends a text message.
     public func send(text: String) { filter.send(.text, bytes: text.utf8) }
 
