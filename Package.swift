@@ -174,7 +174,7 @@ let package = Package(
         // The chat example's logic, as a library so it can be tested.
         .target(
             name: "KeelChat",
-            dependencies: ["KeelSockets", "KeelEngine", "KeelBuffers", "KeelFraming", "KeelSystem"],
+            dependencies: ["KeelSockets", "KeelEngine", "KeelBuffers", "KeelFraming", "KeelSystem", "KeelWebSocket", "KeelHTTP"],
             path: "Examples/KeelChat",
             swiftSettings: strict
         ),
@@ -188,7 +188,7 @@ let package = Package(
         ),
         .testTarget(
             name: "KeelChatTests",
-            dependencies: ["KeelChat", "KeelSockets", "KeelEngine", "KeelSystem", "KeelTestSupport"],
+            dependencies: ["KeelChat", "KeelSockets", "KeelEngine", "KeelSystem", "KeelTestSupport", "KeelWebSocket"],
             swiftSettings: strict
         ),
         .executableTarget(

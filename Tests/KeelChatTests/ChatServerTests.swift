@@ -6,6 +6,7 @@ import KeelSystem
 import Testing
 
 import KeelTestSupport
+import KeelWebSocket
 
 /// A blocking chat client.
 struct ChatClient {
@@ -95,5 +96,54 @@ struct ChatServerTests {
         #expect(chat.slowConsumersDisconnected == 1)
         await chat.stop()
         pool.shutdown()
+    }
+}
+
+@Suite("keel-chat over WebSockets")
+struct ChatWebSocketTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func tcpAndWebSocketMembersShareOneRoom(backend: BackendKind) async throws {
+        try await withPool(backend, threads: 2) { pool in
+            let chat = try ChatServer(pool: pool, port: 0, webSocketPort: 0)
+            let webAddress = try #require(chat.webSocketAddress)
+            // Two WebSocket members (one compressing, one not) and one TCP member.
+            var sockets: [AsyncWebSocket] = []
+            for compressed in [true, false] {
+                let connector = AsyncWebSocketConnector(
+                    pool: pool, host: "localhost", path: "/chat",
+                    configuration: WebSocketConfiguration(compression: compressed ? WebSocketCompression() : nil))
+                sockets.append(try await connector.connect(to: webAddress))
+            }
+            #expect(sockets[0].compression?.serverNoContextTakeover == true, "the room compresses each line once for all")
+            let tcpAddress = chat.localAddress
+            let long = String(repeating: "long line ", count: 40)
+            // The blocking TCP member runs on a plain thread of its own (never on an I/O thread).
+            async let tcpLines = withCheckedContinuation { (continuation: CheckedContinuation<[String], Never>) in
+                SystemThread.spawn(name: "chat-tcp-member") {
+                    guard let member = try? ChatClient(tcpAddress) else { return continuation.resume(returning: []) }
+                    defer { member.close() }
+                    for _ in 0..<1000 where chat.statistics.active < 1 { usleep(10_000) }
+                    member.say("hello from tcp")
+                    member.say(long)
+                    continuation.resume(returning: member.lines(3))
+                }.detach()
+            }
+            // Each WebSocket member hears the TCP member's lines, then speaks once.
+            for socket in sockets {
+                let first = try await socket.receive()
+                #expect(first?.kind == .text && first?.text.hasSuffix(": hello from tcp") == true, "\(first?.text ?? "nothing")")
+                #expect(try await socket.receive()?.text.hasSuffix(": \(long)") == true)
+            }
+            try await sockets[0].send(text: "hi from the web")
+            let heard = await tcpLines
+            #expect(heard.count == 3 && heard[2].hasSuffix(": hi from the web"), "\(heard.map { String($0.prefix(40)) })")
+            for socket in sockets {
+                #expect(try await socket.receive()?.text.hasSuffix(": hi from the web") == true)
+                await socket.close()
+                #expect(try await socket.receive() == nil)
+            }
+            #expect(chat.linesBroadcast == 3)
+            await chat.stop()
+        }
     }
 }
