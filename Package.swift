@@ -203,7 +203,7 @@ let package = Package(
         .target(
             name: "KeelBench",
             dependencies: [
-                "CKeelLinux", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem",
+                "CKeelLinux", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelWebSocket", "KeelHTTP",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict

@@ -142,35 +142,47 @@ public func runEchoBenchmark(_ options: EchoBenchmarkOptions, pool: IOPool) asyn
                           makeHandler: { EchoLoadClient(run: run, stream: stream) },
                           failed: { _ in failures.wrappingAdd(1, ordering: .relaxed); run.finished.wrappingAdd(1, ordering: .relaxed) })
     }
+    return await measureEchoRun(mode: "echo", stats: run.stats, phase: run.phase, finished: { run.finished.load(ordering: .relaxed) },
+                                connections: options.connections, messagesPerConnection: options.messagesPerConnection,
+                                warmup: options.warmup, duration: options.duration,
+                                connectFailures: { failures.load(ordering: .relaxed) }, pool: pool)
+}
+
+/// Drives an echo-style run whose connections were started: for a count of messages, until every
+/// connection finished; otherwise warm-up, the measured duration, then stopping (each connection ends
+/// once its messages in flight are back). - Returns: the merged figures.
+func measureEchoRun(mode: String, stats: [ThreadStats], phase: Phase, finished: () -> Int, connections: Int,
+                    messagesPerConnection: Int?, warmup: Duration, duration: Duration, connectFailures: () -> Int,
+                    pool: IOPool) async -> BenchResult {
     let progress = ProgressLine()
-    let count: @Sendable () -> Int = { run.stats.reduce(0) { $0 + $1.progress.load(ordering: .relaxed) } }
+    let count: @Sendable () -> Int = { stats.reduce(0) { $0 + $1.progress.load(ordering: .relaxed) } }
     var seconds: Double
-    if options.messagesPerConnection != nil {
-        run.phase.set(Phase.measuring)
+    if messagesPerConnection != nil {
+        phase.set(Phase.measuring)
         let start = ContinuousClock.now
-        while run.finished.load(ordering: .relaxed) < options.connections {
+        while finished() < connections {
             try? await Task.sleep(for: .milliseconds(10))
             if ContinuousClock.now - start > .seconds(600) { break }
         }
         seconds = (ContinuousClock.now - start).seconds
     } else {
-        try? await Task.sleep(for: options.warmup)
-        run.phase.set(Phase.measuring)
+        try? await Task.sleep(for: warmup)
+        phase.set(Phase.measuring)
         let start = ContinuousClock.now
-        await runFor(options.duration, label: "echo", progress: progress, count: count)
+        await runFor(duration, label: mode, progress: progress, count: count)
         seconds = (ContinuousClock.now - start).seconds
-        run.phase.set(Phase.stopping)
+        phase.set(Phase.stopping)
         let deadline = ContinuousClock.now + .seconds(10)
-        while run.finished.load(ordering: .relaxed) < options.connections && ContinuousClock.now < deadline {
+        while finished() < connections && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(10))
         }
     }
     progress.finish()
-    let total = await merge(run.stats, pool: pool)
-    var result = BenchResult(mode: "echo", seconds: seconds)
+    let total = await merge(stats, pool: pool)
+    var result = BenchResult(mode: mode, seconds: seconds)
     result.messages = total.messages
     result.bytes = total.bytes
-    result.errors = total.errors + failures.load(ordering: .relaxed)
+    result.errors = total.errors + connectFailures()
     result.validationFailures = total.validationFailures
     result.connections = total.connections
     result.p50Microseconds = Double(total.latency.valueAtPercentile(50)) / 1000

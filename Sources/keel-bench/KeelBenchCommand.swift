@@ -1,6 +1,7 @@
 // keel-bench: Keel's load and soak tool. Every mode is bounded in time and stops by itself.
 //
 //   keel-bench echo  --port 7007 --connections 50 --size 64 --depth 16 --duration 10 [--tls --ca ca.pem]
+//   keel-bench ws    --port 7007 --connections 50 --size 64 --depth 16 --duration 10 [--deflate] [--tls --ca ca.pem]
 //   keel-bench storm --port 7007 --concurrency 64 --duration 10
 //   keel-bench hold  --port 7007 --count 10000 --duration 30 [--trickle-ms 1000]
 //   keel-bench udp   --port 7007 --sockets 8 --window 32 --duration 10
@@ -15,7 +16,7 @@ import KeelSystem
 struct KeelBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keel-bench", abstract: "Load and soak tool for TCP and UDP echo servers.",
-        subcommands: [Echo.self, Storm.self, Hold.self, UDP.self, Misbehave.self])
+        subcommands: [Echo.self, WebSocket.self, Storm.self, Hold.self, UDP.self, Misbehave.self])
 }
 
 /// Options every mode shares.
@@ -65,6 +66,29 @@ extension KeelBenchCommand {
                     .init(target: target, connections: connections, messageSize: size, depth: depth,
                           warmup: common.warmupTime, duration: common.measuredTime,
                           messagesPerConnection: messages, connection: connection), pool: pool)
+            }
+        }
+    }
+
+    struct WebSocket: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "ws", abstract: "WebSocket echo load: C connections, S-byte binary messages, P in flight; every message validated.")
+        @OptionGroup var common: Common
+        @Option(name: [.customShort("c"), .long], help: "Connections.") var connections = 50
+        @Option(name: [.customShort("s"), .long], help: "Message size in bytes.") var size = 64
+        @Option(name: [.customShort("p"), .long], help: "Messages in flight per connection.") var depth = 1
+        @Option(help: "Messages per connection instead of a duration.") var messages: Int?
+        @Option(help: "The request path of the upgrade.") var path = "/"
+        @Flag(help: "Offer permessage-deflate.") var deflate = false
+        @OptionGroup var tls: ClientTLSOptions
+
+        func run() async throws {
+            let connection = try tls.connectionOptions(host: common.host)
+            try await common.run(failsOnErrors: true) { pool, target in
+                await runWebSocketBenchmark(
+                    .init(target: target, host: "\(common.host):\(common.port)", path: path, connections: connections,
+                          messageSize: size, depth: depth, warmup: common.warmupTime, duration: common.measuredTime,
+                          messagesPerConnection: messages, deflate: deflate, connection: connection), pool: pool)
             }
         }
     }
