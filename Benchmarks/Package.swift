@@ -30,6 +30,8 @@ let package = Package(
                 .product(name: "KeelEngine", package: "Keel"),
                 .product(name: "KeelSockets", package: "Keel"),
                 .product(name: "KeelTLS", package: "Keel"),
+                .product(name: "KeelHTTP", package: "Keel"),
+                .product(name: "KeelWebSocket", package: "Keel"),
             ],
             path: "Benchmarks/KeelAllocations",
             swiftSettings: [.swiftLanguageMode(.v6)],

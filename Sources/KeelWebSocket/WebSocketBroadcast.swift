@@ -69,7 +69,7 @@ public final class WebSocketBroadcast: Sendable {
     private static func frame(_ header: WebSocketFrameHeader, payload: consuming BufferChain, pool: BufferPool) throws -> [SharedBuffer] {
         var frame: [SharedBuffer] = []
         var current = try pool.acquire()
-        current.append(contentsOf: header.encoded())
+        current.append(header)
         while let next = payload.popFirst() {
             // The buffer stays alive (and its bytes valid) until the end of this iteration.
             var remaining = UnsafeRawBufferPointer(start: next.unsafeReadableAddress, count: next.readableBytes)

@@ -433,7 +433,7 @@ public final class WebSocketFilter: TCPConnectionFilter {
         }
         let header = WebSocketFrameHeader(opcode: kind == .text ? .text : .binary, payloadLength: size)
         guard var first = try? context.bufferPool.acquire() else { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
-        first.append(contentsOf: header.encoded())
+        first.append(header)
         var index = 0
         // Small payloads travel in the header's buffer; large ones go down shared, without a copy.
         while index < payload.count, payload[index].readableBytes <= min(first.writableBytes, Self.copiedPayloadLimit) {
@@ -476,7 +476,7 @@ public final class WebSocketFilter: TCPConnectionFilter {
         guard var first = try? context.bufferPool.acquire() else {
             return context.close(.abortive, reason: TCPCloseReason(.resourceExhausted, detail: "no buffer for a WebSocket frame"))
         }
-        _ = first.append(contentsOf: header.encoded())
+        first.append(header)
         var masked = 0
         while let next = payload.popFirst() {
             var piece = next

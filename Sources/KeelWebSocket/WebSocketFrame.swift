@@ -1,3 +1,5 @@
+import KeelBuffers
+
 /// A frame's opcode (RFC 6455, 5.2).
 public struct WebSocketOpcode: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: UInt8
@@ -64,24 +66,44 @@ public struct WebSocketFrameHeader: Sendable, Hashable {
 
     /// The header's bytes: at most 14.
     public func encoded() -> [UInt8] {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(encodedSize)
-        bytes.append((fin ? 0x80 : 0) | (reserved & 0x7) << 4 | opcode.rawValue & 0xF)
+        [UInt8](unsafeUninitializedCapacity: encodedSize) { storage, count in
+            count = encode(into: UnsafeMutableRawBufferPointer(storage))
+        }
+    }
+
+    /// Writes the header at the start of `region`, which must hold ``encodedSize`` bytes (no
+    /// allocation: the send path writes headers straight into pooled buffers). - Returns: its size.
+    public func encode(into region: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(region.count >= encodedSize, "no room for a WebSocket frame header")
+        var index = 0
+        func put(_ byte: UInt8) {
+            region[index] = byte
+            index += 1
+        }
+        put((fin ? 0x80 : 0) | (reserved & 0x7) << 4 | opcode.rawValue & 0xF)
         let mask: UInt8 = maskingKey == nil ? 0 : 0x80
         if payloadLength < 126 {
-            bytes.append(mask | UInt8(payloadLength))
+            put(mask | UInt8(payloadLength))
         } else if payloadLength <= 0xFFFF {
-            bytes.append(mask | 126)
-            bytes.append(UInt8(payloadLength >> 8))
-            bytes.append(UInt8(payloadLength & 0xFF))
+            put(mask | 126)
+            put(UInt8(payloadLength >> 8))
+            put(UInt8(payloadLength & 0xFF))
         } else {
-            bytes.append(mask | 127)
-            for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: payloadLength >> shift)) }
+            put(mask | 127)
+            for shift in stride(from: 56, through: 0, by: -8) { put(UInt8(truncatingIfNeeded: payloadLength >> shift)) }
         }
         if let maskingKey {
-            for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: maskingKey >> shift)) }
+            for shift in stride(from: 24, through: 0, by: -8) { put(UInt8(truncatingIfNeeded: maskingKey >> shift)) }
         }
-        return bytes
+        return index
+    }
+}
+
+extension IOBuffer {
+    /// Appends a frame header (a fresh pooled buffer always has room for one).
+    mutating func append(_ header: WebSocketFrameHeader) {
+        let count = withUnsafeMutableWritableBytes { header.encode(into: $0) }
+        moveWriterIndex(forwardBy: count)
     }
 }
 

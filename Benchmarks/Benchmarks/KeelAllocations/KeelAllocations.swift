@@ -1,16 +1,19 @@
 // Allocation benchmarks for Keel's steady-state paths, counted by ordo-one/benchmark's malloc
 // interposer (process-wide: the I/O thread and the driving client together). Each path runs on both
 // backends. TLS echo runs between a Keel TLS client and server on the one I/O thread, so both ends
-// of every record are counted. The stored thresholds (Benchmarks/Thresholds) are 0 for every Keel
+// of every record are counted; WebSocket echo likewise runs a Keel WebSocket client (masking its
+// frames) against a Keel WebSocket server (no compression). The stored thresholds (Benchmarks/Thresholds) are 0 for every Keel
 // path and 1,000 for the two controls that prove the counter sees both threads;
 // `Benchmarks/check-allocations.sh` checks them.
 import Benchmark
 import Glibc
 import KeelBuffers
 import KeelEngine
+import KeelHTTP
 import KeelSockets
 import KeelSystem
 import KeelTLS
+import KeelWebSocket
 import Synchronization
 
 /// Echoes every buffer back on the connection it came from.
@@ -80,6 +83,63 @@ final class TLSPingPong: @unchecked Sendable {
     }
 }
 
+/// Echoes every WebSocket message back without copying it.
+struct WebSocketEcho: WebSocketHandler {
+    mutating func messageReceived(_ message: consuming WebSocketMessage, on socket: WebSocket) { socket.send(message) }
+}
+
+/// A Keel WebSocket client that, once told to, sends a 64-byte binary message, waits for its echo,
+/// checks it and sends the next, `remaining` times; on the I/O thread, allocating nothing of its own.
+final class WebSocketPingPong: @unchecked Sendable {
+    // @unchecked Sendable: `socket` is touched on the I/O thread only; the benchmark thread reads the atomics.
+    let message: UnsafeRawBufferPointer
+    var socket: WebSocket?
+    let remaining = Atomic<Int>(0)
+    let established = Atomic<Int>(0)
+    let finished = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
+
+    init(message: UnsafeRawBufferPointer) { self.message = message }
+
+    /// Sends the next message (on the I/O thread).
+    func sendNext() {
+        guard let socket, let pool = socket.connection?.thread.bufferPool, var buffer = try? pool.acquire() else {
+            return failed.store(1, ordering: .releasing)
+        }
+        _ = buffer.append(message)
+        var payload = BufferChain()
+        payload.append(buffer)
+        socket.send(.binary, payload: payload)
+    }
+
+    struct Handler: WebSocketHandler {
+        let pingPong: WebSocketPingPong
+
+        mutating func webSocketOpened(_ socket: WebSocket) {
+            pingPong.socket = socket
+            pingPong.established.store(1, ordering: .releasing)
+        }
+
+        mutating func messageReceived(_ message: consuming WebSocketMessage, on socket: WebSocket) {
+            var matches = message.payload.readableBytes == 64
+            var offset = 0
+            message.payload.forEachReadableRegion { region in
+                matches = matches && memcmp(region.baseAddress!, pingPong.message.baseAddress! + offset, region.count) == 0
+                offset += region.count
+            }
+            guard matches else { return pingPong.failed.store(1, ordering: .releasing) }
+            let left = pingPong.remaining.load(ordering: .relaxed) - 1
+            pingPong.remaining.store(left, ordering: .relaxed)
+            if left > 0 { pingPong.sendNext() } else { pingPong.finished.store(1, ordering: .releasing) }
+        }
+
+        mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason) {
+            pingPong.socket = nil
+            pingPong.failed.store(1, ordering: .releasing)
+        }
+    }
+}
+
 /// One single-threaded pool with a TCP echo server, a UDP echo socket and a blocking raw client of
 /// each, so the measured loops allocate nothing of their own. Created by a benchmark's setup hook,
 /// shut down by its teardown hook.
@@ -94,6 +154,10 @@ final class Fixture: @unchecked Sendable {
     private var tlsServer: TCPServer<EchoHandler>?
     private var tlsConnector: [TLSVersion: TCPConnector<TLSPingPong.Handler>] = [:]
     private(set) var tlsClients: [TLSVersion: TLSPingPong] = [:]
+    /// The WebSocket echo server and its Keel client.
+    private var webSocketServer: TCPServer<HTTPOnlyConnection>?
+    private var webSocketConnector: TCPConnector<HTTPOnlyConnection>?
+    private(set) var webSocketClient: WebSocketPingPong?
     /// Connected blocking clients.
     private(set) var tcpClient: Int32 = -1
     private(set) var udpClient: Int32 = -1
@@ -130,6 +194,38 @@ final class Fixture: @unchecked Sendable {
         udpServer = udp
         udpClient = try Self.connectedSocket(type: SOCK_DGRAM, to: udp.localAddress)
         try setUpTLS(pool: pool)
+        try setUpWebSocket(pool: pool)
+    }
+
+    /// A WebSocket echo server (no compression) and a connected Keel WebSocket client.
+    private func setUpWebSocket(pool: IOPool) throws {
+        var serverConfiguration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+        serverConfiguration.connection.serveWebSockets { WebSocketEcho() }
+        let server = try TCPServer(pool: pool, configuration: serverConfiguration) { HTTPOnlyConnection() }
+        webSocketServer = server
+        let pingPong = WebSocketPingPong(message: UnsafeRawBufferPointer(message))
+        var clientConfiguration = TCPConnectorConfiguration()
+        clientConfiguration.connection.connectWebSocket(host: "localhost") { WebSocketPingPong.Handler(pingPong: pingPong) }
+        let connector = TCPConnector<HTTPOnlyConnection>(pool: pool, configuration: clientConfiguration)
+        connector.connect(to: server.localAddress) { HTTPOnlyConnection() }
+        guard waitUntil({ pingPong.established.load(ordering: .acquiring) != 0 }) else {
+            throw SystemError(code: ETIMEDOUT, call: "WebSocket upgrade")
+        }
+        webSocketConnector = connector
+        webSocketClient = pingPong
+    }
+
+    /// Runs `count` WebSocket round trips of 64-byte binary messages, from the first send to the last echo.
+    func webSocketRoundTrips(_ benchmark: Benchmark, count: Int) {
+        guard let pingPong = webSocketClient else { return benchmark.error("no WebSocket client") }
+        pingPong.remaining.store(count, ordering: .relaxed)
+        pingPong.finished.store(0, ordering: .relaxed)
+        measureOnIOThread(benchmark, waitingFor: { pingPong.finished.load(ordering: .acquiring) != 0 || pingPong.failed.load(ordering: .acquiring) != 0 }) { _ in
+            pingPong.sendNext()
+        }
+        if pingPong.failed.load(ordering: .acquiring) != 0 || pingPong.remaining.load(ordering: .acquiring) != 0 {
+            benchmark.error("the WebSocket echo failed with \(pingPong.remaining.load(ordering: .acquiring)) round trips to go")
+        }
     }
 
     /// A TLS echo server on a certificate made for the run, and a connected client per version.
@@ -181,11 +277,15 @@ final class Fixture: @unchecked Sendable {
         Glibc.close(udpClient)
         await server?.stop(closing: .abortive)
         await tlsServer?.stop(closing: .abortive)
+        await webSocketServer?.stop(closing: .abortive)
         pool?.shutdown()
         server = nil
         tlsServer = nil
         tlsConnector = [:]
         tlsClients = [:]
+        webSocketServer = nil
+        webSocketConnector = nil
+        webSocketClient = nil
         udpServer = nil
         pool = nil
     }
@@ -317,6 +417,9 @@ let benchmarks: @Sendable () -> Void = {
             allocationBenchmark("\(name)_echo_20000_messages_of_64_bytes", on: fixture) { benchmark in
                 fixture.tlsRoundTrips(benchmark, version: version, count: 20_000)
             }
+        }
+        allocationBenchmark("WebSocket_echo_20000_messages_of_64_bytes", on: fixture) { benchmark in
+            fixture.webSocketRoundTrips(benchmark, count: 20_000)
         }
         allocationBenchmark("TCP_accept_and_close_500_connections", on: fixture) { benchmark in
             for _ in 0..<500 where !fixture.acceptOne() { return benchmark.error("accept timed out") }
