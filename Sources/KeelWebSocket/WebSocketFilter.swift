@@ -161,28 +161,31 @@ public final class WebSocketFilter: TCPConnectionFilter {
     /// permessage-deflate as agreed, if it was.
     public let compression: WebSocketDeflateParameters?
 
-    fileprivate private(set) var context: TCPFilterContext?
-    private var handler: (any WebSocketHandler)?
-    private var handlerBusy = false
+    // State below is touched on the connection's I/O thread only, and never by overlapping accesses
+    // (the handler runs between parser steps, taken out of `handler` meanwhile), so the hot fields skip
+    // Swift's dynamic exclusivity checks, which cost more than the WebSocket parsing itself.
+    @exclusivity(unchecked) fileprivate private(set) var context: TCPFilterContext?
+    @exclusivity(unchecked) private var handler: (any WebSocketHandler)?
+    @exclusivity(unchecked) private var handlerBusy = false
     private var closedWhileBusy: (WebSocketClose, TCPCloseReason)?
-    private var parser: WebSocketFrameParser
-    private var assembler: WebSocketMessageAssembler
-    private var frame: WebSocketFrameHeader?
+    @exclusivity(unchecked) private var parser: WebSocketFrameParser
+    @exclusivity(unchecked) private var assembler: WebSocketMessageAssembler
+    @exclusivity(unchecked) private var frame: WebSocketFrameHeader?
     /// The message being received, and its kind.
-    private var message: BufferChain?
+    @exclusivity(unchecked) private var message: BufferChain?
     /// The message's last buffer, while it has room.
-    private var messageTail: IOBuffer?
-    private var messageKind = WebSocketMessageAssembler.Kind.binary
+    @exclusivity(unchecked) private var messageTail: IOBuffer?
+    @exclusivity(unchecked) private var messageKind = WebSocketMessageAssembler.Kind.binary
     /// The control frame being received (at most 125 bytes).
-    private var controlPayload: [UInt8] = []
-    private var sentClose = false
-    private var receivedClose: WebSocketClose?
+    @exclusivity(unchecked) private var controlPayload: [UInt8] = []
+    @exclusivity(unchecked) private var sentClose = false
+    @exclusivity(unchecked) private var receivedClose: WebSocketClose?
     private var closeTimer: TimerHandle?
-    private var opened = false
+    @exclusivity(unchecked) private var opened = false
     /// Keep-alive: when something last arrived, and when the outstanding keep-alive ping went (0: none).
-    private var lastReceived: UInt64 = 0
-    private var keepAlivePingSent: UInt64 = 0
-    private var keepAliveTimer: TimerHandle?
+    @exclusivity(unchecked) private var lastReceived: UInt64 = 0
+    @exclusivity(unchecked) private var keepAlivePingSent: UInt64 = 0
+    @exclusivity(unchecked) private var keepAliveTimer: TimerHandle?
     /// The async face of this connection, when an ``AsyncWebSocketBridge`` is its handler (weak: the
     /// bridge owns it).
     weak var asyncSocket: AsyncWebSocket?

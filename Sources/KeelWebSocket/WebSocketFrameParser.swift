@@ -32,8 +32,10 @@ public struct WebSocketFrameParser: Sendable {
     }
 
     private var state = State.header
-    /// Header bytes gathered across inputs (at most 14).
-    private var headerBytes: [UInt8] = []
+    /// Header bytes gathered across inputs when a header arrives split (at most 14), inline: the
+    /// parser allocates nothing.
+    private var heldHeader: (UInt64, UInt64) = (0, 0)
+    private var heldCount = 0
     private var maskingKey: UInt32?
     /// Payload bytes of the current frame already unmasked (the mask's phase).
     private var payloadOffset = 0
@@ -43,12 +45,11 @@ public struct WebSocketFrameParser: Sendable {
         self.role = role
         self.maximumFrameSize = maximumFrameSize
         self.allowedReservedBits = allowedReservedBits
-        headerBytes.reserveCapacity(14)
     }
 
     /// True between frames.
     public var isBetweenFrames: Bool {
-        if case .header = state { return headerBytes.isEmpty }
+        if case .header = state { return heldCount == 0 }
         return false
     }
 
@@ -88,20 +89,40 @@ public struct WebSocketFrameParser: Sendable {
     }
 
     private mutating func readHeader(_ input: UnsafeRawBufferPointer, _ offset: inout Int) throws(WebSocketProtocolError) -> WebSocketFrameHeader? {
-        while offset < input.count {
-            let needed = headerBytes.count < 2 ? 2 : Self.headerSize(headerBytes[1])
-            if headerBytes.count == 2 { try validateStart() }
-            if headerBytes.count >= needed { break }
-            let take = min(needed - headerBytes.count, input.count - offset)
-            headerBytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[offset..<(offset + take)]))
-            offset += take
+        // The common case: the whole header is in this input; decode it where it lies.
+        if heldCount == 0 && input.count - offset >= 2 {
+            let size = Self.headerSize(input[offset + 1])
+            try validateStart(input[offset], input[offset + 1])
+            if input.count - offset >= size {
+                let header = try decodeHeader(UnsafeRawBufferPointer(rebasing: input[offset..<(offset + size)]))
+                offset += size
+                return header
+            }
         }
-        guard headerBytes.count >= 2 else { return nil }
-        if headerBytes.count == 2 { try validateStart() }
-        guard headerBytes.count == Self.headerSize(headerBytes[1]) else { return nil }
-        let header = try decodeHeader()
-        headerBytes.removeAll(keepingCapacity: true)
-        return header
+        // A header split across inputs: gather it (in a local copy of the inline storage).
+        var storage = heldHeader
+        var count = heldCount
+        defer {
+            heldHeader = storage
+            heldCount = count
+        }
+        return try withUnsafeMutableBytes(of: &storage) { held throws(WebSocketProtocolError) -> WebSocketFrameHeader? in
+            while offset < input.count {
+                let needed = count < 2 ? 2 : Self.headerSize(held[1])
+                if count >= needed { break }
+                let take = min(needed - count, input.count - offset)
+                UnsafeMutableRawBufferPointer(rebasing: held[count..<(count + take)])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: input[offset..<(offset + take)]))
+                let before = count
+                count += take
+                offset += take
+                if before < 2 && count >= 2 { try validateStart(held[0], held[1]) }
+            }
+            guard count >= 2, count == Self.headerSize(held[1]) else { return nil }
+            let header = try decodeHeader(UnsafeRawBufferPointer(rebasing: held[..<count]))
+            count = 0
+            return header
+        }
     }
 
     /// The header's size, from its second byte.
@@ -111,8 +132,7 @@ public struct WebSocketFrameParser: Sendable {
     }
 
     /// Checks what the first two bytes say, as soon as they are here.
-    private func validateStart() throws(WebSocketProtocolError) {
-        let first = headerBytes[0], second = headerBytes[1]
+    private func validateStart(_ first: UInt8, _ second: UInt8) throws(WebSocketProtocolError) {
         let reserved = (first >> 4) & 0x7
         if reserved & ~allowedReservedBits != 0 {
             throw WebSocketProtocolError(.protocolError, "reserved bits \(reserved) set without an extension that defines them")
@@ -128,7 +148,8 @@ public struct WebSocketFrameParser: Sendable {
         if role == .client && masked { throw WebSocketProtocolError(.protocolError, "a masked frame from a server") }
     }
 
-    private func decodeHeader() throws(WebSocketProtocolError) -> WebSocketFrameHeader {
+    /// Decodes a whole header (`headerBytes` holds exactly its bytes, already validated by ``validateStart``).
+    private func decodeHeader(_ headerBytes: UnsafeRawBufferPointer) throws(WebSocketProtocolError) -> WebSocketFrameHeader {
         let first = headerBytes[0], second = headerBytes[1]
         var length = Int(second & 0x7F)
         var index = 2
@@ -138,7 +159,7 @@ public struct WebSocketFrameParser: Sendable {
         } else if length == 127 {
             if headerBytes[2] & 0x80 != 0 { throw WebSocketProtocolError(.protocolError, "a 64-bit length with its top bit set") }
             var value: UInt64 = 0
-            for byte in headerBytes[2..<10] { value = value << 8 | UInt64(byte) }
+            for index in 2..<10 { value = value << 8 | UInt64(headerBytes[index]) }
             guard value <= UInt64(maximumFrameSize) else {
                 throw WebSocketProtocolError(.messageTooBig, "a frame of \(value) bytes exceeds \(maximumFrameSize)")
             }
@@ -150,7 +171,8 @@ public struct WebSocketFrameParser: Sendable {
         }
         var key: UInt32?
         if second & 0x80 != 0 {
-            key = headerBytes[index..<(index + 4)].reduce(0) { $0 << 8 | UInt32($1) }
+            key = UInt32(headerBytes[index]) << 24 | UInt32(headerBytes[index + 1]) << 16
+                | UInt32(headerBytes[index + 2]) << 8 | UInt32(headerBytes[index + 3])
         }
         return WebSocketFrameHeader(fin: first & 0x80 != 0, reserved: (first >> 4) & 0x7, opcode: WebSocketOpcode(rawValue: first & 0xF),
                                     maskingKey: key, payloadLength: length)
