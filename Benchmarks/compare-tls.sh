@@ -29,24 +29,16 @@ pki=$(mktemp -d)
 scripts/make-test-pki.sh "$pki"
 bench=.build/release/keel-bench
 tick=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tls=(--tls --ca "$pki/ca.pem" --server-name localhost)
 
 start_tls_server() {  # name -> SERVER_PID, SERVER_PORT
-    local out
-    out=$(mktemp)
     case "$1" in
-        keel) "${SERVER_CPU[@]}" .build/release/keel-tls-echo --port 0 --threads 1 --backend io_uring \
-                  --cert "$pki/server.pem" --key "$pki/server.key" >"$out" 2>/dev/null & ;;
-        nio) "${SERVER_CPU[@]}" Benchmarks/.build/release/nio-echo-server 0 1 "$pki/server.pem" "$pki/server.key" >"$out" 2>/dev/null & ;;
+        keel) launch_server .build/release/keel-tls-echo --port 0 --threads 1 --backend io_uring \
+                --cert "$pki/server.pem" --key "$pki/server.key" ;;
+        nio) launch_server Benchmarks/.build/release/nio-echo-server 0 1 "$pki/server.pem" "$pki/server.key" ;;
     esac
-    SERVER_PID=$!
-    for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done
-    SERVER_PORT=$(grep -o "listening on .*" "$out" | sed 's/.*://')
-    rm -f "$out"
 }
 
-field() { echo "$1" | sed "s/.*\"$2\": \([0-9.]*\).*/\1/"; }
 results=$(mktemp)
 cases="echo:64:50:1 echo:64:50:16 echo:16384:50:1 echo:16384:50:16 storm-tls13-full storm-tls12-resumed"
 for round in $(seq 1 "$repeats"); do
@@ -81,7 +73,6 @@ for round in $(seq 1 "$repeats"); do
 done
 rm -rf "$pki"
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
 ratio() {  # case column(3 rate, 4 cpu)
     awk -v c="$1" -v k="$2" '$1==c && $2=="keel" {mine[$5]=$k} $1==c && $2=="nio" {ref[$5]=$k}
         END {for (r in mine) if (ref[r] > 0) printf "%.4f\n", mine[r] / ref[r]}' "$results" | median | awk '{printf "%.2f", $1}'

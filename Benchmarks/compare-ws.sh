@@ -28,23 +28,15 @@ swift build -c release --package-path Benchmarks --product nio-ws-echo-server >/
 swift build -c release --package-path Benchmarks --product hummingbird-ws-echo-server >/dev/null
 bench=.build/release/keel-bench
 tick=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_ws_server() {  # name -> SERVER_PID, SERVER_PORT
-    local out
-    out=$(mktemp)
     case "$1" in
-        keel) "${SERVER_CPU[@]}" .build/release/keel-ws-echo --port 0 --threads 1 --backend io_uring --no-deflate >"$out" 2>/dev/null & ;;
-        nio) "${SERVER_CPU[@]}" Benchmarks/.build/release/nio-ws-echo-server 0 1 >"$out" 2>/dev/null & ;;
-        hummingbird) "${SERVER_CPU[@]}" Benchmarks/.build/release/hummingbird-ws-echo-server 0 1 >"$out" 2>/dev/null & ;;
+        keel) launch_server .build/release/keel-ws-echo --port 0 --threads 1 --backend io_uring --no-deflate ;;
+        nio) launch_server Benchmarks/.build/release/nio-ws-echo-server 0 1 ;;
+        hummingbird) launch_server Benchmarks/.build/release/hummingbird-ws-echo-server 0 1 ;;
     esac
-    SERVER_PID=$!
-    for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done
-    SERVER_PORT=$(grep -o "listening on .*" "$out" | sed 's/.*://')
-    rm -f "$out"
 }
 
-field() { echo "$1" | sed "s/.*\"$2\": \([0-9.]*\).*/\1/"; }
 results=$(mktemp)
 servers=(keel nio hummingbird)
 cases="ws:64:50:1 ws:64:50:16 ws:16384:50:1 ws:16384:50:16"
@@ -67,7 +59,6 @@ for round in $(seq 1 "$repeats"); do
     done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
 ratio() {  # case column(3 rate, 4 cpu) reference-server
     awk -v c="$1" -v k="$2" -v other="$3" '$1==c && $2=="keel" {mine[$5]=$k} $1==c && $2==other {ref[$5]=$k}
         END {for (r in mine) if (ref[r] > 0) printf "%.4f\n", mine[r] / ref[r]}' "$results" | median | awk '{printf "%.2f", $1}'

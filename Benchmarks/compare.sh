@@ -30,7 +30,6 @@ bench=.build/release/keel-bench
 tick=$(getconf CLK_TCK)
 
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 
 if [ -n "$cases" ]; then :; elif [ "$quick" = 1 ]; then cases="64:50:1 64:50:16 64:500:1 64:500:16"; else
@@ -63,7 +62,6 @@ for round in $(seq 1 "$repeats"); do
     done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
 # Median over rounds of server/reference CPU per message within the same round: the machine's speed
 # drifts between rounds (other tenants), and neighbouring runs share the drift.
 ratio() {  # case server reference

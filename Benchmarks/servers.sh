@@ -20,21 +20,33 @@ else
     CLIENT_CPU=()
 fi
 
-start_server() {  # name -> sets SERVER_PID and SERVER_PORT
+# Starts a server command pinned to the server CPU and waits for its `listening on HOST:PORT` line:
+# sets SERVER_PID and SERVER_PORT.
+launch_server() {
     local out
     out=$(mktemp)
-    case "$1" in
-        keel-io_uring) "${SERVER_CPU[@]}" .build/release/keel-echo --port 0 --threads 1 --backend io_uring >"$out" 2>/dev/null & ;;
-        keel-epoll) "${SERVER_CPU[@]}" .build/release/keel-echo --port 0 --threads 1 --backend epoll >"$out" 2>/dev/null & ;;
-        nio) "${SERVER_CPU[@]}" Benchmarks/.build/release/nio-echo-server 0 1 >"$out" 2>/dev/null & ;;
-        c-io_uring) "${SERVER_CPU[@]}" .build/release/c-uring-echo 0 >"$out" 2>/dev/null & ;;
-        *) echo "unknown server $1" >&2; return 1 ;;
-    esac
+    "${SERVER_CPU[@]}" "$@" >"$out" 2>/dev/null &
     SERVER_PID=$!
     for _ in $(seq 1 200); do grep -q "listening on" "$out" && break; sleep 0.05; done
     SERVER_PORT=$(grep -o "listening on .*" "$out" | sed 's/.*://')
     rm -f "$out"
 }
 
+start_server() {  # name -> sets SERVER_PID and SERVER_PORT
+    case "$1" in
+        keel-io_uring) launch_server .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
+        keel-epoll) launch_server .build/release/keel-echo --port 0 --threads 1 --backend epoll ;;
+        nio) launch_server Benchmarks/.build/release/nio-echo-server 0 1 ;;
+        c-io_uring) launch_server .build/release/c-uring-echo 0 ;;
+        *) echo "unknown server $1" >&2; return 1 ;;
+    esac
+}
+
 stop_server() { kill -TERM "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# Server CPU (user + system clock ticks) of a process, a field of keel-bench's JSON, and the median of
+# numbers on standard input.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+field() { echo "$1" | sed "s/.*\"$2\": \([0-9.]*\).*/\1/"; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }

@@ -31,18 +31,23 @@ public struct EchoBenchmarkOptions: Sendable {
     }
 }
 
-/// Shared state of one echo run.
-final class EchoRun: Sendable {
-    let options: EchoBenchmarkOptions
+/// Shared state of one echo-style run (`echo`, `ws`): its options, phase, per-thread figures, and the
+/// connections finished so far.
+final class LoadRun<Options: Sendable>: Sendable {
+    let options: Options
     let phase = Phase()
     let stats: [ThreadStats]
     let finished = Atomic<Int>(0)
+    /// Hands out stream numbers to connections made by a shared factory.
+    let nextStream = Atomic<Int>(0)
 
-    init(options: EchoBenchmarkOptions, threads: Int) {
+    init(options: Options, threads: Int) {
         self.options = options
         stats = (0..<threads).map { _ in ThreadStats() }
     }
 }
+
+typealias EchoRun = LoadRun<EchoBenchmarkOptions>
 
 /// One load connection: keeps `depth` messages in flight, checks every echoed byte against its
 /// stream's pattern, and records each message's round-trip time while measuring.

@@ -42,19 +42,7 @@ public struct WebSocketBenchmarkOptions: Sendable {
     }
 }
 
-/// Shared state of one `ws` run.
-final class WebSocketRun: Sendable {
-    let options: WebSocketBenchmarkOptions
-    let phase = Phase()
-    let stats: [ThreadStats]
-    let finished = Atomic<Int>(0)
-    let nextStream = Atomic<Int>(0)
-
-    init(options: WebSocketBenchmarkOptions, threads: Int) {
-        self.options = options
-        stats = (0..<threads).map { _ in ThreadStats() }
-    }
-}
+typealias WebSocketRun = LoadRun<WebSocketBenchmarkOptions>
 
 /// One load WebSocket: keeps `depth` binary messages in flight, checks every byte of every echoed
 /// message (its size and its place in the stream's pattern), and records each round trip while measuring.

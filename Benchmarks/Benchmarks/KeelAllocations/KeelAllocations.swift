@@ -30,14 +30,12 @@ struct UDPEchoHandler: UDPHandler {
     }
 }
 
-/// A Keel TLS client that, once told to, sends a 64-byte message, waits for its echo, checks it and
-/// sends the next, `remaining` times; it runs on the I/O thread and allocates nothing of its own.
-final class TLSPingPong: @unchecked Sendable {
-    // @unchecked Sendable: `connection` and `received` are touched on the I/O thread only; the
+/// What a ping-pong client (TLS, WebSocket) shares with the benchmark thread: how many round trips
+/// remain, and whether it connected, finished or failed.
+class PingPong: @unchecked Sendable {
+    // @unchecked Sendable: subclasses' connection state is touched on the I/O thread only; the
     // benchmark thread reads the atomics.
     let message: UnsafeRawBufferPointer
-    var connection: TCPConnection?
-    var received = 0
     let remaining = Atomic<Int>(0)
     let established = Atomic<Int>(0)
     let finished = Atomic<Int>(0)
@@ -46,10 +44,27 @@ final class TLSPingPong: @unchecked Sendable {
     init(message: UnsafeRawBufferPointer) { self.message = message }
 
     /// Sends the next message (on the I/O thread).
-    func sendNext() {
-        guard let connection, var buffer = try? connection.thread.bufferPool.acquire() else {
-            return failed.store(1, ordering: .releasing)
-        }
+    func sendNext() {}
+
+    /// One whole echo arrived: sends the next message, or marks the run finished.
+    func echoed() {
+        let left = remaining.load(ordering: .relaxed) - 1
+        remaining.store(left, ordering: .relaxed)
+        if left > 0 { sendNext() } else { finished.store(1, ordering: .releasing) }
+    }
+
+    func fail() { failed.store(1, ordering: .releasing) }
+}
+
+/// A Keel TLS client that, once told to, sends a 64-byte message, waits for its echo, checks it and
+/// sends the next, `remaining` times; it runs on the I/O thread and allocates nothing of its own.
+final class TLSPingPong: PingPong, @unchecked Sendable {
+    // @unchecked Sendable: `connection` and `received` are touched on the I/O thread only.
+    var connection: TCPConnection?
+    var received = 0
+
+    override func sendNext() {
+        guard let connection, var buffer = try? connection.thread.bufferPool.acquire() else { return fail() }
         _ = buffer.append(message)
         connection.write(buffer)
     }
@@ -67,18 +82,16 @@ final class TLSPingPong: @unchecked Sendable {
                 bytes.count + pingPong.received <= 64
                     && memcmp(bytes.baseAddress!, pingPong.message.baseAddress! + pingPong.received, bytes.count) == 0
             }
-            guard matches else { return pingPong.failed.store(1, ordering: .releasing) }
+            guard matches else { return pingPong.fail() }
             pingPong.received += buffer.readableBytes
             guard pingPong.received == 64 else { return }
             pingPong.received = 0
-            let left = pingPong.remaining.load(ordering: .relaxed) - 1
-            pingPong.remaining.store(left, ordering: .relaxed)
-            if left > 0 { pingPong.sendNext() } else { pingPong.finished.store(1, ordering: .releasing) }
+            pingPong.echoed()
         }
 
         mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
             pingPong.connection = nil
-            pingPong.failed.store(1, ordering: .releasing)
+            pingPong.fail()
         }
     }
 }
@@ -90,22 +103,12 @@ struct WebSocketEcho: WebSocketHandler {
 
 /// A Keel WebSocket client that, once told to, sends a 64-byte binary message, waits for its echo,
 /// checks it and sends the next, `remaining` times; on the I/O thread, allocating nothing of its own.
-final class WebSocketPingPong: @unchecked Sendable {
-    // @unchecked Sendable: `socket` is touched on the I/O thread only; the benchmark thread reads the atomics.
-    let message: UnsafeRawBufferPointer
+final class WebSocketPingPong: PingPong, @unchecked Sendable {
+    // @unchecked Sendable: `socket` is touched on the I/O thread only.
     var socket: WebSocket?
-    let remaining = Atomic<Int>(0)
-    let established = Atomic<Int>(0)
-    let finished = Atomic<Int>(0)
-    let failed = Atomic<Int>(0)
 
-    init(message: UnsafeRawBufferPointer) { self.message = message }
-
-    /// Sends the next message (on the I/O thread).
-    func sendNext() {
-        guard let socket, let pool = socket.connection?.thread.bufferPool, var buffer = try? pool.acquire() else {
-            return failed.store(1, ordering: .releasing)
-        }
+    override func sendNext() {
+        guard let socket, let pool = socket.connection?.thread.bufferPool, var buffer = try? pool.acquire() else { return fail() }
         _ = buffer.append(message)
         var payload = BufferChain()
         payload.append(buffer)
@@ -127,15 +130,13 @@ final class WebSocketPingPong: @unchecked Sendable {
                 matches = matches && memcmp(region.baseAddress!, pingPong.message.baseAddress! + offset, region.count) == 0
                 offset += region.count
             }
-            guard matches else { return pingPong.failed.store(1, ordering: .releasing) }
-            let left = pingPong.remaining.load(ordering: .relaxed) - 1
-            pingPong.remaining.store(left, ordering: .relaxed)
-            if left > 0 { pingPong.sendNext() } else { pingPong.finished.store(1, ordering: .releasing) }
+            guard matches else { return pingPong.fail() }
+            pingPong.echoed()
         }
 
         mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason) {
             pingPong.socket = nil
-            pingPong.failed.store(1, ordering: .releasing)
+            pingPong.fail()
         }
     }
 }
@@ -218,13 +219,18 @@ final class Fixture: @unchecked Sendable {
     /// Runs `count` WebSocket round trips of 64-byte binary messages, from the first send to the last echo.
     func webSocketRoundTrips(_ benchmark: Benchmark, count: Int) {
         guard let pingPong = webSocketClient else { return benchmark.error("no WebSocket client") }
+        roundTrips(benchmark, pingPong, count: count, name: "WebSocket")
+    }
+
+    /// Runs `count` round trips of `pingPong`'s client, measured from the first send to the last echo.
+    func roundTrips(_ benchmark: Benchmark, _ pingPong: PingPong, count: Int, name: String) {
         pingPong.remaining.store(count, ordering: .relaxed)
         pingPong.finished.store(0, ordering: .relaxed)
         measureOnIOThread(benchmark, waitingFor: { pingPong.finished.load(ordering: .acquiring) != 0 || pingPong.failed.load(ordering: .acquiring) != 0 }) { _ in
             pingPong.sendNext()
         }
         if pingPong.failed.load(ordering: .acquiring) != 0 || pingPong.remaining.load(ordering: .acquiring) != 0 {
-            benchmark.error("the WebSocket echo failed with \(pingPong.remaining.load(ordering: .acquiring)) round trips to go")
+            benchmark.error("the \(name) echo failed with \(pingPong.remaining.load(ordering: .acquiring)) round trips to go")
         }
     }
 
@@ -262,14 +268,7 @@ final class Fixture: @unchecked Sendable {
     /// measured from the first send to the last echo.
     func tlsRoundTrips(_ benchmark: Benchmark, version: TLSVersion, count: Int) {
         guard let pingPong = tlsClients[version] else { return benchmark.error("no TLS client") }
-        pingPong.remaining.store(count, ordering: .relaxed)
-        pingPong.finished.store(0, ordering: .relaxed)
-        measureOnIOThread(benchmark, waitingFor: { pingPong.finished.load(ordering: .acquiring) != 0 || pingPong.failed.load(ordering: .acquiring) != 0 }) { _ in
-            pingPong.sendNext()
-        }
-        if pingPong.failed.load(ordering: .acquiring) != 0 || pingPong.remaining.load(ordering: .acquiring) != 0 {
-            benchmark.error("the TLS echo failed with \(pingPong.remaining.load(ordering: .acquiring)) round trips to go")
-        }
+        roundTrips(benchmark, pingPong, count: count, name: "TLS")
     }
 
     func tearDown() async {
