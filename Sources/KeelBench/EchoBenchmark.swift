@@ -80,16 +80,10 @@ struct EchoLoadClient: TCPConnectionHandler {
         {
             var offset = 0
             while offset < size {
-                guard var buffer = try? connection.thread.bufferPool.acquire() else { return }
-                let count = min(buffer.writableBytes, size - offset)
-                let base = sentMessages * size + offset
-                let stream = self.stream
-                buffer.withUnsafeMutableWritableBytes { region in
-                    for i in 0..<count { region[i] = patternByte(stream: stream, offset: base + i) }
-                }
-                buffer.moveWriterIndex(forwardBy: count)
+                guard let buffer = patternBuffer(stream: stream, from: sentMessages * size + offset, upTo: size - offset,
+                                                 pool: connection.thread.bufferPool) else { return }
+                offset += buffer.readableBytes
                 connection.write(buffer)
-                offset += count
             }
             sendTimes[sentMessages % run.options.depth] = now()
             sentMessages += 1
@@ -134,6 +128,18 @@ struct EchoLoadClient: TCPConnectionHandler {
         if reason != .local { stats?.errors += 1 }
         run.finished.wrappingAdd(1, ordering: .relaxed)
     }
+}
+
+/// A pooled buffer holding up to `count` bytes of stream `stream`'s pattern from byte `offset` (as
+/// many as fit); nil when the pool is exhausted.
+func patternBuffer(stream: Int, from offset: Int, upTo count: Int, pool: BufferPool) -> IOBuffer? {
+    guard var buffer = try? pool.acquire() else { return nil }
+    let length = min(buffer.writableBytes, count)
+    buffer.withUnsafeMutableWritableBytes { region in
+        for i in 0..<length { region[i] = patternByte(stream: stream, offset: offset + i) }
+    }
+    buffer.moveWriterIndex(forwardBy: length)
+    return buffer
 }
 
 /// The `echo` mode: C connections, S-byte messages, P in flight each, every byte validated.

@@ -76,16 +76,9 @@ struct WebSocketLoadClient: WebSocketHandler {
             var payload = BufferChain()
             var offset = 0
             while offset < size {
-                guard var buffer = try? pool.acquire() else { return }
-                let count = min(buffer.writableBytes, size - offset)
-                let base = sent * size + offset
-                let stream = self.stream
-                buffer.withUnsafeMutableWritableBytes { region in
-                    for i in 0..<count { region[i] = patternByte(stream: stream, offset: base + i) }
-                }
-                buffer.moveWriterIndex(forwardBy: count)
+                guard let buffer = patternBuffer(stream: stream, from: sent * size + offset, upTo: size - offset, pool: pool) else { return }
+                offset += buffer.readableBytes
                 payload.append(buffer)
-                offset += count
             }
             sendTimes[sent % run.options.depth] = now()
             socket.send(.binary, payload: payload)
