@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "KeelTLS", targets: ["KeelTLS"]),
         .library(name: "KeelHTTP", targets: ["KeelHTTP"]),
         .library(name: "KeelWebSocket", targets: ["KeelWebSocket"]),
+        .library(name: "KeelProxyProtocol", targets: ["KeelProxyProtocol"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
@@ -134,6 +135,17 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The PROXY protocol (v1 and v2) as a listener filter, and its sender for connectors.
+        .target(
+            name: "KeelProxyProtocol",
+            dependencies: ["KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelProxyProtocolTests",
+            dependencies: ["KeelProxyProtocol", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
         // Layer 5: framing over pooled buffers (no sockets, so it runs anywhere).
         .target(name: "KeelFraming", dependencies: ["KeelBuffers"], swiftSettings: strict),
         .testTarget(
@@ -144,7 +156,10 @@ let package = Package(
         // Shared command-line options and signal handling of the example servers.
         .target(
             name: "KeelCommandLine",
-            dependencies: ["KeelEngine", "KeelBuffers", "KeelSystem", "KeelSockets", "KeelTLS", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "KeelEngine", "KeelBuffers", "KeelSystem", "KeelSockets", "KeelTLS", "KeelProxyProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(

@@ -19,6 +19,10 @@ let package = Package(
             "FuzzSupport", .product(name: "KeelWebSocket", package: "Keel"), .product(name: "KeelHTTP", package: "Keel"),
             .product(name: "KeelSockets", package: "Keel"), .product(name: "KeelBuffers", package: "Keel"),
         ]),
+        .executableTarget(name: "FuzzProxyProtocol", dependencies: [
+            "FuzzSupport", .product(name: "KeelProxyProtocol", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
+            .product(name: "KeelBuffers", package: "Keel"),
+        ]),
         .executableTarget(name: "FuzzTLSServer", dependencies: [
             "FuzzSupport", .product(name: "KeelTLS", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
             .product(name: "KeelBuffers", package: "Keel"),

@@ -1,11 +1,19 @@
 import KeelBuffers
 import KeelSockets
+import Logging
 
 /// Echoes every received buffer back on the same connection, without copying it (under filters such
-/// as TLS, the plaintext: the filter encrypts it on the way out).
+/// as TLS, the plaintext: the filter encrypts it on the way out). Logs each client's address at debug
+/// level: the real client's, behind a PROXY protocol balancer.
 public struct EchoHandler: TCPConnectionHandler {
+    static let logger = Logger(label: "keel.echo")
+
     /// An echo handler.
     public init() {}
+
+    public mutating func connectionEstablished(_ connection: TCPConnection) {
+        Self.logger.debug("connection from \(connection.remoteAddress.map { "\($0)" } ?? "an unknown address")")
+    }
 
     public mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
         connection.write(buffer)

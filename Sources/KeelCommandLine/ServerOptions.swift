@@ -3,6 +3,7 @@ import Glibc
 import KeelBuffers
 import KeelEngine
 import KeelSystem
+import Logging
 
 /// The command-line options every Keel example server shares: `--host`, `--port`, `--backend`,
 /// `--threads`.
@@ -28,6 +29,9 @@ public struct ServerOptions: ParsableArguments {
     @Option(help: "Append a CSV line of process and buffer-pool statistics to this file every --stats-interval seconds.")
     public var statsFile: String?
 
+    @Option(help: "Log at this level and above, to standard error (trace, debug, info, notice, warning, error, critical).")
+    public var logLevel: Logger.Level?
+
     @Option(help: "Seconds between --stats-file samples.")
     public var statsInterval: Double = 1
 
@@ -47,6 +51,13 @@ public struct ServerOptions: ParsableArguments {
     /// when given), prints `NAME: signal N, shutting down (SUMMARY)` and shuts the pool down.
     /// - Parameter start: starts the service on the pool and describes it.
     public func runUntilSignalled(_ name: String, start: (IOPool) throws -> RunningService) throws {
+        if let logLevel {
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = logLevel
+                return handler
+            }
+        }
         let signals = ShutdownSignals()
         let pool = try IOPool(configuration: poolConfiguration)
         let service = try start(pool)
@@ -141,3 +152,5 @@ public func announce(_ line: String) {
     print(line)
     fflush(nil)
 }
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -79,10 +79,13 @@ extension TCPConnection {
 
 extension TCPConnection {
     /// The first filter of type `type` in this connection's stack, bottom first (nil without one): how a
-    /// handler reaches a layer's state, such as the TLS filter's peer certificate.
+    /// handler reaches a layer's state, such as the TLS filter's peer certificate. A filter that did its
+    /// job and left the stack while the connection is open is found too (the PROXY protocol filter keeps
+    /// the header it read).
     ///
     /// Call it on the connection's thread.
     public func filter<Filter: TCPConnectionFilter>(ofType type: Filter.Type) -> Filter? {
-        filterStack?.filters.lazy.compactMap { $0 as? Filter }.first
+        guard let stack = filterStack else { return nil }
+        return stack.filters.lazy.compactMap { $0 as? Filter }.first ?? stack.removedFilter(ofType: type)
     }
 }

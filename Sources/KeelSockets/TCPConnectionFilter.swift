@@ -342,6 +342,12 @@ final class TCPFilterStack {
 
     /// Takes `context` out of the chain; it keeps its own links, so what it passes later still reaches
     /// its former neighbours.
+    /// The first filter of `type` removed from the stack while the connection is open.
+    func removedFilter<Filter: TCPConnectionFilter>(ofType type: Filter.Type) -> Filter? {
+        for context in removed { if let filter = context.filter as? Filter { return filter } }
+        return nil
+    }
+
     func unlink(_ context: TCPFilterContext) {
         if let below = context.below { below.above = context.above } else { bottom = context.above }
         if let above = context.above { above.below = context.below } else { top = context.below }

@@ -36,6 +36,52 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
 
     private init() {}
 
+    /// An IPv4 address from its 4 bytes in network order (no parsing, no allocation).
+    /// - Precondition: `bytes.count == 4`.
+    public init(ipv4 bytes: UnsafeRawBufferPointer, port: UInt16) {
+        precondition(bytes.count == 4, "an IPv4 address has 4 bytes")
+        withUnsafeMutableBytes(of: &storage) { raw in
+            let sin = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in.self)
+            sin.pointee.sin_family = sa_family_t(AF_INET)
+            sin.pointee.sin_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sin.pointee.sin_addr) { $0.copyMemory(from: bytes) }
+        }
+        length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    }
+
+    /// An IPv6 address from its 16 bytes in network order (no parsing, no allocation).
+    /// - Precondition: `bytes.count == 16`.
+    public init(ipv6 bytes: UnsafeRawBufferPointer, port: UInt16) {
+        precondition(bytes.count == 16, "an IPv6 address has 16 bytes")
+        withUnsafeMutableBytes(of: &storage) { raw in
+            let sin6 = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self)
+            sin6.pointee.sin6_family = sa_family_t(AF_INET6)
+            sin6.pointee.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sin6.pointee.sin6_addr) { $0.copyMemory(from: bytes) }
+        }
+        length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+    }
+
+    /// The address's bytes in network order: 4 for IPv4, 16 for IPv6.
+    public var addressBytes: [UInt8] {
+        withUnsafeBytes(of: storage) { raw in
+            if family == .ipv4 {
+                return withUnsafeBytes(of: raw.load(as: sockaddr_in.self).sin_addr) { Array($0) }
+            }
+            return withUnsafeBytes(of: raw.load(as: sockaddr_in6.self).sin6_addr) { Array($0) }
+        }
+    }
+
+    /// Calls `body` with the address's bytes in network order (4 or 16), without allocating.
+    public func withAddressBytes<Result>(_ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        withUnsafeBytes(of: storage) { raw in
+            if family == .ipv4 {
+                return body(UnsafeRawBufferPointer(rebasing: raw[MemoryLayout<sockaddr_in>.offset(of: \.sin_addr)!...].prefix(4)))
+            }
+            return body(UnsafeRawBufferPointer(rebasing: raw[MemoryLayout<sockaddr_in6>.offset(of: \.sin6_addr)!...].prefix(16)))
+        }
+    }
+
     private static func parseIPv4(_ host: String, port: UInt16) -> SocketAddress? {
         var address = SocketAddress()
         let ok = withUnsafeMutableBytes(of: &address.storage) { raw -> Bool in

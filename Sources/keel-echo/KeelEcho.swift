@@ -1,6 +1,7 @@
 // keel-echo: a TCP echo server on Keel's callback API.
 //
 //   keel-echo [--host 127.0.0.1] [--port 7007] [--backend io_uring|epoll] [--threads N]
+//             [--proxy-protocol | --trusted-proxy CIDR ...]
 //
 // Prints `listening on HOST:PORT` when ready; SIGINT or SIGTERM shut it down cleanly.
 import ArgumentParser
@@ -15,6 +16,7 @@ struct KeelEcho: ParsableCommand {
         commandName: "keel-echo", abstract: "A TCP echo server on Keel (callback API).")
 
     @OptionGroup var options: ServerOptions
+    @OptionGroup var proxy: ProxyProtocolOptions
 
     @Flag(help: "Send each write at once instead of coalescing a loop iteration's writes.")
     var noCoalescing = false
@@ -30,6 +32,7 @@ struct KeelEcho: ParsableCommand {
             configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
             configuration.connection.coalescesWrites = !noCoalescing
             configuration.connection.keepAliveIdleSeconds = keepAlive
+            try proxy.apply(to: &configuration.connection)
             let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
             return RunningService(
                 address: server.localAddress, summary: { "\(server.statistics.accepted) connections served" },

@@ -18,6 +18,7 @@ struct KeelTLSEcho: ParsableCommand {
         commandName: "keel-tls-echo", abstract: "A TLS echo server on Keel (OpenSSL 3).")
 
     @OptionGroup var options: ServerOptions
+    @OptionGroup var proxy: ProxyProtocolOptions
 
     @Option(help: "PEM file with the certificate chain, leaf first.")
     var cert: String
@@ -67,6 +68,7 @@ struct KeelTLSEcho: ParsableCommand {
             var configuration = TCPServerConfiguration(host: options.host, port: options.port)
             configuration.connection.flowControl = TCPFlowControl(pausesReadingWhileNotWritable: true)
             configuration.connection.useTLS(context)
+            try proxy.apply(to: &configuration.connection)  // below TLS: the header comes first
             let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
             return RunningService(
                 address: server.localAddress, summary: { "\(server.statistics.accepted) connections served" },
