@@ -83,7 +83,7 @@ let package = Package(
         ),
         .testTarget(
             name: "KeelTLSTests",
-            dependencies: ["KeelTLS", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport", "KeelWebSocket", "KeelHTTP"],
+            dependencies: ["KeelTLS", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport", "KeelWebSocket", "KeelHTTP", "KeelProxyProtocol"],
             swiftSettings: strict
         ),
         .executableTarget(

@@ -46,7 +46,9 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
 
     override func didFinish() {
         handler = nil
-        registry.connectionFinished(self)
+        let refused = closedBeforeOpening
+        closedBeforeOpening = false
+        registry.connectionFinished(self, closedBeforeOpening: refused)
     }
 }
 
@@ -58,7 +60,7 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     let thread: IOThread
     private var live: [HandledConnection<Handler>] = []
     private var free: [HandledConnection<Handler>] = []
-    private let finished: @Sendable () -> Void
+    private let finished: @Sendable (_ closedBeforeOpening: Bool) -> Void
 
     /// Coalesced writes of this registry's connections, flushed before the thread waits. It also keeps
     /// every connection object alive for as long as the thread runs (see ``FlushList``), whether or
@@ -74,7 +76,7 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     private var retiring = false
 
     /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.
-    init(thread: IOThread, coalescesWrites: Bool = true, finished: @escaping @Sendable () -> Void) {
+    init(thread: IOThread, coalescesWrites: Bool = true, finished: @escaping @Sendable (_ closedBeforeOpening: Bool) -> Void) {
         self.thread = thread
         self.finished = finished
         self.coalescesWrites = coalescesWrites
@@ -100,9 +102,9 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     }
 
     /// `connection` has closed: back to the free list, and tell the owner.
-    func connectionFinished(_ connection: HandledConnection<Handler>) {
+    func connectionFinished(_ connection: HandledConnection<Handler>, closedBeforeOpening: Bool) {
         recycle(connection)
-        finished()
+        finished(closedBeforeOpening)
         if retiring && live.isEmpty { scheduleRetirement() }
     }
 

@@ -93,6 +93,9 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) private var filterFlushRequested = false
     /// False while the write queue is above the high watermark (until it drains to the low one).
     @exclusivity(unchecked) public private(set) var isWritable = true
+    /// The last peer's connection closed before its filters let it open (a refused PROXY header, a
+    /// failed TLS handshake): its handler never saw it. Set as it finishes; counted by servers.
+    var closedBeforeOpening = false
     /// Incremented each time the object is reused, so stale handles are ignored.
     @exclusivity(unchecked) private(set) var generation: UInt32 = 0
 
@@ -984,6 +987,7 @@ public class TCPConnection: @unchecked Sendable {
         callbackDepth += 1
         if let stack = filterStack {
             filterStack = nil
+            closedBeforeOpening = !stack.handlerEstablished
             stack.connectionClosed(reason)
         }
         deliverClosed(reason)

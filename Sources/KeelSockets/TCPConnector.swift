@@ -92,7 +92,7 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
         let active = self.active
         let coalesces = configuration.connection.coalescesWrites
         let registries = pool.threads.map {
-            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces) { active.decrement() }
+            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces) { _ in active.decrement() }
         }
         self.registries = registries
         for (index, thread) in pool.threads.enumerated() {

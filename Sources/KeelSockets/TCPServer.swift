@@ -52,11 +52,15 @@ public struct TCPServerStatistics: Sendable, Hashable {
     public var active: Int
     /// Times accepting failed for lack of descriptors (EMFILE/ENFILE) and backed off.
     public var descriptorExhaustion: Int
+    /// Connections accepted whose filters closed them before they opened for the handler: a missing or
+    /// malformed PROXY header, a failed TLS handshake.
+    public var refusedByFilters: Int = 0
 
     /// The counters as named values (`connections_active`, `accepted`, `refused`,
-    /// `descriptor_exhaustion`), for statistics files and metrics.
+    /// `descriptor_exhaustion`, `refused_by_filters`), for statistics files and metrics.
     public var counters: [(name: String, value: Int)] {
-        [("connections_active", active), ("accepted", accepted), ("refused", refused), ("descriptor_exhaustion", descriptorExhaustion)]
+        [("connections_active", active), ("accepted", accepted), ("refused", refused), ("descriptor_exhaustion", descriptorExhaustion),
+         ("refused_by_filters", refusedByFilters)]
     }
 }
 
@@ -96,6 +100,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         let refused = Atomic<Int>(0)
         let active = Atomic<Int>(0)
         let exhaustion = Atomic<Int>(0)
+        let refusedByFilters = Atomic<Int>(0)
     }
 
     /// Binds, listens and starts accepting.
@@ -128,13 +133,13 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         localAddress = address
         let finished = LateBoundAction()
         let coalesces = configuration.connection.coalescesWrites
-        registries = pool.threads.map { ConnectionRegistry(thread: $0, coalescesWrites: coalesces) { finished.run() } }
+        registries = pool.threads.map { ConnectionRegistry(thread: $0, coalescesWrites: coalesces) { finished.run($0) } }
         acceptors = listeners.enumerated().map { index, fd in
             Acceptor(listener: fd, thread: pool.threads[index])
         }
         // Weak: the application may drop the server while connections are open; they still finish
         // (their thread keeps the registries), and then there is no server left to tell.
-        finished.bind { [weak self] in self?.connectionFinished() }
+        finished.bind { [weak self] closedBeforeOpening in self?.connectionFinished(closedBeforeOpening: closedBeforeOpening) }
         for acceptor in acceptors {
             acceptor.thread.execute { [self] in self.startAccepting(acceptor) }
         }
@@ -157,7 +162,8 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     public var statistics: TCPServerStatistics {
         TCPServerStatistics(
             accepted: counters.accepted.load(ordering: .relaxed), refused: counters.refused.load(ordering: .relaxed),
-            active: counters.active.load(ordering: .relaxed), descriptorExhaustion: counters.exhaustion.load(ordering: .relaxed))
+            active: counters.active.load(ordering: .relaxed), descriptorExhaustion: counters.exhaustion.load(ordering: .relaxed),
+            refusedByFilters: counters.refusedByFilters.load(ordering: .relaxed))
     }
 
     /// Stops accepting and closes the listeners, then closes every open connection with `mode`.
@@ -330,7 +336,8 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 
     /// A connection closed somewhere: let paused acceptors that waited for room go on. Allocation-free
     /// unless an acceptor is actually waiting.
-    private func connectionFinished() {
+    private func connectionFinished(closedBeforeOpening: Bool) {
+        if closedBeforeOpening { counters.refusedByFilters.wrappingAdd(1, ordering: .relaxed) }
         let active = counters.active.wrappingSubtract(1, ordering: .relaxed).newValue
         guard active < configuration.maximumConnections else { return }
         var index = 0
@@ -377,9 +384,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 final class LateBoundAction: @unchecked Sendable {
     // @unchecked Sendable: `action` is written once, in the server's init, before any connection
     // exists (thread starts and `execute` publish it to the I/O threads).
-    private var action: (@Sendable () -> Void)?
-    func bind(_ action: @escaping @Sendable () -> Void) { self.action = action }
-    func run() { action?() }
+    private var action: (@Sendable (Bool) -> Void)?
+    func bind(_ action: @escaping @Sendable (Bool) -> Void) { self.action = action }
+    func run(_ value: Bool) { action?(value) }
 }
 
 /// A one-way gate for async waiters: ``wait()`` returns once ``open()`` was called (before or after).
