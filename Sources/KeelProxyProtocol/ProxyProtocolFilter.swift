@@ -224,6 +224,18 @@ public final class ProxyHeaderSender: TCPConnectionFilter {
     }
 }
 
+extension TCPConnection {
+    /// The PROXY protocol header this connection started with, if its listener reads them and it sent one.
+    public var proxyHeader: ProxyHeader? { filter(ofType: ProxyProtocolFilter.self)?.header }
+}
+
+extension AsyncTCPConnection {
+    /// The PROXY protocol header this connection started with (see ``KeelSockets/TCPConnection/proxyHeader``).
+    public var proxyHeader: ProxyHeader? {
+        get async { await withConnection { $0.proxyHeader } ?? nil }
+    }
+}
+
 extension TCPCloseReason.Code {
     /// A PROXY protocol header was missing, malformed, too large, cut short, or sent by an untrusted peer.
     public static let proxyProtocolError = Self("proxy.protocolError")

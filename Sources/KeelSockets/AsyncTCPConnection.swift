@@ -152,6 +152,16 @@ public final class AsyncTCPConnection: @unchecked Sendable {
         }
     }
 
+    /// Runs `body` with the underlying connection on its I/O thread: how async code reaches a filter's
+    /// state (the TLS filter's peer certificate, the PROXY protocol header). Nil once the connection closed.
+    public func withConnection<Result: Sendable>(_ body: (TCPConnection) -> Result) async -> Result? {
+        if !thread.isCurrent {
+            return await withTaskExecutorPreference(thread) { await self.withConnection(body) }
+        }
+        guard closeReason == nil else { return nil }
+        return body(handle.connection)
+    }
+
     /// Closes the connection (see ``TCPCloseMode``); nothing happens if it already closed.
     public func close(_ mode: TCPCloseMode = .graceful) {
         handle.close(mode)

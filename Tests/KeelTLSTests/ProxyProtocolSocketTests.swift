@@ -61,6 +61,27 @@ struct ProxyProtocolSocketTests {
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func asyncCodeSeesTheClientAndTheTLVs(backend: BackendKind) async throws {
+        try await withPool(backend) { pool in
+            var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+            configuration.connection.acceptProxyProtocol()
+            let server = try AsyncTCPServer(pool: pool, configuration: configuration) { connection in
+                let header = await connection.proxyHeader
+                let line = "remote \(connection.remoteAddress.map { "\($0)" } ?? "-") authority \(header?.authority ?? "-")\n"
+                try await connection.write(Array(line.utf8))
+            }
+            var sending = TCPConnectorConfiguration()
+            var withTLVs = header
+            withTLVs.tlvs = [ProxyTLV(.authority, Array("api.example.com".utf8)), ProxyTLV(.uniqueID, [1, 2, 3])]
+            sending.connection.sendProxyHeader(withTLVs)
+            let connection = try await AsyncTCPConnector(pool: pool, configuration: sending).connect(to: server.localAddress)
+            #expect(try await readLine(connection) == "remote 203.0.113.9:4242 authority api.example.com\n")
+            connection.close()
+            await server.stop()
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func theHeaderComesFirstThenTheTLSHandshake(backend: BackendKind) async throws {
         try await withPool(backend) { pool in
             var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
