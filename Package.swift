@@ -226,7 +226,7 @@ let package = Package(
         .executableTarget(
             name: "keel-bench",
             dependencies: [
-                "KeelBench", "KeelEngine", "KeelSystem", "KeelCommandLine",
+                "KeelBench", "KeelEngine", "KeelSystem", "KeelCommandLine", "KeelSockets", "KeelProxyProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -57,6 +57,7 @@ let package = Package(
                 .product(name: "KeelTLS", package: "Keel"),
                 .product(name: "KeelHTTP", package: "Keel"),
                 .product(name: "KeelWebSocket", package: "Keel"),
+                .product(name: "KeelProxyProtocol", package: "Keel"),
             ],
             path: "Benchmarks/KeelAllocations",
             swiftSettings: [.swiftLanguageMode(.v6)],

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Memory per idle connection: each server holds N idle connections (keel-bench hold, spread over
-# 127.0.0.x sources); reports the server's RSS growth per connection. Then checks that one keel-echo
+# 127.0.0.x sources); reports the server's RSS growth per connection (keel-io_uring-proxy: keel-echo
+# --proxy-protocol, each connection opened with a v2 PROXY header). Then checks that one keel-echo
 # process holds 19,000 connections (this machine allows 20,000 descriptors per process).
 #
 #   Benchmarks/memory.sh [connections=10000]
@@ -12,7 +13,7 @@ echo "building release binaries..." >&2
 build_servers
 
 
-measure() {  # server count -> "established held growth_bytes_per_connection"
+measure() {  # server count [hold options] -> "established held growth_bytes_per_connection"
     start_server "$1"
     # Warm up with a short burst so lazily created pools and objects exist before the baseline.
     .build/release/keel-bench echo --port "$SERVER_PORT" --connections 10 --warmup 0 --duration 0.5 >/dev/null 2>&1 || true
@@ -21,7 +22,7 @@ measure() {  # server count -> "established held growth_bytes_per_connection"
     base=$(rss_kb "$SERVER_PID")
     local out
     out=$(mktemp)
-    .build/release/keel-bench hold --port "$SERVER_PORT" --count "$2" --duration 3 --json >"$out" 2>/dev/null &
+    .build/release/keel-bench hold --port "$SERVER_PORT" --count "$2" --duration 3 --json ${3:-} >"$out" 2>/dev/null &
     local client=$!
     local peak=$base
     while kill -0 "$client" 2>/dev/null; do
@@ -41,8 +42,10 @@ measure() {  # server count -> "established held growth_bytes_per_connection"
 
 echo "| server | connections established | held | RSS growth per connection (bytes) |"
 echo "|---|---:|---:|---:|"
-for server in keel-io_uring keel-epoll nio c-io_uring; do
-    read -r established held per <<<"$(measure "$server" "$count")"
+for server in keel-io_uring keel-io_uring-proxy keel-epoll nio c-io_uring; do
+    extra=""
+    [ "$server" = keel-io_uring-proxy ] && extra="--proxy-header v2"
+    read -r established held per <<<"$(measure "$server" "$count" "$extra")"
     echo "| $server | $established | $held | $per |"
 done
 echo

@@ -36,6 +36,7 @@ start_server() {  # name -> sets SERVER_PID and SERVER_PORT
     case "$1" in
         keel-io_uring) launch_server .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
         keel-epoll) launch_server .build/release/keel-echo --port 0 --threads 1 --backend epoll ;;
+        keel-io_uring-proxy) launch_server .build/release/keel-echo --port 0 --threads 1 --backend io_uring --proxy-protocol ;;
         nio) launch_server Benchmarks/.build/release/nio-echo-server 0 1 ;;
         c-io_uring) launch_server .build/release/c-uring-echo 0 ;;
         *) echo "unknown server $1" >&2; return 1 ;;

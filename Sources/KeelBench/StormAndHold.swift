@@ -156,9 +156,9 @@ struct HoldClient: TCPConnectionHandler {
 
 /// `hold`: establishes `count` connections (spread over 127.0.0.x sources), holds them for `duration`.
 public func runHoldBenchmark(target: SocketAddress, count: Int, trickle: Duration?, duration: Duration,
-                             pool: IOPool) async -> BenchResult {
+                             pool: IOPool, connection: TCPConnectionOptions = .init()) async -> BenchResult {
     let run = ConnectionRun(threads: pool.threads.count, target: target, messageSize: 1, trickle: trickle)
-    let connector = TCPConnector<HoldClient>(pool: pool, configuration: .init(connectTimeout: .seconds(10)))
+    let connector = TCPConnector<HoldClient>(pool: pool, configuration: .init(connectTimeout: .seconds(10), connection: connection))
     let start = ContinuousClock.now
     let progress = ProgressLine()
     // Connect in waves so the server's backlog is not the limit.

@@ -249,14 +249,18 @@ extension TCPConnectionOptions {
     public mutating func acceptProxyProtocol(_ configuration: ProxyProtocolConfiguration = ProxyProtocolConfiguration()) {
         let others = makeFilters
         makeFilters = { setup in
-            [ProxyProtocolFilter(configuration: configuration, expectsHeader: configuration.expectsHeader(from: setup.remoteAddress))]
-                + (others?(setup) ?? [])
+            let filter = ProxyProtocolFilter(configuration: configuration, expectsHeader: configuration.expectsHeader(from: setup.remoteAddress))
+            guard let others else { return [filter] }
+            return [filter] + others(setup)
         }
     }
 
     /// Sends `header` first on every connection these options make (a connector's), below TLS.
     public mutating func sendProxyHeader(_ header: ProxyHeader, checksum: Bool = false) {
         let others = makeFilters
-        makeFilters = { setup in [ProxyHeaderSender(header, checksum: checksum)] + (others?(setup) ?? []) }
+        makeFilters = { setup in
+            guard let others else { return [ProxyHeaderSender(header, checksum: checksum)] }
+            return [ProxyHeaderSender(header, checksum: checksum)] + others(setup)
+        }
     }
 }

@@ -107,6 +107,9 @@ public final class TCPFilterContext {
     public internal(set) var isDetached = false
     /// The filter asked for ``TCPConnectionFilter/flush(context:)`` before the thread next waits.
     var wantsFlush = false
+    /// The next context removed from the stack before this one (the stack's list of removed contexts,
+    /// linked through the contexts themselves so removing a filter allocates nothing).
+    var nextRemoved: TCPFilterContext?
 
     init(connection: TCPConnection, filter: any TCPConnectionFilter) {
         self.connection = connection
@@ -120,6 +123,7 @@ public final class TCPFilterContext {
         filter = nil
         above = nil
         below = nil
+        nextRemoved = nil
     }
 
     /// The connection's thread's buffer pool, for filters that make bytes of their own.
@@ -283,7 +287,7 @@ final class TCPFilterStack {
     private(set) var top: TCPFilterContext?
     /// Contexts removed while the connection was open: detached when it closes (their filters may
     /// still hold them).
-    private var removed: [TCPFilterContext] = []
+    private var lastRemoved: TCPFilterContext?
     var remoteAddressOverride: SocketAddress?
     var localAddressOverride: SocketAddress?
     /// The handler's ``TCPConnectionHandler/connectionEstablished(_:)`` ran.
@@ -340,19 +344,24 @@ final class TCPFilterStack {
         anchor.above = context
     }
 
-    /// Takes `context` out of the chain; it keeps its own links, so what it passes later still reaches
-    /// its former neighbours.
     /// The first filter of `type` removed from the stack while the connection is open.
     func removedFilter<Filter: TCPConnectionFilter>(ofType type: Filter.Type) -> Filter? {
-        for context in removed { if let filter = context.filter as? Filter { return filter } }
+        var context = lastRemoved
+        while let current = context {
+            if let filter = current.filter as? Filter { return filter }
+            context = current.nextRemoved
+        }
         return nil
     }
 
+    /// Takes `context` out of the chain; it keeps its own links, so what it passes later still reaches
+    /// its former neighbours.
     func unlink(_ context: TCPFilterContext) {
         if let below = context.below { below.above = context.above } else { bottom = context.above }
         if let above = context.above { above.below = context.below } else { top = context.below }
         context.isRemoved = true
-        removed.append(context)
+        context.nextRemoved = lastRemoved
+        lastRemoved = context
     }
 
     /// The connection closed: tells every filter (bottom first), then detaches every context and
@@ -373,10 +382,12 @@ final class TCPFilterStack {
             context = current.above
             current.detach()
         }
-        for current in removed {
+        var removed = lastRemoved
+        lastRemoved = nil
+        while let current = removed {
+            removed = current.nextRemoved
             current.detach()
         }
-        removed = []
         bottom = nil
         top = nil
         for buffer in handlerStash { buffer.release() }

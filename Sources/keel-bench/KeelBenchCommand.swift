@@ -10,6 +10,8 @@ import ArgumentParser
 import KeelBench
 import KeelCommandLine
 import KeelEngine
+import KeelProxyProtocol
+import KeelSockets
 import KeelSystem
 
 @main
@@ -115,12 +117,21 @@ extension KeelBenchCommand {
         @OptionGroup var common: Common
         @Option(help: "Connections to open.") var count = 1000
         @Option(help: "Send one byte on each connection every this many milliseconds (default: idle).") var trickleMs: Int?
+        @Option(help: "Open each connection with a PROXY protocol header: v1 or v2 (for servers behind a balancer).")
+        var proxyHeader: ProxyHeader.Version?
 
         func run() async throws {
+            var connection = TCPConnectionOptions()
+            if let proxyHeader {
+                let target = try common.target()
+                let client = target.family == .ipv4 ? try SocketAddress(host: "203.0.113.1", port: 40000)
+                                                    : try SocketAddress(host: "2001:db8::1", port: 40000)
+                connection.sendProxyHeader(ProxyHeader(version: proxyHeader, addresses: .inet(source: client, destination: target)))
+            }
             try await common.run(failsOnErrors: false) { pool, target in
                 await runHoldBenchmark(
                     target: target, count: count, trickle: trickleMs.map { .milliseconds($0) },
-                    duration: common.measuredTime, pool: pool)
+                    duration: common.measuredTime, pool: pool, connection: connection)
             }
         }
     }
@@ -172,6 +183,16 @@ extension PeerBehaviour: ExpressibleByArgument {
         case .resetMidWrite: "reset-mid-write"
         case .garbage: "garbage"
         case .halfClose: "half-close"
+        }
+    }
+}
+
+extension ProxyHeader.Version: ExpressibleByArgument {
+    public init?(argument: String) {
+        switch argument {
+        case "v1", "1": self = .v1
+        case "v2", "2": self = .v2
+        default: return nil
         }
     }
 }

@@ -10,6 +10,7 @@ import Glibc
 import KeelBuffers
 import KeelEngine
 import KeelHTTP
+import KeelProxyProtocol
 import KeelSockets
 import KeelSystem
 import KeelTLS
@@ -155,6 +156,10 @@ final class Fixture: @unchecked Sendable {
     private var tlsServer: TCPServer<EchoHandler>?
     private var tlsConnector: [TLSVersion: TCPConnector<TLSPingPong.Handler>] = [:]
     private(set) var tlsClients: [TLSVersion: TLSPingPong] = [:]
+    /// An echo server that reads a PROXY protocol header first, and the v2 header its clients send.
+    private var proxyServer: TCPServer<EchoHandler>?
+    private let proxyHeader = ProxyHeader(addresses: .inet(source: try! SocketAddress(host: "203.0.113.9", port: 4242),
+                                                           destination: try! SocketAddress(host: "192.0.2.1", port: 443))).encoded()
     /// The WebSocket echo server and its Keel client.
     private var webSocketServer: TCPServer<HTTPOnlyConnection>?
     private var webSocketConnector: TCPConnector<HTTPOnlyConnection>?
@@ -196,6 +201,22 @@ final class Fixture: @unchecked Sendable {
         udpClient = try Self.connectedSocket(type: SOCK_DGRAM, to: udp.localAddress)
         try setUpTLS(pool: pool)
         try setUpWebSocket(pool: pool)
+        var proxyConfiguration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+        proxyConfiguration.connection.acceptProxyProtocol()
+        proxyServer = try TCPServer(pool: pool, configuration: proxyConfiguration) { EchoHandler() }
+    }
+
+    /// Connects to the PROXY server, sends a v2 header, closes, and waits until the server let the
+    /// connection go.
+    func acceptOneWithProxyHeader() -> Bool {
+        guard let proxyServer else { return false }
+        let accepted = proxyServer.statistics.accepted
+        guard let fd = try? Self.connectedSocket(type: SOCK_STREAM, to: proxyServer.localAddress) else { return false }
+        let sent = proxyHeader.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let wasAccepted = waitUntil { proxyServer.statistics.accepted != accepted }
+        Glibc.close(fd)
+        return sent == proxyHeader.count && wasAccepted && waitUntil { proxyServer.statistics.active == 0 }
+            && proxyServer.statistics.refusedByFilters == 0
     }
 
     /// A WebSocket echo server (no compression) and a connected Keel WebSocket client.
@@ -277,12 +298,14 @@ final class Fixture: @unchecked Sendable {
         await server?.stop(closing: .abortive)
         await tlsServer?.stop(closing: .abortive)
         await webSocketServer?.stop(closing: .abortive)
+        await proxyServer?.stop(closing: .abortive)
         pool?.shutdown()
         server = nil
         tlsServer = nil
         tlsConnector = [:]
         tlsClients = [:]
         webSocketServer = nil
+        proxyServer = nil
         webSocketConnector = nil
         webSocketClient = nil
         udpServer = nil
@@ -422,6 +445,9 @@ let benchmarks: @Sendable () -> Void = {
         }
         allocationBenchmark("TCP_accept_and_close_500_connections", on: fixture) { benchmark in
             for _ in 0..<500 where !fixture.acceptOne() { return benchmark.error("accept timed out") }
+        }
+        allocationBenchmark("TCP_accept_PROXY_v2_header_and_close_500_connections", on: fixture) { benchmark in
+            for _ in 0..<500 where !fixture.acceptOneWithProxyHeader() { return benchmark.error("the PROXY connection failed") }
         }
         allocationBenchmark("UDP_echo_20000_datagrams_of_64_bytes", on: fixture) { benchmark in
             for _ in 0..<20_000 {
