@@ -22,12 +22,16 @@ public struct WebSocketConfiguration: Sendable, Hashable {
     /// Keep-alive: how long to wait for anything from the peer after a keep-alive ping before the
     /// connection is closed (``KeelSockets/TCPCloseReason/Code/webSocketPingTimeout``).
     public var pongTimeout: Duration
+    /// Deliver each data frame's payload as it completes (``WebSocketHandler/fragmentReceived(_:on:)``)
+    /// instead of whole messages, for streaming large messages. The limits, UTF-8 checking across
+    /// fragments and decompression stay as they are.
+    public var deliversFragments: Bool
 
     /// 16 MiB frames and messages, a 5-second close timeout, no subprotocols, no compression, no
     /// keep-alive pings (a 10-second pong timeout once an interval is set).
     public init(maximumFrameSize: Int = 16 << 20, maximumMessageSize: Int = 16 << 20, closeTimeout: Duration = .seconds(5),
                 subprotocols: [String] = [], compression: WebSocketCompression? = nil,
-                pingInterval: Duration? = nil, pongTimeout: Duration = .seconds(10)) {
+                pingInterval: Duration? = nil, pongTimeout: Duration = .seconds(10), deliversFragments: Bool = false) {
         self.maximumFrameSize = maximumFrameSize
         self.maximumMessageSize = maximumMessageSize
         self.closeTimeout = closeTimeout
@@ -35,6 +39,7 @@ public struct WebSocketConfiguration: Sendable, Hashable {
         self.compression = compression
         self.pingInterval = pingInterval
         self.pongTimeout = pongTimeout
+        self.deliversFragments = deliversFragments
     }
 }
 
@@ -67,6 +72,18 @@ public struct WebSocketMessage: ~Copyable {
     public var text: String { String(decoding: payload.readableByteArray, as: UTF8.self) }
 }
 
+/// One data frame's payload, delivered as it completes when ``WebSocketConfiguration/deliversFragments``
+/// is on: a message arrives as one or more fragments, the last with `isFinal`.
+public struct WebSocketFragment: ~Copyable {
+    /// The kind of the message this fragment belongs to.
+    public var kind: WebSocketMessageAssembler.Kind
+    /// This fragment's payload (decompressed; a text fragment may end inside a UTF-8 character, which
+    /// the next one completes).
+    public var payload: BufferChain
+    /// The message's last fragment.
+    public var isFinal: Bool
+}
+
 /// What a WebSocket connection's application does, per connection: messages arrive whole (the
 /// protocol's pings, pongs and closing handshake are answered for it).
 ///
@@ -76,6 +93,9 @@ public protocol WebSocketHandler {
     mutating func webSocketOpened(_ socket: WebSocket)
     /// A whole message arrived; its buffers are yours (send them back to echo without a copy).
     mutating func messageReceived(_ message: consuming WebSocketMessage, on socket: WebSocket)
+    /// With ``WebSocketConfiguration/deliversFragments``, each data frame's payload as it completes,
+    /// in place of ``messageReceived(_:on:)``. Optional.
+    mutating func fragmentReceived(_ fragment: consuming WebSocketFragment, on socket: WebSocket)
     /// The connection closed: `close` is the code and reason of the closing handshake (1006 when
     /// there was none), `reason` the TCP connection's own. Optional.
     mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason)
@@ -88,6 +108,7 @@ extension WebSocketHandler {
     public mutating func webSocketOpened(_ socket: WebSocket) {}
     public mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason) {}
     public mutating func webSocketWritabilityChanged(_ isWritable: Bool, on socket: WebSocket) {}
+    public mutating func fragmentReceived(_ fragment: consuming WebSocketFragment, on socket: WebSocket) {}
 }
 
 /// How a handler sends on its WebSocket connection. Calls after the closing handshake started are
@@ -277,7 +298,14 @@ public final class WebSocketFilter: TCPConnectionFilter {
                     }.get()
                     inflater?.messageEnded()
                 }
-                if try assembler.frameEnded() {
+                let messageEnded = try assembler.frameEnded()
+                if configuration.deliversFragments {
+                    var fragment: WebSocketFragment? = WebSocketFragment(kind: messageKind, payload: takeMessage(), isFinal: messageEnded)
+                    let socket = WebSocket(filter: self)
+                    withHandler { handler in
+                        if let piece = fragment.take() { handler.fragmentReceived(piece, on: socket) }
+                    }
+                } else if messageEnded {
                     var received: WebSocketMessage? = WebSocketMessage(kind: messageKind, payload: takeMessage())
                     let socket = WebSocket(filter: self)
                     withHandler { handler in

@@ -69,8 +69,39 @@ func upgrade(offering extensions: String?, origin: String? = nil) -> [UInt8] {
     return Array((request + "\r\n").utf8)
 }
 
+/// Logs each fragment it is given.
+struct FragmentLogger: WebSocketHandler {
+    let log: Collector<String>
+    mutating func messageReceived(_ message: consuming WebSocketMessage, on socket: WebSocket) { log.add("whole message") }
+    mutating func fragmentReceived(_ fragment: consuming WebSocketFragment, on socket: WebSocket) {
+        log.add("\(fragment.kind) \(String(decoding: fragment.payload.readableByteArray, as: UTF8.self)) final=\(fragment.isFinal)")
+    }
+}
+
 @Suite("WebSocket broadcast, keep-alive, origin check and client compression")
 struct WebSocketBroadcastAndKeepAliveTests {
+    @Test func fragmentsAreDeliveredAsTheyCompleteWhenAskedFor() {
+        var options = TCPConnectionOptions()
+        let log = Collector<String>()
+        options.serveWebSockets(configuration: WebSocketConfiguration(maximumMessageSize: 64, deliversFragments: true)) {
+            FragmentLogger(log: log)
+        }
+        let connection = EmbeddedConnection(handler: HTTPOnlyConnection(), options: options)
+        connection.receive(upgrade(offering: nil))
+        _ = connection.takeWritten()
+        // κ is two bytes (CE BA): the first fragment ends inside it, the next completes it.
+        let kappa = Array("κ".utf8)
+        connection.receive(clientFrame(.text, Array("Hel".utf8) + [kappa[0]], fin: false) + clientFrame(.ping, "p")
+            + clientFrame(.continuation, [kappa[1]] + Array("lo".utf8)) + clientFrame(.binary, "one"))
+        #expect(log.snapshot == ["text Hel\u{FFFD} final=false", "text \u{FFFD}lo final=true", "binary one final=true"])
+        #expect(readServerFrames(connection.takeWritten()).map(\.opcode) == [.pong])
+        // The limits still apply to the message as a whole.
+        connection.receive(clientFrame(.binary, [UInt8](repeating: 1, count: 40), fin: false)
+            + clientFrame(.continuation, [UInt8](repeating: 2, count: 40)))
+        #expect(connection.isClosed, "over the 64-byte message limit across fragments")
+        #expect(connection.finish().isClean)
+    }
+
     @Test func aBroadcastIsFramedAndCompressedOnceForEveryConnection() throws {
         let sockets = OpenedSockets()
         var options = TCPConnectionOptions()
