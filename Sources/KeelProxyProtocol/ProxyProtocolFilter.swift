@@ -52,15 +52,26 @@ public struct ProxyProtocolConfiguration: Sendable, Hashable {
 ///
 /// In ``ProxyProtocolConfiguration/Mode/trusted(_:)`` mode a connection from an untrusted source opens
 /// at once; the filter only checks that its first bytes are not a PROXY header.
-public final class ProxyProtocolFilter: TCPConnectionFilter {
+///
+/// Reusable (``KeelSockets/TCPReusableFilter``): with no other filter on the listener, a connection
+/// object's next peer reuses it, and accepting a connection with a header allocates nothing. Read the
+/// header during the connection (``KeelSockets/TCPConnection/proxyHeader``), not after its close.
+public final class ProxyProtocolFilter: TCPReusableFilter {
     /// The header read, once it has been.
     public private(set) var header: ProxyHeader?
     /// True when this connection must send a header; false when it must not.
-    public let expectsHeader: Bool
+    public private(set) var expectsHeader: Bool
     private let configuration: ProxyProtocolConfiguration
     private var held: IOBuffer?
     private var timer: TimerHandle?
     private var done = false
+    /// The connection's context while the header timer runs.
+    private var timedContext: TCPFilterContext?
+    /// The header timer's callback, made once per filter: a reused filter sets timers without allocating.
+    private lazy var timerFired: () -> Void = { [unowned self] in
+        timer = nil
+        if let context = timedContext.take() { timedOut(context) }
+    }
 
     /// A filter for one connection; `expectsHeader` from the configuration and the peer's address.
     public init(configuration: ProxyProtocolConfiguration, expectsHeader: Bool) {
@@ -68,11 +79,20 @@ public final class ProxyProtocolFilter: TCPConnectionFilter {
         self.expectsHeader = expectsHeader
     }
 
+    /// Reset for the next peer of a recycled connection: nothing of the last one is kept.
+    public func prepareForNextConnection(_ setup: TCPFilterSetup) -> Bool {
+        header = nil
+        held = nil
+        timer = nil
+        timedContext = nil
+        done = false
+        expectsHeader = configuration.expectsHeader(from: setup.remoteAddress)
+        return true
+    }
+
     public func connectionEstablished(context: TCPFilterContext) {
-        timer = context.connection.thread.scheduleTimer(after: configuration.headerTimeout) { [self] in
-            timer = nil
-            timedOut(context)
-        }
+        timedContext = context
+        timer = context.connection.thread.scheduleTimer(after: configuration.headerTimeout, timerFired)
         if !expectsHeader { context.passEstablished() }  // it opens now; only its first bytes are checked
     }
 
@@ -180,6 +200,7 @@ public final class ProxyProtocolFilter: TCPConnectionFilter {
     private func cancelTimer(_ context: TCPFilterContext) {
         if let timer { _ = context.connection.thread.cancelTimer(timer) }
         timer = nil
+        timedContext = nil
     }
 }
 

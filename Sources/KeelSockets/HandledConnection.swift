@@ -75,6 +75,12 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     /// The owner stopped: once no connection is open, the hooks go and the thread lets go of the registry.
     private var retiring = false
 
+    deinit {
+        // A recycled filter stack refers back to its connection object: let go of it so both can go.
+        for connection in free { connection.recycledFilterStack = nil }
+        for connection in live { connection.recycledFilterStack = nil }
+    }
+
     /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.
     init(thread: IOThread, coalescesWrites: Bool = true, finished: @escaping @Sendable (_ closedBeforeOpening: Bool) -> Void) {
         self.thread = thread

@@ -42,6 +42,9 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) var flushList: Unmanaged<FlushList>?
     /// The filter stack (nil for most connections: they pay one nil check per event).
     @exclusivity(unchecked) var filterStack: TCPFilterStack?
+    /// The last peer's stack, kept when all its filters are reusable (``TCPReusableFilter``) to serve
+    /// the next peer without making filters again. Its registry lets go of it when it retires.
+    var recycledFilterStack: TCPFilterStack?
     /// Timeouts, flow control and socket options, shared by every connection of one server or
     /// connector (one reference instead of ~100 bytes per connection).
     @exclusivity(unchecked) private var settings = ConnectionSettings.default
@@ -255,8 +258,12 @@ public class TCPConnection: @unchecked Sendable {
         if let makeFilters = settings.options.makeFilters {
             let setup = TCPFilterSetup(endpoint: endpoint(), localAddress: thread.localAddress(fd),
                                        remoteAddress: thread.peerAddress(fd))
-            let filters = makeFilters(setup)
-            if !filters.isEmpty { filterStack = TCPFilterStack(connection: self, filters: filters) }
+            if let recycled = recycledFilterStack.take(), recycled.prepareForReuse(setup) {
+                filterStack = recycled
+            } else {
+                let filters = makeFilters(setup)
+                if !filters.isEmpty { filterStack = TCPFilterStack(connection: self, filters: filters, endpoint: setup.endpoint) }
+            }
         }
         withCallback {
             if let bottom = filterStack?.bottom {
@@ -989,6 +996,7 @@ public class TCPConnection: @unchecked Sendable {
             filterStack = nil
             closedBeforeOpening = !stack.handlerEstablished
             stack.connectionClosed(reason)
+            if stack.isReusable { recycledFilterStack = stack }
         }
         deliverClosed(reason)
         callbackDepth -= 1

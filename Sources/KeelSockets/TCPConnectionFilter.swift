@@ -84,6 +84,20 @@ extension TCPConnectionFilter {
     public func flush(context: TCPFilterContext) {}
 }
 
+/// A filter that can serve the next peer of its connection object: when every filter a connection's
+/// `makeFilters` made is reusable, the stack (filters, contexts and all) is kept with the recycled
+/// connection object and put back together for the next peer of the same listener or target, instead of
+/// being made again: a connection then opens its filters without allocating.
+///
+/// The contract: after ``TCPConnectionFilter/connectionClosed(_:context:)`` nothing the filter started
+/// may touch its old context (cancel timers there), and no one outside may keep the filter past the
+/// close (it will serve another peer).
+public protocol TCPReusableFilter: TCPConnectionFilter {
+    /// Gets ready for a new connection, as `makeFilters` would have made it for `setup`; false to have a
+    /// fresh stack made instead.
+    func prepareForNextConnection(_ setup: TCPFilterSetup) -> Bool
+}
+
 /// One filter's place in its connection's stack: how it passes events to its neighbours and changes
 /// the stack.
 ///
@@ -110,10 +124,23 @@ public final class TCPFilterContext {
     /// The next context removed from the stack before this one (the stack's list of removed contexts,
     /// linked through the contexts themselves so removing a filter allocates nothing).
     var nextRemoved: TCPFilterContext?
+    /// The next context up in the stack as it was made (fixed: how a recycled stack is put back together).
+    var nextOriginal: TCPFilterContext?
 
     init(connection: TCPConnection, filter: any TCPConnectionFilter) {
         self.connection = connection
         self.filter = filter
+    }
+
+    /// A recycled stack serves a new peer: this context is live again, for `filter`.
+    func reattach(filter: any TCPConnectionFilter) {
+        self.filter = filter
+        isDetached = false
+        isRemoved = false
+        wantsFlush = false
+        nextRemoved = nil
+        above = nil
+        below = nil
     }
 
     /// The connection closed: every later call is ignored, and the references to the filter and the
@@ -314,16 +341,57 @@ final class TCPFilterStack {
         }
     }
 
-    init(connection: TCPConnection, filters: [any TCPConnectionFilter]) {
+    /// The filters as `makeFilters` made them (bottom first), and whether all of them are reusable.
+    private let originalFilters: [any TCPConnectionFilter]
+    private let firstOriginal: TCPFilterContext?
+    /// Where the connection came from: a recycled stack serves only the same listener or target.
+    let endpoint: TCPFilterSetup.Endpoint
+    let isReusable: Bool
+
+    init(connection: TCPConnection, filters: [any TCPConnectionFilter], endpoint: TCPFilterSetup.Endpoint) {
+        originalFilters = filters
+        self.endpoint = endpoint
+        isReusable = filters.allSatisfy { $0 is any TCPReusableFilter }
         var previous: TCPFilterContext?
         for filter in filters {
             let context = TCPFilterContext(connection: connection, filter: filter)
             context.below = previous
             previous?.above = context
+            previous?.nextOriginal = context
             if bottom == nil { bottom = context }
             previous = context
         }
         top = previous
+        firstOriginal = bottom
+    }
+
+    /// Puts a closed, reusable stack back together for a new peer from `setup`, its filters reset;
+    /// false when one of them declines (the caller makes a fresh stack).
+    func prepareForReuse(_ setup: TCPFilterSetup) -> Bool {
+        guard isReusable, setup.endpoint == endpoint else { return false }
+        for filter in originalFilters {
+            guard let reusable = filter as? any TCPReusableFilter, reusable.prepareForNextConnection(setup) else { return false }
+        }
+        var index = 0
+        var context = firstOriginal
+        var previous: TCPFilterContext?
+        while let current = context {
+            current.reattach(filter: originalFilters[index])
+            current.below = previous
+            previous?.above = current
+            previous = current
+            context = current.nextOriginal
+            index += 1
+        }
+        bottom = firstOriginal
+        top = previous
+        lastRemoved = nil
+        remoteAddressOverride = nil
+        localAddressOverride = nil
+        handlerEstablished = false
+        handlerClosed = false
+        handlerHalfClosePending = false
+        return true
     }
 
     /// Every filter of the stack, bottom first (for tests and diagnostics).

@@ -56,6 +56,18 @@ struct ProxyProtocolSocketTests {
             let answer = try? await bare.receive()
             #expect(answer == nil, "closed without a byte")
             #expect(await eventually { server.statistics.refusedByFilters == 1 }, "\(server.statistics)")
+
+            // One I/O thread: the next connections reuse the recycled connection object and its PROXY
+            // filter, which must keep nothing of the peers before.
+            for port: UInt16 in [5001, 5002] {
+                var next = TCPConnectorConfiguration()
+                next.connection.sendProxyHeader(ProxyHeader(addresses: .inet(source: try SocketAddress(host: "198.51.100.7", port: port),
+                                                                           destination: try SocketAddress(host: "192.0.2.1", port: 443))))
+                let connection = try await AsyncTCPConnector(pool: pool, configuration: next).connect(to: server.localAddress)
+                #expect(try await readLine(connection) == "you are 198.51.100.7:\(port)\n")
+                connection.close()
+            }
+            #expect(server.statistics.refusedByFilters == 1)
             await server.stop()
         }
     }
