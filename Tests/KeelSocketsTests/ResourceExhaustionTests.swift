@@ -68,16 +68,18 @@ func aNewClientIsServed(at address: SocketAddress) async -> Bool {
 struct ResourceExhaustionTests {
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func aSlowlorisPeerIsClosedByTheReadTimeoutWhileOthersAreServed(backend: BackendKind) async throws {
-        let fixture = try ServerFixture(backend, .echo) { $0.connection.readTimeout = .milliseconds(300) }
+        // The read timeout is 20 times the well-behaved client's pause between messages, so a client
+        // thread stalled by a loaded machine (the suite runs in parallel) is not taken for a slow peer.
+        let fixture = try ServerFixture(backend, .echo) { $0.connection.readTimeout = .seconds(1) }
         let address = fixture.server.localAddress
-        // One byte every 800 ms: each gap is longer than the read timeout.
+        // One byte every 1.6 s: each gap is longer than the read timeout.
         async let slowPeerClosed = onPlainThread { () -> Bool in
             guard let client = try? RawClient(connectingTo: address) else { return false }
             defer { client.close() }
             var scratch = [UInt8](repeating: 0, count: 64)
-            for _ in 0..<8 {
+            for _ in 0..<4 {
                 _ = client.send([UInt8(ascii: "x")])
-                usleep(800_000)
+                usleep(1_600_000)
                 while true {
                     let n = recv(client.fd, &scratch, scratch.count, Int32(MSG_DONTWAIT))
                     if n == 0 { return true }  // closed by the server
