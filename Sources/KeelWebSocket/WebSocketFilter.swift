@@ -455,10 +455,8 @@ public final class WebSocketFilter: TCPConnectionFilter {
         let size = payload.reduce(0) { $0 + $1.readableBytes }
         if role == .client || (compression != nil && size >= (configuration.compression?.minimumMessageSize ?? 0)) {
             var chain = BufferChain()
-            for buffer in payload {
-                guard var copy = try? context.bufferPool.acquire() else { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
-                copy.append(buffer.unsafeReadableBytes)
-                chain.append(copy)
+            for buffer in payload where !copy(buffer.unsafeReadableBytes, into: &chain, pool: context.bufferPool) {
+                return fail(WebSocketProtocolError(.internalError, "no buffer to send"))
             }
             return send(kind, payload: chain)
         }
@@ -483,20 +481,27 @@ public final class WebSocketFilter: TCPConnectionFilter {
         guard role == .server else {
             // A client masks every frame with its own key: this connection frames its own copy.
             var chain = BufferChain()
-            var failed = false
+            var copied = true
             broadcast.forEachPayloadRegion { region in
-                var remaining = region
-                while !remaining.isEmpty && !failed {
-                    guard var buffer = try? context.bufferPool.acquire() else { failed = true; return }
-                    let count = buffer.append(remaining)
-                    remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
-                    chain.append(buffer)
-                }
+                copied = copied && copy(region, into: &chain, pool: context.bufferPool)
             }
-            if failed { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
+            if !copied { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
             return send(broadcast.kind, payload: chain)
         }
         for buffer in broadcast.frame(for: compression) { context.passOutbound(buffer) }
+    }
+
+    /// Copies all of `region` onto the end of `chain`, in as many pooled buffers as it takes.
+    /// - Returns: false when the pool ran dry.
+    private func copy(_ region: UnsafeRawBufferPointer, into chain: inout BufferChain, pool: BufferPool) -> Bool {
+        var remaining = region
+        while !remaining.isEmpty {
+            guard var buffer = try? pool.acquire() else { return false }
+            let count = buffer.append(remaining)
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
+            chain.append(buffer)
+        }
+        return true
     }
 
     /// A frame's header, then its payload. Small payloads travel in the header's buffer; a client

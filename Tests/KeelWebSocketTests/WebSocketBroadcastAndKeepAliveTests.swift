@@ -174,6 +174,31 @@ struct WebSocketBroadcastAndKeepAliveTests {
         #expect(connection.finish().isClean)
     }
 
+    @Test func aClientConnectionMasksItsOwnCopyOfABroadcastLongerThanABuffer() throws {
+        let sockets = OpenedSockets()
+        var clientOptions = TCPConnectionOptions()
+        clientOptions.connectWebSocket(host: "example.com") { SocketKeeper(sockets: sockets) }
+        let log = Collector<String>()
+        var serverOptions = TCPConnectionOptions()
+        serverOptions.serveWebSockets(configuration: WebSocketConfiguration(maximumMessageSize: 1 << 20)) { EchoSocket(log: log) }
+        // The client's pool has 4 KiB buffers; the broadcast's frame sits in 16 KiB ones.
+        let client = EmbeddedConnection(handler: HTTPOnlyConnection(), options: clientOptions,
+                                        bufferPool: BufferPoolConfiguration(bufferSize: 4096, buffersPerSlab: 16))
+        let server = EmbeddedConnection(handler: HTTPOnlyConnection(), options: serverOptions)
+        server.receive(client.takeWritten())
+        client.receive(server.takeWritten())
+        let socket = try #require(sockets.snapshot.first)
+        let source = BufferPool(configuration: BufferPoolConfiguration(bufferSize: 16_384, buffersPerSlab: 4))
+        let payload = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let broadcast = try WebSocketBroadcast(.binary, bytes: payload, pool: source)
+        client.withConnection { _ in socket.send(broadcast) }
+        server.receive(client.takeWritten())  // masked frames the server must accept, then echo
+        let frames = readServerFrames(server.takeWritten())
+        #expect(frames == [ReadFrame(reserved: 0, opcode: .binary, payload: payload)], "the whole payload, masked and unmasked again")
+        #expect(client.finish().isClean)
+        #expect(server.finish().isClean)
+    }
+
     @Test func keepAlivePingsGoOutWhenQuietAndASilentPeerIsClosed() {
         let harness = WebSocketHarness(configuration: WebSocketConfiguration(pingInterval: .seconds(10), pongTimeout: .seconds(5)))
         harness.connection.receive(upgradeRequest)
