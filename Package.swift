@@ -20,6 +20,8 @@ let package = Package(
         .library(name: "KeelHTTP", targets: ["KeelHTTP"]),
         .library(name: "KeelWebSocket", targets: ["KeelWebSocket"]),
         .library(name: "KeelProxyProtocol", targets: ["KeelProxyProtocol"]),
+        .library(name: "KeelServer", targets: ["KeelServer"]),
+        .executable(name: "keel-server", targets: ["keel-server"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
@@ -37,6 +39,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.0"),
     ],
     targets: [
         // Layer 1: the kernel's UAPI headers and raw syscalls, as static inline C.
@@ -144,6 +147,31 @@ let package = Package(
         .testTarget(
             name: "KeelProxyProtocolTests",
             dependencies: ["KeelProxyProtocol", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
+        // keel-server: endpoints from a YAML file (Yams: every node carries its line), plugins, the admin listener.
+        .target(
+            name: "KeelServer",
+            dependencies: [
+                "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelFraming", "KeelTLS", "KeelHTTP",
+                "KeelWebSocket", "KeelProxyProtocol",
+                .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-server",
+            dependencies: [
+                "KeelServer", "KeelEngine", "KeelBuffers", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelServerTests",
+            dependencies: ["KeelServer", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport", "KeelWebSocket"],
             swiftSettings: strict
         ),
         // Layer 5: framing over pooled buffers (no sockets, so it runs anywhere).

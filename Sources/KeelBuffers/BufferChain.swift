@@ -40,6 +40,20 @@ public struct BufferChain: ~Copyable, @unchecked Sendable {
     /// True when the chain holds no buffers.
     public var isEmpty: Bool { count == 0 }
 
+    /// Copies all of `region` onto the end of the chain, in as many buffers from `pool` as it takes.
+    /// - Returns: false when the pool ran dry (the chain then holds what was copied so far).
+    @discardableResult
+    public mutating func append(copying region: UnsafeRawBufferPointer, from pool: BufferPool) -> Bool {
+        var remaining = region
+        while !remaining.isEmpty {
+            guard var buffer = try? pool.acquire() else { return false }
+            let count = buffer.append(remaining)
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
+            append(buffer)
+        }
+        return true
+    }
+
     /// Appends `buffer` (its readable bytes) at the end of the chain. Empty buffers are dropped.
     /// - Precondition: every buffer of a chain comes from the same pool.
     public mutating func append(_ buffer: consuming IOBuffer) {

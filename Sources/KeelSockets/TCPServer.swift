@@ -91,6 +91,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     private let registries: [ConnectionRegistry<Handler>]
     private let counters = Counters()
     private let stopped = Atomic<Bool>(false)
+    private let listenersClosed = Atomic<Bool>(false)
     private let makeHandler: @Sendable () -> Handler
     private let settings: ConnectionSettings
     static var logger: Logger { Logger(label: "keel.tcp") }
@@ -150,7 +151,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
                 self.registries[thread.index].ownerShutdownHook = thread.onShutdown { [self] in
                     self.stopped.store(true, ordering: .relaxed)
                     for acceptor in self.acceptors where acceptor.thread === thread && !acceptor.closed {
-                        self.stopAccepting(acceptor, closing: .abortive)
+                        self.closeListener(acceptor)
                     }
                     self.closeConnections(on: thread, mode: .abortive)
                 }
@@ -171,14 +172,22 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     /// have, the threads let go of the server: dropping it then frees it while the pool runs on.
     public func stop(closing mode: TCPCloseMode = .graceful) async {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        await stopAccepting()
+        for thread in pool.threads {
+            _ = try? await thread.submit { [self] in self.closeConnections(on: thread, mode: mode) }
+        }
+    }
+
+    /// Stops accepting and closes the listeners, leaving open connections as they are (a draining
+    /// server: close them yourself, then call ``stop(closing:)`` to close whatever is left). Returns
+    /// once the kernel has let go of the listening sockets, so the port can be bound again.
+    public func stopAccepting() async {
+        guard !listenersClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         for acceptor in acceptors {
             do {
-                try await acceptor.thread.submit { [self] in self.stopAccepting(acceptor, closing: mode) }
+                try await acceptor.thread.submit { [self] in self.closeListener(acceptor) }
                 await acceptor.stopped.wait()
             } catch {}  // the thread has stopped: the pool's shutdown closed the listener
-        }
-        for thread in pool.threads where !acceptors.contains(where: { $0.thread === thread }) {
-            _ = try? await thread.submit { [self] in self.closeConnections(on: thread, mode: mode) }
         }
     }
 
@@ -351,7 +360,8 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         }
     }
 
-    private func stopAccepting(_ acceptor: Acceptor, closing mode: TCPCloseMode) {
+    private func closeListener(_ acceptor: Acceptor) {
+        guard !acceptor.closed else { return }
         acceptor.closed = true
         if let operation = acceptor.acceptOperation { acceptor.thread.cancel(operation) }
         if let timer = acceptor.resumeTimer { acceptor.thread.cancelTimer(timer) }
@@ -361,7 +371,6 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         // or is no longer armed (epoll). The socket is gone once that accept has completed.
         Descriptors.close(acceptor.listener)
         if acceptor.acceptOperation == nil { acceptor.stopped.open() }
-        closeConnections(on: acceptor.thread, mode: mode)
     }
 
     // MARK: Connections (on their threads)

@@ -70,6 +70,9 @@ public struct WebSocketMessage: ~Copyable {
 
     /// The payload as a string (for a text message; binary bytes are decoded leniently).
     public var text: String { String(decoding: payload.readableByteArray, as: UTF8.self) }
+
+    /// Ends the message, handing over its payload's buffers (to keep or send without a copy).
+    public consuming func takePayload() -> BufferChain { payload }
 }
 
 /// One data frame's payload, delivered as it completes when ``WebSocketConfiguration/deliversFragments``
@@ -455,7 +458,7 @@ public final class WebSocketFilter: TCPConnectionFilter {
         let size = payload.reduce(0) { $0 + $1.readableBytes }
         if role == .client || (compression != nil && size >= (configuration.compression?.minimumMessageSize ?? 0)) {
             var chain = BufferChain()
-            for buffer in payload where !copy(buffer.unsafeReadableBytes, into: &chain, pool: context.bufferPool) {
+            for buffer in payload where !chain.append(copying: buffer.unsafeReadableBytes, from: context.bufferPool) {
                 return fail(WebSocketProtocolError(.internalError, "no buffer to send"))
             }
             return send(kind, payload: chain)
@@ -483,25 +486,12 @@ public final class WebSocketFilter: TCPConnectionFilter {
             var chain = BufferChain()
             var copied = true
             broadcast.forEachPayloadRegion { region in
-                copied = copied && copy(region, into: &chain, pool: context.bufferPool)
+                copied = copied && chain.append(copying: region, from: context.bufferPool)
             }
             if !copied { return fail(WebSocketProtocolError(.internalError, "no buffer to send")) }
             return send(broadcast.kind, payload: chain)
         }
         for buffer in broadcast.frame(for: compression) { context.passOutbound(buffer) }
-    }
-
-    /// Copies all of `region` onto the end of `chain`, in as many pooled buffers as it takes.
-    /// - Returns: false when the pool ran dry.
-    private func copy(_ region: UnsafeRawBufferPointer, into chain: inout BufferChain, pool: BufferPool) -> Bool {
-        var remaining = region
-        while !remaining.isEmpty {
-            guard var buffer = try? pool.acquire() else { return false }
-            let count = buffer.append(remaining)
-            remaining = UnsafeRawBufferPointer(rebasing: remaining[count...])
-            chain.append(buffer)
-        }
-        return true
     }
 
     /// A frame's header, then its payload. Small payloads travel in the header's buffer; a client

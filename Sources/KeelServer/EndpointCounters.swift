@@ -1,0 +1,84 @@
+import Synchronization
+
+/// One I/O thread's counters for one endpoint. Only that thread writes them (a relaxed load and
+/// store, no read-modify-write and no shared cache line with another thread's counters); any thread
+/// reads them.
+final class ThreadCounters: Sendable {
+    let messagesIn = Atomic<Int>(0)
+    let messagesOut = Atomic<Int>(0)
+    let bytesIn = Atomic<Int>(0)
+    let bytesOut = Atomic<Int>(0)
+    /// Messages the peer's flow control refused, or that could not be framed.
+    let drops = Atomic<Int>(0)
+    /// Peers opened and closed on this thread.
+    let opened = Atomic<Int>(0)
+    let closed = Atomic<Int>(0)
+    /// Peers closed for a bad message (oversized, malformed framing).
+    let badMessages = Atomic<Int>(0)
+    // Keeps the next thread's counters off this cache line (objects are allocated apart, but small
+    // ones may share a line).
+    private let padding: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+    @inline(__always) private static func bump(_ counter: borrowing Atomic<Int>, by value: Int = 1) {
+        counter.store(counter.load(ordering: .relaxed) &+ value, ordering: .relaxed)
+    }
+
+    func received(_ bytes: Int) {
+        Self.bump(messagesIn)
+        Self.bump(bytesIn, by: bytes)
+    }
+
+    func sent(_ bytes: Int) {
+        Self.bump(messagesOut)
+        Self.bump(bytesOut, by: bytes)
+    }
+
+    func dropped() { Self.bump(drops) }
+    func peerOpened() { Self.bump(opened) }
+    func peerClosed() { Self.bump(closed) }
+    func badMessage() { Self.bump(badMessages) }
+}
+
+/// An endpoint's traffic counters, summed over threads.
+public struct EndpointTraffic: Sendable, Hashable {
+    /// Messages received from peers.
+    public var messagesIn = 0
+    /// Messages sent to peers.
+    public var messagesOut = 0
+    /// Payload bytes received (without framing).
+    public var bytesIn = 0
+    /// Payload bytes sent (without framing).
+    public var bytesOut = 0
+    /// Messages not sent: refused by a peer's flow control, or not framable.
+    public var drops = 0
+    /// Peers opened so far.
+    public var peersOpened = 0
+    /// Peers closed so far.
+    public var peersClosed = 0
+    /// Peers closed for a bad message (oversized, malformed framing).
+    public var badMessages = 0
+}
+
+/// Per-thread counters of one endpoint.
+final class EndpointCounters: Sendable {
+    let threads: [ThreadCounters]
+
+    init(threadCount: Int) {
+        threads = (0..<threadCount).map { _ in ThreadCounters() }
+    }
+
+    var traffic: EndpointTraffic {
+        var total = EndpointTraffic()
+        for counters in threads {
+            total.messagesIn += counters.messagesIn.load(ordering: .relaxed)
+            total.messagesOut += counters.messagesOut.load(ordering: .relaxed)
+            total.bytesIn += counters.bytesIn.load(ordering: .relaxed)
+            total.bytesOut += counters.bytesOut.load(ordering: .relaxed)
+            total.drops += counters.drops.load(ordering: .relaxed)
+            total.peersOpened += counters.opened.load(ordering: .relaxed)
+            total.peersClosed += counters.closed.load(ordering: .relaxed)
+            total.badMessages += counters.badMessages.load(ordering: .relaxed)
+        }
+        return total
+    }
+}

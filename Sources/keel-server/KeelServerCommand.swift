@@ -1,0 +1,148 @@
+// keel-server: Keel's application server. Endpoints come from a YAML file (or the embedded default:
+// echo over TCP, UDP and WebSockets, chat, a key-value store, the status page), each with a
+// transport, a framing and a plugin holding the business logic.
+//
+//   keel-server [--config FILE] [--backend io_uring|epoll] [--threads N] [--log-level LEVEL]
+//   keel-server --check FILE              validate and print the resolved configuration
+//   keel-server --print-default-config    the embedded configuration, commented
+//   keel-server --list-plugins
+//
+// Prints `listening on HOST:PORT (ENDPOINT)` per listener, in the configuration's order, then the
+// admin listener's. SIGINT or SIGTERM: stop accepting, let connections finish the message in progress,
+// close what is left at the shutdown deadline, exit 0.
+import ArgumentParser
+import Dispatch
+import Glibc
+import KeelBuffers
+import KeelCommandLine
+import KeelEngine
+import KeelServer
+import Logging
+import Synchronization
+
+@main
+struct KeelServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keel-server",
+        abstract: "Keel's application server: endpoints from a configuration file, business logic in plugins.")
+
+    @Option(help: "The configuration file (YAML). Without it, the embedded default runs (see --print-default-config).")
+    var config: String?
+
+    @Option(help: "Validate this configuration file, print it with every default filled in, and exit (nonzero when refused).")
+    var check: String?
+
+    @Flag(help: "Print the embedded default configuration (a commented starting point) and exit.")
+    var printDefaultConfig = false
+
+    @Flag(help: "List the plugins endpoints may name, and exit.")
+    var listPlugins = false
+
+    @Option(help: "I/O backend: io_uring or epoll (default: automatic, or KEEL_BACKEND).")
+    var backend: BackendKind?
+
+    @Option(help: "I/O threads (default: one per core).")
+    var threads: Int = IOPoolConfiguration.coreCount
+
+    @Option(help: "Size of each pooled I/O buffer in KiB (default 16).")
+    var bufferKib: Int?
+
+    @Option(help: "Cap each I/O thread's buffer pool at this many MiB.")
+    var bufferPoolMib: Int?
+
+    @Option(help: "Log at this level and above, to standard error (trace, debug, info, notice, warning, error, critical).")
+    var logLevel: Logger.Level = .info
+
+    func run() throws {
+        let loader = ConfigurationLoader()
+        if printDefaultConfig {
+            print(DefaultConfiguration.yaml, terminator: "")
+            return
+        }
+        if listPlugins {
+            for plugin in loader.plugins.all { print("\(plugin.name): \(plugin.summary)") }
+            return
+        }
+        if let check {
+            let configuration = try load(check, with: loader)
+            print(configuration.resolvedYAML, terminator: "")
+            announce("keel-server: \(check) is valid (\(configuration.endpoints.count) endpoints)")
+            return
+        }
+        let configuration = try config.map { try load($0, with: loader) } ?? defaultConfiguration(loader)
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "keel.server")
+        // On the main thread, before any other thread starts: every thread inherits the mask, so the
+        // signals wait for `sigwait` below instead of killing the process.
+        let signals = ShutdownSignals()
+        var poolConfiguration = IOPoolConfiguration(threadCount: threads, backend: backend)
+        if let bufferPoolMib { poolConfiguration.bufferPool.maximumBytes = bufferPoolMib << 20 }
+        if let bufferKib { poolConfiguration.bufferPool.bufferSize = bufferKib << 10 }
+        let pool = try IOPool(configuration: poolConfiguration)
+        let host: ServerHost
+        do {
+            let plugins = loader.plugins
+            host = try waitFor { try await ServerHost(configuration: configuration, pool: pool, plugins: plugins) }
+        } catch {
+            announceError("keel-server: \(error)")
+            pool.shutdown()
+            throw ExitCode.failure
+        }
+        for listener in host.listeners {
+            announce("listening on \(listener.address) (\(listener.endpoint))")
+        }
+        logger.info("started", metadata: ["endpoints": "\(configuration.endpoints.count)", "backend": "\(pool.backend)",
+                                          "threads": "\(pool.threads.count)", "config": "\(configuration.source)"])
+        let signal = signals.wait()
+        announce("keel-server: signal \(signal), draining (deadline \(configuration.shutdownDeadline))")
+        let abandoned = try waitFor { await host.shutdown() }
+        pool.shutdown()
+        announce("keel-server: stopped" + (abandoned > 0 ? " (\(abandoned) connections closed at the deadline)" : ""))
+    }
+
+    private func load(_ path: String, with loader: ConfigurationLoader) throws -> ServerConfiguration {
+        do {
+            return try loader.load(path: path)
+        } catch {
+            announceError("keel-server: \(error)")
+            throw ExitCode(78)  // EX_CONFIG
+        }
+    }
+
+    private func defaultConfiguration(_ loader: ConfigurationLoader) throws -> ServerConfiguration {
+        do {
+            return try loader.parse(DefaultConfiguration.yaml, file: "<default>")
+        } catch {
+            announceError("keel-server: the embedded configuration is refused: \(error)")
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// Runs `body` on the concurrency runtime and blocks the calling (main) thread until it finishes.
+func waitFor<Value: Sendable>(_ body: @escaping @Sendable () async throws -> Value) throws -> Value {
+    let outcome = Mutex<Result<Value, any Error>?>(nil)
+    let finished = DispatchSemaphore(value: 0)
+    Task {
+        do {
+            let value = try await body()
+            outcome.withLock { $0 = .success(value) }
+        } catch {
+            outcome.withLock { $0 = .failure(error) }
+        }
+        finished.signal()
+    }
+    finished.wait()
+    return try outcome.withLock { $0! }.get()
+}
+
+/// Writes a line to standard error.
+func announceError(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+}

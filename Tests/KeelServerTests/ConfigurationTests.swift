@@ -1,0 +1,161 @@
+import KeelServer
+import Testing
+
+/// Configuration parsing and validation, in memory.
+@Suite("keel-server configuration")
+struct ConfigurationTests {
+    let loader = ConfigurationLoader()
+
+    @Test func theEmbeddedDefaultParsesWithTheTCPEchoEndpointFirst() throws {
+        let configuration = try loader.parse(DefaultConfiguration.yaml, file: "<default>")
+        #expect(configuration.endpoints.first?.name == "echo")
+        #expect(configuration.endpoints.first?.listen == [ListenAddress(host: "127.0.0.1", port: 7007)])
+        #expect(configuration.endpoints.first?.transport == .tcp)
+        #expect(configuration.endpoints.map(\.name) == ["echo", "echo-udp", "chat", "ws-echo", "kv"])
+        #expect(configuration.admin?.listen.port == 7070)
+        #expect(configuration.shutdownDeadline == .seconds(10))
+        let kv = try #require(configuration.endpoints.last)
+        #expect(kv.framing == .line)
+        #expect(kv.settings.values["max-keys"]?.text == "100000")
+    }
+
+    @Test func theResolvedConfigurationReadsBackToTheSameConfiguration() throws {
+        let configuration = try loader.parse(DefaultConfiguration.yaml, file: "<default>")
+        let again = try loader.parse(configuration.resolvedYAML, file: "<resolved>")
+        #expect(again.endpoints == configuration.endpoints)
+        #expect(again.admin == configuration.admin)
+        #expect(again.shutdownDeadline == configuration.shutdownDeadline)
+    }
+
+    @Test func aBadFileIsRefusedWithEveryErrorAtOnceEachWithItsLineKeyAndFix() throws {
+        let text = """
+        shutdown-deadline: soon
+        endpoints:
+          - name: one
+            listen: 127.0.0.1:nope
+            transport: tcpp
+            framing: lines
+            plugin: ech
+          - name: two
+            listen: 127.0.0.1:7101
+            transport: udp
+            framing: line
+            plugin: kv
+            settings:
+              max-keys: lots
+              colour: blue
+            limits:
+              max-connectoins: 5
+          - name: three
+            listen: 127.0.0.1:7102
+            transport: tls
+            plugin: echo
+            flow-control:
+              high-watermark: 1MiB
+              limit: 64KiB
+          - name: one
+            listen: 127.0.0.1:7102
+            plugin: echo
+        admin:
+          listen: 127.0.0.1:7102
+        """
+        let error = try #require(throws: ConfigurationError.self) { try loader.parse(text, file: "bad.yaml") }
+        let lines = error.issues.map(\.description)
+        func expectIssue(line: Int?, endpoint: String?, key: String, _ fragment: String, fix: String) {
+            let match = error.issues.first { $0.line == line && $0.endpoint == endpoint && $0.key == key }
+            #expect(match != nil, "no issue at line \(line ?? -1) for \(endpoint ?? "-") \(key) in:\n\(lines.joined(separator: "\n"))")
+            if let match {
+                #expect(match.problem.contains(fragment), "\(match)")
+                #expect(match.fix.contains(fix), "\(match)")
+                #expect(match.description.hasPrefix("bad.yaml:\(line.map(String.init) ?? "")"))
+            }
+        }
+        expectIssue(line: 1, endpoint: nil, key: "shutdown-deadline", "\"soon\" is not a duration", fix: "500ms")
+        expectIssue(line: 4, endpoint: "one", key: "listen", "\"127.0.0.1:nope\" is not HOST:PORT", fix: "127.0.0.1:7007")
+        expectIssue(line: 5, endpoint: "one", key: "transport", "unknown value \"tcpp\"", fix: "did you mean \"tcp\"?")
+        expectIssue(line: 6, endpoint: "one", key: "framing", "unknown framing \"lines\"", fix: "raw, line, length-prefixed, fixed")
+        expectIssue(line: 7, endpoint: "one", key: "plugin", "no plugin named \"ech\"", fix: "did you mean \"echo\"?")
+        expectIssue(line: 11, endpoint: "two", key: "framing", "framing applies to tcp and tls endpoints only", fix: "remove")
+        expectIssue(line: 14, endpoint: "two", key: "settings.max-keys", "\"lots\" is not an integer", fix: "whole number")
+        expectIssue(line: 15, endpoint: "two", key: "settings.colour", "plugin \"kv\" has no setting \"colour\"", fix: "remove it")
+        expectIssue(line: 17, endpoint: "two", key: "limits.max-connectoins", "unknown key", fix: "did you mean \"max-connections\"?")
+        expectIssue(line: 18, endpoint: "three", key: "tls", "a tls endpoint needs certificates", fix: "tls: { certificate")
+        expectIssue(line: 24, endpoint: "three", key: "flow-control.limit", "below the high watermark", fix: "at least")
+        expectIssue(line: nil, endpoint: "one", key: "name", "endpoints 1 and 4 have the same name", fix: "own name")
+        expectIssue(line: nil, endpoint: "one", key: "listen", "TCP port 7102 is already used by endpoint \"three\"", fix: "another port")
+        expectIssue(line: nil, endpoint: nil, key: "admin.listen", "TCP port 7102 is already used", fix: "another port")
+        #expect(error.description.hasPrefix("configuration refused, \(error.issues.count) errors:"))
+    }
+
+    @Test func aYAMLSyntaxErrorNamesItsLine() throws {
+        let text = "endpoints:\n  - name: a\n    listen: [127.0.0.1:1\n    plugin: echo\n"
+        let error = try #require(throws: ConfigurationError.self) { try loader.parse(text, file: "broken.yaml") }
+        #expect(error.issues.count == 1)
+        #expect(error.issues[0].key == "(syntax)")
+        #expect(error.issues[0].line != nil)
+        #expect(error.issues[0].description.hasPrefix("broken.yaml:"))
+    }
+
+    @Test func aMissingFileIsOneClearError() throws {
+        let error = try #require(throws: ConfigurationError.self) { try loader.load(path: "/nonexistent/keel.yaml") }
+        #expect(error.issues.count == 1)
+        #expect(error.issues[0].problem.contains("cannot read the file"))
+    }
+
+    @Test func certificatesThatCannotBeReadAreNamed() throws {
+        let text = """
+        endpoints:
+          - name: secure
+            listen: 127.0.0.1:0
+            transport: wss
+            plugin: echo
+            tls: { certificate: /nonexistent/cert.pem, key: /nonexistent/key.pem }
+            websocket: { compression: maybe }
+        """
+        let error = try #require(throws: ConfigurationError.self) { try loader.parse(text, file: "tls.yaml") }
+        #expect(error.issues.contains { $0.key == "tls.certificate" && $0.problem.contains("/nonexistent/cert.pem") && $0.line == 6 })
+        #expect(error.issues.contains { $0.key == "tls.key" })
+        #expect(error.issues.contains { $0.key == "websocket.compression" && $0.problem.contains("not a boolean") })
+    }
+
+    @Test func valuesTakeUnitsAndEveryFramingHasItsOptions() throws {
+        let text = """
+        endpoints:
+          - name: frames
+            listen: ["127.0.0.1:0", "[::1]:0"]
+            framing: length-prefixed
+            length-prefix-bytes: 2
+            plugin: echo
+            limits: { idle-timeout: 1.5, read-timeout: 250ms, max-message-bytes: 16KiB, accept-rate: 100 }
+            flow-control: { high-watermark: 64 KiB, limit: 1MiB, policy: drop-oldest, pause-reading: no }
+            proxy-protocol: { trusted: [10.0.0.0/8, "fd00::/8"] }
+          - name: fixed
+            listen: "*:0"
+            framing: fixed
+            fixed-size: 32
+            plugin: echo
+        """
+        let configuration = try loader.parse(text, file: "units.yaml")
+        let frames = configuration.endpoints[0]
+        #expect(frames.listen == [ListenAddress(host: "127.0.0.1", port: 0), ListenAddress(host: "::1", port: 0)])
+        #expect(frames.framing == .lengthPrefixed(prefixBytes: 2))
+        #expect(frames.limits.idleTimeout == .milliseconds(1500))
+        #expect(frames.limits.readTimeout == .milliseconds(250))
+        #expect(frames.limits.maximumMessageBytes == 16384)
+        #expect(frames.limits.acceptRate == 100)
+        #expect(frames.flowControl == FlowControlPolicy(highWatermark: 65536, limit: 1 << 20, policy: .dropOldest, pausesReading: false))
+        #expect(frames.proxyProtocol == .trusted(["10.0.0.0/8", "fd00::/8"]))
+        #expect(configuration.endpoints[1].framing == .fixed(size: 32))
+        #expect(configuration.endpoints[1].listen == [ListenAddress(host: "0.0.0.0", port: 0)])
+    }
+
+    @Test func listenAddressesParse() {
+        #expect(ListenAddress(parsing: "127.0.0.1:80") == ListenAddress(host: "127.0.0.1", port: 80))
+        #expect(ListenAddress(parsing: "[::1]:443") == ListenAddress(host: "::1", port: 443))
+        #expect(ListenAddress(parsing: "*:7007") == ListenAddress(host: "0.0.0.0", port: 7007))
+        #expect(ListenAddress(parsing: "::1:443") == nil)
+        #expect(ListenAddress(parsing: "127.0.0.1:70000") == nil)
+        #expect(ListenAddress(parsing: "127.0.0.1") == nil)
+        #expect(ListenAddress(host: "::1", port: 9).description == "[::1]:9")
+    }
+}

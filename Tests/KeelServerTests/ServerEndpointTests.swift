@@ -1,0 +1,336 @@
+import Glibc
+import KeelEngine
+import KeelServer
+import KeelSockets
+import KeelSystem
+import KeelTestSupport
+import KeelWebSocket
+import Testing
+
+/// A blocking socket client for the tests (TCP or UDP, 5 s receive timeout).
+struct TestClient {
+    let fd: Int32
+
+    init(_ address: SocketAddress, udp: Bool = false) throws {
+        fd = socket(AF_INET, Int32(udp ? SOCK_DGRAM.rawValue : SOCK_STREAM.rawValue), 0)
+        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            throw SystemError(code: code, call: "connect")
+        }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+    func send(_ text: String) { send(Array(text.utf8)) }
+
+    /// Reads until `count` bytes arrived, the peer closed or the timeout passed.
+    func read(_ count: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var scratch = [UInt8](repeating: 0, count: 65536)
+        while bytes.count < count {
+            let n = recv(fd, &scratch, scratch.count, 0)
+            if n <= 0 { break }
+            bytes += scratch[0..<n]
+        }
+        return bytes
+    }
+
+    /// Reads until `count` lines arrived (or the peer closed, or the timeout passed).
+    func lines(_ count: Int) -> [String] {
+        var text = ""
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        while text.filter({ $0 == "\n" }).count < count {
+            let n = recv(fd, &scratch, scratch.count, 0)
+            if n <= 0 { break }
+            text += String(decoding: scratch[0..<n], as: UTF8.self)
+        }
+        return text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+    }
+
+    /// True when the peer closes (end of stream or reset) within the timeout, with no more data.
+    func closedByPeer() -> Bool {
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, 0) == 0 || errno == ECONNRESET
+    }
+
+    func close() { Glibc.close(fd) }
+}
+
+/// Starts a server from YAML on a fresh pool and hands `body` the address of each endpoint.
+func withServer<Result: Sendable>(
+    _ yaml: String, backend: BackendKind, _ body: @Sendable (ServerHost, [String: SocketAddress]) async throws -> Result
+) async throws -> Result {
+    let configuration = try ConfigurationLoader().parse(yaml, file: "test.yaml")
+    let pool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 1))
+    defer { pool.shutdown() }
+    let host = try await ServerHost(configuration: configuration, pool: pool)
+    var addresses: [String: SocketAddress] = [:]
+    for listener in host.listeners { addresses[listener.endpoint] = listener.address }
+    do {
+        let result = try await body(host, addresses)
+        await host.shutdown(deadline: .seconds(2))
+        return result
+    } catch {
+        await host.shutdown(deadline: .zero)
+        throw error
+    }
+}
+
+/// Runs blocking client code on a thread of its own: never on the concurrency runtime's few threads,
+/// which tests running in parallel would otherwise fill with blocked clients while the server's
+/// shutdown task waits for one.
+func blocking<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value) async throws -> Value {
+    try await withCheckedThrowingContinuation { continuation in
+        let job = Unmanaged.passRetained(ThreadJob { continuation.resume(with: Result { try body() }) })
+        var thread = pthread_t()
+        let created = pthread_create(&thread, nil, { raw in
+            Unmanaged<ThreadJob>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, job.toOpaque())
+        if created == 0 {
+            pthread_detach(thread)
+        } else {
+            job.release()
+            continuation.resume(throwing: SystemError(code: created, call: "pthread_create"))
+        }
+    }
+}
+
+@Suite("keel-server endpoints and plugins")
+struct ServerEndpointTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func echoAnswersOverTCPUDPAndWebSockets(backend: BackendKind) async throws {
+        let yaml = """
+        endpoints:
+          - { name: tcp, listen: 127.0.0.1:0, plugin: echo }
+          - { name: udp, listen: 127.0.0.1:0, transport: udp, plugin: echo }
+          - { name: ws, listen: 127.0.0.1:0, transport: ws, plugin: echo }
+        admin: { listen: 127.0.0.1:0 }
+        """
+        try await withServer(yaml, backend: backend) { host, addresses in
+            let tcp = try #require(addresses["tcp"])
+            let udp = try #require(addresses["udp"])
+            let (streamed, datagram) = try await blocking {
+                let client = try TestClient(tcp)
+                defer { client.close() }
+                let payload = (0..<50_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+                client.send(payload)
+                let streamed = client.read(payload.count) == payload
+                let udpClient = try TestClient(udp, udp: true)
+                defer { udpClient.close() }
+                udpClient.send("datagram")
+                return (streamed, udpClient.read(8) == Array("datagram".utf8))
+            }
+            #expect(streamed)
+            #expect(datagram)
+
+            let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+            defer { pool.shutdown() }
+            let socket = try await AsyncWebSocketConnector(pool: pool, host: "localhost").connect(to: try #require(addresses["ws"]))
+            try await socket.send(text: "héllo")
+            try await socket.send(binary: [0, 1, 2, 255])
+            let first = try await socket.receive()
+            let second = try await socket.receive()
+            #expect(first?.kind == .text && first?.text == "héllo")
+            #expect(second?.kind == .binary && second?.bytes == [0, 1, 2, 255])
+            await socket.close()
+
+            let status = host.status
+            let counted = status.endpoints.first { $0.name == "tcp" }?.traffic
+            #expect(counted?.bytesIn == 50_000 && counted?.bytesOut == 50_000)
+            #expect(status.endpoints.first { $0.name == "ws" }?.traffic.messagesIn == 2)
+            #expect(host.listeners.last?.endpoint == "admin")
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func framedEndpointsSplitAndFrameMessages(backend: BackendKind) async throws {
+        let yaml = """
+        endpoints:
+          - { name: line, listen: 127.0.0.1:0, framing: line, plugin: echo }
+          - { name: prefixed, listen: 127.0.0.1:0, framing: length-prefixed, length-prefix-bytes: 2, plugin: echo,
+              limits: { max-message-bytes: 100000 } }
+          - { name: fixed, listen: 127.0.0.1:0, framing: fixed, fixed-size: 4, plugin: echo }
+        """
+        try await withServer(yaml, backend: backend) { _, addresses in
+            let line = try #require(addresses["line"])
+            let prefixed = try #require(addresses["prefixed"])
+            let fixed = try #require(addresses["fixed"])
+            let (lines, frames, blocks) = try await blocking {
+                let lineClient = try TestClient(line)
+                defer { lineClient.close() }
+                lineClient.send("one\r\ntwo\nthr")
+                usleep(50_000)
+                lineClient.send("ee\n")
+                let lines = lineClient.lines(3)
+
+                let prefixClient = try TestClient(prefixed)
+                defer { prefixClient.close() }
+                let big = [UInt8](repeating: 0x41, count: 40_000)
+                prefixClient.send([0, 3] + Array("abc".utf8) + [0x9C, 0x40] + big)
+                let frames = prefixClient.read(5 + 2 + 40_000)
+
+                let fixedClient = try TestClient(fixed)
+                defer { fixedClient.close() }
+                fixedClient.send("abcdef")
+                usleep(50_000)
+                fixedClient.send("gh")
+                return (lines, frames, fixedClient.read(8))
+            }
+            #expect(lines == ["one", "two", "three"])
+            #expect(frames.prefix(5) == [0, 3, 0x61, 0x62, 0x63])
+            #expect(frames.count == 40_007 && frames[5] == 0x9C && frames[6] == 0x40 && frames.dropFirst(7).allSatisfy { $0 == 0x41 })
+            #expect(blocks == Array("abcdefgh".utf8))
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func anOversizedMessageClosesOnlyItsConnection(backend: BackendKind) async throws {
+        let yaml = """
+        endpoints:
+          - { name: line, listen: 127.0.0.1:0, framing: line, plugin: echo, limits: { max-message-bytes: 16 } }
+        """
+        try await withServer(yaml, backend: backend) { host, addresses in
+            let address = try #require(addresses["line"])
+            let (closed, otherAnswered) = try await blocking {
+                let bad = try TestClient(address)
+                let good = try TestClient(address)
+                defer { bad.close(); good.close() }
+                bad.send(String(repeating: "x", count: 100))
+                good.send("fine\n")
+                return (bad.closedByPeer(), good.lines(1) == ["fine"])
+            }
+            #expect(closed)
+            #expect(otherAnswered)
+            #expect(await eventually { host.status.endpoints[0].traffic.badMessages == 1 })
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func chatBroadcastsToTheRoomAndDeliversPrivateMessages(backend: BackendKind) async throws {
+        let yaml = """
+        endpoints:
+          - { name: chat, listen: 127.0.0.1:0, framing: line, plugin: chat, settings: { room: hall } }
+        """
+        try await withServer(yaml, backend: backend) { host, addresses in
+            let address = try #require(addresses["chat"])
+            let result = try await blocking { () -> [[String]] in
+                let alice = try TestClient(address)
+                let bob = try TestClient(address)
+                let carol = try TestClient(address)
+                defer { alice.close(); bob.close(); carol.close() }
+                for _ in 0..<500 where host.status.endpoints[0].open < 3 { usleep(10_000) }
+                alice.send("/nick alice\n")
+                let aliceNick = alice.lines(1)
+                _ = bob.lines(1)
+                _ = carol.lines(1)
+                carol.send("/join side\n")
+                let carolJoined = carol.lines(1)
+                bob.send("hello hall\n")
+                let aliceHeard = alice.lines(1)
+                let bobHeard = bob.lines(1)
+                bob.send("/msg alice psst\n")
+                let privately = alice.lines(1)
+                carol.send("/who\n")
+                let who = carol.lines(1)
+                bob.send("/msg nobody hi\n")
+                bob.send("/dance\n")
+                let errors = bob.lines(2)
+                return [aliceNick, carolJoined, aliceHeard, bobHeard, privately, who, errors]
+            }
+            #expect(result[0].first?.hasSuffix(" is now alice") == true)
+            #expect(result[1] == ["OK joined side (1 members)"])
+            #expect(result[2].count == 1 && result[2][0].hasSuffix(": hello hall"))
+            #expect(result[3] == result[2])
+            #expect(result[4].count == 1 && result[4][0].hasSuffix(" (private): psst"))
+            #expect(result[5] == ["OK side has 1 members"])
+            #expect(result[6] == ["ERR no member nobody", "ERR unknown command; use /nick NAME, /join ROOM, /msg NAME TEXT or /who"])
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func theKeyValueStoreAnswersItsLineProtocolAndSavesOnTheWorkPool(backend: BackendKind) async throws {
+        let snapshot = "/tmp/keel-kv-\(getpid())-\(backend).snapshot"
+        defer { unlink(snapshot) }
+        let yaml = """
+        endpoints:
+          - name: kv
+            listen: 127.0.0.1:0
+            framing: line
+            plugin: kv
+            settings: { max-keys: 2, max-value-bytes: 10, snapshot-file: "\(snapshot)" }
+        """
+        try await withServer(yaml, backend: backend) { _, addresses in
+            let address = try #require(addresses["kv"])
+            let answers = try await blocking { () -> [String] in
+                let client = try TestClient(address)
+                defer { client.close() }
+                let commands = ["SET a hello world", "SET a hi there", "GET a", "GET b", "SET b 12345678901", "SET b 2",
+                                "SET c 3", "COUNT", "DEL b", "DEL b", "GET", "FLY", "SAVE"]
+                client.send(commands.map { $0 + "\n" }.joined())
+                return client.lines(commands.count)
+            }
+            #expect(answers == ["ERR value longer than 10 bytes", "OK", "VALUE hi there", "NOT_FOUND", "ERR value longer than 10 bytes",
+                                "OK", "ERR full (2 keys)", "COUNT 2", "DELETED", "NOT_FOUND", "ERR missing key",
+                                "ERR unknown command FLY; use SET, GET, DEL, COUNT or SAVE", "SAVED 1"])
+        }
+        let saved = try #require(readFile(snapshot))
+        #expect(saved == "a\thi there\n")
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func shutdownAnswersTheMessageInProgressAndClosesStalledPeersAtTheDeadline(backend: BackendKind) async throws {
+        let yaml = """
+        endpoints:
+          - { name: line, listen: 127.0.0.1:0, framing: line, plugin: echo }
+        """
+        let configuration = try ConfigurationLoader().parse(yaml, file: "test.yaml")
+        let pool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        let host = try await ServerHost(configuration: configuration, pool: pool)
+        let address = try #require(host.listeners.first?.address)
+        let (midway, idle, stalled) = try await blocking { (try TestClient(address), try TestClient(address), try TestClient(address)) }
+        defer { midway.close(); idle.close(); stalled.close() }
+        midway.send("half a li")
+        stalled.send("never finished")
+        #expect(await eventually { host.status.endpoints[0].traffic.bytesIn == 0 && host.status.endpoints[0].open == 3 })
+        try await Task.sleep(for: .milliseconds(100))  // both partial lines are in the server's buffers
+        let start = ContinuousClock.now
+        let shutdown = Task { await host.shutdown(deadline: .seconds(1)) }
+        let (idleClosed, answer, midwayClosed) = try await blocking {
+            let idleClosed = idle.closedByPeer()
+            midway.send("ne\n")
+            return (idleClosed, midway.lines(1), midway.closedByPeer())
+        }
+        #expect(idleClosed)
+        #expect(answer == ["half a line"])
+        #expect(midwayClosed)
+        let stalledClosed = try await blocking { stalled.closedByPeer() }
+        #expect(stalledClosed)
+        #expect(await shutdown.value == 1)
+        #expect(ContinuousClock.now - start >= .milliseconds(900))
+    }
+}
+
+/// A closure handed to a new thread (see ``blocking(_:)``).
+final class ThreadJob: @unchecked Sendable {
+    // @unchecked Sendable: handed from the creating thread to the new thread once, then run there.
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
+
+/// The whole file as text, or nil.
+func readFile(_ path: String) -> String? {
+    guard let file = fopen(path, "rb") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var scratch = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&scratch, 1, scratch.count, file)
+        bytes += scratch[0..<n]
+        if n < scratch.count { break }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
