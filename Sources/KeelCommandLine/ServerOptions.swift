@@ -111,35 +111,40 @@ extension BackendKind: ExpressibleByArgument {
     public init?(argument: String) { self.init(name: argument) }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread started after it) and
-/// waits for them synchronously with `sigwait`: no handler runs at an arbitrary point. Create it
-/// before starting any thread.
+/// Blocks SIGINT and SIGTERM (and, for servers that reload, SIGHUP) in the calling thread (and so in
+/// every thread started after it) and waits for them synchronously with `sigwait`: no handler runs at
+/// an arbitrary point. Create it before starting any thread.
 public struct ShutdownSignals: Sendable {
-    public init() {
-        var set = ShutdownSignals.set
+    private let includesReload: Bool
+
+    /// Blocks SIGINT and SIGTERM, and SIGHUP too when `includingReload`.
+    public init(includingReload: Bool = false) {
+        includesReload = includingReload
+        var set = self.set
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
-    private static var set: sigset_t {
+    private var set: sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
+        if includesReload { sigaddset(&set, SIGHUP) }
         return set
     }
 
-    /// Blocks until SIGINT or SIGTERM arrives. - Returns: the signal number.
+    /// Blocks until one of the signals arrives. - Returns: the signal number.
     public func wait() -> Int32 {
-        var set = ShutdownSignals.set
+        var set = self.set
         var received: Int32 = 0
         sigwait(&set, &received)
         return received
     }
 
-    /// Blocks until SIGINT or SIGTERM arrives or `timeout` passes. - Returns: the signal number, or nil
-    /// when the time ran out.
+    /// Blocks until one of the signals arrives or `timeout` passes. - Returns: the signal number, or
+    /// nil when the time ran out.
     public func wait(timeout: Duration) -> Int32? {
-        var set = ShutdownSignals.set
+        var set = self.set
         let (seconds, attoseconds) = max(timeout, .zero).components
         var limit = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
         let received = sigtimedwait(&set, nil, &limit)

@@ -33,14 +33,19 @@ public struct EndpointStartError: Error, Sendable, CustomStringConvertible {
 /// listener; drains them on shutdown.
 public final class ServerHost: Sendable {
     private let pool: IOPool
-    private let state: Mutex<State>
-    private let logger = Logger(label: "keel.server")
+    fileprivate let state: Mutex<State>
+    fileprivate let logger = Logger(label: "keel.server")
     private let startTime = ContinuousClock.now
 
-    private struct State: Sendable {
+    fileprivate struct State: Sendable {
         var configuration: ServerConfiguration
         var endpoints: [RunningEndpoint]
         var admin: AdminListener?
+        /// Endpoints a reload removed or replaced: no longer accepting, serving their connections until
+        /// those close, then stopped.
+        var retiring: [RunningEndpoint] = []
+        /// Set by a shutdown: a reload then does nothing.
+        var shuttingDown = false
     }
 
     /// Starts every endpoint of `configuration` and its admin listener, in the file's order.
@@ -97,9 +102,11 @@ public final class ServerHost: Sendable {
     @discardableResult
     public func shutdown(deadline: Duration? = nil) async -> Int {
         let (endpoints, admin, configured) = state.withLock { state in
-            let taken = (state.endpoints, state.admin, state.configuration.shutdownDeadline)
+            let taken = (state.endpoints + state.retiring, state.admin, state.configuration.shutdownDeadline)
             state.endpoints = []
+            state.retiring = []
             state.admin = nil
+            state.shuttingDown = true
             return taken
         }
         let limit = deadline ?? configured
@@ -117,6 +124,114 @@ public final class ServerHost: Sendable {
         }
         if abandoned > 0 { logger.warning("shutdown deadline reached: \(abandoned) connections closed abortively") }
         return abandoned
+    }
+}
+
+extension ServerHost {
+    /// What a reload changed.
+    public struct ReloadSummary: Sendable, Hashable, CustomStringConvertible {
+        /// Endpoints started that did not exist.
+        public var added: [String] = []
+        /// Endpoints whose configuration changed: a new one took over the listeners; the old one
+        /// serves its connections until they close.
+        public var replaced: [String] = []
+        /// Endpoints no longer in the configuration: they stopped accepting and serve their
+        /// connections until they close.
+        public var removed: [String] = []
+        /// Endpoints left as they were (their connections untouched).
+        public var unchanged: [String] = []
+        /// True when the admin listener was restarted.
+        public var adminRestarted = false
+
+        public var description: String {
+            "added [\(added.joined(separator: ", "))], replaced [\(replaced.joined(separator: ", "))], "
+                + "removed [\(removed.joined(separator: ", "))], unchanged [\(unchanged.joined(separator: ", "))]"
+                + (adminRestarted ? ", admin restarted" : "")
+        }
+    }
+
+    /// Switches to `configuration` without dropping a connection: unchanged endpoints keep running as
+    /// they are; new ones start; a changed endpoint's replacement starts on the same addresses (the
+    /// listeners share the ports, SO_REUSEPORT) before the old one stops accepting; removed and
+    /// replaced endpoints keep serving the connections they have with their old plugin and are stopped
+    /// and freed once those have closed. If any new endpoint cannot start, nothing changes.
+    /// - Throws: ``EndpointStartError`` (the running configuration stays).
+    @discardableResult
+    public func reload(_ configuration: ServerConfiguration, plugins: PluginRegistry = .builtIn) async throws -> ReloadSummary {
+        let (current, currentAdmin, running) = state.withLock { ($0.endpoints, $0.admin, $0.configuration) }
+        var summary = ReloadSummary()
+        var next: [RunningEndpoint] = []
+        var started: [RunningEndpoint] = []
+        var admin = currentAdmin
+        do {
+            for endpoint in configuration.endpoints {
+                if let old = current.first(where: { $0.runtime.name == endpoint.name }), old.runtime.configuration == endpoint {
+                    next.append(old)
+                    summary.unchanged.append(endpoint.name)
+                    continue
+                }
+                let fresh = try RunningEndpoint(configuration: endpoint, pool: pool, plugins: plugins)
+                started.append(fresh)
+                next.append(fresh)
+                if current.contains(where: { $0.runtime.name == endpoint.name }) {
+                    summary.replaced.append(endpoint.name)
+                } else {
+                    summary.added.append(endpoint.name)
+                }
+            }
+            if configuration.admin != running.admin {
+                admin = try configuration.admin.map { try AdminListener(configuration: $0, pool: pool) }
+                summary.adminRestarted = true
+            }
+        } catch {
+            for endpoint in started { await endpoint.stop(deadline: .zero) }
+            throw error
+        }
+        let kept = Set(next.map { ObjectIdentifier($0) })
+        let leaving = current.filter { !kept.contains(ObjectIdentifier($0)) }
+        summary.removed = leaving.map(\.runtime.name).filter { name in !configuration.endpoints.contains { $0.name == name } }
+        let shuttingDown = state.withLock { state in
+            guard !state.shuttingDown else { return true }
+            state.configuration = configuration
+            state.endpoints = next
+            state.admin = admin
+            state.retiring += leaving
+            return false
+        }
+        if shuttingDown {
+            for endpoint in started { await endpoint.stop(deadline: .zero) }
+            return ReloadSummary()
+        }
+        if summary.adminRestarted {
+            await currentAdmin?.stop()
+            admin?.attach(self)
+        }
+        for endpoint in leaving {
+            await endpoint.stopAccepting()
+            retireWhenIdle(endpoint)
+        }
+        logger.info("configuration reloaded", metadata: ["source": "\(configuration.source)", "changes": "\(summary)"])
+        return summary
+    }
+
+    /// Endpoints a reload took out of service whose connections are still open.
+    public var retiringEndpoints: [String] { state.withLock { $0.retiring.map(\.runtime.name) } }
+
+    /// Stops and forgets `endpoint` once its last connection has closed.
+    private func retireWhenIdle(_ endpoint: RunningEndpoint) {
+        Task { [weak self] in
+            while endpoint.runtime.openPeers > 0 {
+                try? await Task.sleep(for: .milliseconds(100))
+                guard let self, self.state.withLock({ state in state.retiring.contains { $0 === endpoint } }) else { return }
+            }
+            guard let self else { return }
+            let stillOurs = self.state.withLock { state in
+                let before = state.retiring.count
+                state.retiring.removeAll { $0 === endpoint }
+                return state.retiring.count < before
+            }
+            if stillOurs { await endpoint.stop(deadline: .zero) }
+        }
     }
 }
 
@@ -149,7 +264,7 @@ final class RunningEndpoint: Sendable {
             if configuration.transport == .udp {
                 for address in configuration.listen {
                     let server = try UDPSessionServer(
-                        pool: pool, configuration: UDPSocketConfiguration(host: address.host, port: address.port),
+                        pool: pool, configuration: UDPSocketConfiguration(host: address.host, port: address.port, reusePort: true),
                         idleTimeout: configuration.limits.idleTimeout ?? .seconds(60),
                         maximumSessions: configuration.limits.maximumConnections) { _ in PluginDatagramHandler(runtime: runtime) }
                     udpServers.append(server)

@@ -9,7 +9,8 @@
 //
 // Prints `listening on HOST:PORT (ENDPOINT)` per listener, in the configuration's order, then the
 // admin listener's. SIGINT or SIGTERM: stop accepting, let connections finish the message in progress,
-// close what is left at the shutdown deadline, exit 0.
+// close what is left at the shutdown deadline, exit 0. SIGHUP: reload --config without dropping a
+// connection (a refused file leaves the running configuration).
 import ArgumentParser
 import Dispatch
 import Glibc
@@ -79,7 +80,7 @@ struct KeelServerCommand: ParsableCommand {
         let logger = Logger(label: "keel.server")
         // On the main thread, before any other thread starts: every thread inherits the mask, so the
         // signals wait for `sigwait` below instead of killing the process.
-        let signals = ShutdownSignals()
+        let signals = ShutdownSignals(includingReload: true)
         var poolConfiguration = IOPoolConfiguration(threadCount: threads, backend: backend)
         if let bufferPoolMib { poolConfiguration.bufferPool.maximumBytes = bufferPoolMib << 20 }
         if let bufferKib { poolConfiguration.bufferPool.bufferSize = bufferKib << 10 }
@@ -98,11 +99,34 @@ struct KeelServerCommand: ParsableCommand {
         }
         logger.info("started", metadata: ["endpoints": "\(configuration.endpoints.count)", "backend": "\(pool.backend)",
                                           "threads": "\(pool.threads.count)", "config": "\(configuration.source)"])
-        let signal = signals.wait()
+        var signal = signals.wait()
+        while signal == SIGHUP {
+            reload(host, plugins: loader.plugins, logger: logger)
+            signal = signals.wait()
+        }
         announce("keel-server: signal \(signal), draining (deadline \(configuration.shutdownDeadline))")
         let abandoned = try waitFor { await host.shutdown() }
         pool.shutdown()
         announce("keel-server: stopped" + (abandoned > 0 ? " (\(abandoned) connections closed at the deadline)" : ""))
+    }
+
+    /// SIGHUP: reads the configuration file again and switches to it; a file that is refused (or an
+    /// endpoint that cannot start) leaves the running configuration as it is.
+    private func reload(_ host: ServerHost, plugins: PluginRegistry, logger: Logger) {
+        guard let config else {
+            logger.warning("SIGHUP: no --config file to reload; the embedded configuration keeps running")
+            return
+        }
+        do {
+            let configuration = try ConfigurationLoader(plugins: plugins).load(path: config)
+            let summary = try waitFor { try await host.reload(configuration, plugins: plugins) }
+            announce("keel-server: reloaded \(config): \(summary)")
+            for listener in host.listeners where summary.added.contains(listener.endpoint) || summary.replaced.contains(listener.endpoint) {
+                announce("listening on \(listener.address) (\(listener.endpoint))")
+            }
+        } catch {
+            logger.error("reload refused, the running configuration stays: \(error)")
+        }
     }
 
     private func load(_ path: String, with loader: ConfigurationLoader) throws -> ServerConfiguration {

@@ -83,18 +83,7 @@ func withServer<Result: Sendable>(
 /// shutdown task waits for one.
 func blocking<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value) async throws -> Value {
     try await withCheckedThrowingContinuation { continuation in
-        let job = Unmanaged.passRetained(ThreadJob { continuation.resume(with: Result { try body() }) })
-        var thread = pthread_t()
-        let created = pthread_create(&thread, nil, { raw in
-            Unmanaged<ThreadJob>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, job.toOpaque())
-        if created == 0 {
-            pthread_detach(thread)
-        } else {
-            job.release()
-            continuation.resume(throwing: SystemError(code: created, call: "pthread_create"))
-        }
+        SystemThread.spawn(name: "test-client") { continuation.resume(with: Result { try body() }) }.detach()
     }
 }
 
@@ -314,13 +303,6 @@ struct ServerEndpointTests {
     }
 }
 
-/// A closure handed to a new thread (see ``blocking(_:)``).
-final class ThreadJob: @unchecked Sendable {
-    // @unchecked Sendable: handed from the creating thread to the new thread once, then run there.
-    let run: () -> Void
-    init(_ run: @escaping () -> Void) { self.run = run }
-}
-
 /// The whole file as text, or nil.
 func readFile(_ path: String) -> String? {
     guard let file = fopen(path, "rb") else { return nil }
@@ -333,4 +315,97 @@ func readFile(_ path: String) -> String? {
         if n < scratch.count { break }
     }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+@Suite("keel-server reload")
+struct ServerReloadTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aReloadAddsRemovesAndReplacesEndpointsWithoutDroppingAConnection(backend: BackendKind) async throws {
+        let first = """
+        endpoints:
+          - { name: keep, listen: 127.0.0.1:0, framing: line, plugin: echo }
+          - { name: gone, listen: 127.0.0.1:0, framing: line, plugin: echo }
+          - { name: change, listen: 127.0.0.1:0, framing: line, plugin: echo }
+        """
+        let loader = ConfigurationLoader()
+        let pool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        let host = try await ServerHost(configuration: try loader.parse(first, file: "first.yaml"), pool: pool)
+        var addresses: [String: SocketAddress] = [:]
+        for listener in host.listeners { addresses[listener.endpoint] = listener.address }
+        let keep = try #require(addresses["keep"]), gone = try #require(addresses["gone"]), change = try #require(addresses["change"])
+        let (keepClient, goneClient, changeClient) = try await blocking { (try TestClient(keep), try TestClient(gone), try TestClient(change)) }
+        defer { keepClient.close(); goneClient.close(); changeClient.close() }
+
+        let second = """
+        endpoints:
+          - { name: keep, listen: 127.0.0.1:0, framing: line, plugin: echo }
+          - { name: change, listen: 127.0.0.1:\(change.port), framing: raw, plugin: echo }
+          - { name: new, listen: 127.0.0.1:0, framing: line, plugin: echo }
+        """
+        let summary = try await host.reload(try loader.parse(second, file: "second.yaml"))
+        #expect(summary.unchanged == ["keep"])
+        #expect(summary.replaced == ["change"])
+        #expect(summary.added == ["new"])
+        #expect(summary.removed == ["gone"])
+        let added = try #require(host.listeners.first { $0.endpoint == "new" }?.address)
+
+        let answers = try await blocking { () -> [[String]] in
+            keepClient.send("still here\n")
+            goneClient.send("old endpoint\n")
+            changeClient.send("old framing\n")
+            let fresh = try TestClient(added)
+            defer { fresh.close() }
+            fresh.send("new endpoint\n")
+            return [keepClient.lines(1), goneClient.lines(1), changeClient.lines(1), fresh.lines(1)]
+        }
+        #expect(answers == [["still here"], ["old endpoint"], ["old framing"], ["new endpoint"]])
+        let (goneRefused, rawAnswer) = try await blocking { () -> (Bool, [UInt8]) in
+            let refused = (try? TestClient(gone)) == nil
+            let replaced = try TestClient(change)
+            defer { replaced.close() }
+            replaced.send("no newline")
+            return (refused, replaced.read(10))
+        }
+        #expect(goneRefused)
+        #expect(rawAnswer == Array("no newline".utf8))
+        #expect(Set(host.retiringEndpoints) == ["gone", "change"])
+        goneClient.close()
+        changeClient.close()
+        #expect(await eventually { host.retiringEndpoints.isEmpty })
+        await host.shutdown(deadline: .seconds(1))
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aReloadThatCannotStartAnEndpointChangesNothing(backend: BackendKind) async throws {
+        // A port held without SO_REUSEPORT: the new endpoint cannot bind it.
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        let held = try SocketAddress(host: "127.0.0.1", port: 0)
+        _ = held.withSockAddr { bind(holder, $0, $1) }
+        listen(holder, 1)
+        var bound = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) } }
+        let heldPort = UInt16(bigEndian: bound.sin_port)
+
+        try await withServer("endpoints:\n  - { name: a, listen: 127.0.0.1:0, plugin: echo }\n", backend: backend) { host, addresses in
+            let next = try ConfigurationLoader().parse("""
+            endpoints:
+              - { name: a, listen: 127.0.0.1:0, plugin: echo, limits: { max-connections: 5 } }
+              - { name: b, listen: 127.0.0.1:\(heldPort), plugin: echo }
+            """, file: "next.yaml")
+            await #expect(throws: EndpointStartError.self) { try await host.reload(next) }
+            #expect(host.configuration.endpoints.map(\.name) == ["a"])
+            #expect(host.configuration.endpoints[0].limits.maximumConnections == 100_000)
+            let address = try #require(addresses["a"])
+            let echoed = try await blocking { () -> [UInt8] in
+                let client = try TestClient(address)
+                defer { client.close() }
+                client.send("ok")
+                return client.read(2)
+            }
+            #expect(echoed == Array("ok".utf8))
+        }
+    }
 }
