@@ -5,8 +5,8 @@ import KeelSockets
 import KeelSystem
 import Synchronization
 
-/// The admin listener: `/` the live status page, `/status.json` the counters it draws. No
-/// authentication: keep it on loopback or a private network.
+/// The admin listener: `/` the live status page, `/status.json` the counters it draws, `/metrics` for
+/// Prometheus. No authentication: keep it on loopback or a private network.
 final class AdminListener: Sendable {
     private let server: TCPServer<HTTPOnlyConnection>
     private let host: HostReference
@@ -56,8 +56,13 @@ struct AdminRequestHandler: HTTPRequestHandler {
             guard let host = host.host else { return responder.respond(.serviceUnavailable, body: Array("starting\n".utf8)) }
             responder.respond(.ok, fields: [.contentType: "application/json", .cacheControl: "no-store"],
                               body: Array(host.status.json.utf8))
+        case "/metrics":
+            guard let host = host.host else { return responder.respond(.serviceUnavailable, body: Array("starting\n".utf8)) }
+            responder.respond(.ok, fields: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
+                              body: host.prometheusMetrics())
         default:
-            responder.respond(.notFound, fields: [.contentType: "text/plain"], body: Array("not found: try / or /status.json\n".utf8))
+            responder.respond(.notFound, fields: [.contentType: "text/plain"],
+                              body: Array("not found: try /, /status.json or /metrics\n".utf8))
         }
     }
 }

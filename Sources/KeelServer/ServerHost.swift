@@ -7,6 +7,7 @@ import KeelSystem
 import KeelTLS
 import KeelWebSocket
 import Logging
+import Prometheus
 import Synchronization
 
 /// One listener of a running server, as announced at start (`listening on ADDRESS (ENDPOINT)`).
@@ -36,6 +37,8 @@ public final class ServerHost: Sendable {
     fileprivate let state: Mutex<State>
     fileprivate let logger = Logger(label: "keel.server")
     private let startTime = ContinuousClock.now
+    private let registry = PrometheusCollectorRegistry()
+    private let metrics: MetricsPublisher
 
     fileprivate struct State: Sendable {
         var configuration: ServerConfiguration
@@ -52,6 +55,7 @@ public final class ServerHost: Sendable {
     /// - Throws: ``EndpointStartError`` (after stopping what had started).
     public init(configuration: ServerConfiguration, pool: IOPool, plugins: PluginRegistry = .builtIn) async throws {
         self.pool = pool
+        metrics = MetricsPublisher(factory: PrometheusMetricsFactory(registry: registry))
         state = Mutex(State(configuration: configuration, endpoints: [], admin: nil))
         var started: [RunningEndpoint] = []
         do {
@@ -93,6 +97,13 @@ public final class ServerHost: Sendable {
             bufferPool: BufferPoolStatus(
                 inUse: pools.reduce(0) { $0 + $1.inUse }, heldByKernel: pools.reduce(0) { $0 + $1.heldByKernel },
                 slabBytes: pools.reduce(0) { $0 + $1.slabBytes }, failedAcquisitions: pools.reduce(0) { $0 + $1.failedAcquisitions }))
+    }
+
+    /// Every metric in Prometheus's text format, as `/metrics` serves it (published from the
+    /// counters just before).
+    public func prometheusMetrics() -> [UInt8] {
+        metrics.publish(status)
+        return registry.emitToBuffer()
     }
 
     /// Shuts down gracefully: stops accepting everywhere, lets every peer finish the message it is in

@@ -131,6 +131,25 @@ struct ServerEndpointTests {
             #expect(counted?.bytesIn == 50_000 && counted?.bytesOut == 50_000)
             #expect(status.endpoints.first { $0.name == "ws" }?.traffic.messagesIn == 2)
             #expect(host.listeners.last?.endpoint == "admin")
+
+            // The admin listener: Prometheus's text format, the JSON the page draws, the page.
+            let admin = try #require(addresses["admin"])
+            let (metrics, json, page) = try await blocking {
+                (try httpGet(admin, "/metrics"), try httpGet(admin, "/status.json"), try httpGet(admin, "/"))
+            }
+            #expect(metrics.status == 200 && json.status == 200 && page.status == 200)
+            var samples: [String: Double] = [:]
+            for line in metrics.body.split(separator: "\n") where !line.hasPrefix("#") {
+                let parts = line.split(separator: " ")
+                if parts.count == 2, let value = Double(parts[1]) { samples[String(parts[0])] = value }
+            }
+            #expect(samples["keel_bytes_received_total{endpoint=\"tcp\",transport=\"tcp\"}"] == 50_000)
+            #expect(samples["keel_messages_received_total{endpoint=\"ws\",transport=\"ws\"}"] == 2)
+            #expect(samples["keel_messages_sent_total{endpoint=\"udp\",transport=\"udp\"}"] == 1)
+            #expect(samples["keel_connections_open{endpoint=\"ws\",transport=\"ws\"}"] != nil)
+            #expect(samples["keel_buffer_pool_slab_bytes"].map { $0 > 0 } == true)
+            #expect(json.body.contains("\"name\":\"tcp\"") && json.body.contains("\"bytes_in\":50000"))
+            #expect(page.body.contains("<title>keel-server status</title>") && page.body.contains("/status.json"))
         }
     }
 
@@ -301,6 +320,19 @@ struct ServerEndpointTests {
         #expect(await shutdown.value == 1)
         #expect(ContinuousClock.now - start >= .milliseconds(900))
     }
+}
+
+/// One HTTP/1.1 GET with `Connection: close`: the status code and the body.
+func httpGet(_ address: SocketAddress, _ path: String) throws -> (status: Int, body: String) {
+    let client = try TestClient(address)
+    defer { client.close() }
+    client.send("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    let bytes = client.read(Int.max)
+    let head = String(decoding: bytes.prefix(64), as: UTF8.self)
+    let status = head.split(separator: " ", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
+    let separator = Array("\r\n\r\n".utf8)
+    let end = (0...max(0, bytes.count - 4)).first { Array(bytes[$0..<min($0 + 4, bytes.count)]) == separator }
+    return (status, end.map { String(decoding: bytes[($0 + 4)...], as: UTF8.self) } ?? "")
 }
 
 /// The whole file as text, or nil.
