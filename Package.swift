@@ -166,7 +166,7 @@ let package = Package(
         .executableTarget(
             name: "keel-server",
             dependencies: [
-                "KeelServer", "KeelEngine", "KeelBuffers", "KeelCommandLine",
+                "KeelServer", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -111,15 +111,15 @@ extension BackendKind: ExpressibleByArgument {
     public init?(argument: String) { self.init(name: argument) }
 }
 
-/// Blocks SIGINT and SIGTERM (and, for servers that reload, SIGHUP) in the calling thread (and so in
-/// every thread started after it) and waits for them synchronously with `sigwait`: no handler runs at
-/// an arbitrary point. Create it before starting any thread.
+/// Blocks SIGINT and SIGTERM (and any others a server handles, such as SIGHUP for a reload) in the
+/// calling thread (and so in every thread started after it) and waits for them synchronously with
+/// `sigwait`: no handler runs at an arbitrary point. Create it before starting any thread.
 public struct ShutdownSignals: Sendable {
-    private let includesReload: Bool
+    private let additional: [Int32]
 
-    /// Blocks SIGINT and SIGTERM, and SIGHUP too when `includingReload`.
-    public init(includingReload: Bool = false) {
-        includesReload = includingReload
+    /// Blocks SIGINT, SIGTERM and `additional`.
+    public init(including additional: [Int32] = []) {
+        self.additional = additional
         var set = self.set
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
@@ -129,7 +129,7 @@ public struct ShutdownSignals: Sendable {
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
-        if includesReload { sigaddset(&set, SIGHUP) }
+        for signal in additional { sigaddset(&set, signal) }
         return set
     }
 

@@ -5,43 +5,56 @@ import KeelSockets
 import KeelSystem
 import Synchronization
 
+/// What an admin listener reports: a ``ServerHost``, or a supervisor summing its workers.
+public protocol AdminStatusSource: AnyObject, Sendable {
+    /// Collects the status and calls `completion` with it on `thread` (now, or later after work
+    /// elsewhere); nil when it is not available.
+    func collectStatus(on thread: IOThread, _ completion: @escaping (ServerStatus?) -> Void)
+    /// `status` in Prometheus's text format.
+    func prometheusMetrics(for status: ServerStatus) -> [UInt8]
+}
+
 /// The admin listener: `/` the live status page, `/status.json` the counters it draws, `/metrics` for
 /// Prometheus. No authentication: keep it on loopback or a private network.
-final class AdminListener: Sendable {
+public final class AdminListener: Sendable {
     private let server: TCPServer<HTTPOnlyConnection>
-    private let host: HostReference
+    private let source: SourceReference
 
-    /// The host, once it exists (the listener starts before the host finishes starting).
-    final class HostReference: Sendable {
-        private let reference = Mutex<WeakHost>(WeakHost())
-        struct WeakHost: @unchecked Sendable {
+    /// The source, once it exists (the listener may start before its source finishes starting).
+    final class SourceReference: Sendable {
+        private let reference = Mutex<WeakSource>(WeakSource())
+        struct WeakSource: @unchecked Sendable {
             // @unchecked Sendable: a weak reference to a Sendable object, read and written under the mutex.
-            weak var host: ServerHost?
+            weak var source: (any AdminStatusSource)?
         }
-        var host: ServerHost? { reference.withLock { $0.host } }
-        func set(_ host: ServerHost) { reference.withLock { $0.host = host } }
+        var source: (any AdminStatusSource)? { reference.withLock { $0.source } }
+        func set(_ source: any AdminStatusSource) { reference.withLock { $0.source = source } }
     }
 
-    init(configuration: AdminConfiguration, pool: IOPool) throws {
-        let host = HostReference()
-        self.host = host
+    /// Starts listening on `configuration`'s address; it answers 503 until ``attach(_:)``.
+    public init(configuration: AdminConfiguration, pool: IOPool) throws {
+        let source = SourceReference()
+        self.source = source
         var options = TCPServerConfiguration(host: configuration.listen.host, port: configuration.listen.port)
         options.maximumConnections = 64
         options.connection.idleTimeout = .seconds(60)
-        options.connection.serveHTTP { AdminRequestHandler(host: host) }
+        options.connection.serveHTTP { AdminRequestHandler(source: source) }
         server = try TCPServer(pool: pool, configuration: options) { HTTPOnlyConnection() }
     }
 
-    var address: SocketAddress { server.localAddress }
+    /// The bound address.
+    public var address: SocketAddress { server.localAddress }
 
-    func attach(_ host: ServerHost) { self.host.set(host) }
+    /// Starts answering from `source` (held weakly).
+    public func attach(_ source: any AdminStatusSource) { self.source.set(source) }
 
-    func stop() async { await server.stop(closing: .abortive) }
+    /// Closes the listener and its connections.
+    public func stop() async { await server.stop(closing: .abortive) }
 }
 
 /// Answers one admin connection's requests.
 struct AdminRequestHandler: HTTPRequestHandler {
-    let host: AdminListener.HostReference
+    let source: AdminListener.SourceReference
 
     mutating func requestReceived(_ head: HTTPRequestHead, responder: HTTPResponder) {
         let path = head.request.path?.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "/"
@@ -52,14 +65,20 @@ struct AdminRequestHandler: HTTPRequestHandler {
         case "/", "/index.html":
             responder.respond(.ok, fields: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                               body: Array(StatusPage.html.utf8))
-        case "/status.json":
-            guard let host = host.host else { return responder.respond(.serviceUnavailable, body: Array("starting\n".utf8)) }
-            responder.respond(.ok, fields: [.contentType: "application/json", .cacheControl: "no-store"],
-                              body: Array(host.status.json.utf8))
-        case "/metrics":
-            guard let host = host.host else { return responder.respond(.serviceUnavailable, body: Array("starting\n".utf8)) }
-            responder.respond(.ok, fields: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
-                              body: host.prometheusMetrics())
+        case "/status.json", "/metrics":
+            guard let source = source.source, let thread = IOThread.current else {
+                return responder.respond(.serviceUnavailable, body: Array("starting\n".utf8))
+            }
+            source.collectStatus(on: thread) { status in
+                guard let status else { return responder.respond(.serviceUnavailable, body: Array("status unavailable\n".utf8)) }
+                if path == "/metrics" {
+                    responder.respond(.ok, fields: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
+                                      body: source.prometheusMetrics(for: status))
+                } else {
+                    responder.respond(.ok, fields: [.contentType: "application/json", .cacheControl: "no-store"],
+                                      body: Array(status.json.utf8))
+                }
+            }
         default:
             responder.respond(.notFound, fields: [.contentType: "text/plain"],
                               body: Array("not found: try /, /status.json or /metrics\n".utf8))

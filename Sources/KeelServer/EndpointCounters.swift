@@ -41,6 +41,19 @@ final class ThreadCounters: Sendable {
 
 /// An endpoint's traffic counters, summed over threads.
 public struct EndpointTraffic: Sendable, Hashable {
+    /// Creates counters.
+    public init(messagesIn: Int = 0, messagesOut: Int = 0, bytesIn: Int = 0, bytesOut: Int = 0, drops: Int = 0,
+                peersOpened: Int = 0, peersClosed: Int = 0, badMessages: Int = 0) {
+        self.messagesIn = messagesIn
+        self.messagesOut = messagesOut
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
+        self.drops = drops
+        self.peersOpened = peersOpened
+        self.peersClosed = peersClosed
+        self.badMessages = badMessages
+    }
+
     /// Messages received from peers.
     public var messagesIn = 0
     /// Messages sent to peers.

@@ -1,4 +1,5 @@
 import CoreMetrics
+import Prometheus
 import Synchronization
 
 /// Publishes keel-server's counters through swift-metrics to any `MetricsFactory` (keel-server's is
@@ -13,8 +14,8 @@ public final class MetricsPublisher: Sendable {
     private struct Published: @unchecked Sendable {
         // @unchecked Sendable: swift-metrics' Counter and Gauge are thread-safe handles; the struct is
         // only touched under the publisher's mutex.
-        var counters: [String: (counter: Counter, last: Int64)] = [:]
-        var gauges: [String: Gauge] = [:]
+        var counters: [String: (counter: CoreMetrics.Counter, last: Int64)] = [:]
+        var gauges: [String: CoreMetrics.Gauge] = [:]
     }
 
     /// A publisher to `factory`.
@@ -27,7 +28,7 @@ public final class MetricsPublisher: Sendable {
         state.withLock { published in
             func total(_ name: String, _ value: Int, _ dimensions: [(String, String)]) {
                 let key = name + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
-                var entry = published.counters[key] ?? (Counter(label: name, dimensions: dimensions, factory: factory), 0)
+                var entry = published.counters[key] ?? (CoreMetrics.Counter(label: name, dimensions: dimensions, factory: factory), 0)
                 let value = Int64(value)
                 if value > entry.last { entry.counter.increment(by: value - entry.last) }
                 entry.last = max(entry.last, value)
@@ -35,7 +36,7 @@ public final class MetricsPublisher: Sendable {
             }
             func level(_ name: String, _ value: Double, _ dimensions: [(String, String)]) {
                 let key = name + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
-                let gauge = published.gauges[key] ?? Gauge(label: name, dimensions: dimensions, factory: factory)
+                let gauge = published.gauges[key] ?? CoreMetrics.Gauge(label: name, dimensions: dimensions, factory: factory)
                 gauge.record(value)
                 published.gauges[key] = gauge
             }
@@ -60,5 +61,22 @@ public final class MetricsPublisher: Sendable {
                 total("keel_bad_messages_total", endpoint.traffic.badMessages, labels)
             }
         }
+    }
+}
+
+/// A Prometheus registry fed by a ``MetricsPublisher``: renders a status as `/metrics` text.
+public final class PrometheusExporter: Sendable {
+    private let registry = PrometheusCollectorRegistry()
+    private let publisher: MetricsPublisher
+
+    /// An exporter with its own registry.
+    public init() {
+        publisher = MetricsPublisher(factory: PrometheusMetricsFactory(registry: registry))
+    }
+
+    /// Publishes `status`, then renders every metric in Prometheus's text format.
+    public func render(_ status: ServerStatus) -> [UInt8] {
+        publisher.publish(status)
+        return registry.emitToBuffer()
     }
 }

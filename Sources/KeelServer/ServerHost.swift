@@ -7,7 +7,6 @@ import KeelSystem
 import KeelTLS
 import KeelWebSocket
 import Logging
-import Prometheus
 import Synchronization
 
 /// One listener of a running server, as announced at start (`listening on ADDRESS (ENDPOINT)`).
@@ -32,13 +31,12 @@ public struct EndpointStartError: Error, Sendable, CustomStringConvertible {
 
 /// Runs a ``ServerConfiguration`` on an I/O pool: its endpoints with their plugins, and the admin
 /// listener; drains them on shutdown.
-public final class ServerHost: Sendable {
+public final class ServerHost: AdminStatusSource, Sendable {
     private let pool: IOPool
     fileprivate let state: Mutex<State>
     fileprivate let logger = Logger(label: "keel.server")
     private let startTime = ContinuousClock.now
-    private let registry = PrometheusCollectorRegistry()
-    private let metrics: MetricsPublisher
+    private let exporter = PrometheusExporter()
 
     fileprivate struct State: Sendable {
         var configuration: ServerConfiguration
@@ -55,7 +53,6 @@ public final class ServerHost: Sendable {
     /// - Throws: ``EndpointStartError`` (after stopping what had started).
     public init(configuration: ServerConfiguration, pool: IOPool, plugins: PluginRegistry = .builtIn) async throws {
         self.pool = pool
-        metrics = MetricsPublisher(factory: PrometheusMetricsFactory(registry: registry))
         state = Mutex(State(configuration: configuration, endpoints: [], admin: nil))
         var started: [RunningEndpoint] = []
         do {
@@ -101,10 +98,11 @@ public final class ServerHost: Sendable {
 
     /// Every metric in Prometheus's text format, as `/metrics` serves it (published from the
     /// counters just before).
-    public func prometheusMetrics() -> [UInt8] {
-        metrics.publish(status)
-        return registry.emitToBuffer()
-    }
+    public func prometheusMetrics() -> [UInt8] { prometheusMetrics(for: status) }
+
+    public func collectStatus(on thread: IOThread, _ completion: @escaping (ServerStatus?) -> Void) { completion(status) }
+
+    public func prometheusMetrics(for status: ServerStatus) -> [UInt8] { exporter.render(status) }
 
     /// Shuts down gracefully: stops accepting everywhere, lets every peer finish the message it is in
     /// the middle of (its answer is sent, then it closes), and closes abortively whatever is still open

@@ -1,5 +1,6 @@
-/// What the admin listener reports: the server, its buffer pools and each endpoint.
-public struct ServerStatus: Sendable, Hashable {
+/// What the admin listener reports: the server, its buffer pools and each endpoint. Decodable from
+/// its ``json`` (a supervisor reads its workers' statuses that way).
+public struct ServerStatus: Sendable, Hashable, Decodable {
     /// Seconds since the server started.
     public var uptimeSeconds: Double
     /// The I/O backend (io_uring or epoll).
@@ -13,6 +14,32 @@ public struct ServerStatus: Sendable, Hashable {
     /// The buffer pools, summed over threads.
     public var bufferPool: BufferPoolStatus
 
+    enum CodingKeys: String, CodingKey {
+        case uptimeSeconds = "uptime_seconds", backend, threads, source = "config", endpoints, bufferPool = "buffer_pool"
+    }
+
+    /// The sum of several processes' statuses (workers sharing the same listeners): counters and
+    /// threads add up, endpoints are matched by name, the uptime is the longest.
+    public static func summing(_ statuses: [ServerStatus]) -> ServerStatus? {
+        guard var total = statuses.first else { return nil }
+        for status in statuses.dropFirst() {
+            total.uptimeSeconds = max(total.uptimeSeconds, status.uptimeSeconds)
+            total.threads += status.threads
+            total.bufferPool.inUse += status.bufferPool.inUse
+            total.bufferPool.heldByKernel += status.bufferPool.heldByKernel
+            total.bufferPool.slabBytes += status.bufferPool.slabBytes
+            total.bufferPool.failedAcquisitions += status.bufferPool.failedAcquisitions
+            for endpoint in status.endpoints {
+                guard let index = total.endpoints.firstIndex(where: { $0.name == endpoint.name }) else {
+                    total.endpoints.append(endpoint)
+                    continue
+                }
+                total.endpoints[index].add(endpoint)
+            }
+        }
+        return total
+    }
+
     /// The status as a JSON object (what `/status.json` serves).
     public var json: String {
         var out = "{\"uptime_seconds\":\(uptimeSeconds),\"backend\":\(quoted(backend)),\"threads\":\(threads),"
@@ -23,7 +50,7 @@ public struct ServerStatus: Sendable, Hashable {
 }
 
 /// One endpoint's limits and counters.
-public struct EndpointStatus: Sendable, Hashable {
+public struct EndpointStatus: Sendable, Hashable, Decodable {
     /// The endpoint's name.
     public var name: String
     /// Its transport.
@@ -43,17 +70,71 @@ public struct EndpointStatus: Sendable, Hashable {
     /// Messages and bytes.
     public var traffic: EndpointTraffic
 
+    enum CodingKeys: String, CodingKey {
+        case name, transport, plugin, listen, open, maximumConnections = "max_connections", accepted, refused
+        case messagesIn = "messages_in", messagesOut = "messages_out", bytesIn = "bytes_in", bytesOut = "bytes_out"
+        case drops, badMessages = "bad_messages", peersClosed = "closed"
+    }
+
+    /// Creates an endpoint status.
+    public init(name: String, transport: String, plugin: String, listen: [String], open: Int, maximumConnections: Int,
+                accepted: Int, refused: Int, traffic: EndpointTraffic) {
+        self.name = name
+        self.transport = transport
+        self.plugin = plugin
+        self.listen = listen
+        self.open = open
+        self.maximumConnections = maximumConnections
+        self.accepted = accepted
+        self.refused = refused
+        self.traffic = traffic
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        name = try values.decode(String.self, forKey: .name)
+        transport = try values.decode(String.self, forKey: .transport)
+        plugin = try values.decode(String.self, forKey: .plugin)
+        listen = try values.decode([String].self, forKey: .listen)
+        open = try values.decode(Int.self, forKey: .open)
+        maximumConnections = try values.decode(Int.self, forKey: .maximumConnections)
+        accepted = try values.decode(Int.self, forKey: .accepted)
+        refused = try values.decode(Int.self, forKey: .refused)
+        traffic = EndpointTraffic(
+            messagesIn: try values.decode(Int.self, forKey: .messagesIn), messagesOut: try values.decode(Int.self, forKey: .messagesOut),
+            bytesIn: try values.decode(Int.self, forKey: .bytesIn), bytesOut: try values.decode(Int.self, forKey: .bytesOut),
+            drops: try values.decode(Int.self, forKey: .drops), peersOpened: try values.decode(Int.self, forKey: .accepted),
+            peersClosed: try values.decodeIfPresent(Int.self, forKey: .peersClosed) ?? 0,
+            badMessages: try values.decode(Int.self, forKey: .badMessages))
+    }
+
+    /// Adds another process's counters for the same endpoint.
+    mutating func add(_ other: EndpointStatus) {
+        open += other.open
+        maximumConnections += other.maximumConnections
+        accepted += other.accepted
+        refused += other.refused
+        traffic.messagesIn += other.traffic.messagesIn
+        traffic.messagesOut += other.traffic.messagesOut
+        traffic.bytesIn += other.traffic.bytesIn
+        traffic.bytesOut += other.traffic.bytesOut
+        traffic.drops += other.traffic.drops
+        traffic.peersOpened += other.traffic.peersOpened
+        traffic.peersClosed += other.traffic.peersClosed
+        traffic.badMessages += other.traffic.badMessages
+    }
+
     var json: String {
         "{\"name\":\(quoted(name)),\"transport\":\(quoted(transport)),\"plugin\":\(quoted(plugin)),"
             + "\"listen\":[\(listen.map(quoted).joined(separator: ","))],\"open\":\(open),\"max_connections\":\(maximumConnections),"
             + "\"accepted\":\(accepted),\"refused\":\(refused),\"messages_in\":\(traffic.messagesIn),"
             + "\"messages_out\":\(traffic.messagesOut),\"bytes_in\":\(traffic.bytesIn),\"bytes_out\":\(traffic.bytesOut),"
-            + "\"drops\":\(traffic.drops),\"bad_messages\":\(traffic.badMessages)}"
+            + "\"drops\":\(traffic.drops),\"bad_messages\":\(traffic.badMessages),\"closed\":\(traffic.peersClosed)}"
     }
 }
 
 /// The buffer pools, summed over I/O threads.
-public struct BufferPoolStatus: Sendable, Hashable {
+public struct BufferPoolStatus: Sendable, Hashable, Decodable {
     /// Buffers in use (by connections, queues and the kernel).
     public var inUse: Int
     /// Buffers lent to the kernel for receives.
@@ -62,6 +143,10 @@ public struct BufferPoolStatus: Sendable, Hashable {
     public var slabBytes: Int
     /// Acquisitions refused at the memory cap.
     public var failedAcquisitions: Int
+
+    enum CodingKeys: String, CodingKey {
+        case inUse = "in_use", heldByKernel = "held_by_kernel", slabBytes = "slab_bytes", failedAcquisitions = "failed_acquisitions"
+    }
 
     var json: String {
         "{\"in_use\":\(inUse),\"held_by_kernel\":\(heldByKernel),\"slab_bytes\":\(slabBytes),\"failed_acquisitions\":\(failedAcquisitions)}"

@@ -14,6 +14,9 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
     var session: (any PluginSession)?
     /// Set while a drain waits for the message in progress.
     var closesWhenIdle = false
+    /// True once a message arrived: a drain lets a connection that has sent nothing yet send its first
+    /// (a client that just connected has its request in flight) and answers it before closing.
+    var hasReceived = false
 
     init(connection: TCPConnection, runtime: EndpointRuntime) {
         self.connection = connection
@@ -47,6 +50,7 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
 
     /// Delivers one message to the session.
     @inline(__always) final func deliver(_ bytes: UnsafeRawBufferPointer, token: Int) {
+        hasReceived = true
         counters.received(bytes.count)
         session?.received(PluginMessage(bytes: bytes, isText: false, token: token), from: self)
     }
@@ -57,7 +61,7 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
     }
 
     override func drain() {
-        if pendingBytes == 0 { close() } else { closesWhenIdle = true }
+        if pendingBytes == 0 && hasReceived { close() } else { closesWhenIdle = true }
     }
 
     override func close() {

@@ -18,6 +18,7 @@ import KeelBuffers
 import KeelCommandLine
 import KeelEngine
 import KeelServer
+import KeelSystem
 import Logging
 import Synchronization
 
@@ -54,6 +55,31 @@ struct KeelServerCommand: ParsableCommand {
     @Option(help: "Log at this level and above, to standard error (trace, debug, info, notice, warning, error, critical).")
     var logLevel: Logger.Level = .info
 
+    @Option(help: "Run N worker processes on the same listeners (SO_REUSEPORT) under a supervisor that restarts any that die; SIGUSR2 replaces them one at a time.")
+    var workers: Int?
+
+    @Option(help: .hidden)
+    var workerIndex: Int?
+
+    func validate() throws {
+        if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers takes 1 to 256") }
+    }
+
+    /// The options a worker process gets (all but the configuration file, which the supervisor picks).
+    private var workerArguments: [String] {
+        var arguments = ["--threads", "\(threads)", "--log-level", "\(logLevel)"]
+        if let backend { arguments += ["--backend", "\(backend)"] }
+        if let bufferKib { arguments += ["--buffer-kib", "\(bufferKib)"] }
+        if let bufferPoolMib { arguments += ["--buffer-pool-mib", "\(bufferPoolMib)"] }
+        return arguments
+    }
+
+    private func runSupervisor(workers: Int, configuration: ServerConfiguration, signals: ShutdownSignals) throws {
+        let supervisor = Supervisor(workers: workers, userConfig: config, configuration: configuration, workerArguments: workerArguments)
+        let status = supervisor.run(signals: signals)
+        if status != 0 { throw ExitCode(status) }
+    }
+
     func run() throws {
         let loader = ConfigurationLoader()
         if printDefaultConfig {
@@ -70,7 +96,7 @@ struct KeelServerCommand: ParsableCommand {
             announce("keel-server: \(check) is valid (\(configuration.endpoints.count) endpoints)")
             return
         }
-        let configuration = try config.map { try load($0, with: loader) } ?? defaultConfiguration(loader)
+        var configuration = try config.map { try load($0, with: loader) } ?? defaultConfiguration(loader)
         let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -80,15 +106,24 @@ struct KeelServerCommand: ParsableCommand {
         let logger = Logger(label: "keel.server")
         // On the main thread, before any other thread starts: every thread inherits the mask, so the
         // signals wait for `sigwait` below instead of killing the process.
-        let signals = ShutdownSignals(includingReload: true)
+        let signals = ShutdownSignals(including: [SIGHUP, SIGUSR2])
+        if let workers {
+            return try runSupervisor(workers: workers, configuration: configuration, signals: signals)
+        }
+        if workerIndex != nil {
+            // A worker: its own admin listener on loopback (the supervisor's serves the configured
+            // address), and it goes when the supervisor goes.
+            configuration.admin = AdminConfiguration(listen: ListenAddress(host: "127.0.0.1", port: 0))
+            try? Processes.setParentDeathSignal(SIGTERM)
+        }
         var poolConfiguration = IOPoolConfiguration(threadCount: threads, backend: backend)
         if let bufferPoolMib { poolConfiguration.bufferPool.maximumBytes = bufferPoolMib << 20 }
         if let bufferKib { poolConfiguration.bufferPool.bufferSize = bufferKib << 10 }
         let pool = try IOPool(configuration: poolConfiguration)
         let host: ServerHost
         do {
-            let plugins = loader.plugins
-            host = try waitFor { try await ServerHost(configuration: configuration, pool: pool, plugins: plugins) }
+            let (plugins, starting) = (loader.plugins, configuration)
+            host = try waitFor { try await ServerHost(configuration: starting, pool: pool, plugins: plugins) }
         } catch {
             announceError("keel-server: \(error)")
             pool.shutdown()

@@ -299,22 +299,36 @@ struct ServerEndpointTests {
         defer { pool.shutdown() }
         let host = try await ServerHost(configuration: configuration, pool: pool)
         let address = try #require(host.listeners.first?.address)
-        let (midway, idle, stalled) = try await blocking { (try TestClient(address), try TestClient(address), try TestClient(address)) }
-        defer { midway.close(); idle.close(); stalled.close() }
+        let (midway, idle, stalled, fresh) = try await blocking {
+            (try TestClient(address), try TestClient(address), try TestClient(address), try TestClient(address))
+        }
+        defer { midway.close(); idle.close(); stalled.close(); fresh.close() }
+        let idleAnswered = try await blocking { () -> [String] in
+            idle.send("hello\n")
+            return idle.lines(1)
+        }
+        #expect(idleAnswered == ["hello"])
         midway.send("half a li")
         stalled.send("never finished")
-        #expect(await eventually { host.status.endpoints[0].traffic.bytesIn == 0 && host.status.endpoints[0].open == 3 })
+        #expect(await eventually { host.status.endpoints[0].open == 4 })
         try await Task.sleep(for: .milliseconds(100))  // both partial lines are in the server's buffers
         let start = ContinuousClock.now
         let shutdown = Task { await host.shutdown(deadline: .seconds(1)) }
-        let (idleClosed, answer, midwayClosed) = try await blocking {
+        let (idleClosed, answer, midwayClosed, freshAnswer, freshClosed) = try await blocking {
+            // Idle after a message: closed at once. In the middle of one: answered, then closed.
+            // Connected but silent so far: its first message is answered, then it is closed.
             let idleClosed = idle.closedByPeer()
             midway.send("ne\n")
-            return (idleClosed, midway.lines(1), midway.closedByPeer())
+            let answer = midway.lines(1)
+            let midwayClosed = midway.closedByPeer()
+            fresh.send("first\n")
+            return (idleClosed, answer, midwayClosed, fresh.lines(1), fresh.closedByPeer())
         }
         #expect(idleClosed)
         #expect(answer == ["half a line"])
         #expect(midwayClosed)
+        #expect(freshAnswer == ["first"])
+        #expect(freshClosed)
         let stalledClosed = try await blocking { stalled.closedByPeer() }
         #expect(stalledClosed)
         #expect(await shutdown.value == 1)

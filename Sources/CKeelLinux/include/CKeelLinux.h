@@ -21,6 +21,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -102,6 +103,14 @@ static inline uint64_t ckeel_process_cpu_ns(void) {
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+/* ---- processes ---- */
+
+/* A pipe whose two ends close on exec (-1 + errno on failure). */
+static inline int ckeel_pipe_cloexec(int fds[2]) { return (int)syscall(__NR_pipe2, fds, O_CLOEXEC); }
+
+/* Asks the kernel to send `signal` to this process when its parent goes (-1 + errno on failure). */
+static inline int ckeel_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0, 0, 0); }
 
 /* ---- io_uring syscalls (-1 + errno on failure) ---- */
 
