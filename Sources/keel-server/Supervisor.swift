@@ -282,8 +282,7 @@ struct SupervisorError: Error, CustomStringConvertible {
 
 /// One worker process: its pid, and what it announced on its standard output (read by a thread of its
 /// own; other lines are passed on with a `worker N:` prefix).
-final class WorkerProcess: @unchecked Sendable {
-    // @unchecked Sendable: `pid`, `index` and `started` are immutable; `state` is behind a mutex.
+final class WorkerProcess: Sendable {
     struct Listener: Sendable {
         var endpoint: String
         var address: String
@@ -293,35 +292,25 @@ final class WorkerProcess: @unchecked Sendable {
     let index: Int
     let pid: pid_t
     let started = ContinuousClock.now
-    private let state = Mutex<(listeners: [Listener], ready: Bool, ended: Bool)>(([], false, false))
+    struct WorkerState: Sendable {
+        var listeners: [Listener] = []
+        var ready = false
+        var ended = false
+    }
+
+    /// What the output thread learns, shared with it.
+    final class StateBox: Sendable {
+        let lock = Mutex(WorkerState())
+        func withLock<Result>(_ body: (inout WorkerState) -> Result) -> Result { lock.withLock { body(&$0) } }
+    }
+
+    private let state = StateBox()
 
     init(index: Int, arguments: [String]) throws {
         self.index = index
-        let (readEnd, writeEnd) = try Processes.pipe()
-        let fds = [readEnd, writeEnd]
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { for argument in argv { free(argument) } }
-        var child: pid_t = 0
-        let result = posix_spawn(&child, arguments[0], &actions, &attributes, argv, environ)
-        close(fds[1])
-        guard result == 0 else {
-            close(fds[0])
-            throw SystemError(code: result, call: "posix_spawn")
-        }
-        pid = child
-        let output = fds[0]
-        SystemThread.spawn(name: "keel-worker-out") { [self] in self.readOutput(output) }.detach()
+        let state = self.state
+        pid = try ChildProcess.spawn(arguments, onLine: { line in Self.handle(line, worker: index, state: state) },
+                                     onEnd: { state.withLock { $0.ended = true } }).pid
     }
 
     var listeners: [Listener] { state.withLock { $0.listeners } }
@@ -341,23 +330,7 @@ final class WorkerProcess: @unchecked Sendable {
     /// The worker's own admin listener (loopback), once ready.
     var adminAddress: String? { state.withLock { $0.listeners.first { $0.endpoint == "admin" }?.address } }
 
-    private func readOutput(_ fd: Int32) {
-        defer { close(fd) }
-        var pending: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = read(fd, &chunk, chunk.count)
-            if count <= 0 { break }
-            pending += chunk[..<count]
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                handle(String(decoding: pending[..<newline], as: UTF8.self))
-                pending.removeSubrange(...newline)
-            }
-        }
-        state.withLock { $0.ended = true }
-    }
-
-    private func handle(_ line: String) {
+    private static func handle(_ line: String, worker index: Int, state: StateBox) {
         // `listening on ADDRESS (ENDPOINT)`: recorded, not repeated (the supervisor announces once).
         if line.hasPrefix("listening on "), line.hasSuffix(")"), let open = line.lastIndex(of: "(") {
             let address = line.dropFirst("listening on ".count).prefix { $0 != " " }
