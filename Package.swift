@@ -22,6 +22,9 @@ let package = Package(
         .library(name: "KeelProxyProtocol", targets: ["KeelProxyProtocol"]),
         .library(name: "KeelServer", targets: ["KeelServer"]),
         .executable(name: "keel-server", targets: ["keel-server"]),
+        // Example keel-server plugins, loaded at run time through the C ABI (Sources/CKeelPluginABI).
+        .library(name: "KeelExamplePluginC", type: .dynamic, targets: ["CountingEchoC"]),
+        .library(name: "KeelExamplePluginSwift", type: .dynamic, targets: ["ReversingSwift"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
@@ -155,7 +158,7 @@ let package = Package(
         .target(
             name: "KeelServer",
             dependencies: [
-                "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelFraming", "KeelTLS", "KeelHTTP",
+                "CKeelPluginABI", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelFraming", "KeelTLS", "KeelHTTP",
                 "KeelWebSocket", "KeelProxyProtocol",
                 .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "HTTPTypes", package: "swift-http-types"), .product(name: "Metrics", package: "swift-metrics"),
@@ -163,6 +166,11 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The C ABI of external keel-server plugins (header only), and the two example plugins.
+        .target(name: "CKeelPluginABI"),
+        .target(name: "CountingEchoC", dependencies: ["CKeelPluginABI"], path: "Examples/Plugins/CountingEchoC"),
+        .target(name: "ReversingSwift", dependencies: ["CKeelPluginABI"], path: "Examples/Plugins/ReversingSwift",
+                swiftSettings: strict),
         .executableTarget(
             name: "keel-server",
             dependencies: [

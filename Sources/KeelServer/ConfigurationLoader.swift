@@ -46,11 +46,23 @@ public struct ConfigurationLoader {
                 fix: "start with `endpoints:` and a list of endpoints (see `keel-server --print-default-config`)")])
         }
         var reader = MappingReader(root, endpoint: nil, path: "", diagnostics: diagnostics)
+        // Plugin libraries first: endpoints may name their plugins.
+        var loader = self
+        let librariesNode = reader.peek("plugin-libraries")
+        let libraries = reader.stringList("plugin-libraries") ?? []
+        for path in libraries {
+            do {
+                loader.plugins = try loader.plugins.adding(libraries: [path])
+            } catch {
+                diagnostics.report(line: librariesNode?.mark?.line, endpoint: nil, key: "plugin-libraries", problem: "\(error)",
+                                   fix: "check the path; the library must export keel_plugin_entry (see keel_plugin.h)")
+            }
+        }
         var endpoints: [EndpointConfiguration] = []
         if let list = reader.take("endpoints") {
             if case .sequence(let items) = list {
                 for (index, item) in items.enumerated() {
-                    if let endpoint = readEndpoint(item, index: index, diagnostics: diagnostics) { endpoints.append(endpoint) }
+                    if let endpoint = loader.readEndpoint(item, index: index, diagnostics: diagnostics) { endpoints.append(endpoint) }
                 }
             } else {
                 diagnostics.report(line: list.mark?.line, endpoint: nil, key: "endpoints", problem: "must be a list of endpoints",
@@ -64,14 +76,16 @@ public struct ConfigurationLoader {
             adminReader.finish(known: ["listen"])
         }
         let deadline = reader.duration("shutdown-deadline") ?? .seconds(10)
-        reader.finish(known: ["endpoints", "admin", "shutdown-deadline"])
+        reader.finish(known: ["endpoints", "admin", "shutdown-deadline", "plugin-libraries"])
         if endpoints.isEmpty && diagnostics.isClean {
             diagnostics.report(line: root.mark?.line, endpoint: nil, key: "endpoints", problem: "no endpoints",
                                fix: "add at least one endpoint under `endpoints:`")
         }
         checkClashes(endpoints, admin: admin, root: root, diagnostics: diagnostics)
         guard diagnostics.isClean else { throw ConfigurationError(issues: diagnostics.issues.sorted { ($0.line ?? 0) < ($1.line ?? 0) }) }
-        return ServerConfiguration(endpoints: endpoints, admin: admin, shutdownDeadline: deadline, source: file)
+        var configuration = ServerConfiguration(endpoints: endpoints, admin: admin, shutdownDeadline: deadline, source: file)
+        configuration.pluginLibraries = libraries
+        return configuration
     }
 
     static let endpointKeys = ["name", "listen", "transport", "framing", "length-prefix-bytes", "fixed-size", "plugin",

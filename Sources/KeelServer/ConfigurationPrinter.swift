@@ -2,7 +2,9 @@ extension ServerConfiguration {
     /// The configuration with every default filled in, as YAML that keel-server reads back to the same
     /// configuration (what `keel-server --check FILE` prints).
     public var resolvedYAML: String {
-        var lines = ["# resolved from \(source)", "shutdown-deadline: \(format(shutdownDeadline))", "endpoints:"]
+        var lines = ["# resolved from \(source)", "shutdown-deadline: \(format(shutdownDeadline))"]
+        if !pluginLibraries.isEmpty { lines.append("plugin-libraries: [\(pluginLibraries.map(quoted).joined(separator: ", "))]") }
+        lines.append("endpoints:")
         for endpoint in endpoints {
             lines.append("  - name: \(endpoint.name)")
             lines.append("    listen: [\(endpoint.listen.map { "\"\($0)\"" }.joined(separator: ", "))]")

@@ -30,6 +30,8 @@ public class PluginPeer: @unchecked Sendable {
     var holdsReceived = false
     /// Groups this peer joined: it leaves them when it closes.
     var groups: [PluginGroup] = []
+    /// The message being delivered to a C plugin (its `reply` answers with it).
+    var delivering: PluginMessage?
 
     init(thread: IOThread, id: Int, endpoint: String, counters: ThreadCounters) {
         self.thread = thread

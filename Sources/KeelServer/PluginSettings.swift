@@ -103,6 +103,14 @@ public final class PluginSettingsReader {
         return flag
     }
 
+    /// Every setting as text, sorted by key (for plugins that check their settings themselves, such as
+    /// those loaded from libraries); counts as reading them all.
+    public func allValues() -> [(String, String)] {
+        let pairs = settings.values.sorted { $0.key < $1.key }.map { ($0.key, $0.value.text) }
+        for (key, _) in pairs { read.insert(key) }
+        return pairs
+    }
+
     /// Reports every key that no accessor asked for (a typo, or a setting of another plugin). Call it
     /// once, after reading.
     public func reportUnknownKeys(plugin: String) {

@@ -11,6 +11,8 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var shutdownDeadline: Duration
     /// Where the configuration came from (a path, or `<default>`), for messages.
     public var source: String
+    /// Shared libraries of plugins to load at start (see ``ExternalPlugins``).
+    public var pluginLibraries: [String] = []
 
     /// Creates a configuration.
     public init(endpoints: [EndpointConfiguration], admin: AdminConfiguration? = nil,

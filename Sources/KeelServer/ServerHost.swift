@@ -55,6 +55,7 @@ public final class ServerHost: AdminStatusSource, Sendable {
         self.pool = pool
         state = Mutex(State(configuration: configuration, endpoints: [], admin: nil))
         var started: [RunningEndpoint] = []
+        let plugins = try plugins.adding(libraries: configuration.pluginLibraries)
         do {
             for endpoint in configuration.endpoints {
                 started.append(try RunningEndpoint(configuration: endpoint, pool: pool, plugins: plugins))
@@ -172,6 +173,7 @@ extension ServerHost {
         var next: [RunningEndpoint] = []
         var started: [RunningEndpoint] = []
         var admin = currentAdmin
+        let plugins = try plugins.adding(libraries: configuration.pluginLibraries)
         do {
             for endpoint in configuration.endpoints {
                 if let old = current.first(where: { $0.runtime.name == endpoint.name }), old.runtime.configuration == endpoint {

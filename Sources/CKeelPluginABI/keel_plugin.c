@@ -1,0 +1,1 @@
+/* Header-only: the C ABI of keel-server plugins (include/keel_plugin.h). */
