@@ -96,7 +96,7 @@ enum StatusPage {
     body{font:14px system-ui,sans-serif;margin:24px;color:#1b1f24;background:#f6f8fa}
     h1{font-size:20px;margin:0 0 4px} .sub{color:#57606a;margin-bottom:16px}
     table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0002}
-    th,td{padding:6px 10px;border-bottom:1px solid #eaeef2;text-align:right} th:first-child,td:first-child{text-align:left}
+    th,td{padding:6px 10px;border-bottom:1px solid #eaeef2;text-align:right} th:nth-child(-n+4),td:nth-child(-n+4){text-align:left}
     th{background:#eaeef2;font-weight:600} canvas{vertical-align:middle}
     .pool{margin-top:16px}
     </style></head><body>
@@ -116,7 +116,7 @@ enum StatusPage {
     async function poll(){
       try {
         const s = await (await fetch('/status.json', {cache:'no-store'})).json();
-        const dt = last ? (s.uptime_seconds - last.uptime_seconds) || 1 : 1;
+        const dt = last ? Math.max(0.001, s.uptime_seconds - last.uptime_seconds) : 1;
         document.getElementById('summary').textContent = `${s.backend}, ${s.threads} I/O threads, up ${Math.round(s.uptime_seconds)} s, config ${s.config}`;
         const rows = document.getElementById('rows');
         s.endpoints.forEach((e, i) => {

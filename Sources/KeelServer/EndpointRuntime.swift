@@ -1,4 +1,6 @@
 import KeelEngine
+import KeelSockets
+import Logging
 import Synchronization
 
 /// What every peer of one running endpoint shares: its configuration, its plugin, its counters and,
@@ -18,6 +20,8 @@ final class EndpointRuntime: @unchecked Sendable {
     private let lists: [PeerList]
     /// Set once the endpoint drains: peers close after the message in progress.
     let draining = Atomic<Bool>(false)
+    /// Events worth an operator's attention, rate-limited.
+    let events = EventLog(label: "keel.server")
 
     init(configuration: EndpointConfiguration, plugin: any ServerPlugin, threads: [IOThread]) {
         self.configuration = configuration
@@ -41,6 +45,16 @@ final class EndpointRuntime: @unchecked Sendable {
         let session = plugin.makeSession(for: peer)
         if draining.load(ordering: .relaxed) { peer.drain() }
         return session
+    }
+
+    /// Logs why a peer was closed when an operator should know (a slow consumer, a bad message).
+    func noteClose(_ reason: TCPCloseReason, of peer: PluginPeer) {
+        let metadata: Logger.Metadata = ["endpoint": "\(name)", "peer": "\(peer.remoteAddress.map { "\($0)" } ?? "-")", "reason": "\(reason)"]
+        if reason == .slowConsumer {
+            events.log(.warning, kind: "\(name).slow", "slow consumer closed (its send queue reached flow-control.limit)", metadata: metadata)
+        } else if reason.code == .protocolError {
+            events.log(.notice, kind: "\(name).bad", "connection closed for a bad message", metadata: metadata)
+        }
     }
 
     /// Forgets a closed peer (on its thread).

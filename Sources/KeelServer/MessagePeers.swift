@@ -111,6 +111,7 @@ struct PluginWebSocketHandler: WebSocketHandler {
     }
 
     mutating func webSocketClosed(_ close: WebSocketClose, reason: TCPCloseReason) {
+        if let peer { runtime.noteClose(reason, of: peer) }
         peer?.transportClosed()
         peer = nil
     }

@@ -70,6 +70,30 @@ public final class ServerHost: AdminStatusSource, Sendable {
             for endpoint in started { await endpoint.stop(deadline: .zero) }
             throw error
         }
+        watchLimits()
+    }
+
+    /// Once a second, logs the endpoints that refused connections (their connection limit or the
+    /// kernel's backlog was reached): an operator should raise the limit or add workers.
+    private func watchLimits() {
+        let events = EventLog(label: "keel.server")
+        Task { [weak self] in
+            var last: [String: Int] = [:]
+            while true {
+                try? await Task.sleep(for: .seconds(1))
+                guard let self, !self.state.withLock({ $0.shuttingDown }) else { return }
+                for endpoint in self.status.endpoints {
+                    let refused = endpoint.refused - (last[endpoint.name] ?? 0)
+                    last[endpoint.name] = endpoint.refused
+                    if refused > 0 {
+                        events.log(.warning, kind: endpoint.name, "connections refused at the limit", metadata: [
+                            "endpoint": "\(endpoint.name)", "refused": "\(refused)", "open": "\(endpoint.open)",
+                            "max-connections": "\(endpoint.maximumConnections)",
+                        ])
+                    }
+                }
+            }
+        }
     }
 
     /// Every listener, endpoints in the configuration's order, then the admin listener.
@@ -89,12 +113,18 @@ public final class ServerHost: AdminStatusSource, Sendable {
         let (endpoints, configuration) = state.withLock { ($0.endpoints, $0.configuration) }
         let pools = pool.threads.map { $0.bufferPool.statistics }
         return ServerStatus(
-            uptimeSeconds: Double((ContinuousClock.now - startTime).components.seconds),
+            uptimeSeconds: Self.seconds(ContinuousClock.now - startTime),
             backend: "\(pool.backend)", threads: pool.threads.count, source: configuration.source,
             endpoints: endpoints.map(\.status),
             bufferPool: BufferPoolStatus(
                 inUse: pools.reduce(0) { $0 + $1.inUse }, heldByKernel: pools.reduce(0) { $0 + $1.heldByKernel },
                 slabBytes: pools.reduce(0) { $0 + $1.slabBytes }, failedAcquisitions: pools.reduce(0) { $0 + $1.failedAcquisitions }))
+    }
+
+    /// `duration` in seconds, to the millisecond.
+    private static func seconds(_ duration: Duration) -> Double {
+        let (seconds, attoseconds) = duration.components
+        return Double(seconds) + Double(attoseconds / 1_000_000_000_000_000) / 1000
     }
 
     /// Every metric in Prometheus's text format, as `/metrics` serves it (published from the

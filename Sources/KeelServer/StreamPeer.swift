@@ -212,6 +212,7 @@ struct PluginStreamHandler: TCPConnectionHandler {
     }
 
     mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
+        if let peer { runtime.noteClose(reason, of: peer) }
         peer?.transportClosed()
         peer = nil
     }

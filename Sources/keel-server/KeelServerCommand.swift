@@ -55,6 +55,9 @@ struct KeelServerCommand: ParsableCommand {
     @Option(help: "Log at this level and above, to standard error (trace, debug, info, notice, warning, error, critical).")
     var logLevel: Logger.Level = .info
 
+    @Option(help: "Log lines as text or json (one JSON object per line).")
+    var logFormat: LogFormat = .text
+
     @Option(help: "Run N worker processes on the same listeners (SO_REUSEPORT) under a supervisor that restarts any that die; SIGUSR2 replaces them one at a time.")
     var workers: Int?
 
@@ -67,7 +70,7 @@ struct KeelServerCommand: ParsableCommand {
 
     /// The options a worker process gets (all but the configuration file, which the supervisor picks).
     private var workerArguments: [String] {
-        var arguments = ["--threads", "\(threads)", "--log-level", "\(logLevel)"]
+        var arguments = ["--threads", "\(threads)", "--log-level", "\(logLevel)", "--log-format", logFormat.rawValue]
         if let backend { arguments += ["--backend", "\(backend)"] }
         if let bufferKib { arguments += ["--buffer-kib", "\(bufferKib)"] }
         if let bufferPoolMib { arguments += ["--buffer-pool-mib", "\(bufferPoolMib)"] }
@@ -97,12 +100,7 @@ struct KeelServerCommand: ParsableCommand {
             return
         }
         var configuration = try config.map { try load($0, with: loader) } ?? defaultConfiguration(loader)
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        bootstrapLogging(level: logLevel, format: logFormat)
         let logger = Logger(label: "keel.server")
         // On the main thread, before any other thread starts: every thread inherits the mask, so the
         // signals wait for `sigwait` below instead of killing the process.
@@ -205,3 +203,5 @@ func announceError(_ line: String) {
     let bytes = Array((line + "\n").utf8)
     _ = bytes.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
 }
+
+extension LogFormat: ExpressibleByArgument {}
