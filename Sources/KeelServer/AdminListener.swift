@@ -131,7 +131,8 @@ enum StatusPage {
           draw(row.cells[11].firstChild, history[e.name]);
         });
         const b = s.buffer_pool;
-        document.getElementById('pool').textContent = `buffer pool: ${b.in_use} buffers in use (${b.held_by_kernel} lent to the kernel), ${fmt(b.slab_bytes)}B mapped, ${b.failed_acquisitions} refused at the cap`;
+        const lag = (s.loop_lag || []).map(l => `thread ${l.thread}: ${l.worst_ms.toFixed(1)} ms worst, ${l.mean_ms.toFixed(2)} ms mean`).join('; ');
+        document.getElementById('pool').textContent = `buffer pool: ${b.in_use} buffers in use (${b.held_by_kernel} lent to the kernel), ${fmt(b.slab_bytes)}B mapped, ${b.failed_acquisitions} refused at the cap. Timer lag: ${lag}`;
         last = s;
       } catch (err) { document.getElementById('summary').textContent = 'status unavailable: ' + err; }
     }

@@ -1,3 +1,4 @@
+import KeelSockets
 import Synchronization
 
 /// One I/O thread's counters for one endpoint. Only that thread writes them (a relaxed load and
@@ -15,6 +16,13 @@ final class ThreadCounters: Sendable {
     let closed = Atomic<Int>(0)
     /// Peers closed for a bad message (oversized, malformed framing).
     let badMessages = Atomic<Int>(0)
+    /// Connections closed, by ``CloseReasonBucket``.
+    let closeReasons = CloseReasonBucket.allCases.map { _ in CloseCount() }
+
+    /// One bucket's count.
+    final class CloseCount: Sendable {
+        let value = Atomic<Int>(0)
+    }
     // Keeps the next thread's counters off this cache line (objects are allocated apart, but small
     // ones may share a line).
     private let padding: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
@@ -37,6 +45,19 @@ final class ThreadCounters: Sendable {
     func peerOpened() { Self.bump(opened) }
     func peerClosed() { Self.bump(closed) }
     func badMessage() { Self.bump(badMessages) }
+    func closed(because reason: CloseReasonBucket) { Self.bump(closeReasons[reason.rawValue].value) }
+}
+
+/// Why connections closed, in the buckets metrics report (layers' own codes fall under `other`).
+enum CloseReasonBucket: Int, CaseIterable, Sendable {
+    case local, peerClosed, reset, idleTimeout, readTimeout, slowConsumer, error, protocolError, resourceExhausted, other
+
+    init(_ code: TCPCloseReason.Code) {
+        self = Self.allCases.first { $0.name == code.name } ?? .other
+    }
+
+    /// The code's name (`TCPCloseReason.Code.name`).
+    var name: String { "\(self)" }
 }
 
 /// An endpoint's traffic counters, summed over threads.
@@ -70,6 +91,9 @@ public struct EndpointTraffic: Sendable, Hashable {
     public var peersClosed = 0
     /// Peers closed for a bad message (oversized, malformed framing).
     public var badMessages = 0
+    /// Connections closed, by reason (`peerClosed`, `local`, `reset`, `idleTimeout`, `readTimeout`,
+    /// `slowConsumer`, `error`, `protocolError`, `resourceExhausted`, `other`); absent reasons are 0.
+    public var closeReasons: [String: Int] = [:]
 }
 
 /// Per-thread counters of one endpoint.
@@ -91,6 +115,10 @@ final class EndpointCounters: Sendable {
             total.peersOpened += counters.opened.load(ordering: .relaxed)
             total.peersClosed += counters.closed.load(ordering: .relaxed)
             total.badMessages += counters.badMessages.load(ordering: .relaxed)
+            for bucket in CloseReasonBucket.allCases {
+                let count = counters.closeReasons[bucket.rawValue].value.load(ordering: .relaxed)
+                if count > 0 { total.closeReasons[bucket.name, default: 0] += count }
+            }
         }
         return total
     }

@@ -49,6 +49,7 @@ final class EndpointRuntime: @unchecked Sendable {
 
     /// Logs why a peer was closed when an operator should know (a slow consumer, a bad message).
     func noteClose(_ reason: TCPCloseReason, of peer: PluginPeer) {
+        counters.threads[peer.thread.index].closed(because: CloseReasonBucket(reason.code))
         let metadata: Logger.Metadata = ["endpoint": "\(name)", "peer": "\(peer.remoteAddress.map { "\($0)" } ?? "-")", "reason": "\(reason)"]
         if reason == .slowConsumer {
             events.log(.warning, kind: "\(name).slow", "slow consumer closed (its send queue reached flow-control.limit)", metadata: metadata)

@@ -46,13 +46,19 @@ public final class MetricsPublisher: Sendable {
             level("keel_buffer_pool_buffers_held_by_kernel", Double(status.bufferPool.heldByKernel), [])
             level("keel_buffer_pool_slab_bytes", Double(status.bufferPool.slabBytes), [])
             total("keel_buffer_pool_exhausted_total", status.bufferPool.failedAcquisitions, [])
+            for lag in status.loopLag {
+                level("keel_io_thread_lag_worst_seconds", lag.worstMilliseconds / 1000, [("thread", "\(lag.thread)")])
+                level("keel_io_thread_lag_mean_seconds", lag.meanMilliseconds / 1000, [("thread", "\(lag.thread)")])
+            }
             for endpoint in status.endpoints {
                 let labels = [("endpoint", endpoint.name), ("transport", endpoint.transport)]
                 level("keel_connections_open", Double(endpoint.open), labels)
                 level("keel_connections_limit", Double(endpoint.maximumConnections), labels)
                 total("keel_connections_accepted_total", endpoint.accepted, labels)
                 total("keel_connections_refused_total", endpoint.refused, labels)
-                total("keel_connections_closed_total", endpoint.traffic.peersClosed, labels)
+                for (reason, count) in endpoint.traffic.closeReasons {
+                    total("keel_connections_closed_total", count, labels + [("reason", reason)])
+                }
                 total("keel_messages_received_total", endpoint.traffic.messagesIn, labels)
                 total("keel_messages_sent_total", endpoint.traffic.messagesOut, labels)
                 total("keel_bytes_received_total", endpoint.traffic.bytesIn, labels)

@@ -37,6 +37,7 @@ public final class ServerHost: AdminStatusSource, Sendable {
     fileprivate let logger = Logger(label: "keel.server")
     private let startTime = ContinuousClock.now
     private let exporter = PrometheusExporter()
+    private let lag: LoopLagProbe
 
     fileprivate struct State: Sendable {
         var configuration: ServerConfiguration
@@ -53,6 +54,7 @@ public final class ServerHost: AdminStatusSource, Sendable {
     /// - Throws: ``EndpointStartError`` (after stopping what had started).
     public init(configuration: ServerConfiguration, pool: IOPool, plugins: PluginRegistry = .builtIn) async throws {
         self.pool = pool
+        lag = LoopLagProbe(pool: pool)
         state = Mutex(State(configuration: configuration, endpoints: [], admin: nil))
         var started: [RunningEndpoint] = []
         let plugins = try plugins.adding(libraries: configuration.pluginLibraries)
@@ -118,7 +120,8 @@ public final class ServerHost: AdminStatusSource, Sendable {
             endpoints: endpoints.map(\.status),
             bufferPool: BufferPoolStatus(
                 inUse: pools.reduce(0) { $0 + $1.inUse }, heldByKernel: pools.reduce(0) { $0 + $1.heldByKernel },
-                slabBytes: pools.reduce(0) { $0 + $1.slabBytes }, failedAcquisitions: pools.reduce(0) { $0 + $1.failedAcquisitions }))
+                slabBytes: pools.reduce(0) { $0 + $1.slabBytes }, failedAcquisitions: pools.reduce(0) { $0 + $1.failedAcquisitions }),
+            loopLag: lag.read())
     }
 
     /// `duration` in seconds, to the millisecond.

@@ -13,9 +13,34 @@ public struct ServerStatus: Sendable, Hashable, Decodable {
     public var endpoints: [EndpointStatus]
     /// The buffer pools, summed over threads.
     public var bufferPool: BufferPoolStatus
+    /// How late each I/O thread's timers fire (of every worker, with `--workers`).
+    public var loopLag: [ThreadLoopLag] = []
 
     enum CodingKeys: String, CodingKey {
         case uptimeSeconds = "uptime_seconds", backend, threads, source = "config", endpoints, bufferPool = "buffer_pool"
+        case loopLag = "loop_lag"
+    }
+
+    public init(uptimeSeconds: Double, backend: String, threads: Int, source: String, endpoints: [EndpointStatus],
+                bufferPool: BufferPoolStatus, loopLag: [ThreadLoopLag] = []) {
+        self.uptimeSeconds = uptimeSeconds
+        self.backend = backend
+        self.threads = threads
+        self.source = source
+        self.endpoints = endpoints
+        self.bufferPool = bufferPool
+        self.loopLag = loopLag
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        uptimeSeconds = try values.decode(Double.self, forKey: .uptimeSeconds)
+        backend = try values.decode(String.self, forKey: .backend)
+        threads = try values.decode(Int.self, forKey: .threads)
+        source = try values.decode(String.self, forKey: .source)
+        endpoints = try values.decode([EndpointStatus].self, forKey: .endpoints)
+        bufferPool = try values.decode(BufferPoolStatus.self, forKey: .bufferPool)
+        loopLag = try values.decodeIfPresent([ThreadLoopLag].self, forKey: .loopLag) ?? []
     }
 
     /// The sum of several processes' statuses (workers sharing the same listeners): counters and
@@ -29,6 +54,8 @@ public struct ServerStatus: Sendable, Hashable, Decodable {
             total.bufferPool.heldByKernel += status.bufferPool.heldByKernel
             total.bufferPool.slabBytes += status.bufferPool.slabBytes
             total.bufferPool.failedAcquisitions += status.bufferPool.failedAcquisitions
+            let offset = total.loopLag.count
+            total.loopLag += status.loopLag.map { ThreadLoopLag(thread: $0.thread + offset, worstMilliseconds: $0.worstMilliseconds, meanMilliseconds: $0.meanMilliseconds) }
             for endpoint in status.endpoints {
                 guard let index = total.endpoints.firstIndex(where: { $0.name == endpoint.name }) else {
                     total.endpoints.append(endpoint)
@@ -45,6 +72,7 @@ public struct ServerStatus: Sendable, Hashable, Decodable {
         var out = "{\"uptime_seconds\":\(uptimeSeconds),\"backend\":\(quoted(backend)),\"threads\":\(threads),"
         out += "\"config\":\(quoted(source)),\"buffer_pool\":\(bufferPool.json),\"endpoints\":["
         out += endpoints.map(\.json).joined(separator: ",")
+        out += "],\"loop_lag\":[" + loopLag.map(\.json).joined(separator: ",")
         return out + "]}"
     }
 }
@@ -73,7 +101,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
     enum CodingKeys: String, CodingKey {
         case name, transport, plugin, listen, open, maximumConnections = "max_connections", accepted, refused
         case messagesIn = "messages_in", messagesOut = "messages_out", bytesIn = "bytes_in", bytesOut = "bytes_out"
-        case drops, badMessages = "bad_messages", peersClosed = "closed"
+        case drops, badMessages = "bad_messages", peersClosed = "closed", closeReasons = "close_reasons"
     }
 
     /// Creates an endpoint status.
@@ -106,6 +134,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
             drops: try values.decode(Int.self, forKey: .drops), peersOpened: try values.decode(Int.self, forKey: .accepted),
             peersClosed: try values.decodeIfPresent(Int.self, forKey: .peersClosed) ?? 0,
             badMessages: try values.decode(Int.self, forKey: .badMessages))
+        traffic.closeReasons = try values.decodeIfPresent([String: Int].self, forKey: .closeReasons) ?? [:]
     }
 
     /// Adds another process's counters for the same endpoint.
@@ -122,6 +151,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
         traffic.peersOpened += other.traffic.peersOpened
         traffic.peersClosed += other.traffic.peersClosed
         traffic.badMessages += other.traffic.badMessages
+        traffic.closeReasons.merge(other.traffic.closeReasons) { $0 + $1 }
     }
 
     var json: String {
@@ -129,8 +159,25 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
             + "\"listen\":[\(listen.map(quoted).joined(separator: ","))],\"open\":\(open),\"max_connections\":\(maximumConnections),"
             + "\"accepted\":\(accepted),\"refused\":\(refused),\"messages_in\":\(traffic.messagesIn),"
             + "\"messages_out\":\(traffic.messagesOut),\"bytes_in\":\(traffic.bytesIn),\"bytes_out\":\(traffic.bytesOut),"
-            + "\"drops\":\(traffic.drops),\"bad_messages\":\(traffic.badMessages),\"closed\":\(traffic.peersClosed)}"
+            + "\"drops\":\(traffic.drops),\"bad_messages\":\(traffic.badMessages),\"closed\":\(traffic.peersClosed),"
+            + "\"close_reasons\":{\(traffic.closeReasons.sorted { $0.key < $1.key }.map { "\(quoted($0.key)):\($0.value)" }.joined(separator: ","))}}"
     }
+}
+
+/// How late one I/O thread's timers fire: its loop's responsiveness.
+public struct ThreadLoopLag: Sendable, Hashable, Decodable {
+    /// The thread's index (workers' threads follow each other).
+    public var thread: Int
+    /// The worst lateness since the previous status, in milliseconds.
+    public var worstMilliseconds: Double
+    /// The mean lateness since start, in milliseconds.
+    public var meanMilliseconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case thread, worstMilliseconds = "worst_ms", meanMilliseconds = "mean_ms"
+    }
+
+    var json: String { "{\"thread\":\(thread),\"worst_ms\":\(worstMilliseconds),\"mean_ms\":\(meanMilliseconds)}" }
 }
 
 /// The buffer pools, summed over I/O threads.

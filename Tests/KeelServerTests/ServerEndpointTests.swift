@@ -148,6 +148,8 @@ struct ServerEndpointTests {
             #expect(samples["keel_messages_sent_total{endpoint=\"udp\",transport=\"udp\"}"] == 1)
             #expect(samples["keel_connections_open{endpoint=\"ws\",transport=\"ws\"}"] != nil)
             #expect(samples["keel_buffer_pool_slab_bytes"].map { $0 > 0 } == true)
+            #expect(samples["keel_connections_closed_total{endpoint=\"tcp\",transport=\"tcp\",reason=\"peerClosed\"}"] == 1)
+            #expect(samples["keel_io_thread_lag_worst_seconds{thread=\"1\"}"] != nil)
             #expect(json.body.contains("\"name\":\"tcp\"") && json.body.contains("\"bytes_in\":50000"))
             #expect(page.body.contains("<title>keel-server status</title>") && page.body.contains("/status.json"))
         }
@@ -213,6 +215,8 @@ struct ServerEndpointTests {
             #expect(closed)
             #expect(otherAnswered)
             #expect(await eventually { host.status.endpoints[0].traffic.badMessages == 1 })
+            #expect(host.status.endpoints[0].traffic.closeReasons["protocolError"] == 1)
+            #expect(host.status.loopLag.count == 2)
         }
     }
 
