@@ -3,7 +3,8 @@
 # so together they hold more connections than one process may have descriptors (20,000 here). Clients
 # are keel-bench hold processes, each under the same per-process limit, spread over 127.0.0.x sources.
 # Reports the connections reached (from the supervisor's /status.json, summed over workers), the time to
-# reach them and each worker's RSS.
+# reach them and each worker's RSS; then what a reload (SIGHUP, same file) and a killed worker (SIGKILL)
+# did to the open connections.
 #
 #   scripts/hold-workers.sh [connections=60000] [workers=4] [clients=4]
 set -euo pipefail
@@ -54,4 +55,17 @@ for child in $(cat "/proc/$server/task/$server/children"); do
     echo "  worker pid $child: RSS $((rss / 1024)) MiB, $fds descriptors, $(( rss * 1024 / (fds > 0 ? fds : 1) )) bytes of RSS per descriptor"
 done
 curl -s -m 5 "http://127.0.0.1:$admin/metrics" | grep '^keel_connections_open'
-[ "$reached" -ge "$total" ]
+[ "$reached" -ge "$total" ] || exit 1
+
+kill -HUP "$server"
+sleep 2
+after_reload=$(open_now)
+echo "reload (SIGHUP, same file): $reached open before, $after_reload after ($(( reached - after_reload )) dropped)"
+
+victim=$(cut -d' ' -f1 "/proc/$server/task/$server/children")
+victim_fds=$(ls "/proc/$victim/fd" | wc -l)
+kill -9 "$victim"
+sleep 2
+after_kill=$(open_now)
+echo "killed worker pid $victim (it held $victim_fds descriptors): $after_reload open before, $after_kill after ($(( after_reload - after_kill )) dropped: that worker's own connections); $(grep -c "exited (signal 9); restarting" "$out") restart logged"
+

@@ -159,3 +159,78 @@ struct ConfigurationTests {
         #expect(ListenAddress(host: "::1", port: 9).description == "[::1]:9")
     }
 }
+
+/// Every message the loader can give, one small file each: the key it names and what it says.
+@Suite("keel-server configuration messages")
+struct ConfigurationMessageTests {
+    static let cases: [(yaml: String, key: String, problem: String)] = [
+        ("- a\n- b\n", "(file)", "the file is not a YAML mapping"),
+        ("endpoints: 3\n", "endpoints", "must be a list of endpoints"),
+        ("endpoints: []\n", "endpoints", "no endpoints"),
+        ("endpoints: [3]\n", "(endpoint)", "an endpoint must be a mapping"),
+        ("endpoints:\n  - { name: \"a b\", listen: \"127.0.0.1:1\", plugin: echo }\n", "name", "\"a b\" is not a valid name"),
+        ("endpoints:\n  - { listen: \"127.0.0.1:1\", plugin: echo }\n", "name", "missing"),
+        ("endpoints:\n  - { name: a, plugin: echo }\n", "listen", "missing"),
+        ("endpoints:\n  - { name: a, listen: [], plugin: echo }\n", "listen", "no addresses"),
+        ("endpoints:\n  - { name: a, listen: [[1]], plugin: echo }\n", "listen", "each entry must be a single value"),
+        ("endpoints:\n  - { name: a, listen: { x: 1 }, plugin: echo }\n", "listen", "must be a value or a list of values"),
+        ("endpoints:\n  - { name: a, listen: \"localhost:80\", plugin: echo }\n", "listen", "is not HOST:PORT with a numeric host"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\" }\n", "plugin", "missing"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: [echo] }\n", "plugin", "must be a single value"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, framing: length-prefixed, length-prefix-bytes: 3 }\n",
+         "length-prefix-bytes", "3 is not 1, 2, 4 or 8"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, length-prefix-bytes: 2 }\n",
+         "length-prefix-bytes", "only for `framing: length-prefixed`"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, framing: fixed }\n", "fixed-size", "missing for `framing: fixed`"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, fixed-size: 4 }\n", "fixed-size", "only for `framing: fixed`"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, framing: fixed, fixed-size: 100, limits: { max-message-bytes: 10 } }\n",
+         "fixed-size", "100 is larger than limits.max-message-bytes (10)"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, limits: { max-connections: 0 } }\n",
+         "limits.max-connections", "\"0\" is not a whole number of at least 1"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, limits: { max-message-bytes: 12XB } }\n",
+         "limits.max-message-bytes", "\"12XB\" is not a size of at least 1 bytes"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, limits: 5 }\n", "limits", "must be a mapping"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, flow-control: { policy: drop } }\n",
+         "flow-control.policy", "unknown value \"drop\""),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, flow-control: { pause-reading: sometimes } }\n",
+         "flow-control.pause-reading", "\"sometimes\" is not a boolean"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", transport: udp, plugin: echo, proxy-protocol: required }\n",
+         "proxy-protocol", "the PROXY protocol is for stream transports"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, proxy-protocol: maybe }\n",
+         "proxy-protocol", "\"maybe\" is not off, required or a mapping"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, proxy-protocol: { trusted: [10.0.0.0/33] } }\n",
+         "proxy-protocol.trusted", "\"10.0.0.0/33\" is not an address range"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, proxy-protocol: {} }\n", "proxy-protocol.trusted", "missing"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, tls: { certificate: /etc/hostname, key: /etc/hostname } }\n",
+         "tls", "certificates on a tcp endpoint are not used"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, websocket: { compression: true } }\n",
+         "websocket", "WebSocket options on a tcp endpoint are not used"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", transport: ws, plugin: echo, websocket: { ping-interval: often } }\n",
+         "websocket.ping-interval", "\"often\" is not a duration"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, settings: 3 }\n", "settings", "must be a mapping of setting names to values"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: chat, settings: { room: { x: 1 } } }\n",
+         "settings.room", "must be a value or a list of values"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: chat, settings: { room: \"two words\" } }\n",
+         "settings.room", "\"two words\" is not a room name"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: kv, settings: { max-value-bytes: 1TB } }\n",
+         "settings.max-value-bytes", "\"1TB\" is not a size in"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo, colour: red }\n", "colour", "unknown key"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", transport: udp, plugin: echo }\n  - { name: b, listen: \"127.0.0.1:1\", transport: udp, plugin: echo }\n",
+         "listen", "UDP port 1 is already used by endpoint \"a\""),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo }\nadmin: 5\n", "admin", "must be a mapping"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo }\nadmin: {}\n", "admin.listen", "missing"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo }\nshutdown-deadline: -1\n", "shutdown-deadline", "\"-1\" is not a duration"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo }\nplugin-libraries: [/nonexistent.so]\n",
+         "plugin-libraries", "cannot load the library"),
+        ("endpoints:\n  - { name: a, listen: \"127.0.0.1:1\", plugin: echo\n", "(syntax)", "not valid YAML"),
+    ]
+
+    @Test(arguments: cases.indices)
+    func eachMistakeGetsItsMessage(index: Int) throws {
+        let (yaml, key, problem) = Self.cases[index]
+        let error = try #require(throws: ConfigurationError.self) { try ConfigurationLoader().parse(yaml, file: "case.yaml") }
+        #expect(error.issues.contains { $0.key == key && $0.problem.contains(problem) && !$0.fix.isEmpty },
+                "case \(index): expected \(key): \(problem) in\n\(error)")
+        #expect(error.issues.allSatisfy { $0.description.hasPrefix("case.yaml") })
+    }
+}
