@@ -63,7 +63,7 @@ public final class MetricsPublisher: Sendable {
                 total("keel_messages_sent_total", endpoint.traffic.messagesOut, labels)
                 total("keel_bytes_received_total", endpoint.traffic.bytesIn, labels)
                 total("keel_bytes_sent_total", endpoint.traffic.bytesOut, labels)
-                total("keel_messages_dropped_total", endpoint.traffic.drops, labels)
+                total("keel_messages_dropped_total", endpoint.traffic.drops, labels + [("policy", endpoint.flowPolicy)])
                 total("keel_bad_messages_total", endpoint.traffic.badMessages, labels)
             }
         }

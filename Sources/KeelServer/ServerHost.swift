@@ -393,7 +393,7 @@ final class RunningEndpoint: Sendable {
             maximumConnections: runtime.configuration.limits.maximumConnections,
             accepted: statistics.reduce(0) { $0 + $1.accepted } + (runtime.configuration.transport == .udp ? traffic.peersOpened : 0),
             refused: statistics.reduce(0) { $0 + $1.refused + $1.refusedByFilters } + udpServers.reduce(0) { $0 + $1.refusedDatagrams },
-            traffic: traffic)
+            traffic: traffic, flowPolicy: runtime.configuration.flowControl.policy.rawValue)
     }
 
     func stopAccepting() async {

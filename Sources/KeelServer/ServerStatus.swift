@@ -97,16 +97,18 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
     public var refused: Int
     /// Messages and bytes.
     public var traffic: EndpointTraffic
+    /// The flow-control policy that drops count against (`disconnect`, `drop-newest`, `drop-oldest`).
+    public var flowPolicy: String = FlowControlPolicy.Policy.disconnect.rawValue
 
     enum CodingKeys: String, CodingKey {
         case name, transport, plugin, listen, open, maximumConnections = "max_connections", accepted, refused
         case messagesIn = "messages_in", messagesOut = "messages_out", bytesIn = "bytes_in", bytesOut = "bytes_out"
-        case drops, badMessages = "bad_messages", peersClosed = "closed", closeReasons = "close_reasons"
+        case drops, badMessages = "bad_messages", peersClosed = "closed", closeReasons = "close_reasons", flowPolicy = "flow_policy"
     }
 
     /// Creates an endpoint status.
     public init(name: String, transport: String, plugin: String, listen: [String], open: Int, maximumConnections: Int,
-                accepted: Int, refused: Int, traffic: EndpointTraffic) {
+                accepted: Int, refused: Int, traffic: EndpointTraffic, flowPolicy: String = "disconnect") {
         self.name = name
         self.transport = transport
         self.plugin = plugin
@@ -116,6 +118,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
         self.accepted = accepted
         self.refused = refused
         self.traffic = traffic
+        self.flowPolicy = flowPolicy
     }
 
     public init(from decoder: any Decoder) throws {
@@ -135,6 +138,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
             peersClosed: try values.decodeIfPresent(Int.self, forKey: .peersClosed) ?? 0,
             badMessages: try values.decode(Int.self, forKey: .badMessages))
         traffic.closeReasons = try values.decodeIfPresent([String: Int].self, forKey: .closeReasons) ?? [:]
+        flowPolicy = try values.decodeIfPresent(String.self, forKey: .flowPolicy) ?? flowPolicy
     }
 
     /// Adds another process's counters for the same endpoint.
@@ -159,7 +163,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
             + "\"listen\":[\(listen.map(quoted).joined(separator: ","))],\"open\":\(open),\"max_connections\":\(maximumConnections),"
             + "\"accepted\":\(accepted),\"refused\":\(refused),\"messages_in\":\(traffic.messagesIn),"
             + "\"messages_out\":\(traffic.messagesOut),\"bytes_in\":\(traffic.bytesIn),\"bytes_out\":\(traffic.bytesOut),"
-            + "\"drops\":\(traffic.drops),\"bad_messages\":\(traffic.badMessages),\"closed\":\(traffic.peersClosed),"
+            + "\"drops\":\(traffic.drops),\"flow_policy\":\(quoted(flowPolicy)),\"bad_messages\":\(traffic.badMessages),\"closed\":\(traffic.peersClosed),"
             + "\"close_reasons\":{\(traffic.closeReasons.sorted { $0.key < $1.key }.map { "\(quoted($0.key)):\($0.value)" }.joined(separator: ","))}}"
     }
 }

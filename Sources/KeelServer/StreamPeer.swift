@@ -98,8 +98,9 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
             withUnsafeBytes(of: &header) { _ = buffer.append(UnsafeRawBufferPointer(rebasing: $0[..<headerBytes])) }
             _ = buffer.append(bytes)
             if trailer { _ = buffer.append(contentsOf: CollectionOfOne(UInt8(ascii: "\n"))) }
+            let dropped = connection.droppedWrites
             connection.write(buffer)
-            return true
+            return connection.droppedWrites == dropped  // a drop-newest / drop-oldest policy dropped a write
         }
         // Longer than one buffer: a chain, written with one vectored write.
         var chain = BufferChain()
@@ -110,15 +111,17 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
             copied = copied && withUnsafeBytes(of: UInt8(ascii: "\n")) { chain.append(copying: $0, from: pool) }
         }
         guard copied else { return false }
+        let dropped = connection.droppedWrites
         connection.write(chain)
-        return true
+        return connection.droppedWrites == dropped
     }
 
     override func transmit(_ broadcast: PluginBroadcast) -> Bool {
         if case .fixed(let size) = framing, broadcast.count != size { return false }
         guard let buffers = broadcast.buffers(for: broadcastKind) else { return false }
+        let dropped = connection.droppedWrites
         for buffer in buffers { connection.write(buffer) }
-        return true
+        return connection.droppedWrites == dropped
     }
 }
 
@@ -139,8 +142,9 @@ final class RawStreamPeer: StreamPeer, @unchecked Sendable {
 
     override func transmitHeld() -> Bool {
         guard let buffer = held.take() else { return false }
+        let dropped = connection.droppedWrites
         connection.write(buffer)
-        return true
+        return connection.droppedWrites == dropped
     }
 }
 

@@ -221,6 +221,36 @@ struct ServerEndpointTests {
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aDropPolicyDropsForASlowReaderAndCountsItInsteadOfDisconnecting(backend: BackendKind) async throws {
+        let yaml = """
+        endpoints:
+          - name: ticker
+            listen: 127.0.0.1:0
+            plugin: echo
+            flow-control: { high-watermark: 16KiB, limit: 64KiB, policy: drop-newest, pause-reading: false }
+        """
+        try await withServer(yaml, backend: backend) { host, addresses in
+            let address = try #require(addresses["ticker"])
+            let client = try await blocking { () -> TestClient in
+                let client = try TestClient(address)
+                var size: Int32 = 4096
+                setsockopt(client.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+                // 4 MiB sent, nothing read: the echoes pile up past the 64 KiB limit.
+                let chunk = [UInt8](repeating: 0x5A, count: 65536)
+                for _ in 0..<64 { client.send(chunk) }
+                return client
+            }
+            defer { client.close() }
+            #expect(await eventually { host.status.endpoints[0].traffic.bytesIn == 4 << 20 })
+            let status = host.status.endpoints[0]
+            #expect(status.traffic.drops > 0, "\(status.traffic)")
+            #expect(status.open == 1, "dropped, not disconnected")
+            #expect(status.flowPolicy == "drop-newest")
+            #expect(status.traffic.closeReasons["slowConsumer"] == nil)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func chatBroadcastsToTheRoomAndDeliversPrivateMessages(backend: BackendKind) async throws {
         let yaml = """
         endpoints:
