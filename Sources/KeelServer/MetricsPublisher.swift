@@ -56,6 +56,10 @@ public final class MetricsPublisher: Sendable {
                 level("keel_connections_limit", Double(endpoint.maximumConnections), labels)
                 total("keel_connections_accepted_total", endpoint.accepted, labels)
                 total("keel_connections_refused_total", endpoint.refused, labels)
+                total("keel_connections_failed_before_open_total", endpoint.failedBeforeOpening, labels)
+                if endpoint.transport == "tls" || endpoint.transport == "wss" {
+                    level("keel_tls_handshakes_in_progress", Double(endpoint.handshakesInProgress), labels)
+                }
                 for (reason, count) in endpoint.traffic.closeReasons {
                     total("keel_connections_closed_total", count, labels + [("reason", reason)])
                 }

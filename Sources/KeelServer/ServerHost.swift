@@ -285,6 +285,8 @@ final class RunningEndpoint: Sendable {
     let listeners: [ServerListener]
     private let tcpServers: [any DrainableServer]
     private let udpServers: [UDPSessionServer<PluginDatagramHandler>]
+    /// The endpoint's TLS context (tls, wss), for its handshake counts.
+    private let tlsContext: TLSContext?
 
     init(configuration: EndpointConfiguration, pool: IOPool, plugins: PluginRegistry) throws {
         guard let definition = plugins[configuration.plugin] else {
@@ -304,6 +306,7 @@ final class RunningEndpoint: Sendable {
         var tcpServers: [any DrainableServer] = []
         var udpServers: [UDPSessionServer<PluginDatagramHandler>] = []
         var listeners: [ServerListener] = []
+        var tlsContext: TLSContext?
         do {
             if configuration.transport == .udp {
                 for address in configuration.listen {
@@ -315,7 +318,8 @@ final class RunningEndpoint: Sendable {
                     listeners.append(ServerListener(endpoint: configuration.name, address: server.localAddress, transport: .udp))
                 }
             } else {
-                let options = try Self.connectionOptions(for: configuration, runtime: runtime)
+                let (options, context) = try Self.connectionOptions(for: configuration, runtime: runtime)
+                tlsContext = context
                 for address in configuration.listen {
                     var server = TCPServerConfiguration(host: address.host, port: address.port)
                     server.maximumConnections = configuration.limits.maximumConnections
@@ -343,12 +347,15 @@ final class RunningEndpoint: Sendable {
         self.tcpServers = tcpServers
         self.udpServers = udpServers
         self.listeners = listeners
+        self.tlsContext = tlsContext
     }
 
     /// The connection options an endpoint's configuration asks for (filters bottom up: PROXY, TLS,
     /// then HTTP and WebSockets).
-    static func connectionOptions(for configuration: EndpointConfiguration, runtime: EndpointRuntime) throws -> TCPConnectionOptions {
+    static func connectionOptions(for configuration: EndpointConfiguration,
+                                  runtime: EndpointRuntime) throws -> (options: TCPConnectionOptions, tls: TLSContext?) {
         var options = TCPConnectionOptions()
+        var context: TLSContext?
         options.idleTimeout = configuration.limits.idleTimeout
         options.readTimeout = configuration.limits.readTimeout
         options.flowControl = configuration.flowControl.tcpFlowControl
@@ -356,7 +363,9 @@ final class RunningEndpoint: Sendable {
             var tls = TLSConfiguration.server(certificateChain: settings.certificate, privateKey: settings.key)
             if let ca = settings.clientCA { tls.peerVerification = .required(.file(ca)) }
             tls.applicationProtocols = settings.alpn
-            options.useTLS(try TLSContext(configuration: tls))
+            let made = try TLSContext(configuration: tls)
+            options.useTLS(made)
+            context = made
         }
         switch configuration.proxyProtocol {
         case .off: break
@@ -381,7 +390,7 @@ final class RunningEndpoint: Sendable {
             }
             options.serveWebSockets(configuration: webSocket, checkOrigin: checkOrigin) { PluginWebSocketHandler(runtime: runtime) }
         }
-        return options
+        return (options, context)
     }
 
     var status: EndpointStatus {
@@ -392,8 +401,9 @@ final class RunningEndpoint: Sendable {
             listen: listeners.map { "\($0.address)" }, open: runtime.openPeers,
             maximumConnections: runtime.configuration.limits.maximumConnections,
             accepted: statistics.reduce(0) { $0 + $1.accepted } + (runtime.configuration.transport == .udp ? traffic.peersOpened : 0),
-            refused: statistics.reduce(0) { $0 + $1.refused + $1.refusedByFilters } + udpServers.reduce(0) { $0 + $1.refusedDatagrams },
-            traffic: traffic, flowPolicy: runtime.configuration.flowControl.policy.rawValue)
+            refused: statistics.reduce(0) { $0 + $1.refused } + udpServers.reduce(0) { $0 + $1.refusedDatagrams },
+            traffic: traffic, flowPolicy: runtime.configuration.flowControl.policy.rawValue,
+            failedBeforeOpening: statistics.reduce(0) { $0 + $1.refusedByFilters }, handshakesInProgress: tlsContext?.handshakesNow ?? 0)
     }
 
     func stopAccepting() async {

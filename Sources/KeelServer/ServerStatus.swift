@@ -93,8 +93,12 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
     public var maximumConnections: Int
     /// Connections accepted (UDP: peers seen).
     public var accepted: Int
-    /// Connections refused (limits, PROXY or TLS failures before opening; UDP: datagrams past the peer limit).
+    /// Connections refused at the limits (UDP: datagrams past the peer limit).
     public var refused: Int
+    /// Connections closed before they opened: a TLS handshake or a PROXY header that failed.
+    public var failedBeforeOpening: Int = 0
+    /// TLS handshakes in progress now (tls, wss).
+    public var handshakesInProgress: Int = 0
     /// Messages and bytes.
     public var traffic: EndpointTraffic
     /// The flow-control policy that drops count against (`disconnect`, `drop-newest`, `drop-oldest`).
@@ -104,11 +108,13 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
         case name, transport, plugin, listen, open, maximumConnections = "max_connections", accepted, refused
         case messagesIn = "messages_in", messagesOut = "messages_out", bytesIn = "bytes_in", bytesOut = "bytes_out"
         case drops, badMessages = "bad_messages", peersClosed = "closed", closeReasons = "close_reasons", flowPolicy = "flow_policy"
+        case failedBeforeOpening = "failed_before_opening", handshakesInProgress = "handshakes_in_progress"
     }
 
     /// Creates an endpoint status.
     public init(name: String, transport: String, plugin: String, listen: [String], open: Int, maximumConnections: Int,
-                accepted: Int, refused: Int, traffic: EndpointTraffic, flowPolicy: String = "disconnect") {
+                accepted: Int, refused: Int, traffic: EndpointTraffic, flowPolicy: String = "disconnect",
+                failedBeforeOpening: Int = 0, handshakesInProgress: Int = 0) {
         self.name = name
         self.transport = transport
         self.plugin = plugin
@@ -119,6 +125,8 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
         self.refused = refused
         self.traffic = traffic
         self.flowPolicy = flowPolicy
+        self.failedBeforeOpening = failedBeforeOpening
+        self.handshakesInProgress = handshakesInProgress
     }
 
     public init(from decoder: any Decoder) throws {
@@ -139,6 +147,8 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
             badMessages: try values.decode(Int.self, forKey: .badMessages))
         traffic.closeReasons = try values.decodeIfPresent([String: Int].self, forKey: .closeReasons) ?? [:]
         flowPolicy = try values.decodeIfPresent(String.self, forKey: .flowPolicy) ?? flowPolicy
+        failedBeforeOpening = try values.decodeIfPresent(Int.self, forKey: .failedBeforeOpening) ?? 0
+        handshakesInProgress = try values.decodeIfPresent(Int.self, forKey: .handshakesInProgress) ?? 0
     }
 
     /// Adds another process's counters for the same endpoint.
@@ -147,6 +157,8 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
         maximumConnections += other.maximumConnections
         accepted += other.accepted
         refused += other.refused
+        failedBeforeOpening += other.failedBeforeOpening
+        handshakesInProgress += other.handshakesInProgress
         traffic.messagesIn += other.traffic.messagesIn
         traffic.messagesOut += other.traffic.messagesOut
         traffic.bytesIn += other.traffic.bytesIn
@@ -161,7 +173,8 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
     var json: String {
         "{\"name\":\(quoted(name)),\"transport\":\(quoted(transport)),\"plugin\":\(quoted(plugin)),"
             + "\"listen\":[\(listen.map(quoted).joined(separator: ","))],\"open\":\(open),\"max_connections\":\(maximumConnections),"
-            + "\"accepted\":\(accepted),\"refused\":\(refused),\"messages_in\":\(traffic.messagesIn),"
+            + "\"accepted\":\(accepted),\"refused\":\(refused),\"failed_before_opening\":\(failedBeforeOpening),"
+            + "\"handshakes_in_progress\":\(handshakesInProgress),\"messages_in\":\(traffic.messagesIn),"
             + "\"messages_out\":\(traffic.messagesOut),\"bytes_in\":\(traffic.bytesIn),\"bytes_out\":\(traffic.bytesOut),"
             + "\"drops\":\(traffic.drops),\"flow_policy\":\(quoted(flowPolicy)),\"bad_messages\":\(traffic.badMessages),\"closed\":\(traffic.peersClosed),"
             + "\"close_reasons\":{\(traffic.closeReasons.sorted { $0.key < $1.key }.map { "\(quoted($0.key)):\($0.value)" }.joined(separator: ","))}}"

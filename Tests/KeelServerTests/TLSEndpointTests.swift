@@ -1,0 +1,72 @@
+import Glibc
+import KeelEngine
+import KeelServer
+import KeelSystem
+import KeelTestSupport
+import Testing
+
+/// Runs a shell command. - Returns: its standard output.
+func shellOutput(_ command: String) -> String {
+    guard let pipe = popen(command, "r") else { return "" }
+    defer { pclose(pipe) }
+    var output: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = fread(&chunk, 1, chunk.count, pipe)
+        output += chunk[..<count]
+        if count < chunk.count { break }
+    }
+    return String(decoding: output, as: UTF8.self)
+}
+
+// The openssl command makes the certificate; Python's ssl module is the client (both are in the README's requirements).
+@Suite("keel-server TLS endpoints", .enabled(if: access("/usr/bin/openssl", X_OK) == 0, "the openssl command is not installed"))
+struct TLSEndpointTests {
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aTLSEndpointServesItsPluginAndCountsFailedHandshakes(backend: BackendKind) async throws {
+        let directory = "/tmp/keel-server-tls-\(getpid())-\(backend)"
+        mkdir(directory, 0o755)
+        defer { _ = system("rm -rf \(directory)") }
+        let made = system("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout \(directory)/key.pem "
+            + "-out \(directory)/cert.pem -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null")
+        #expect(made == 0)
+        let yaml = """
+        endpoints:
+          - name: secure
+            listen: 127.0.0.1:0
+            transport: tls
+            framing: line
+            plugin: echo
+            tls: { certificate: \(directory)/cert.pem, key: \(directory)/key.pem }
+        """
+        try await withServer(yaml, backend: backend) { host, addresses in
+            let address = try #require(addresses["secure"])
+            let script = """
+            import socket, ssl
+            c = ssl.create_default_context(cafile="\(directory)/cert.pem")
+            s = c.wrap_socket(socket.create_connection(("127.0.0.1", \(address.port)), timeout=10), server_hostname="localhost")
+            s.sendall(b"over tls\\n")
+            data = b""
+            while not data.endswith(b"\\n"):
+                data += s.recv(100)
+            print(data.decode().strip())
+            """
+            let file = try #require(fopen("\(directory)/client.py", "w"))
+            fputs(script, file)
+            fclose(file)
+            let answer = try await blocking { shellOutput("python3 \(directory)/client.py") }
+            #expect(answer == "over tls\n")
+            // Plain text on a TLS port: the handshake fails and the connection never opens.
+            let refused = try await blocking { () -> Bool in
+                let client = try TestClient(address)
+                defer { client.close() }
+                client.send("GET / HTTP/1.1\r\n\r\n")
+                return client.closedByPeer()
+            }
+            #expect(refused)
+            #expect(await eventually { host.status.endpoints[0].failedBeforeOpening == 1 })
+            #expect(host.status.endpoints[0].traffic.messagesIn == 1)
+            #expect(host.status.endpoints[0].handshakesInProgress == 0)
+        }
+    }
+}
