@@ -193,16 +193,25 @@ final class Supervisor {
         }
         do {
             var next = try ConfigurationLoader().load(path: userConfig)
+            var added: [(endpoint: String, address: ListenAddress)] = []
             for (index, endpoint) in next.endpoints.enumerated() {
                 if let known = pinned.endpoints.first(where: { $0.name == endpoint.name }), known.listen.count == endpoint.listen.count {
                     next.endpoints[index].listen = zip(endpoint.listen, known.listen).map { $0.port == 0 ? $1 : $0 }
+                    continue
                 }
+                // A new endpoint: every worker must bind the same port, so the supervisor picks port 0's.
+                next.endpoints[index].listen = try endpoint.listen.map { address in
+                    address.port == 0 ? ListenAddress(host: address.host, port: try Self.freePort(host: address.host, udp: endpoint.transport == .udp))
+                                      : address
+                }
+                added += next.endpoints[index].listen.map { (endpoint.name, $0) }
             }
             next.admin = AdminConfiguration(listen: ListenAddress(host: "127.0.0.1", port: 0))
             _ = try writeResolved(next, to: resolvedPath)
             self.pinned = next
             for worker in workers.compactMap({ $0 }) { kill(worker.pid, SIGHUP) }
             announce("keel-server: reloading \(userConfig) in \(workerCount) workers")
+            for (endpoint, address) in added { announce("listening on \(address) (\(endpoint))") }
         } catch {
             logger.error("reload refused, the running configuration stays: \(error)")
         }
@@ -260,6 +269,16 @@ final class Supervisor {
         let written = fputs(text, file) >= 0
         guard fclose(file) == 0, written, rename(temporary, target) == 0 else { throw SupervisorError("cannot write \(target)") }
         return target
+    }
+
+    /// A port free now on `host` (bound and released at once), for a new endpoint every worker binds.
+    private static func freePort(host: String, udp: Bool) throws -> UInt16 {
+        let address = try SocketAddress(host: host, port: 0)
+        let family = address.family == .ipv4 ? AF_INET : AF_INET6
+        let fd = udp ? try Sockets.makeDatagramSocket(family: family) : try Sockets.makeStreamSocket(family: family)
+        defer { Descriptors.close(fd) }
+        try Sockets.bind(fd, to: address)
+        return try Sockets.localAddress(fd).port
     }
 
     private static func ownExecutable() -> String {

@@ -130,6 +130,38 @@ struct WorkerProcessTests {
     }
 
     @Test(.timeLimit(.minutes(1)))
+    func aReloadAddsAnEndpointToEveryWorkerOnOnePort() async throws {
+        defer { unlink(config) }
+        let server = try ServerProcess(["--config", config, "--workers", "2", "--threads", "1", "--log-level", "warning"])
+        #expect(server.waitForLine(containing: "(admin)") != nil)
+        let echo = try #require(server.port(of: "echo"))
+        let text = """
+        shutdown-deadline: 2s
+        endpoints:
+          - { name: echo, listen: 127.0.0.1:0, plugin: echo }
+          - { name: extra, listen: 127.0.0.1:0, framing: line, plugin: echo }
+        admin: { listen: 127.0.0.1:0 }
+
+        """
+        let file = try #require(fopen(config, "w"))
+        fputs(text, file)
+        fclose(file)
+        kill(server.pid, SIGHUP)
+        #expect(server.waitForLine(containing: "(extra)") != nil)
+        let extra = try #require(server.port(of: "extra"))
+        #expect(server.waitForLine(containing: "worker 1: keel-server: reloaded") != nil)
+        #expect(server.waitForLine(containing: "worker 0: keel-server: reloaded") != nil)
+        // Connections spread over both workers: every one is served on the new endpoint, and the old
+        // endpoint kept its port.
+        let served = try await blocking { () -> Int in
+            (0..<20).filter { _ in echoOnce(port: extra, "line\n") }.count
+        }
+        #expect(served == 20)
+        #expect(try await blocking { echoOnce(port: echo) })
+        #expect(server.terminate() == 0)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
     func aRollingRestartReplacesEveryWorkerWithoutRefusingAConnection() async throws {
         defer { unlink(config) }
         let server = try ServerProcess(["--config", config, "--workers", "2", "--threads", "1", "--log-level", "warning"])
