@@ -8,34 +8,6 @@ import Testing
 import KeelTestSupport
 import KeelWebSocket
 
-/// A blocking chat client.
-struct ChatClient {
-    let fd: Int32
-
-    init(_ address: SocketAddress) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else { throw SystemError(code: errno, call: "connect") }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    func say(_ line: String) { _ = Array((line + "\n").utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
-
-    /// Reads until `count` lines arrived (or timeout).
-    func lines(_ count: Int) -> [String] {
-        var text = ""
-        var scratch = [UInt8](repeating: 0, count: 4096)
-        while text.filter({ $0 == "\n" }).count < count {
-            let n = recv(fd, &scratch, scratch.count, 0)
-            if n <= 0 { break }
-            text += String(decoding: scratch[0..<n], as: UTF8.self)
-        }
-        return text.split(separator: "\n").map(String.init)
-    }
-
-    func close() { Glibc.close(fd) }
-}
-
 @Suite("keel-chat", .serialized)
 struct ChatServerTests {
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
@@ -44,12 +16,12 @@ struct ChatServerTests {
         let chat = try ChatServer(pool: pool, port: 0)
         let address = chat.localAddress
         let received = await Task.detached { () -> [[String]] in
-            let members = (0..<3).compactMap { _ in try? ChatClient(address) }
+            let members = (0..<3).compactMap { _ in try? TestClient(address) }
             defer { members.forEach { $0.close() } }
             // All three joined before anyone speaks (a fixed pause was too short under AddressSanitizer).
             for _ in 0..<1000 where chat.statistics.active < 3 { usleep(10_000) }
-            members[0].say("hello")
-            members[1].say("hi there")
+            members[0].sendLine("hello")
+            members[1].sendLine("hi there")
             return members.map { $0.lines(2) }
         }.value
         #expect(received.count == 3)
@@ -68,7 +40,7 @@ struct ChatServerTests {
         let chat = try ChatServer(pool: pool, port: 0, perMemberLimit: 256 * 1024)
         let address = chat.localAddress
         let (talkerGotItsLines, stalledWasDropped) = await Task.detached { () -> (Bool, Bool) in
-            guard let stalled = try? ChatClient(address), let talker = try? ChatClient(address) else { return (false, false) }
+            guard let stalled = try? TestClient(address), let talker = try? TestClient(address) else { return (false, false) }
             defer { stalled.close(); talker.close() }
             var size: Int32 = 4096
             setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
@@ -78,7 +50,7 @@ struct ChatServerTests {
             let line = String(repeating: "x", count: 1000)
             var ok = true
             for _ in 0..<6000 {
-                talker.say(line)
+                talker.sendLine(line)
                 ok = ok && talker.lines(1).first?.hasSuffix(line) == true
             }
             // The stalled member was cut off: reading now ends (reset or end of stream) before 6 MiB.
@@ -120,11 +92,11 @@ struct ChatWebSocketTests {
             // The blocking TCP member runs on a plain thread of its own (never on an I/O thread).
             async let tcpLines = withCheckedContinuation { (continuation: CheckedContinuation<[String], Never>) in
                 SystemThread.spawn(name: "chat-tcp-member") {
-                    guard let member = try? ChatClient(tcpAddress) else { return continuation.resume(returning: []) }
+                    guard let member = try? TestClient(tcpAddress) else { return continuation.resume(returning: []) }
                     defer { member.close() }
                     for _ in 0..<1000 where chat.statistics.active < 1 { usleep(10_000) }
-                    member.say("hello from tcp")
-                    member.say(long)
+                    member.sendLine("hello from tcp")
+                    member.sendLine(long)
                     continuation.resume(returning: member.lines(3))
                 }.detach()
             }

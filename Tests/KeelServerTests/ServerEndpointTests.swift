@@ -7,57 +7,6 @@ import KeelTestSupport
 import KeelWebSocket
 import Testing
 
-/// A blocking socket client for the tests (TCP or UDP, 5 s receive timeout).
-struct TestClient {
-    let fd: Int32
-
-    init(_ address: SocketAddress, udp: Bool = false) throws {
-        fd = socket(AF_INET, Int32(udp ? SOCK_DGRAM.rawValue : SOCK_STREAM.rawValue), 0)
-        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else {
-            let code = errno
-            Glibc.close(fd)
-            throw SystemError(code: code, call: "connect")
-        }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
-    func send(_ text: String) { send(Array(text.utf8)) }
-
-    /// Reads until `count` bytes arrived, the peer closed or the timeout passed.
-    func read(_ count: Int) -> [UInt8] {
-        var bytes: [UInt8] = []
-        var scratch = [UInt8](repeating: 0, count: 65536)
-        while bytes.count < count {
-            let n = recv(fd, &scratch, scratch.count, 0)
-            if n <= 0 { break }
-            bytes += scratch[0..<n]
-        }
-        return bytes
-    }
-
-    /// Reads until `count` lines arrived (or the peer closed, or the timeout passed).
-    func lines(_ count: Int) -> [String] {
-        var text = ""
-        var scratch = [UInt8](repeating: 0, count: 4096)
-        while text.filter({ $0 == "\n" }).count < count {
-            let n = recv(fd, &scratch, scratch.count, 0)
-            if n <= 0 { break }
-            text += String(decoding: scratch[0..<n], as: UTF8.self)
-        }
-        return text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
-    }
-
-    /// True when the peer closes (end of stream or reset) within the timeout, with no more data.
-    func closedByPeer() -> Bool {
-        var byte: UInt8 = 0
-        return recv(fd, &byte, 1, 0) == 0 || errno == ECONNRESET
-    }
-
-    func close() { Glibc.close(fd) }
-}
-
 /// Starts a server from YAML on a fresh pool and hands `body` the address of each endpoint.
 func withServer<Result: Sendable>(
     _ yaml: String, backend: BackendKind, _ body: @Sendable (ServerHost, [String: SocketAddress]) async throws -> Result
@@ -134,6 +83,7 @@ struct ServerEndpointTests {
 
             // The admin listener: Prometheus's text format, the JSON the page draws, the page.
             let admin = try #require(addresses["admin"])
+            #expect(await eventually { host.status.endpoints.first { $0.name == "tcp" }?.traffic.closeReasons["peerClosed"] == 1 })
             let (metrics, json, page) = try await blocking {
                 (try httpGet(admin, "/metrics"), try httpGet(admin, "/status.json"), try httpGet(admin, "/"))
             }
