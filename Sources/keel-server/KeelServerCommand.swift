@@ -20,6 +20,8 @@ import KeelEngine
 import KeelServer
 import KeelSystem
 import Logging
+import ServiceLifecycle
+import UnixSignals
 import Synchronization
 
 @main
@@ -102,10 +104,10 @@ struct KeelServerCommand: ParsableCommand {
         var configuration = try config.map { try load($0, with: loader) } ?? defaultConfiguration(loader)
         bootstrapLogging(level: logLevel, format: logFormat)
         let logger = Logger(label: "keel.server")
-        // On the main thread, before any other thread starts: every thread inherits the mask, so the
-        // signals wait for `sigwait` below instead of killing the process.
-        let signals = ShutdownSignals(including: [SIGHUP, SIGUSR2])
         if let workers {
+            // The supervisor waits for its signals with sigwait: blocked on the main thread before any
+            // other thread starts, so every thread inherits the mask.
+            let signals = ShutdownSignals(including: [SIGHUP, SIGUSR2])
             return try runSupervisor(workers: workers, configuration: configuration, signals: signals)
         }
         if workerIndex != nil {
@@ -132,27 +134,32 @@ struct KeelServerCommand: ParsableCommand {
         }
         logger.info("started", metadata: ["endpoints": "\(configuration.endpoints.count)", "backend": "\(pool.backend)",
                                           "threads": "\(pool.threads.count)", "config": "\(configuration.source)"])
-        var signal = signals.wait()
-        while signal == SIGHUP {
-            reload(host, plugins: loader.plugins, logger: logger)
-            signal = signals.wait()
-        }
-        announce("keel-server: signal \(signal), draining (deadline \(configuration.shutdownDeadline))")
-        let abandoned = try waitFor { await host.shutdown() }
+        // swift-service-lifecycle runs the server: SIGTERM and SIGINT shut it down gracefully (a drain),
+        // SIGHUP reloads the configuration file.
+        let (deadline, plugins, configPath) = (configuration.shutdownDeadline, loader.plugins, config)
+        let service = ServerHostService(
+            host: host,
+            reload: { await Self.reload(host, from: configPath, plugins: plugins, logger: logger) },
+            draining: { announce("keel-server: draining (deadline \(deadline))") },
+            drained: { abandoned in
+                announce("keel-server: stopped" + (abandoned > 0 ? " (\(abandoned) connections closed at the deadline)" : ""))
+            })
+        let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [],
+                                 logger: logger)
+        try waitFor { try await group.run() }
         pool.shutdown()
-        announce("keel-server: stopped" + (abandoned > 0 ? " (\(abandoned) connections closed at the deadline)" : ""))
     }
 
     /// SIGHUP: reads the configuration file again and switches to it; a file that is refused (or an
     /// endpoint that cannot start) leaves the running configuration as it is.
-    private func reload(_ host: ServerHost, plugins: PluginRegistry, logger: Logger) {
+    private static func reload(_ host: ServerHost, from config: String?, plugins: PluginRegistry, logger: Logger) async {
         guard let config else {
             logger.warning("SIGHUP: no --config file to reload; the embedded configuration keeps running")
             return
         }
         do {
             let configuration = try ConfigurationLoader(plugins: plugins).load(path: config)
-            let summary = try waitFor { try await host.reload(configuration, plugins: plugins) }
+            let summary = try await host.reload(configuration, plugins: plugins)
             announce("keel-server: reloaded \(config): \(summary)")
             for listener in host.listeners where summary.added.contains(listener.endpoint) || summary.replaced.contains(listener.endpoint) {
                 announce("listening on \(listener.address) (\(listener.endpoint))")
