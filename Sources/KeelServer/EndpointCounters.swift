@@ -16,6 +16,8 @@ final class ThreadCounters: Sendable {
     let closed = Atomic<Int>(0)
     /// Peers closed for a bad message (oversized, malformed framing).
     let badMessages = Atomic<Int>(0)
+    /// Messages a plugin sent that the endpoint cannot carry (see ``SendOutcome/invalid``).
+    let pluginErrors = Atomic<Int>(0)
     /// Connections closed, by ``CloseReasonBucket``.
     let closeReasons = CloseReasonBucket.allCases.map { _ in CloseCount() }
 
@@ -42,6 +44,16 @@ final class ThreadCounters: Sendable {
     }
 
     func dropped() { Self.bump(drops) }
+    func pluginError() { Self.bump(pluginErrors) }
+
+    /// Counts one send by its outcome.
+    @inline(__always) func count(_ outcome: SendOutcome, bytes: Int) {
+        switch outcome {
+        case .sent: sent(bytes)
+        case .dropped: dropped()
+        case .invalid: pluginError()
+        }
+    }
     func peerOpened() { Self.bump(opened) }
     func peerClosed() { Self.bump(closed) }
     func badMessage() { Self.bump(badMessages) }
@@ -91,6 +103,9 @@ public struct EndpointTraffic: Sendable, Hashable {
     public var peersClosed = 0
     /// Peers closed for a bad message (oversized, malformed framing).
     public var badMessages = 0
+    /// Messages plugins sent that the endpoint cannot carry (the wrong size for fixed framing, too
+    /// long for the length prefix or one datagram).
+    public var pluginErrors = 0
     /// Connections closed, by reason (`peerClosed`, `local`, `reset`, `idleTimeout`, `readTimeout`,
     /// `slowConsumer`, `error`, `protocolError`, `resourceExhausted`, `other`); absent reasons are 0.
     public var closeReasons: [String: Int] = [:]
@@ -115,6 +130,7 @@ final class EndpointCounters: Sendable {
             total.peersOpened += counters.opened.load(ordering: .relaxed)
             total.peersClosed += counters.closed.load(ordering: .relaxed)
             total.badMessages += counters.badMessages.load(ordering: .relaxed)
+            total.pluginErrors += counters.pluginErrors.load(ordering: .relaxed)
             for bucket in CloseReasonBucket.allCases {
                 let count = counters.closeReasons[bucket.rawValue].value.load(ordering: .relaxed)
                 if count > 0 { total.closeReasons[bucket.name, default: 0] += count }

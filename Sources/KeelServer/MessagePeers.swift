@@ -51,25 +51,25 @@ final class WebSocketPeer: PluginPeer, @unchecked Sendable {
         }
     }
 
-    override func transmit(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    override func transmit(_ bytes: UnsafeRawBufferPointer) -> SendOutcome {
         var chain = BufferChain()
-        guard chain.append(copying: bytes, from: thread.bufferPool) else { return false }
+        guard chain.append(copying: bytes, from: thread.bufferPool) else { return .dropped }
         var validator = UTF8Validator()
         let isText = validator.validate(bytes) && validator.isAtCharacterBoundary
         socket.send(isText ? .text : .binary, payload: chain)
-        return true
+        return .sent
     }
 
-    override func transmitHeld() -> Bool {
-        guard let chain = held.take() else { return false }
+    override func transmitHeld() -> SendOutcome {
+        guard let chain = held.take() else { return .dropped }
         socket.send(heldKind, payload: chain)
-        return true
+        return .sent
     }
 
-    override func transmit(_ broadcast: PluginBroadcast) -> Bool {
-        guard let frame = broadcast.webSocket else { return false }
+    override func transmit(_ broadcast: PluginBroadcast) -> SendOutcome {
+        guard let frame = broadcast.webSocket else { return .dropped }
         socket.send(frame)
-        return true
+        return .sent
     }
 
     override func close() {
@@ -151,21 +151,23 @@ final class DatagramPeer: PluginPeer, @unchecked Sendable {
         held = nil
     }
 
-    private static func accepted(_ result: UDPSendResult) -> Bool { result == .sent || result == .queued }
+    private static func accepted(_ result: UDPSendResult) -> SendOutcome { result == .sent || result == .queued ? .sent : .dropped }
 
-    override func transmit(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard var buffer = try? thread.bufferPool.acquire(), buffer.writableBytes >= bytes.count else { return false }
+    override func transmit(_ bytes: UnsafeRawBufferPointer) -> SendOutcome {
+        guard var buffer = try? thread.bufferPool.acquire() else { return .dropped }
+        guard buffer.writableBytes >= bytes.count else { return .invalid }  // longer than one datagram buffer
         _ = buffer.append(bytes)
         return Self.accepted(session.send(buffer))
     }
 
-    override func transmitHeld() -> Bool {
-        guard let buffer = held.take() else { return false }
+    override func transmitHeld() -> SendOutcome {
+        guard let buffer = held.take() else { return .dropped }
         return Self.accepted(session.send(buffer))
     }
 
-    override func transmit(_ broadcast: PluginBroadcast) -> Bool {
-        guard let buffers = broadcast.buffers(for: .unframed), buffers.count == 1 else { return false }
+    override func transmit(_ broadcast: PluginBroadcast) -> SendOutcome {
+        guard let buffers = broadcast.buffers(for: .unframed) else { return .dropped }
+        guard buffers.count == 1 else { return .invalid }
         return Self.accepted(session.socket.send(buffers[0], to: session.peer))
     }
 

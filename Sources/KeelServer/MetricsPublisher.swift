@@ -69,6 +69,7 @@ public final class MetricsPublisher: Sendable {
                 total("keel_bytes_sent_total", endpoint.traffic.bytesOut, labels)
                 total("keel_messages_dropped_total", endpoint.traffic.drops, labels + [("policy", endpoint.flowPolicy)])
                 total("keel_bad_messages_total", endpoint.traffic.badMessages, labels)
+                total("keel_plugin_errors_total", endpoint.traffic.pluginErrors, labels)
             }
         }
     }

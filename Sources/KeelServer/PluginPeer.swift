@@ -52,7 +52,7 @@ public class PluginPeer: @unchecked Sendable {
     /// its length).
     public final func send(_ bytes: UnsafeRawBufferPointer) {
         guard !isClosed else { return }
-        if transmit(bytes) { counters.sent(bytes.count) } else { counters.dropped() }
+        counters.count(transmit(bytes), bytes: bytes.count)
     }
 
     /// Sends one message.
@@ -72,7 +72,7 @@ public class PluginPeer: @unchecked Sendable {
         guard !isClosed else { return }
         if holdsReceived && message.token == heldToken {
             holdsReceived = false
-            if transmitHeld() { counters.sent(message.count) } else { counters.dropped() }
+            counters.count(transmitHeld(), bytes: message.count)
         } else {
             send(message.bytes)
         }
@@ -81,7 +81,7 @@ public class PluginPeer: @unchecked Sendable {
     /// Sends a message prepared once for many peers (see ``PluginGroup/broadcast(_:from:)``).
     public final func send(_ broadcast: PluginBroadcast) {
         guard !isClosed else { return }
-        if transmit(broadcast) { counters.sent(broadcast.count) } else { counters.dropped() }
+        counters.count(transmit(broadcast), bytes: broadcast.count)
     }
 
     /// Closes the peer (a TCP connection gracefully, after what is queued; a WebSocket with the closing
@@ -114,12 +114,12 @@ public class PluginPeer: @unchecked Sendable {
 
     // MARK: Transport (subclasses)
 
-    /// Frames and queues `bytes`. - Returns: false when flow control refused it.
-    func transmit(_ bytes: UnsafeRawBufferPointer) -> Bool { false }
-    /// Queues the received buffer being delivered. - Returns: false when refused.
-    func transmitHeld() -> Bool { false }
-    /// Queues a prepared broadcast. - Returns: false when refused.
-    func transmit(_ broadcast: PluginBroadcast) -> Bool { false }
+    /// Frames and queues `bytes`.
+    func transmit(_ bytes: UnsafeRawBufferPointer) -> SendOutcome { .dropped }
+    /// Queues the received buffer being delivered.
+    func transmitHeld() -> SendOutcome { .dropped }
+    /// Queues a prepared broadcast.
+    func transmit(_ broadcast: PluginBroadcast) -> SendOutcome { .dropped }
     /// The endpoint drains: close once nothing is half-received (the default: at once).
     func drain() { close() }
 
@@ -130,6 +130,17 @@ public class PluginPeer: @unchecked Sendable {
         for group in groups { group.remove(self) }
         groups.removeAll()
     }
+}
+
+/// What became of one message a plugin sent.
+enum SendOutcome {
+    /// Queued for the peer.
+    case sent
+    /// Not sent: the peer's flow control refused it, or no buffer was free.
+    case dropped
+    /// Not sendable on this endpoint (the wrong size for fixed framing, too long for the length prefix
+    /// or for one datagram): the plugin's error.
+    case invalid
 }
 
 /// A peer reachable from any thread: sends hop to the peer's thread and are dropped if it has closed.

@@ -107,7 +107,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
     enum CodingKeys: String, CodingKey {
         case name, transport, plugin, listen, open, maximumConnections = "max_connections", accepted, refused
         case messagesIn = "messages_in", messagesOut = "messages_out", bytesIn = "bytes_in", bytesOut = "bytes_out"
-        case drops, badMessages = "bad_messages", peersClosed = "closed", closeReasons = "close_reasons", flowPolicy = "flow_policy"
+        case drops, badMessages = "bad_messages", peersClosed = "closed", closeReasons = "close_reasons", flowPolicy = "flow_policy", pluginErrors = "plugin_errors"
         case failedBeforeOpening = "failed_before_opening", handshakesInProgress = "handshakes_in_progress"
     }
 
@@ -147,6 +147,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
             badMessages: try values.decode(Int.self, forKey: .badMessages))
         traffic.closeReasons = try values.decodeIfPresent([String: Int].self, forKey: .closeReasons) ?? [:]
         flowPolicy = try values.decodeIfPresent(String.self, forKey: .flowPolicy) ?? flowPolicy
+        traffic.pluginErrors = try values.decodeIfPresent(Int.self, forKey: .pluginErrors) ?? 0
         failedBeforeOpening = try values.decodeIfPresent(Int.self, forKey: .failedBeforeOpening) ?? 0
         handshakesInProgress = try values.decodeIfPresent(Int.self, forKey: .handshakesInProgress) ?? 0
     }
@@ -167,6 +168,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
         traffic.peersOpened += other.traffic.peersOpened
         traffic.peersClosed += other.traffic.peersClosed
         traffic.badMessages += other.traffic.badMessages
+        traffic.pluginErrors += other.traffic.pluginErrors
         traffic.closeReasons.merge(other.traffic.closeReasons) { $0 + $1 }
     }
 
@@ -176,7 +178,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
             + "\"accepted\":\(accepted),\"refused\":\(refused),\"failed_before_opening\":\(failedBeforeOpening),"
             + "\"handshakes_in_progress\":\(handshakesInProgress),\"messages_in\":\(traffic.messagesIn),"
             + "\"messages_out\":\(traffic.messagesOut),\"bytes_in\":\(traffic.bytesIn),\"bytes_out\":\(traffic.bytesOut),"
-            + "\"drops\":\(traffic.drops),\"flow_policy\":\(quoted(flowPolicy)),\"bad_messages\":\(traffic.badMessages),\"closed\":\(traffic.peersClosed),"
+            + "\"drops\":\(traffic.drops),\"flow_policy\":\(quoted(flowPolicy)),\"bad_messages\":\(traffic.badMessages),\"plugin_errors\":\(traffic.pluginErrors),\"closed\":\(traffic.peersClosed),"
             + "\"close_reasons\":{\(traffic.closeReasons.sorted { $0.key < $1.key }.map { "\(quoted($0.key)):\($0.value)" }.joined(separator: ","))}}"
     }
 }

@@ -77,7 +77,7 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
         session = nil
     }
 
-    override func transmit(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    override func transmit(_ bytes: UnsafeRawBufferPointer) -> SendOutcome {
         var header: UInt64 = 0
         var headerBytes = 0
         var trailer = false
@@ -85,22 +85,22 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
         case .raw: break
         case .line: trailer = true
         case .lengthPrefixed(let width):
-            guard width == 8 || bytes.count < 1 << (8 * width) else { return false }
+            guard width == 8 || bytes.count < 1 << (8 * width) else { return .invalid }
             header = (UInt64(bytes.count) << (64 - 8 * UInt64(width))).bigEndian
             headerBytes = width
         case .fixed(let size):
-            guard bytes.count == size else { return false }
+            guard bytes.count == size else { return .invalid }
         }
         let total = headerBytes + bytes.count + (trailer ? 1 : 0)
         let pool = thread.bufferPool
-        guard var buffer = try? pool.acquire() else { return false }
+        guard var buffer = try? pool.acquire() else { return .dropped }
         if total <= buffer.writableBytes {
             withUnsafeBytes(of: &header) { _ = buffer.append(UnsafeRawBufferPointer(rebasing: $0[..<headerBytes])) }
             _ = buffer.append(bytes)
             if trailer { _ = buffer.append(contentsOf: CollectionOfOne(UInt8(ascii: "\n"))) }
             let dropped = connection.droppedWrites
             connection.write(buffer)
-            return connection.droppedWrites == dropped  // a drop-newest / drop-oldest policy dropped a write
+            return connection.droppedWrites == dropped ? .sent : .dropped  // a drop-newest / drop-oldest policy dropped a write
         }
         // Longer than one buffer: a chain, written with one vectored write.
         var chain = BufferChain()
@@ -110,18 +110,18 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
         if trailer {
             copied = copied && withUnsafeBytes(of: UInt8(ascii: "\n")) { chain.append(copying: $0, from: pool) }
         }
-        guard copied else { return false }
+        guard copied else { return .dropped }
         let dropped = connection.droppedWrites
         connection.write(chain)
-        return connection.droppedWrites == dropped
+        return connection.droppedWrites == dropped ? .sent : .dropped
     }
 
-    override func transmit(_ broadcast: PluginBroadcast) -> Bool {
-        if case .fixed(let size) = framing, broadcast.count != size { return false }
-        guard let buffers = broadcast.buffers(for: broadcastKind) else { return false }
+    override func transmit(_ broadcast: PluginBroadcast) -> SendOutcome {
+        if case .fixed(let size) = framing, broadcast.count != size { return .invalid }
+        guard let buffers = broadcast.buffers(for: broadcastKind) else { return .dropped }
         let dropped = connection.droppedWrites
         for buffer in buffers { connection.write(buffer) }
-        return connection.droppedWrites == dropped
+        return connection.droppedWrites == dropped ? .sent : .dropped
     }
 }
 
@@ -140,11 +140,11 @@ final class RawStreamPeer: StreamPeer, @unchecked Sendable {
         afterDelivery()
     }
 
-    override func transmitHeld() -> Bool {
-        guard let buffer = held.take() else { return false }
+    override func transmitHeld() -> SendOutcome {
+        guard let buffer = held.take() else { return .dropped }
         let dropped = connection.droppedWrites
         connection.write(buffer)
-        return connection.droppedWrites == dropped
+        return connection.droppedWrites == dropped ? .sent : .dropped
     }
 }
 

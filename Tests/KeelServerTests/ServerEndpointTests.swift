@@ -113,8 +113,9 @@ struct ServerEndpointTests {
           - { name: prefixed, listen: 127.0.0.1:0, framing: length-prefixed, length-prefix-bytes: 2, plugin: echo,
               limits: { max-message-bytes: 100000 } }
           - { name: fixed, listen: 127.0.0.1:0, framing: fixed, fixed-size: 4, plugin: echo }
+          - { name: fixedkv, listen: 127.0.0.1:0, framing: fixed, fixed-size: 5, plugin: kv }
         """
-        try await withServer(yaml, backend: backend) { _, addresses in
+        try await withServer(yaml, backend: backend) { host, addresses in
             let line = try #require(addresses["line"])
             let prefixed = try #require(addresses["prefixed"])
             let fixed = try #require(addresses["fixed"])
@@ -143,6 +144,16 @@ struct ServerEndpointTests {
             #expect(frames.prefix(5) == [0, 3, 0x61, 0x62, 0x63])
             #expect(frames.count == 40_007 && frames[5] == 0x9C && frames[6] == 0x40 && frames.dropFirst(7).allSatisfy { $0 == 0x41 })
             #expect(blocks == Array("abcdefgh".utf8))
+            // A plugin's answer that the framing cannot carry (7 bytes on a 5-byte endpoint) is its error,
+            // counted, not sent.
+            let fixedKV = try #require(addresses["fixedkv"])
+            try await blocking {
+                let client = try TestClient(fixedKV)
+                defer { client.close() }
+                client.send("COUNT")
+            }
+            #expect(await eventually { host.status.endpoints.first { $0.name == "fixedkv" }?.traffic.pluginErrors == 1 })
+            #expect(host.status.endpoints.first { $0.name == "fixedkv" }?.traffic.messagesOut == 0)
         }
     }
 
