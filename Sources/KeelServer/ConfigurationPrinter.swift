@@ -18,7 +18,7 @@ extension ServerConfiguration {
             if !endpoint.settings.values.isEmpty {
                 lines.append("    settings:")
                 for (key, value) in endpoint.settings.values.sorted(by: { $0.key < $1.key }) {
-                    lines.append("      \(key): \(quoted(value.text))")
+                    lines.append("      \(quoted(key)): \(quoted(value.text))")
                 }
             }
             let limits = endpoint.limits
@@ -38,7 +38,7 @@ extension ServerConfiguration {
                 switch endpoint.proxyProtocol {
                 case .off: lines.append("    proxy-protocol: off")
                 case .required: lines.append("    proxy-protocol: required")
-                case .trusted(let ranges): lines.append("    proxy-protocol: { trusted: [\(ranges.joined(separator: ", "))] }")
+                case .trusted(let ranges): lines.append("    proxy-protocol: { trusted: [\(ranges.map(quoted).joined(separator: ", "))] }")
                 }
             }
             if let tls = endpoint.tls {

@@ -27,6 +27,24 @@ struct ConfigurationTests {
         #expect(again.shutdownDeadline == configuration.shutdownDeadline)
     }
 
+    @Test func valuesThatNeedQuotingSurviveTheResolvedConfiguration() throws {
+        let text = """
+        endpoints:
+          - name: tricky
+            listen: ["[::1]:0", "*:0"]
+            transport: ws
+            plugin: chat
+            settings: { room: "lobby#1", "max-rooms": "7" }
+            proxy-protocol: { trusted: ["fd00::/8", 10.0.0.0/8] }
+            websocket: { allowed-origins: ["https://a.example:8443", "http://b.example"], ping-interval: off }
+        """
+        let configuration = try ConfigurationLoader().parse(text, file: "tricky.yaml")
+        let again = try ConfigurationLoader().parse(configuration.resolvedYAML, file: "resolved.yaml")
+        #expect(again.endpoints == configuration.endpoints, "\(configuration.resolvedYAML)")
+        #expect(again.endpoints[0].settings.values["room"]?.text == "lobby#1")
+        #expect(again.endpoints[0].webSocket.pingInterval == nil)
+    }
+
     @Test func aBadFileIsRefusedWithEveryErrorAtOnceEachWithItsLineKeyAndFix() throws {
         let text = """
         shutdown-deadline: soon
