@@ -38,8 +38,13 @@ struct RawClient {
         }
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // Sends give up too (a peer that stops reading must not hang a test past its time limit: a
+        // thread blocked in send cannot be cancelled).
+        var sendTimeout = timeval(tv_sec: 15, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &sendTimeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
+    /// Sends `bytes`: the count sent (short when the 15 s send timeout passed), or -1.
     func send(_ bytes: [UInt8]) -> Int { bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
 
     /// Reads until `count` bytes, end of stream, an error or the 10 s receive timeout.
