@@ -127,6 +127,7 @@ class StreamPeer: PluginPeer, @unchecked Sendable {
 
 /// Raw framing: every read is one message, and a reply with it sends the same buffer back.
 final class RawStreamPeer: StreamPeer, @unchecked Sendable {
+    // @unchecked Sendable (inherited): confined to the connection's thread, like its base.
     private var held: IOBuffer?
 
     override func receive(_ buffer: consuming IOBuffer) {
@@ -151,6 +152,7 @@ final class RawStreamPeer: StreamPeer, @unchecked Sendable {
 /// Line, length-prefixed or fixed-size framing: messages handed out in place from the read buffers
 /// (copied only when one straddles two reads).
 final class FramedStreamPeer<Decoder: FrameDecoder>: StreamPeer, @unchecked Sendable {
+    // @unchecked Sendable (inherited): confined to the connection's thread, like its base.
     private var accumulator: FrameAccumulator<Decoder>
     /// True while the accumulator is handing out messages (a close from the plugin must not touch it).
     private var feeding = false
