@@ -129,16 +129,20 @@ struct KeelServerCommand: ParsableCommand {
             pool.shutdown()
             throw ExitCode.failure
         }
-        for listener in host.listeners {
-            announce("listening on \(listener.address) (\(listener.endpoint))")
-        }
-        logger.info("started", metadata: ["endpoints": "\(configuration.endpoints.count)", "backend": "\(pool.backend)",
-                                          "threads": "\(pool.threads.count)", "config": "\(configuration.source)"])
+
         // swift-service-lifecycle runs the server: SIGTERM and SIGINT shut it down gracefully (a drain),
         // SIGHUP reloads the configuration file.
         let (deadline, plugins, configPath) = (configuration.shutdownDeadline, loader.plugins, config)
+        let (endpointCount, backendName, threadCount, source) = (configuration.endpoints.count, "\(pool.backend)", pool.threads.count,
+                                                                 configuration.source)
         let service = ServerHostService(
             host: host,
+            started: {
+                // Announced once the signals are handled: a script that waits for these lines may signal at once.
+                for listener in host.listeners { announce("listening on \(listener.address) (\(listener.endpoint))") }
+                logger.info("started", metadata: ["endpoints": "\(endpointCount)", "backend": "\(backendName)",
+                                                  "threads": "\(threadCount)", "config": "\(source)"])
+            },
             reload: { await Self.reload(host, from: configPath, plugins: plugins, logger: logger) },
             draining: { announce("keel-server: draining (deadline \(deadline))") },
             drained: { abandoned in

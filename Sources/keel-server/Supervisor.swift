@@ -209,7 +209,9 @@ final class Supervisor {
             next.admin = AdminConfiguration(listen: ListenAddress(host: "127.0.0.1", port: 0))
             _ = try writeResolved(next, to: resolvedPath)
             self.pinned = next
-            for worker in workers.compactMap({ $0 }) { kill(worker.pid, SIGHUP) }
+            // A worker still starting reads the new file itself (and would not survive a SIGHUP before
+            // it handles one).
+            for worker in workers.compactMap({ $0 }) where worker.isReady { kill(worker.pid, SIGHUP) }
             announce("keel-server: reloading \(userConfig) in \(workerCount) workers")
             for (endpoint, address) in added { announce("listening on \(address) (\(endpoint))") }
         } catch {
@@ -333,6 +335,9 @@ final class WorkerProcess: Sendable {
     }
 
     var listeners: [Listener] { state.withLock { $0.listeners } }
+
+    /// True once the worker announced its admin listener (it handles its signals by then).
+    var isReady: Bool { state.withLock { $0.ready } }
 
     /// Waits until the worker announced its admin listener (its last), or exited, or `timeout` passed.
     func waitUntilReady(timeout: Duration) -> Bool {
