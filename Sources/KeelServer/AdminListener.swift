@@ -22,7 +22,7 @@ public final class AdminListener: Sendable {
 
     /// The source, once it exists (the listener may start before its source finishes starting).
     final class SourceReference: Sendable {
-        private let reference = Mutex<WeakSource>(WeakSource())
+        private let reference = Locked<WeakSource>(WeakSource())
         struct WeakSource: @unchecked Sendable {
             // @unchecked Sendable: a weak reference to a Sendable object, read and written under the mutex.
             weak var source: (any AdminStatusSource)?

@@ -1,3 +1,4 @@
+import KeelSystem
 import KeelEngine
 import Synchronization
 
@@ -41,7 +42,7 @@ public final class ChatPlugin: ServerPlugin, Sendable {
     private let threads: [IOThread]
     private let defaultRoom: String
     private let maximumRooms: Int
-    private let directory = Mutex(Directory())
+    private let directory = Locked(Directory())
 
     init(threads: [IOThread], defaultRoom: String, maximumRooms: Int) {
         self.threads = threads

@@ -1,3 +1,4 @@
+import KeelSystem
 import Logging
 import Synchronization
 
@@ -8,7 +9,7 @@ final class EventLog: Sendable {
     private let logger: Logger
     private let burst: Int
     private let clock: @Sendable () -> ContinuousClock.Instant
-    private let windows = Mutex<[String: Window]>([:])
+    private let windows = Locked<[String: Window]>([:])
 
     private struct Window {
         var start: ContinuousClock.Instant

@@ -1,3 +1,4 @@
+import KeelSystem
 import CKeelPluginABI
 import Glibc
 import Logging
@@ -18,7 +19,7 @@ public struct ExternalPluginError: Error, Sendable, CustomStringConvertible {
 /// one that holds Swift metadata would crash the runtime; a plugin is upgraded by restarting the
 /// workers (SIGUSR2).
 public enum ExternalPlugins {
-    private static let loaded = Mutex<[String: PluginDefinition]>([:])
+    private static let loaded = Locked<[String: PluginDefinition]>([:])
 
     /// Loads the library at `path` (or returns it, already loaded) as a plugin definition.
     /// - Throws: ``ExternalPluginError`` when it cannot be opened, exports no `keel_plugin_entry`, or

@@ -1,3 +1,4 @@
+import KeelSystem
 import Glibc
 import Synchronization
 
@@ -30,7 +31,7 @@ public final class KeyValuePlugin: ServerPlugin, PluginSession, Sendable {
     private static let shardCount = 16
     /// One lock's part of the store.
     private final class Shard: Sendable {
-        let table = Mutex<[String: [UInt8]]>([:])
+        let table = Locked<[String: [UInt8]]>([:])
     }
 
     private let shards: [Shard]

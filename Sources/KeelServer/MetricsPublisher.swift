@@ -1,3 +1,4 @@
+import KeelSystem
 import CoreMetrics
 import Prometheus
 import Synchronization
@@ -8,7 +9,7 @@ import Synchronization
 /// difference since the last time, so collecting metrics adds nothing per message.
 public final class MetricsPublisher: Sendable {
     private let factory: any MetricsFactory
-    private let state = Mutex(Published())
+    private let state = Locked(Published())
 
     /// The metrics made so far, and the last totals published for each counter.
     private struct Published: @unchecked Sendable {

@@ -33,7 +33,7 @@ public struct EndpointStartError: Error, Sendable, CustomStringConvertible {
 /// listener; drains them on shutdown.
 public final class ServerHost: AdminStatusSource, Sendable {
     private let pool: IOPool
-    fileprivate let state: Mutex<State>
+    fileprivate let state: Locked<State>
     fileprivate let logger = Logger(label: "keel.server")
     private let startTime = ContinuousClock.now
     private let exporter = PrometheusExporter()
@@ -55,7 +55,7 @@ public final class ServerHost: AdminStatusSource, Sendable {
     public init(configuration: ServerConfiguration, pool: IOPool, plugins: PluginRegistry = .builtIn) async throws {
         self.pool = pool
         lag = LoopLagProbe(pool: pool)
-        state = Mutex(State(configuration: configuration, endpoints: [], admin: nil))
+        state = Locked(State(configuration: configuration, endpoints: [], admin: nil))
         var started: [RunningEndpoint] = []
         let plugins = try plugins.adding(libraries: configuration.pluginLibraries)
         do {

@@ -9,7 +9,7 @@ import Logging
 ///
 /// A plugin makes a ``PluginSession`` per peer; the session holds that peer's state and is called
 /// only on the peer's I/O thread, so it needs no locks. State shared between peers (rooms, a store)
-/// lives in the plugin and must be safe across threads (a ``PluginGroup``, a `Mutex`).
+/// lives in the plugin and must be safe across threads (a ``PluginGroup``, a lock).
 public protocol ServerPlugin: AnyObject, Sendable {
     /// A new peer connected (or a UDP peer sent its first datagram): make its session. Called on the
     /// peer's I/O thread. A stateless plugin may return the same session object for every peer.
