@@ -55,11 +55,14 @@ struct StatusPageTests {
                 }
             }
             #expect(await eventually { host.status.endpoints[0].open == 4 && host.status.endpoints[0].traffic.messagesIn > 100 })
-            let dom = headlessChromium("http://\(admin)/", "--dump-dom")
+            // Chromium runs on a thread of its own: a blocked runtime thread would stall other tests' tasks.
+            let dom = try await blocking { headlessChromium("http://\(admin)/", "--dump-dom") }
             let screenshotDirectory = ".build/artifacts"
             mkdir(".build", 0o755)
             mkdir(screenshotDirectory, 0o755)
-            _ = headlessChromium("http://\(admin)/", "--window-size=1280,420 --screenshot=\(screenshotDirectory)/status-page.png")
+            _ = try await blocking {
+                headlessChromium("http://\(admin)/", "--window-size=1280,420 --screenshot=\(screenshotDirectory)/status-page.png")
+            }
             stop.store(true, ordering: .relaxed)
             let echoed = try await load.value
             let status = host.status.endpoints[0]

@@ -56,6 +56,17 @@ final class ServerProcess: Sendable {
         return text.split(separator: " ").compactMap { pid_t($0) }
     }
 
+    /// ``waitForLine(containing:after:)`` on a thread of its own (a blocked runtime thread would stall
+    /// other tests' tasks).
+    func line(containing text: String) async -> String? {
+        (try? await blocking { self.waitForLine(containing: text) }) ?? nil
+    }
+
+    /// ``terminate()`` on a thread of its own.
+    func stop() async -> Int32 {
+        (try? await blocking { self.terminate() }) ?? -2
+    }
+
     /// Sends SIGTERM and waits. - Returns: the exit status (-1 for a signal).
     func terminate() -> Int32 {
         kill(pid, SIGTERM)
@@ -100,7 +111,7 @@ struct WorkerProcessTests {
     func aKilledWorkerIsRestartedWhileTheOthersKeepServing() async throws {
         defer { unlink(config) }
         let server = try ServerProcess(["--config", config, "--workers", "2", "--threads", "1", "--log-level", "warning"])
-        #expect(server.waitForLine(containing: "(admin)") != nil)
+        #expect(await server.line(containing: "(admin)") != nil)
         let port = try #require(server.port(of: "echo"))
         let admin = try #require(server.port(of: "admin"))
         #expect(server.output.filter { $0.hasPrefix("listening on ") } .count == 2)  // once per listener, not per worker
@@ -116,7 +127,7 @@ struct WorkerProcessTests {
         }
         #expect(served.before)
         #expect(served.failures == 0, "\(served.failures) of \(served.during) connections failed while a worker was down")
-        #expect(server.waitForLine(containing: "pid \(victim)) exited (signal 9); restarting") != nil)
+        #expect(await server.line(containing: "pid \(victim)) exited (signal 9); restarting") != nil)
         #expect(await eventually { server.children.count == 2 && !server.children.contains(victim) })
         // The supervisor's admin listener sums the workers' counters.
         let summed = try await blocking { () -> String in
@@ -129,7 +140,7 @@ struct WorkerProcessTests {
             return ""
         }
         #expect(summed.contains("\"threads\":2"), "\(summed)")
-        #expect(server.terminate() == 0)
+        #expect(await server.stop() == 0)
         #expect(server.children.isEmpty)
     }
 
@@ -137,7 +148,7 @@ struct WorkerProcessTests {
     func aReloadAddsAnEndpointToEveryWorkerOnOnePort() async throws {
         defer { unlink(config) }
         let server = try ServerProcess(["--config", config, "--workers", "2", "--threads", "1", "--log-level", "warning"])
-        #expect(server.waitForLine(containing: "(admin)") != nil)
+        #expect(await server.line(containing: "(admin)") != nil)
         let echo = try #require(server.port(of: "echo"))
         let text = """
         shutdown-deadline: 2s
@@ -151,10 +162,10 @@ struct WorkerProcessTests {
         fputs(text, file)
         fclose(file)
         kill(server.pid, SIGHUP)
-        #expect(server.waitForLine(containing: "(extra)") != nil)
+        #expect(await server.line(containing: "(extra)") != nil)
         let extra = try #require(server.port(of: "extra"))
-        #expect(server.waitForLine(containing: "worker 1: keel-server: reloaded") != nil)
-        #expect(server.waitForLine(containing: "worker 0: keel-server: reloaded") != nil)
+        #expect(await server.line(containing: "worker 1: keel-server: reloaded") != nil)
+        #expect(await server.line(containing: "worker 0: keel-server: reloaded") != nil)
         // Connections spread over both workers: every one is served on the new endpoint, and the old
         // endpoint kept its port.
         let served = try await blocking { () -> Int in
@@ -162,14 +173,14 @@ struct WorkerProcessTests {
         }
         #expect(served == 20)
         #expect(try await blocking { echoOnce(port: echo) })
-        #expect(server.terminate() == 0)
+        #expect(await server.stop() == 0)
     }
 
     @Test(.timeLimit(.minutes(1)))
     func aRollingRestartReplacesEveryWorkerWithoutRefusingAConnection() async throws {
         defer { unlink(config) }
         let server = try ServerProcess(["--config", config, "--workers", "2", "--threads", "1", "--log-level", "warning"])
-        #expect(server.waitForLine(containing: "(admin)") != nil)
+        #expect(await server.line(containing: "(admin)") != nil)
         let port = try #require(server.port(of: "echo"))
         let before = Set(server.children)
         #expect(before.count == 2)
@@ -186,7 +197,7 @@ struct WorkerProcessTests {
         }
         try await Task.sleep(for: .milliseconds(200))
         kill(server.pid, SIGUSR2)
-        #expect(server.waitForLine(containing: "worker 1 replaced") != nil)
+        #expect(await server.line(containing: "worker 1 replaced") != nil)
         #expect(await eventually { Set(server.children).isDisjoint(with: before) && server.children.count == 2 })
         try await Task.sleep(for: .milliseconds(200))
         stop.store(true, ordering: .relaxed)
@@ -197,6 +208,6 @@ struct WorkerProcessTests {
         // arrived in the instant before the close are reset.
         let migrates = readFile("/proc/sys/net/ipv4/tcp_migrate_req")?.hasPrefix("1") ?? false
         #expect(failures <= (migrates ? 0 : 3), "\(failures) of \(attempts) connections failed during the rolling restart")
-        #expect(server.terminate() == 0)
+        #expect(await server.stop() == 0)
     }
 }
