@@ -15,7 +15,7 @@ struct ChatServerTests {
         let pool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 1))
         let chat = try ChatServer(pool: pool, port: 0)
         let address = chat.localAddress
-        let received = await Task.detached { () -> [[String]] in
+        let received = await onPlainThread { () -> [[String]] in
             let members = (0..<3).compactMap { _ in try? TestClient(address) }
             defer { members.forEach { $0.close() } }
             // All three joined before anyone speaks (a fixed pause was too short under AddressSanitizer).
@@ -23,7 +23,7 @@ struct ChatServerTests {
             members[0].sendLine("hello")
             members[1].sendLine("hi there")
             return members.map { $0.lines(2) }
-        }.value
+        }
         #expect(received.count == 3)
         for lines in received {
             #expect(lines.count == 2)
@@ -39,11 +39,10 @@ struct ChatServerTests {
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
         let chat = try ChatServer(pool: pool, port: 0, perMemberLimit: 256 * 1024)
         let address = chat.localAddress
-        let (talkerGotItsLines, stalledWasDropped) = await Task.detached { () -> (Bool, Bool) in
-            guard let stalled = try? TestClient(address), let talker = try? TestClient(address) else { return (false, false) }
+        let (talkerGotItsLines, stalledWasDropped) = await onPlainThread { () -> (Bool, Bool) in
+            guard let stalled = try? TestClient(address, receiveBuffer: 4096), let talker = try? TestClient(address)
+            else { return (false, false) }
             defer { stalled.close(); talker.close() }
-            var size: Int32 = 4096
-            setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             // Both are in the room before the talking starts (a fixed pause was too short under load).
             for _ in 0..<1000 where chat.statistics.active < 2 { usleep(10_000) }
             // The talker sends ~6 MiB of lines and reads its own echo; the stalled member reads nothing.
@@ -62,7 +61,7 @@ struct ChatServerTests {
                 total += n
             }
             return (ok, total < 6000 * 1000)
-        }.value
+        }
         #expect(talkerGotItsLines)
         #expect(stalledWasDropped)
         #expect(chat.slowConsumersDisconnected == 1)

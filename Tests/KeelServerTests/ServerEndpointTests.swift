@@ -27,14 +27,6 @@ func withServer<Result: Sendable>(
     }
 }
 
-/// Runs blocking client code on a thread of its own: never on the concurrency runtime's few threads,
-/// which tests running in parallel would otherwise fill with blocked clients while the server's
-/// shutdown task waits for one.
-func blocking<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value) async throws -> Value {
-    try await withCheckedThrowingContinuation { continuation in
-        SystemThread.spawn(name: "test-client") { continuation.resume(with: Result { try body() }) }.detach()
-    }
-}
 
 @Suite("keel-server endpoints and plugins")
 struct ServerEndpointTests {
@@ -193,16 +185,15 @@ struct ServerEndpointTests {
         try await withServer(yaml, backend: backend) { host, addresses in
             let address = try #require(addresses["ticker"])
             let client = try await blocking { () -> TestClient in
-                let client = try TestClient(address)
-                var size: Int32 = 4096
-                setsockopt(client.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-                // 4 MiB sent, nothing read: the echoes pile up past the 64 KiB limit.
+                let client = try TestClient(address, receiveBuffer: 4096)
+                // 8 MiB sent, nothing read: more than the kernel's buffers on both sides can hold (the
+                // server's send buffer alone may grow to 4 MiB), so the echoes pile up past the limit.
                 let chunk = [UInt8](repeating: 0x5A, count: 65536)
-                for _ in 0..<64 { client.send(chunk) }
+                for _ in 0..<128 { client.send(chunk) }
                 return client
             }
             defer { client.close() }
-            #expect(await eventually { host.status.endpoints[0].traffic.bytesIn == 4 << 20 })
+            #expect(await eventually { host.status.endpoints[0].traffic.bytesIn == 8 << 20 })
             let status = host.status.endpoints[0]
             #expect(status.traffic.drops > 0, "\(status.traffic)")
             #expect(status.open == 1, "dropped, not disconnected")

@@ -213,7 +213,8 @@ struct ResourceExhaustionTests {
         #expect(ContinuousClock.now - start >= .seconds(2), "admissions were spread over several windows")
         clients.forEach { $0.close() }
         // 400 peers closing: a liveness check, with room for a machine busy with other test processes.
-        #expect(await eventually(timeout: .seconds(30)) { fixture.server.statistics.active == 1 })
+        #expect(await eventually(timeout: .seconds(30)) { fixture.server.statistics.active == 1 },
+                "statistics: \(fixture.server.statistics), close reasons seen: \(fixture.reasons.snapshot.count)")
         let after = await aNewClientIsServed(at: address)
         #expect(after, "a new client is served after the storm (statistics: \(fixture.server.statistics))")
         await fixture.finish()

@@ -127,12 +127,6 @@ struct ServerFixture {
     }
 }
 
-/// Runs blocking client code on a plain thread and awaits its result.
-func onPlainThread<Value: Sendable>(_ body: @escaping @Sendable () -> Value) async -> Value {
-    await withCheckedContinuation { continuation in
-        SystemThread.spawn(name: "test-client") { continuation.resume(returning: body()) }.detach()
-    }
-}
 
 @Suite("TCP bad paths and close modes", .serialized)
 struct TCPBadPathTests {

@@ -24,9 +24,11 @@ func buffersInUse(_ pool: IOPool) -> Int {
     pool.threads.reduce(0) { $0 + $1.bufferPool.statistics.inUse }
 }
 
-/// A blocking client socket for tests that need a misbehaving peer.
-struct RawClient {
+/// A blocking client socket for tests that need a misbehaving peer. A class whose close happens once,
+/// like ``TestClient``'s: a second close could hit a descriptor another test has since opened.
+final class RawClient: Sendable {
     let fd: Int32
+    private let closed = Atomic<Bool>(false)
 
     init(connectingTo address: SocketAddress) throws {
         fd = socket(address.addressFamily, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -75,8 +77,10 @@ struct RawClient {
     func resetAndClose() {
         var value = linger(l_onoff: 1, l_linger: 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
-        Glibc.close(fd)
+        close()
     }
 
-    func close() { Glibc.close(fd) }
+    func close() {
+        if !closed.exchange(true, ordering: .acquiringAndReleasing) { Glibc.close(fd) }
+    }
 }

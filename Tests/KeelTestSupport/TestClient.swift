@@ -1,14 +1,22 @@
 import Glibc
 import KeelSystem
+import Synchronization
 
-/// A blocking socket client for the tests (TCP or UDP, 5 s receive timeout).
-public struct TestClient: Sendable {
+/// A blocking socket client for the tests (TCP or UDP, 5 s receive timeout). A class, so that closing
+/// twice (an early close and a `defer`) closes once: a second close of a number the process has since
+/// reused would close another test's socket or ring.
+public final class TestClient: Sendable {
     /// The socket.
     public let fd: Int32
+    private let closed = Atomic<Bool>(false)
 
-    /// Connects to `address` (a UDP socket connected to it with `udp`).
-    public init(_ address: SocketAddress, udp: Bool = false) throws {
-        fd = socket(AF_INET, Int32(udp ? SOCK_DGRAM.rawValue : SOCK_STREAM.rawValue), 0)
+    /// Connects to `address` (a UDP socket connected to it with `udp`). `receiveBuffer` sets SO_RCVBUF
+    /// before connecting, so the window the peer sees is small from the start (a slow reader).
+    public init(_ address: SocketAddress, udp: Bool = false, receiveBuffer: Int32? = nil) throws {
+        fd = socket(AF_INET, Int32(udp ? SOCK_DGRAM.rawValue : SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if var size = receiveBuffer {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else {
             let code = errno
             Glibc.close(fd)
@@ -50,12 +58,24 @@ public struct TestClient: Sendable {
         return text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
     }
 
-    /// True when the peer closes (end of stream or reset) within the timeout, with no more data.
-    public func closedByPeer() -> Bool {
+    /// True when the peer closes (end of stream or reset) within `timeout`, with no more data. The wait
+    /// is long by default: a close that is due comes at once, and a machine loaded with other tests can
+    /// delay it by seconds; a peer that never closes costs the caller the whole wait.
+    public func closedByPeer(within timeout: Duration = .seconds(15)) -> Bool {
+        let deadline = ContinuousClock.now + timeout
         var byte: UInt8 = 0
-        return recv(fd, &byte, 1, 0) == 0 || errno == ECONNRESET
+        while true {
+            let n = recv(fd, &byte, 1, 0)
+            if n == 0 { return true }
+            if n > 0 { return false }
+            let code = errno
+            if code == ECONNRESET { return true }
+            guard code == EAGAIN || code == EWOULDBLOCK || code == EINTR, ContinuousClock.now < deadline else { return false }
+        }
     }
 
-    /// Closes the socket.
-    public func close() { Glibc.close(fd) }
+    /// Closes the socket (once, however often it is called).
+    public func close() {
+        if !closed.exchange(true, ordering: .acquiringAndReleasing) { Glibc.close(fd) }
+    }
 }

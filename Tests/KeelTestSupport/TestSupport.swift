@@ -168,3 +168,19 @@ func readLines(_ path: String) -> [Substring] {
     }
     return String(decoding: text, as: UTF8.self).split(separator: "\n")
 }
+
+/// Runs blocking client code on a thread of its own and awaits its result: never on the concurrency
+/// runtime's few threads, which tests running in parallel would otherwise fill with blocked clients
+/// while a server's shutdown task (or an I/O thread's async work) waits for one.
+public func blocking<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value) async throws -> Value {
+    try await withCheckedThrowingContinuation { continuation in
+        SystemThread.spawn(name: "test-client") { continuation.resume(with: Result { try body() }) }.detach()
+    }
+}
+
+/// ``blocking(_:)`` for code that cannot throw.
+public func onPlainThread<Value: Sendable>(_ body: @escaping @Sendable () -> Value) async -> Value {
+    await withCheckedContinuation { continuation in
+        SystemThread.spawn(name: "test-client") { continuation.resume(returning: body()) }.detach()
+    }
+}

@@ -53,7 +53,8 @@ final class EpollBackend {
     }
 
     private struct State {
-        var interests: [Interest] = []
+        /// Sized for the descriptors a busy process reaches without growing (16 KiB); grows by doubling.
+        var interests = [Interest](repeating: Interest(), count: 1024)
         /// Pending operations by token slot (dense: at most the operations in flight).
         var operations: [IOOperation.Core?] = []
         var completed = CompletionQueue()
@@ -183,10 +184,7 @@ final class EpollBackend {
         if previous != 0 { state.pointee.operations[Int(Token(rawValue: previous).slot)] = nil }
         if let io {
             let slot = Int(io.token.slot)
-            if slot >= state.pointee.operations.count {
-                state.pointee.operations.append(
-                    contentsOf: repeatElement(nil, count: slot + 1 - state.pointee.operations.count + 64))
-            }
+            if slot >= state.pointee.operations.count { Self.grow(&state.pointee.operations, toHold: slot, filler: nil) }
             state.pointee.operations[slot] = io.operation
         }
         if readable {
@@ -328,10 +326,16 @@ final class EpollBackend {
     }
 
     private func ensureInterestSlot(_ fd: Int32) {
-        if Int(fd) >= state.pointee.interests.count {
-            state.pointee.interests.append(
-                contentsOf: repeatElement(Interest(), count: Int(fd) + 1 - state.pointee.interests.count + 64))
-        }
+        if Int(fd) >= state.pointee.interests.count { Self.grow(&state.pointee.interests, toHold: Int(fd), filler: Interest()) }
+    }
+
+    /// Grows a table indexed by descriptor or token slot so `index` fits, at least doubling it: a process
+    /// whose descriptor numbers climb pays a logarithmic number of allocations, one each. (Appending
+    /// `repeatElement` instead allocated per element in debug builds.)
+    private static func grow<Element>(_ table: inout [Element], toHold index: Int, filler: Element) {
+        let newCount = max(index + 1, table.count * 2, 256)
+        table.reserveCapacity(newCount)
+        while table.count < newCount { table.append(filler) }
     }
 
     /// Arms `fd` one-shot for the readiness its pending operations need.
