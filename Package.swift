@@ -25,6 +25,8 @@ let package = Package(
         // Example keel-server plugins, loaded at run time through the C ABI (Sources/CKeelPluginABI).
         .library(name: "KeelExamplePluginC", type: .dynamic, targets: ["CountingEchoC"]),
         .library(name: "KeelExamplePluginSwift", type: .dynamic, targets: ["ReversingSwift"]),
+        .library(name: "KeelGateway", targets: ["KeelGateway"]),
+        .executable(name: "keel-gateway", targets: ["keel-gateway"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
@@ -188,6 +190,28 @@ let package = Package(
         .testTarget(
             name: "KeelServerTests",
             dependencies: ["KeelServer", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport", "KeelWebSocket"],
+            swiftSettings: strict
+        ),
+        // keel-gateway: a TCP relay from a listener to back-ends, flow-controlled both ways.
+        .target(
+            name: "KeelGateway",
+            dependencies: [
+                "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelProxyProtocol",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelGatewayTests",
+            dependencies: ["KeelGateway", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelProxyProtocol", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-gateway",
+            dependencies: [
+                "KeelGateway", "KeelSockets", "KeelEngine", "KeelSystem", "KeelTLS", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict
         ),
         // Layer 5: framing over pooled buffers (no sockets, so it runs anywhere).

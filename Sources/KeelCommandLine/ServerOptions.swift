@@ -6,16 +6,38 @@ import KeelSystem
 import Logging
 
 /// The command-line options every Keel example server shares: `--host`, `--port`, `--backend`,
-/// `--threads`.
+/// `--threads` and the rest of ``ListenerOptions``.
 public struct ServerOptions: ParsableArguments {
+    /// Everything but the I/O backend.
+    @OptionGroup public var listener: ListenerOptions
+
+    @Option(help: "I/O backend: io_uring or epoll (default: automatic, or KEEL_BACKEND).")
+    public var backend: BackendKind?
+
+    public init() {}
+
+    /// The address to listen on.
+    public var host: String { listener.host }
+    /// The port to listen on.
+    public var port: UInt16 { listener.port }
+
+    /// The pool configuration these options ask for.
+    public var poolConfiguration: IOPoolConfiguration { listener.poolConfiguration(backend: backend) }
+
+    /// Runs the server as ``ListenerOptions/runUntilSignalled(_:backend:start:)`` does, on the backend asked for.
+    public func runUntilSignalled(_ name: String, start: (IOPool) throws -> RunningService) throws {
+        try listener.runUntilSignalled(name, backend: backend, start: start)
+    }
+}
+
+/// The options of an example server other than its I/O backend: for a server whose `--backend` means
+/// something else (keel-gateway's back-ends), which names the I/O backend `--io-backend` itself.
+public struct ListenerOptions: ParsableArguments {
     @Option(help: "Address to listen on (numeric IPv4 or IPv6).")
     public var host = "127.0.0.1"
 
     @Option(help: "Port to listen on (0: any free port).")
     public var port: UInt16 = 7007
-
-    @Option(help: "I/O backend: io_uring or epoll (default: automatic, or KEEL_BACKEND).")
-    public var backend: BackendKind?
 
     @Option(help: "I/O threads (default: one per core).")
     public var threads: Int = IOPoolConfiguration.coreCount
@@ -37,8 +59,8 @@ public struct ServerOptions: ParsableArguments {
 
     public init() {}
 
-    /// The pool configuration these options ask for.
-    public var poolConfiguration: IOPoolConfiguration {
+    /// The pool configuration these options ask for, on `backend` (nil: automatic, or KEEL_BACKEND).
+    public func poolConfiguration(backend: BackendKind?) -> IOPoolConfiguration {
         var configuration = IOPoolConfiguration(threadCount: threads, backend: backend)
         if let bufferPoolMib { configuration.bufferPool.maximumBytes = bufferPoolMib << 20 }
         if let bufferKib { configuration.bufferPool.bufferSize = bufferKib << 10 }
@@ -50,7 +72,7 @@ public struct ServerOptions: ParsableArguments {
     /// `listening on HOST:PORT`, waits for a signal (sampling statistics into `--stats-file` meanwhile,
     /// when given), prints `NAME: signal N, shutting down (SUMMARY)` and shuts the pool down.
     /// - Parameter start: starts the service on the pool and describes it.
-    public func runUntilSignalled(_ name: String, start: (IOPool) throws -> RunningService) throws {
+    public func runUntilSignalled(_ name: String, backend: BackendKind?, start: (IOPool) throws -> RunningService) throws {
         if let logLevel {
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)
@@ -59,7 +81,7 @@ public struct ServerOptions: ParsableArguments {
             }
         }
         let signals = ShutdownSignals()
-        let pool = try IOPool(configuration: poolConfiguration)
+        let pool = try IOPool(configuration: poolConfiguration(backend: backend))
         let service = try start(pool)
         let recorder = try statsFile.map { path throws(SystemError) in
             try StatisticsRecorder(path: path, pool: pool, counters: service.counters)

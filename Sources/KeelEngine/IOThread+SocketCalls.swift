@@ -45,10 +45,11 @@ extension IOThread {
 
     /// Applies a connection's socket options (`TCP_NODELAY`, keepalive); failures are ignored, as a
     /// connection works without them. Nothing to do on an embedded stream.
-    package func configureStream(_ fd: Int32, noDelay: Bool, keepAliveIdleSeconds: Int32?) {
+    package func configureStream(_ fd: Int32, noDelay: Bool, keepAliveIdleSeconds: Int32?, receiveBufferSize: Int32? = nil) {
         if embeddedBackend != nil { return }
         if noDelay { try? Sockets.setNoDelay(fd) }
         if let keepAliveIdleSeconds { try? Sockets.setKeepAlive(fd, idle: keepAliveIdleSeconds) }
+        if let receiveBufferSize { try? Sockets.setBufferSizes(fd, send: nil, receive: receiveBufferSize) }
     }
 
     /// Closes a descriptor.

@@ -250,8 +250,8 @@ public class TCPConnection: @unchecked Sendable {
         lifecycle.opened()
         rareClosures?.closeReason = nil
         deferredWriteCompleted = 0
-        thread.configureStream(fd, noDelay: settings.options.noDelay,
-                               keepAliveIdleSeconds: settings.options.keepAliveIdleSeconds)
+        thread.configureStream(fd, noDelay: settings.options.noDelay, keepAliveIdleSeconds: settings.options.keepAliveIdleSeconds,
+                               receiveBufferSize: settings.options.receiveBufferSize)
         if let idleTimeout { idleTimer = thread.scheduleTimer(after: idleTimeout, onIdle) }
         if let readTimeout { readTimer = thread.scheduleTimer(after: readTimeout, onReadTimeout) }
         receivesUrgentData = settings.options.receivesUrgentData
@@ -293,17 +293,22 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     private func deliverDeferredEvents() {
-        if deferredLimitExceeded && state == .open {
-            deferredLimitExceeded = false
-            callbackDepth += 1
-            deliverWriteLimitExceeded(writeQueue.bytes)
-            callbackDepth -= 1
-        }
-        if let writable = deferredWritability, state == .open {
-            deferredWritability = nil
-            callbackDepth += 1
-            emitWritabilityChanged(writable)
-            callbackDepth -= 1
+        // A handler's writes inside these callbacks can raise the same events again (a relay resumed by
+        // "writable" refills the queue past the watermark at once): loop until none is left, or the
+        // second "not writable" would wait for an event that a stalled peer never causes.
+        while state == .open && (deferredLimitExceeded || deferredWritability != nil) {
+            if deferredLimitExceeded {
+                deferredLimitExceeded = false
+                callbackDepth += 1
+                deliverWriteLimitExceeded(writeQueue.bytes)
+                callbackDepth -= 1
+            }
+            if let writable = deferredWritability, state == .open {
+                deferredWritability = nil
+                callbackDepth += 1
+                emitWritabilityChanged(writable)
+                callbackDepth -= 1
+            }
         }
         while deferredWriteCompleted > 0 && state != .closed {
             let bytes = deferredWriteCompleted

@@ -13,6 +13,10 @@ public struct TCPConnectionOptions: Sendable {
     public var noDelay: Bool
     /// TCP keepalive idle seconds (nil: off).
     public var keepAliveIdleSeconds: Int32?
+    /// `SO_RCVBUF` in bytes (nil: the kernel's default, which grows with the traffic). A fixed size
+    /// caps what the kernel holds for a connection whose reading is paused, and what one multishot
+    /// receive can hand over at once: a relay sets it to bound each relayed connection's memory.
+    public var receiveBufferSize: Int32?
     /// Bounds on each connection's write queue.
     public var flowControl: TCPFlowControl
     /// Coalesce the writes a connection makes during one loop iteration into one `sendmsg`, flushed
@@ -29,13 +33,15 @@ public struct TCPConnectionOptions: Sendable {
     /// Creates options; every parameter has a production default.
     public init(
         idleTimeout: Duration? = nil, readTimeout: Duration? = nil, noDelay: Bool = true,
-        keepAliveIdleSeconds: Int32? = nil, flowControl: TCPFlowControl = .default, coalescesWrites: Bool = true,
-        receivesUrgentData: Bool = false, makeFilters: (@Sendable (TCPFilterSetup) -> [any TCPConnectionFilter])? = nil
+        keepAliveIdleSeconds: Int32? = nil, receiveBufferSize: Int32? = nil, flowControl: TCPFlowControl = .default,
+        coalescesWrites: Bool = true, receivesUrgentData: Bool = false,
+        makeFilters: (@Sendable (TCPFilterSetup) -> [any TCPConnectionFilter])? = nil
     ) {
         self.idleTimeout = idleTimeout
         self.readTimeout = readTimeout
         self.noDelay = noDelay
         self.keepAliveIdleSeconds = keepAliveIdleSeconds
+        self.receiveBufferSize = receiveBufferSize
         self.flowControl = flowControl
         self.coalescesWrites = coalescesWrites
         self.receivesUrgentData = receivesUrgentData

@@ -103,6 +103,16 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
     /// Connections made by this connector and still open.
     public var activeConnections: Int { active.current }
 
+    /// Closes every connection this connector made that is still open (`mode` as in
+    /// ``TCPConnection/close(_:)``), on each I/O thread; returns once each thread has been asked.
+    /// Connects still in flight are not affected.
+    public func closeAll(_ mode: TCPCloseMode) async {
+        for thread in pool.threads {
+            let registry = registries[thread.index]
+            _ = try? await thread.submit { registry.closeAll(mode) }
+        }
+    }
+
     /// A shareable atomic counter.
     final class Counter: Sendable {
         private let value = Atomic<Int>(0)

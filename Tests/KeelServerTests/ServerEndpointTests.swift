@@ -368,6 +368,9 @@ struct ServerReloadTests {
         let keep = try #require(addresses["keep"]), gone = try #require(addresses["gone"]), change = try #require(addresses["change"])
         let (keepClient, goneClient, changeClient) = try await blocking { (try TestClient(keep), try TestClient(gone), try TestClient(change)) }
         defer { keepClient.close(); goneClient.close(); changeClient.close() }
+        // Each connection is the server's before the reload (one still in the kernel's backlog would go
+        // with its retired listener).
+        #expect(await eventually { host.status.endpoints.allSatisfy { $0.open == 1 } })
 
         let second = """
         endpoints:

@@ -5,19 +5,6 @@ import KeelSystem
 import KeelTestSupport
 import Testing
 
-/// Runs a shell command. - Returns: its standard output.
-func shellOutput(_ command: String) -> String {
-    guard let pipe = popen(command, "r") else { return "" }
-    defer { pclose(pipe) }
-    var output: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let count = fread(&chunk, 1, chunk.count, pipe)
-        output += chunk[..<count]
-        if count < chunk.count { break }
-    }
-    return String(decoding: output, as: UTF8.self)
-}
 
 // The openssl command makes the certificate; Python's ssl module is the client (both are in the README's requirements).
 @Suite("keel-server TLS endpoints", .enabled(if: access("/usr/bin/openssl", X_OK) == 0, "the openssl command is not installed"))

@@ -69,6 +69,24 @@ struct EmbeddedConnectionTests {
         #expect(test.finish().isClean)
     }
 
+    @Test func aWriteMadeWhileHandlingWritableThatFillsTheQueueAgainIsReportedNotWritable() {
+        // A relay resumes its other side when this one drains; that side's stash comes straight back as
+        // writes here, past the high watermark again, inside the writability callback. The second
+        // "not writable" must still reach the handler, or the relay never pauses again and buffers
+        // without bound (keel-gateway's stalled-client test found this).
+        let flow = TCPFlowControl(highWatermark: 1000, lowWatermark: 100, hardLimit: nil)
+        let events = Collector<Bool>()
+        let test = EmbeddedConnection(handler: RefillingOnWritable(events: events), options: .init(flowControl: flow))
+        test.sendWindow = 0
+        test.withConnection { write(repeating: 1, count: 2000, times: 1, to: $0) }
+        #expect(events.snapshot == [false])
+        test.sendWindow = 2000  // the queue drains; the handler refills it within the callback
+        #expect(test.connection.queuedWriteBytes == 2000)
+        #expect(events.snapshot == [false, true, false], "the refill's crossing of the watermark was reported")
+        test.sendWindow = .max
+        #expect(test.finish().isClean)
+    }
+
     @Test func aSlowConsumerIsClosedAtTheHardLimit() {
         let flow = TCPFlowControl(highWatermark: 1000, lowWatermark: 100, hardLimit: 4000, policy: .refuse)
         let test = EmbeddedConnection(handler: EventRecorder(log: Collector()), options: .init(flowControl: flow))
@@ -247,3 +265,19 @@ struct SendQueueBoundTests {
 
 /// A filter that passes every event on (its defaults).
 final class PassThroughFilter: TCPConnectionFilter {}
+
+/// Records writability changes; each time the queue drains, writes 2,000 bytes again (once).
+struct RefillingOnWritable: TCPConnectionHandler {
+    let events: Collector<Bool>
+    var refilled = false
+
+    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {}
+
+    mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool) {
+        events.add(isWritable)
+        if isWritable && !refilled {
+            refilled = true
+            write(repeating: 2, count: 2000, times: 1, to: connection)
+        }
+    }
+}

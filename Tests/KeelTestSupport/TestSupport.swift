@@ -184,3 +184,17 @@ public func onPlainThread<Value: Sendable>(_ body: @escaping @Sendable () -> Val
         SystemThread.spawn(name: "test-client") { continuation.resume(returning: body()) }.detach()
     }
 }
+
+/// Runs a shell command. - Returns: its standard output.
+public func shellOutput(_ command: String) -> String {
+    guard let pipe = popen(command, "r") else { return "" }
+    defer { pclose(pipe) }
+    var output: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = fread(&chunk, 1, chunk.count, pipe)
+        output += chunk[..<count]
+        if count < chunk.count { break }
+    }
+    return String(decoding: output, as: UTF8.self)
+}
