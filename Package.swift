@@ -203,7 +203,7 @@ let package = Package(
         ),
         .testTarget(
             name: "KeelGatewayTests",
-            dependencies: ["KeelGateway", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelProxyProtocol", "KeelTestSupport"],
+            dependencies: ["KeelGateway", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelProxyProtocol", "KeelTLS", "KeelTestSupport"],
             swiftSettings: strict
         ),
         .executableTarget(
