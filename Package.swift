@@ -26,6 +26,7 @@ let package = Package(
         .library(name: "KeelExamplePluginC", type: .dynamic, targets: ["CountingEchoC"]),
         .library(name: "KeelExamplePluginSwift", type: .dynamic, targets: ["ReversingSwift"]),
         .library(name: "KeelGateway", targets: ["KeelGateway"]),
+        .library(name: "KeelCompression", targets: ["KeelCompression"]),
         .executable(name: "keel-gateway", targets: ["keel-gateway"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
@@ -190,6 +191,17 @@ let package = Package(
         .testTarget(
             name: "KeelServerTests",
             dependencies: ["KeelServer", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport", "KeelWebSocket"],
+            swiftSettings: strict
+        ),
+        // A deflate filter for any connection's stack, on the system's zlib (CKeelZlib).
+        .target(
+            name: "KeelCompression",
+            dependencies: ["CKeelZlib", "KeelSockets", "KeelBuffers"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelCompressionTests",
+            dependencies: ["KeelCompression", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTLS", "KeelTestSupport"],
             swiftSettings: strict
         ),
         // keel-gateway: a TCP relay from a listener to back-ends, flow-controlled both ways.

@@ -23,6 +23,10 @@ let package = Package(
             "FuzzSupport", .product(name: "KeelProxyProtocol", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
             .product(name: "KeelBuffers", package: "Keel"),
         ]),
+        .executableTarget(name: "FuzzDeflateStream", dependencies: [
+            "FuzzSupport", .product(name: "KeelCompression", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
+            .product(name: "KeelBuffers", package: "Keel"),
+        ]),
         .executableTarget(name: "FuzzTLSServer", dependencies: [
             "FuzzSupport", .product(name: "KeelTLS", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
             .product(name: "KeelBuffers", package: "Keel"),
