@@ -43,14 +43,9 @@ struct PayloadClient: TCPConnectionHandler {
 struct DeflateOverTLSTests {
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func aDeflateFilterAboveTLSCarriesEveryByteBothWays(backend: BackendKind) async throws {
-        let directory = "/tmp/keel-deflate-tls-\(getpid())-\(backend)"
-        mkdir(directory, 0o755)
-        defer { _ = system("rm -rf \(directory)") }
-        let made = try await blocking {
-            system("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout \(directory)/key.pem "
-                + "-out \(directory)/cert.pem -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null")
-        }
-        #expect(made == 0)
+        let certificate = try await TestCertificate(name: "deflate-tls")
+        defer { certificate.remove() }
+        let directory = certificate.directory
         let serverTLS = try TLSContext(configuration: .server(certificateChain: "\(directory)/cert.pem", privateKey: "\(directory)/key.pem"))
         let clientTLS = try TLSContext(configuration: .client(serverName: "localhost", trustRoots: .file("\(directory)/cert.pem")))
         let pool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 1))

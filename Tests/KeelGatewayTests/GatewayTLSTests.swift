@@ -12,14 +12,9 @@ import Testing
 struct GatewayTLSTests {
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func clientsSpeakTLSAndTheBackendGetsPlainBytes(backend: BackendKind) async throws {
-        let directory = "/tmp/keel-gateway-tls-\(getpid())-\(backend)"
-        mkdir(directory, 0o755)
-        defer { _ = system("rm -rf \(directory)") }
-        let made = try await blocking {
-            system("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout \(directory)/key.pem "
-                + "-out \(directory)/cert.pem -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null")
-        }
-        #expect(made == 0)
+        let certificate = try await TestCertificate(name: "gateway-tls")
+        defer { certificate.remove() }
+        let directory = certificate.directory
         let context = try TLSContext(configuration: .server(certificateChain: "\(directory)/cert.pem", privateKey: "\(directory)/key.pem"))
         let echo = try TestBackend(backend, .echo)
         let gateway = try TestGateway(backend, to: [echo.address]) { $0.listener.connection.useTLS(context) }

@@ -11,15 +11,9 @@ import Testing
 struct TLSEndpointTests {
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func aTLSEndpointServesItsPluginAndCountsFailedHandshakes(backend: BackendKind) async throws {
-        let directory = "/tmp/keel-server-tls-\(getpid())-\(backend)"
-        mkdir(directory, 0o755)
-        defer { _ = system("rm -rf \(directory)") }
-        // openssl runs on a thread of its own: a blocked runtime thread would stall other tests' tasks.
-        let made = try await blocking {
-            system("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout \(directory)/key.pem "
-                + "-out \(directory)/cert.pem -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null")
-        }
-        #expect(made == 0)
+        let certificate = try await TestCertificate(name: "server-tls")
+        defer { certificate.remove() }
+        let directory = certificate.directory
         let yaml = """
         endpoints:
           - name: secure

@@ -198,3 +198,31 @@ public func shellOutput(_ command: String) -> String {
     }
     return String(decoding: output, as: UTF8.self)
 }
+
+/// A self-signed P-256 certificate for `localhost` and 127.0.0.1, made with the openssl command in a
+/// directory of its own (`cert.pem`, `key.pem`) for a test's TLS server; ``remove()`` deletes it.
+public struct TestCertificate: Sendable {
+    /// The directory holding the files (free for the test's other files too).
+    public let directory: String
+    /// The PEM certificate (also the trust root clients use).
+    public var certificate: String { "\(directory)/cert.pem" }
+    /// The PEM private key.
+    public var key: String { "\(directory)/key.pem" }
+
+    /// Makes the certificate in `/tmp/keel-NAME-PID-XXXXXX`. openssl runs on a thread of its own: a
+    /// blocked runtime thread would stall other tests' tasks.
+    public init(name: String) async throws {
+        var template = Array("/tmp/keel-\(name)-\(getpid())-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw SystemError(code: errno, call: "mkdtemp") }
+        let directory = String(cString: made)
+        self.directory = directory
+        let status = try await blocking {
+            system("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout \(directory)/key.pem "
+                + "-out \(directory)/cert.pem -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null")
+        }
+        guard status == 0 else { throw SystemError(code: EIO, call: "openssl req", context: "exit status \(status)") }
+    }
+
+    /// Deletes the directory and everything in it.
+    public func remove() { _ = system("rm -rf \(directory)") }
+}
