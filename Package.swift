@@ -27,6 +27,7 @@ let package = Package(
         .library(name: "KeelExamplePluginSwift", type: .dynamic, targets: ["ReversingSwift"]),
         .library(name: "KeelGateway", targets: ["KeelGateway"]),
         .library(name: "KeelCompression", targets: ["KeelCompression"]),
+        .library(name: "KeelPubSub", targets: ["KeelPubSub"]),
         .executable(name: "keel-gateway", targets: ["keel-gateway"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
@@ -193,6 +194,9 @@ let package = Package(
             dependencies: ["KeelServer", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelTestSupport", "KeelWebSocket"],
             swiftSettings: strict
         ),
+        // keel-pubsub's protocol and topic table (the server comes next).
+        .target(name: "KeelPubSub", dependencies: ["KeelBuffers"], swiftSettings: strict),
+        .testTarget(name: "KeelPubSubTests", dependencies: ["KeelPubSub", "KeelBuffers"], swiftSettings: strict),
         // A deflate filter for any connection's stack, on the system's zlib (CKeelZlib).
         .target(
             name: "KeelCompression",

@@ -32,6 +32,12 @@ public final class AsyncTCPConnection: @unchecked Sendable {
     /// Why the connection closed, once it has.
     public private(set) var closeReason: TCPCloseReason?
 
+    /// Orders a connection's construction on its I/O thread before its first use by the task that
+    /// awaited it, in a way ThreadSanitizer sees: the continuation's resume goes through the concurrency
+    /// runtime, which TSan does not always see as synchronising (it once reported the new connection's
+    /// fields as raced). Taken once on each side per connect; never per message.
+    static let handoff = Locked(())
+
     init(_ connection: TCPConnection, inboundLimit: Int) {
         handle = connection.handle
         thread = connection.thread
@@ -250,6 +256,7 @@ struct AsyncBridgeHandler: TCPConnectionHandler {
                 bridge.close()
             }
         case .deliver(let continuation):
+            AsyncTCPConnection.handoff.withLock { _ in }  // see `handoff`
             continuation.resume(returning: bridge)
         }
     }
@@ -335,21 +342,25 @@ public final class AsyncTCPConnector: Sendable {
     /// Connects to `address`. - Throws: ``TCPConnectError`` when the connection cannot be made.
     public func connect(to address: SocketAddress, from source: SocketAddress? = nil) async throws -> AsyncTCPConnection {
         let limit = inboundBufferLimit
-        return try await withCheckedThrowingContinuation { continuation in
+        let connection = try await withCheckedThrowingContinuation { continuation in
             connector.connect(to: address, from: source, makeHandler: {
                 AsyncBridgeHandler(purpose: .deliver(continuation), inboundLimit: limit)
             }, failed: { error in continuation.resume(throwing: error) })
         }
+        AsyncTCPConnection.handoff.withLock { _ in }  // see `handoff`
+        return connection
     }
 
     /// Resolves `host` (off the I/O threads), then connects to its first address.
     /// - Throws: ``TCPConnectError`` when the name does not resolve or the connection cannot be made.
     public func connect(host: String, port: UInt16) async throws -> AsyncTCPConnection {
         let limit = inboundBufferLimit
-        return try await withCheckedThrowingContinuation { continuation in
+        let connection = try await withCheckedThrowingContinuation { continuation in
             connector.connect(host: host, port: port, makeHandler: {
                 AsyncBridgeHandler(purpose: .deliver(continuation), inboundLimit: limit)
             }, failed: { error in continuation.resume(throwing: error) })
         }
+        AsyncTCPConnection.handoff.withLock { _ in }  // see `handoff`
+        return connection
     }
 }

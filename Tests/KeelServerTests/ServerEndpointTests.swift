@@ -167,8 +167,11 @@ struct ServerEndpointTests {
             }
             #expect(closed)
             #expect(otherAnswered)
-            #expect(await eventually { host.status.endpoints[0].traffic.badMessages == 1 })
-            #expect(host.status.endpoints[0].traffic.closeReasons["protocolError"] == 1)
+            // The bad message is counted, then its connection closes: both land after the client saw the close.
+            #expect(await eventually {
+                let traffic = host.status.endpoints[0].traffic
+                return traffic.badMessages == 1 && traffic.closeReasons["protocolError"] == 1
+            }, "\(host.status.endpoints[0].traffic)")
             #expect(host.status.loopLag.count == 2)
         }
     }

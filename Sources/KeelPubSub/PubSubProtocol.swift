@@ -1,0 +1,122 @@
+import KeelBuffers
+
+/// What a subscription names: one topic exactly, or every topic that starts with a prefix (written
+/// with a trailing `*`: `prices.*` matches `prices.eur` and `prices.usd.spot`; a lone `*` matches all).
+public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
+    /// The topic, or the pattern's prefix (without its `*`).
+    public let text: String
+    /// True for a prefix pattern.
+    public let isPattern: Bool
+
+    /// A filter for `text` as written by a client (a trailing `*` makes it a pattern).
+    public init(parsing text: String) {
+        if text.hasSuffix("*") {
+            self.text = String(text.dropLast())
+            isPattern = true
+        } else {
+            self.text = text
+            isPattern = false
+        }
+    }
+
+    /// True when a message published to `topic` reaches this subscription.
+    public func matches(_ topic: String) -> Bool {
+        isPattern ? topic.utf8.starts(with: text.utf8) : topic == text
+    }
+
+    /// As the client wrote it.
+    public var description: String { isPattern ? text + "*" : text }
+}
+
+/// A command a pub/sub client sent, one per line.
+public enum PubSubCommand: Hashable, Sendable {
+    /// `SUBSCRIBE <topic>`: deliver what is published to it from now on.
+    case subscribe(TopicFilter)
+    /// `UNSUBSCRIBE <topic>`: stop (the filter as it was subscribed).
+    case unsubscribe(TopicFilter)
+    /// `PUBLISH <topic> <payload>`: the payload is the rest of the line, as the byte range `payload`
+    /// of the line it was parsed from (no copy).
+    case publish(topic: String, payload: Range<Int>)
+    /// `PING`: answered `PONG`.
+    case ping
+}
+
+/// Why a line is not a command: answered `ERR <reason>` on a line of its own; the connection stays up.
+public struct PubSubProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What was wrong, for the client.
+    public let reason: String
+
+    /// An error saying `reason`.
+    public init(_ reason: String) { self.reason = reason }
+
+    /// `ERR <reason>`.
+    public var description: String { "ERR \(reason)" }
+}
+
+/// keel-pubsub's line protocol: client lines `SUBSCRIBE <topic>`, `UNSUBSCRIBE <topic>`,
+/// `PUBLISH <topic> <payload>`, `PING`; deliveries `MESSAGE <topic> <payload>`; replies `OK ...`, `PONG`,
+/// `ERR <reason>`. Every line ends with `\n` (a `\r` before it is ignored on input).
+public enum PubSubLineProtocol {
+    /// The longest topic (or pattern) accepted, in bytes.
+    public static let maximumTopicBytes = 256
+
+    /// Parses one line (without its newline).
+    public static func parse(_ line: UnsafeRawBufferPointer) throws(PubSubProtocolError) -> PubSubCommand {
+        var end = line.count
+        if end > 0 && line[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+        let verbEnd = (0..<end).first { line[$0] == UInt8(ascii: " ") } ?? end
+        let verb = String(decoding: UnsafeRawBufferPointer(rebasing: line[0..<verbEnd]), as: UTF8.self).uppercased()
+        let argumentStart = min(verbEnd + 1, end)
+        switch verb {
+        case "PING":
+            guard argumentStart == end else { throw PubSubProtocolError("PING takes no argument") }
+            return .ping
+        case "SUBSCRIBE", "UNSUBSCRIBE":
+            let topic = try topicText(line, from: argumentStart, to: end, verb: verb)
+            guard topic.utf8.firstIndex(of: UInt8(ascii: " ")) == nil else {
+                throw PubSubProtocolError("\(verb) takes one topic; topics have no spaces")
+            }
+            let filter = TopicFilter(parsing: topic)
+            guard !filter.text.utf8.contains(UInt8(ascii: "*")) else {
+                throw PubSubProtocolError("'*' may only end a pattern (as in prices.*)")
+            }
+            return verb == "SUBSCRIBE" ? .subscribe(filter) : .unsubscribe(filter)
+        case "PUBLISH":
+            let topicEnd = (argumentStart..<end).first { line[$0] == UInt8(ascii: " ") } ?? end
+            let topic = try topicText(line, from: argumentStart, to: topicEnd, verb: verb)
+            guard !topic.utf8.contains(UInt8(ascii: "*")) else {
+                throw PubSubProtocolError("PUBLISH names one topic, not a pattern")
+            }
+            return .publish(topic: topic, payload: min(topicEnd + 1, end)..<end)
+        case "":
+            throw PubSubProtocolError("empty line; commands are SUBSCRIBE, UNSUBSCRIBE, PUBLISH and PING")
+        default:
+            let shown = verb.count > 32 ? String(verb.prefix(32)) + "..." : verb
+            throw PubSubProtocolError("unknown command \(shown); commands are SUBSCRIBE, UNSUBSCRIBE, PUBLISH and PING")
+        }
+    }
+
+    /// The topic between `start` and `end`, checked for presence, length and UTF-8.
+    private static func topicText(_ line: UnsafeRawBufferPointer, from start: Int, to end: Int, verb: String) throws(PubSubProtocolError) -> String {
+        guard start < end else { throw PubSubProtocolError("\(verb) needs a topic") }
+        guard end - start <= maximumTopicBytes else {
+            throw PubSubProtocolError("topic longer than \(maximumTopicBytes) bytes")
+        }
+        guard let topic = String(validating: UnsafeRawBufferPointer(rebasing: line[start..<end]), as: UTF8.self) else {
+            throw PubSubProtocolError("a topic must be UTF-8")
+        }
+        return topic
+    }
+
+    /// The bytes of a delivery: `MESSAGE <topic> <payload>\n`.
+    public static func messageLength(topicBytes: Int, payloadBytes: Int) -> Int { 8 + topicBytes + 1 + payloadBytes + 1 }
+
+    /// Writes `MESSAGE <topic> <payload>\n` into `buffer` (which must have room: ``messageLength(topicBytes:payloadBytes:)``).
+    public static func writeMessage(topic: String, payload: UnsafeRawBufferPointer, into buffer: inout IOBuffer) {
+        buffer.append(contentsOf: "MESSAGE ".utf8)
+        buffer.append(contentsOf: topic.utf8)
+        buffer.append(contentsOf: CollectionOfOne(UInt8(ascii: " ")))
+        buffer.append(payload)
+        buffer.append(contentsOf: CollectionOfOne(UInt8(ascii: "\n")))
+    }
+}
