@@ -36,7 +36,7 @@ public final class AsyncTCPConnection: @unchecked Sendable {
     /// awaited it, in a way ThreadSanitizer sees: the continuation's resume goes through the concurrency
     /// runtime, which TSan does not always see as synchronising (it once reported the new connection's
     /// fields as raced). Taken once on each side per connect; never per message.
-    static let handoff = Locked(())
+    static let handoff = Locked(0)  // a counter, not Void: TSan reported accesses to a zero-sized value as racing
 
     init(_ connection: TCPConnection, inboundLimit: Int) {
         handle = connection.handle
@@ -256,7 +256,7 @@ struct AsyncBridgeHandler: TCPConnectionHandler {
                 bridge.close()
             }
         case .deliver(let continuation):
-            AsyncTCPConnection.handoff.withLock { _ in }  // see `handoff`
+            AsyncTCPConnection.handoff.withLock { $0 &+= 1 }  // see `handoff`
             continuation.resume(returning: bridge)
         }
     }
@@ -347,7 +347,7 @@ public final class AsyncTCPConnector: Sendable {
                 AsyncBridgeHandler(purpose: .deliver(continuation), inboundLimit: limit)
             }, failed: { error in continuation.resume(throwing: error) })
         }
-        AsyncTCPConnection.handoff.withLock { _ in }  // see `handoff`
+        AsyncTCPConnection.handoff.withLock { $0 &+= 1 }  // see `handoff`
         return connection
     }
 
@@ -360,7 +360,7 @@ public final class AsyncTCPConnector: Sendable {
                 AsyncBridgeHandler(purpose: .deliver(continuation), inboundLimit: limit)
             }, failed: { error in continuation.resume(throwing: error) })
         }
-        AsyncTCPConnection.handoff.withLock { _ in }  // see `handoff`
+        AsyncTCPConnection.handoff.withLock { $0 &+= 1 }  // see `handoff`
         return connection
     }
 }
