@@ -29,6 +29,7 @@ let package = Package(
         .library(name: "KeelCompression", targets: ["KeelCompression"]),
         .library(name: "KeelPubSub", targets: ["KeelPubSub"]),
         .executable(name: "keel-gateway", targets: ["keel-gateway"]),
+        .executable(name: "keel-pubsub", targets: ["keel-pubsub"]),
         .executable(name: "keel-echo", targets: ["keel-echo"]),
         .executable(name: "keel-tls-echo", targets: ["keel-tls-echo"]),
         .executable(name: "keel-async-echo", targets: ["keel-async-echo"]),
@@ -42,6 +43,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
@@ -195,8 +197,29 @@ let package = Package(
             swiftSettings: strict
         ),
         // keel-pubsub's protocol and topic table (the server comes next).
-        .target(name: "KeelPubSub", dependencies: ["KeelBuffers"], swiftSettings: strict),
-        .testTarget(name: "KeelPubSubTests", dependencies: ["KeelPubSub", "KeelBuffers"], swiftSettings: strict),
+        // keel-pubsub: topics, the line and binary protocols, per-subscriber queues with topic policies.
+        .target(
+            name: "KeelPubSub",
+            dependencies: [
+                "KeelBuffers", "KeelEngine", "KeelSockets", "KeelSystem", "KeelFraming", "KeelHTTP", "KeelWebSocket",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keel-pubsub",
+            dependencies: [
+                "KeelPubSub", "KeelSockets", "KeelEngine", "KeelSystem", "KeelCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "KeelPubSubTests",
+            dependencies: ["KeelPubSub", "KeelBuffers", "KeelEngine", "KeelSockets", "KeelSystem", "KeelTestSupport"],
+            swiftSettings: strict
+        ),
         // A deflate filter for any connection's stack, on the system's zlib (CKeelZlib).
         .target(
             name: "KeelCompression",

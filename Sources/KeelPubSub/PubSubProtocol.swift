@@ -65,35 +65,56 @@ public enum PubSubLineProtocol {
         var end = line.count
         if end > 0 && line[end - 1] == UInt8(ascii: "\r") { end -= 1 }
         let verbEnd = (0..<end).first { line[$0] == UInt8(ascii: " ") } ?? end
-        let verb = String(decoding: UnsafeRawBufferPointer(rebasing: line[0..<verbEnd]), as: UTF8.self).uppercased()
+        let verbBytes = UnsafeRawBufferPointer(rebasing: line[0..<verbEnd])
+        // Matched as bytes, any case (no string is made for a command on the publishing path).
+        let verb = verbs.first { Self.equalIgnoringCase(verbBytes, $0.utf8) } ?? (verbEnd == 0 ? "" : "?")
         let argumentStart = min(verbEnd + 1, end)
         switch verb {
         case "PING":
             guard argumentStart == end else { throw PubSubProtocolError("PING takes no argument") }
             return .ping
         case "SUBSCRIBE", "UNSUBSCRIBE":
-            let topic = try topicText(line, from: argumentStart, to: end, verb: verb)
-            guard topic.utf8.firstIndex(of: UInt8(ascii: " ")) == nil else {
-                throw PubSubProtocolError("\(verb) takes one topic; topics have no spaces")
-            }
-            let filter = TopicFilter(parsing: topic)
-            guard !filter.text.utf8.contains(UInt8(ascii: "*")) else {
-                throw PubSubProtocolError("'*' may only end a pattern (as in prices.*)")
-            }
+            let filter = try filter(line, from: argumentStart, to: end, verb: verb)
             return verb == "SUBSCRIBE" ? .subscribe(filter) : .unsubscribe(filter)
         case "PUBLISH":
             let topicEnd = (argumentStart..<end).first { line[$0] == UInt8(ascii: " ") } ?? end
-            let topic = try topicText(line, from: argumentStart, to: topicEnd, verb: verb)
-            guard !topic.utf8.contains(UInt8(ascii: "*")) else {
-                throw PubSubProtocolError("PUBLISH names one topic, not a pattern")
-            }
+            let topic = try publishedTopic(line, from: argumentStart, to: topicEnd)
             return .publish(topic: topic, payload: min(topicEnd + 1, end)..<end)
         case "":
             throw PubSubProtocolError("empty line; commands are SUBSCRIBE, UNSUBSCRIBE, PUBLISH and PING")
         default:
-            let shown = verb.count > 32 ? String(verb.prefix(32)) + "..." : verb
+            let written = String(decoding: verbBytes, as: UTF8.self)
+            let shown = written.count > 32 ? String(written.prefix(32)) + "..." : written
             throw PubSubProtocolError("unknown command \(shown); commands are SUBSCRIBE, UNSUBSCRIBE, PUBLISH and PING")
         }
+    }
+
+    private static let verbs: [String] = ["PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PING"]
+
+    private static func equalIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ upper: some Collection<UInt8>) -> Bool {
+        bytes.count == upper.count && zip(bytes, upper).allSatisfy { $0 == $1 || ($0 >= 0x61 && $0 <= 0x7A && $0 - 0x20 == $1) }
+    }
+
+    /// The subscription filter between `start` and `end` of `bytes` (for `verb`'s error messages).
+    static func filter(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int, verb: String) throws(PubSubProtocolError) -> TopicFilter {
+        let topic = try topicText(bytes, from: start, to: end, verb: verb)
+        guard !topic.utf8.contains(UInt8(ascii: " ")) else {
+            throw PubSubProtocolError("\(verb) takes one topic; topics have no spaces")
+        }
+        let filter = TopicFilter(parsing: topic)
+        guard !filter.text.utf8.contains(UInt8(ascii: "*")) else {
+            throw PubSubProtocolError("'*' may only end a pattern (as in prices.*)")
+        }
+        return filter
+    }
+
+    /// The topic of a publication between `start` and `end` of `bytes`.
+    static func publishedTopic(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) throws(PubSubProtocolError) -> String {
+        let topic = try topicText(bytes, from: start, to: end, verb: "PUBLISH")
+        guard !topic.utf8.contains(UInt8(ascii: "*")), !topic.utf8.contains(UInt8(ascii: " ")) else {
+            throw PubSubProtocolError("PUBLISH names one topic, not a pattern")
+        }
+        return topic
     }
 
     /// The topic between `start` and `end`, checked for presence, length and UTF-8.
@@ -112,11 +133,12 @@ public enum PubSubLineProtocol {
     public static func messageLength(topicBytes: Int, payloadBytes: Int) -> Int { 8 + topicBytes + 1 + payloadBytes + 1 }
 
     /// Writes `MESSAGE <topic> <payload>\n` into `buffer` (which must have room: ``messageLength(topicBytes:payloadBytes:)``).
-    public static func writeMessage(topic: String, payload: UnsafeRawBufferPointer, into buffer: inout IOBuffer) {
+    /// - Parameter newline: false to leave the newline out (a WebSocket message is delimited already).
+    public static func writeMessage(topic: String, payload: UnsafeRawBufferPointer, into buffer: inout IOBuffer, newline: Bool = true) {
         buffer.append(contentsOf: "MESSAGE ".utf8)
         buffer.append(contentsOf: topic.utf8)
         buffer.append(contentsOf: CollectionOfOne(UInt8(ascii: " ")))
         buffer.append(payload)
-        buffer.append(contentsOf: CollectionOfOne(UInt8(ascii: "\n")))
+        if newline { buffer.append(contentsOf: CollectionOfOne(UInt8(ascii: "\n"))) }
     }
 }

@@ -222,9 +222,16 @@ public class TCPConnection: @unchecked Sendable {
     /// Closes abortively with ``TCPCloseReason/Code/protocolError`` naming `error` (what an unhandled
     /// error from a filter does).
     public func closeForError(_ error: any Error) {
-        precondition(thread.isCurrent, "closeForError must run on the connection's I/O thread")
-        noteCloseReason(TCPCloseReason(.protocolError, detail: "\(error)"))
-        close(.abortive)
+        close(.abortive, reason: TCPCloseReason(.protocolError, detail: "\(error)"))
+    }
+
+    /// Closes the connection for the handler's own reason (a subscriber too slow for a must-not-lose
+    /// feed: ``TCPCloseReason/slowConsumer``); the closed callbacks see `reason` rather than
+    /// ``TCPCloseReason/local``. Otherwise as ``close(_:)``.
+    public func close(_ mode: TCPCloseMode, reason: TCPCloseReason) {
+        precondition(thread.isCurrent, "TCPConnection.close called off its I/O thread: use connection.handle")
+        noteCloseReason(reason)
+        close(mode)
     }
     /// Called after `deliverClosed`: the owner may reuse the object.
     func didFinish() {}
