@@ -27,6 +27,9 @@ let package = Package(
             "FuzzSupport", .product(name: "KeelCompression", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
             .product(name: "KeelBuffers", package: "Keel"),
         ]),
+        .executableTarget(name: "FuzzPubSubProtocol", dependencies: [
+            "FuzzSupport", .product(name: "KeelPubSub", package: "Keel"),
+        ]),
         .executableTarget(name: "FuzzTLSServer", dependencies: [
             "FuzzSupport", .product(name: "KeelTLS", package: "Keel"), .product(name: "KeelSockets", package: "Keel"),
             .product(name: "KeelBuffers", package: "Keel"),

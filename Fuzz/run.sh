@@ -8,7 +8,8 @@
 # FuzzHTTPRequest (the HTTP/1.1 request parser, input split at a chosen point), FuzzWebSocketServer (frames
 # after a WebSocket upgrade, through the server's filters), FuzzProxyProtocol (the PROXY header parser and
 # the listener filter), FuzzDeflateStream (the deflate filter: a peer's stream, and a round trip),
-# FuzzTLSServer (the server side of the TLS filter; needs the openssl command for its certificate). Each
+# FuzzPubSubProtocol (keel-pubsub's line and binary command parsers), FuzzTLSServer (the server side
+# of the TLS filter; needs the openssl command for its certificate). Each
 # starts from its committed seeds in Fuzz/Corpus/TARGET (read-only: what the run finds goes to a scratch
 # corpus under Fuzz/.corpus/, kept between runs). A crash exits non-zero and leaves the reproducer in
 # Fuzz/artifacts/; replay it with `Fuzz/.build/debug/TARGET Fuzz/artifacts/FILE`.
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 target=${1:?usage: Fuzz/run.sh TARGET|all SECONDS}
 seconds=${2:-30}
-targets=(FuzzLineDecoder FuzzLengthPrefixedDecoder FuzzFixedSizeDecoder FuzzSocketAddress FuzzHTTPRequest FuzzWebSocketServer FuzzProxyProtocol FuzzDeflateStream FuzzTLSServer)
+targets=(FuzzLineDecoder FuzzLengthPrefixedDecoder FuzzFixedSizeDecoder FuzzSocketAddress FuzzHTTPRequest FuzzWebSocketServer FuzzProxyProtocol FuzzDeflateStream FuzzPubSubProtocol FuzzTLSServer)
 [ "$target" = all ] && selected=("${targets[@]}") || selected=("$target")
 for name in "${selected[@]}"; do
     [ -d "Corpus/$name" ] || { echo "unknown target $name (one of: ${targets[*]})" >&2; exit 2; }

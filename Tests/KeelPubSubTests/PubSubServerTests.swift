@@ -111,6 +111,34 @@ final class Reader: @unchecked Sendable {
     }
 }
 
+extension Reader {
+    /// Opens a WebSocket by hand (the client side of the handshake). - Returns: the status line.
+    func openWebSocket() -> String? {
+        client.send("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        var head: [String] = []
+        while let line = lines(1).first, line != "\r" { head.append(line) }
+        return head.first
+    }
+
+    /// Sends one masked (with a zero key) text message of under 126 bytes.
+    func sendWebSocketText(_ text: String) {
+        client.send([0x81, 0x80 | UInt8(text.utf8.count), 0, 0, 0, 0] + Array(text.utf8))
+    }
+
+    /// Reads one unfragmented server message: its opcode and payload.
+    func webSocketMessage() -> (opcode: UInt8, payload: [UInt8])? {
+        let header = bytes(2)
+        guard header.count == 2 else { return nil }
+        var length = Int(header[1] & 0x7F)
+        if length == 126 {
+            let extended = bytes(2)
+            length = Int(extended[0]) << 8 | Int(extended[1])
+        }
+        return (header[0] & 0x0F, bytes(length))
+    }
+}
+
 @Suite("keel-pubsub server")
 struct PubSubServerTests {
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
@@ -205,6 +233,37 @@ struct PubSubServerTests {
         #expect(third?.payload == Array("from a line".utf8))
         lineSubscriber.close()
         for client in [binaryClient, publisher, linePublisher] { client.close() }
+        #expect(await server.finish())
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func webSocketClientsSubscribeAndPublishInTheSameTopicSpace(backend: BackendKind) async throws {
+        let server = try TestPubSub(backend) {
+            $0.webSocket = .init(host: "127.0.0.1", port: 0)
+            $0.binary = .init(host: "127.0.0.1", port: 0)
+        }
+        let webSocketAddress = try #require(server.server.webSocketAddress)
+        let binaryAddress = try #require(server.server.binaryAddress)
+        let web = try await blocking { try Reader(TestClient(webSocketAddress)) }
+        #expect(await onPlainThread { web.openWebSocket() } == "HTTP/1.1 101 Switching Protocols\r")
+        web.sendWebSocketText("SUBSCRIBE chat")
+        web.sendWebSocketText("SUBSCRIBE")
+        let replies = await onPlainThread { [web.webSocketMessage(), web.webSocketMessage()] }
+        #expect(replies.map { $0.map { String(decoding: $0.payload, as: UTF8.self) } } == ["OK SUBSCRIBE chat", "ERR SUBSCRIBE needs a topic"])
+        let line = try await subscribers(1, to: ["chat"], at: server.address)[0]
+        line.sendLine("PUBLISH chat hello from a line")
+        let first = await onPlainThread { web.webSocketMessage() }
+        #expect(first?.opcode == 1 && first?.payload == Array("MESSAGE chat hello from a line".utf8), "a text message")
+        let binary = try await blocking { try TestClient(binaryAddress) }
+        binary.send(binaryFrame(0x50, topic: "chat", payload: [0xFF, 0x00, 0x0A]))
+        let second = await onPlainThread { web.webSocketMessage() }
+        #expect(second?.opcode == 2 && second?.payload == Array("MESSAGE chat ".utf8) + [0xFF, 0x00, 0x0A], "not UTF-8: a binary message")
+        web.sendWebSocketText("PUBLISH chat from the browser")
+        #expect(await onPlainThread { line.lines(2) } == ["MESSAGE chat hello from a line", "MESSAGE chat from the browser"],
+                "its own publication too (the binary one has a newline: not for a line)")
+        web.close()
+        line.close()
+        binary.close()
         #expect(await server.finish())
     }
 
