@@ -325,7 +325,7 @@ let package = Package(
         .target(
             name: "KeelBench",
             dependencies: [
-                "CKeelLinux", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelWebSocket", "KeelHTTP",
+                "CKeelLinux", "KeelSockets", "KeelEngine", "KeelBuffers", "KeelSystem", "KeelWebSocket", "KeelHTTP", "KeelFraming",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict

@@ -31,6 +31,12 @@ final class ThreadStats: @unchecked Sendable {
     var validationFailures = 0
     var errors = 0
     var connections = 0
+    /// Messages a subscriber never got (gaps in a publisher's sequence), and ones that came twice or
+    /// out of order (`pubsub`).
+    var lost = 0
+    var reordered = 0
+    /// Deliveries in every phase, warm-up and drain included (`pubsub`: checked against what was published).
+    var deliveredAll = 0
     var connectTimes = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
     /// Messages so far, readable from any thread for the progress line.
     let progress = Atomic<Int>(0)
@@ -69,7 +75,7 @@ public struct BenchResult: Sendable {
         }
         if connections > 0 { parts.append("connections \(connections)") }
         if mode == "hold" { parts.append("held \(held)") }
-        if mode == "udp" { parts.append("lost \(lost), reordered \(reordered)") }
+        if mode == "udp" || mode == "pubsub" { parts.append("lost \(lost), reordered \(reordered)") }
         for (key, value) in extra { parts.append("\(key) \(value)") }
         parts.append("errors \(errors)")
         parts.append("validation failures \(validationFailures)")
@@ -117,6 +123,9 @@ func merge(_ stats: [ThreadStats], pool: IOPool) async -> ThreadStats {
             total.validationFailures += snapshot.validationFailures
             total.errors += snapshot.errors
             total.connections += snapshot.connections
+            total.lost += snapshot.lost
+            total.reordered += snapshot.reordered
+            total.deliveredAll += snapshot.deliveredAll
         }
     }
     return total
@@ -127,8 +136,11 @@ struct ThreadStatsSnapshot: @unchecked Sendable {
     // @unchecked Sendable: a value copy made on the owning thread, handed over once.
     var latency: Histogram<UInt64>
     var connectTimes: Histogram<UInt64>
-    var messages, bytes, validationFailures, errors, connections: Int
+    var messages, bytes, validationFailures, errors, connections, lost, reordered, deliveredAll: Int
     init(_ stats: ThreadStats) {
+        lost = stats.lost
+        reordered = stats.reordered
+        deliveredAll = stats.deliveredAll
         latency = stats.latency
         connectTimes = stats.connectTimes
         messages = stats.messages

@@ -17,6 +17,8 @@ public struct EchoBenchmarkOptions: Sendable {
     public var messagesPerConnection: Int?
     /// The load connections' options (their filters: TLS).
     public var connection: TCPConnectionOptions
+    /// The name the result carries (`relay` when the echo goes through a gateway).
+    public var mode = "echo"
 
     public init(target: SocketAddress, connections: Int, messageSize: Int, depth: Int, warmup: Duration,
                 duration: Duration, messagesPerConnection: Int?, connection: TCPConnectionOptions = .init()) {
@@ -153,7 +155,7 @@ public func runEchoBenchmark(_ options: EchoBenchmarkOptions, pool: IOPool) asyn
                           makeHandler: { EchoLoadClient(run: run, stream: stream) },
                           failed: { _ in failures.wrappingAdd(1, ordering: .relaxed); run.finished.wrappingAdd(1, ordering: .relaxed) })
     }
-    return await measureEchoRun(mode: "echo", stats: run.stats, phase: run.phase, finished: { run.finished.load(ordering: .relaxed) },
+    return await measureEchoRun(mode: options.mode, stats: run.stats, phase: run.phase, finished: { run.finished.load(ordering: .relaxed) },
                                 connections: options.connections, messagesPerConnection: options.messagesPerConnection,
                                 warmup: options.warmup, duration: options.duration,
                                 connectFailures: { failures.load(ordering: .relaxed) }, pool: pool)

@@ -1,6 +1,8 @@
 // keel-bench: Keel's load and soak tool. Every mode is bounded in time and stops by itself.
 //
 //   keel-bench echo  --port 7007 --connections 50 --size 64 --depth 16 --duration 10 [--tls --ca ca.pem]
+//   keel-bench relay --port 7007 --connections 50 --size 64 --depth 16 --duration 10   (echo through a gateway)
+//   keel-bench pubsub --port 7007 --publishers 1 --subscribers 100 --rate 10000 --size 64 [--protocol keel|redis]
 //   keel-bench ws    --port 7007 --connections 50 --size 64 --depth 16 --duration 10 [--deflate] [--tls --ca ca.pem]
 //   keel-bench storm --port 7007 --concurrency 64 --duration 10
 //   keel-bench hold  --port 7007 --count 10000 --duration 30 [--trickle-ms 1000]
@@ -18,7 +20,7 @@ import KeelSystem
 struct KeelBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keel-bench", abstract: "Load and soak tool for TCP and UDP echo servers.",
-        subcommands: [Echo.self, WebSocket.self, Storm.self, Hold.self, UDP.self, Misbehave.self])
+        subcommands: [Echo.self, Relay.self, PubSub.self, WebSocket.self, Storm.self, Hold.self, UDP.self, Misbehave.self])
 }
 
 /// Options every mode shares.
@@ -68,6 +70,51 @@ extension KeelBenchCommand {
                     .init(target: target, connections: connections, messageSize: size, depth: depth,
                           warmup: common.warmupTime, duration: common.measuredTime,
                           messagesPerConnection: messages, connection: connection), pool: pool)
+            }
+        }
+    }
+
+    struct Relay: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Echo load through a relay (keel-gateway, HAProxy) to an echo back-end: C connections, S-byte messages, P in flight; every byte validated.")
+        @OptionGroup var common: Common
+        @Option(name: [.customShort("c"), .long], help: "Connections.") var connections = 50
+        @Option(name: [.customShort("s"), .long], help: "Message size in bytes.") var size = 64
+        @Option(name: [.customShort("p"), .long], help: "Messages in flight per connection.") var depth = 1
+        @Option(help: "Messages per connection instead of a duration.") var messages: Int?
+        @OptionGroup var tls: ClientTLSOptions
+
+        func run() async throws {
+            let connection = try tls.connectionOptions(host: common.host)
+            try await common.run(failsOnErrors: true) { pool, target in
+                var options = EchoBenchmarkOptions(
+                    target: target, connections: connections, messageSize: size, depth: depth, warmup: common.warmupTime,
+                    duration: common.measuredTime, messagesPerConnection: messages, connection: connection)
+                options.mode = "relay"
+                return await runEchoBenchmark(options, pool: pool)
+            }
+        }
+    }
+
+    struct PubSub: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "pubsub",
+            abstract: "Pub/sub load: S subscribers on one topic, P publishers at a total rate; every delivery checked for loss, repeats and order, with its latency.")
+        @OptionGroup var common: Common
+        @Option(help: "Publisher connections.") var publishers = 1
+        @Option(help: "Subscriber connections.") var subscribers = 100
+        @Option(help: "Messages published per second in all.") var rate = 10_000
+        @Option(name: [.customShort("s"), .long], help: "Payload bytes per message (at least 40).") var size = 64
+        @Option(help: "The topic.") var topic = "bench"
+        @Option(name: .customLong("protocol"), help: "The server's protocol: keel (keel-pubsub's line protocol) or redis.")
+        var serverProtocol: PubSubBenchmarkProtocol = .keel
+
+        func run() async throws {
+            try await common.run(failsOnErrors: true) { pool, target in
+                await runPubSubBenchmark(
+                    .init(target: target, publishers: publishers, subscribers: subscribers, rate: rate, payloadSize: size,
+                          topic: topic, serverProtocol: serverProtocol, warmup: common.warmupTime, duration: common.measuredTime),
+                    pool: pool)
             }
         }
     }
@@ -169,6 +216,8 @@ extension KeelBenchCommand {
         }
     }
 }
+
+extension PubSubBenchmarkProtocol: ExpressibleByArgument {}
 
 extension PeerBehaviour: ExpressibleByArgument {
     public init?(argument: String) {
