@@ -1,3 +1,4 @@
+import Glibc
 import Histogram
 import KeelBuffers
 import KeelEngine
@@ -27,9 +28,13 @@ public struct PubSubBenchmarkOptions: Sendable {
     public var serverProtocol: PubSubBenchmarkProtocol
     public var warmup: Duration
     public var duration: Duration
+    /// The server's process on this machine: its CPU time over the measured window is reported as
+    /// `server_cpu_s` (and per delivery), excluding the subscribers' connecting and the warm-up.
+    public var serverProcess: Int32?
 
     public init(target: SocketAddress, publishers: Int, subscribers: Int, rate: Int, payloadSize: Int, topic: String,
-                serverProtocol: PubSubBenchmarkProtocol, warmup: Duration, duration: Duration) {
+                serverProtocol: PubSubBenchmarkProtocol, warmup: Duration, duration: Duration, serverProcess: Int32? = nil) {
+        self.serverProcess = serverProcess
         self.target = target
         self.publishers = publishers
         self.subscribers = subscribers
@@ -271,6 +276,7 @@ public func runPubSubBenchmark(_ options: PubSubBenchmarkOptions, pool: IOPool) 
     run.publishing.store(true, ordering: .relaxed)
     let progress = ProgressLine()
     try? await Task.sleep(for: options.warmup)
+    let cpuBefore = options.serverProcess.flatMap(processCPUSeconds)
     run.phase.set(Phase.measuring)
     let start = ContinuousClock.now
     await runFor(options.duration, label: "pubsub", progress: progress) {
@@ -278,6 +284,7 @@ public func runPubSubBenchmark(_ options: PubSubBenchmarkOptions, pool: IOPool) 
     }
     let seconds = (ContinuousClock.now - start).seconds
     run.phase.set(Phase.stopping)
+    let cpuAfter = options.serverProcess.flatMap(processCPUSeconds)
     // Let what is on its way arrive: stop once deliveries stay still for half a second (10 s at most).
     var last = -1
     var delivered = 0
@@ -309,5 +316,24 @@ public func runPubSubBenchmark(_ options: PubSubBenchmarkOptions, pool: IOPool) 
     result.p999Microseconds = Double(total.latency.valueAtPercentile(99.9)) / 1000
     result.extra = [("published", "\(published)"), ("subscribers", "\(run.subscribed.load(ordering: .relaxed))"),
                     ("protocol", options.serverProtocol.rawValue)]
+    if let cpuBefore, let cpuAfter {
+        let cpu = cpuAfter - cpuBefore
+        result.extra.append(("server_cpu_s", format(cpu, digits: 3)))
+        if cpu > 0 { result.extra.append(("deliveries_per_server_cpu_s", format(Double(total.messages) / cpu, digits: 0))) }
+    }
     return result
+}
+
+/// User plus system CPU seconds process `pid` has used (from /proc/PID/stat), or nil when unreadable.
+func processCPUSeconds(_ pid: Int32) -> Double? {
+    guard let file = fopen("/proc/\(pid)/stat", "r") else { return nil }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 4096)
+    guard fgets(&line, Int32(line.count), file) != nil else { return nil }
+    let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    // Fields after the command name (which may hold spaces) start past its closing parenthesis.
+    guard let close = text.lastIndex(of: ")") else { return nil }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }

@@ -108,12 +108,15 @@ extension KeelBenchCommand {
         @Option(help: "The topic.") var topic = "bench"
         @Option(name: .customLong("protocol"), help: "The server's protocol: keel (keel-pubsub's line protocol) or redis.")
         var serverProtocol: PubSubBenchmarkProtocol = .keel
+        @Option(help: "The server's process ID (same machine): report its CPU time over the measured window.")
+        var serverPid: Int32?
 
         func run() async throws {
             try await common.run(failsOnErrors: true) { pool, target in
                 await runPubSubBenchmark(
                     .init(target: target, publishers: publishers, subscribers: subscribers, rate: rate, payloadSize: size,
-                          topic: topic, serverProtocol: serverProtocol, warmup: common.warmupTime, duration: common.measuredTime),
+                          topic: topic, serverProtocol: serverProtocol, warmup: common.warmupTime, duration: common.measuredTime,
+                          serverProcess: serverPid),
                     pool: pool)
             }
         }
