@@ -11,17 +11,8 @@
 # CPU; the back-end and the client share the first (servers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repeats=3 seconds=5
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --repeats) repeats=$2; shift ;;
-        --seconds) seconds=$2; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-    shift
-done
-
 source Benchmarks/servers.sh
+parse_compare_options "$@"
 command -v haproxy >/dev/null || { echo "installing haproxy..." >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy >/dev/null; }
 echo "building release binaries..." >&2
 for product in keel-gateway keel-echo keel-bench; do swift build -c release --product "$product" >/dev/null; done

@@ -10,17 +10,8 @@
 # (connect, one 64-byte echo, close) with TLS 1.3 full handshakes and with TLS 1.2 resumed sessions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repeats=3 seconds=5
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --repeats) repeats=$2; shift ;;
-        --seconds) seconds=$2; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-    shift
-done
-
 source Benchmarks/servers.sh
+parse_compare_options "$@"
 echo "building release binaries..." >&2
 swift build -c release --product keel-tls-echo >/dev/null
 swift build -c release --product keel-bench >/dev/null

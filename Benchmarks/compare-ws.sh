@@ -10,17 +10,8 @@
 # Cases: 64 B and 16 KiB messages, 50 connections, depth 1 and 16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repeats=3 seconds=5
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --repeats) repeats=$2; shift ;;
-        --seconds) seconds=$2; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-    shift
-done
-
 source Benchmarks/servers.sh
+parse_compare_options "$@"
 echo "building release binaries..." >&2
 swift build -c release --product keel-ws-echo >/dev/null
 swift build -c release --product keel-bench >/dev/null

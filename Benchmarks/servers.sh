@@ -1,6 +1,20 @@
 # Shared by Benchmarks/compare.sh and Benchmarks/memory.sh: build the comparison servers and start
 # or stop one by name. Source it from the repository root.
 
+# The side-by-side scripts' options: --repeats N (default 3) and --seconds S (default 5), into
+# $repeats and $seconds.
+parse_compare_options() {
+    repeats=3 seconds=5
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --repeats) repeats=$2; shift ;;
+            --seconds) seconds=$2; shift ;;
+            *) echo "unknown option $1" >&2; exit 2 ;;
+        esac
+        shift
+    done
+}
+
 build_servers() {
     swift build -c release --product keel-echo >/dev/null
     swift build -c release --product keel-bench >/dev/null

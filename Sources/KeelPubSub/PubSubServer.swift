@@ -24,8 +24,8 @@ import KeelWebSocket
 /// (``statistics``, ``subscriberReport()``) and logged when the subscriber leaves.
 public final class PubSubServer: Sendable {
     private let hub: PubSubHub
-    private let lineServer: TCPServer<PubSubLineConnection>
-    private let binaryServer: TCPServer<PubSubBinaryConnection>?
+    private let lineServer: TCPServer<PubSubStreamConnection<LineDecoder>>
+    private let binaryServer: TCPServer<PubSubStreamConnection<LengthPrefixedDecoder>>?
     private let webSocketServer: TCPServer<HTTPOnlyConnection>?
 
     /// Starts listening on the configured endpoints.
@@ -38,14 +38,19 @@ public final class PubSubServer: Sendable {
             var line = configuration.line
             line.connection.flowControl = PubSubServerConfiguration.subscriberFlowControl
             let maximumLine = bufferSize - 1  // its delivery adds a newline and must fit one buffer
-            let lineServer = try TCPServer(pool: pool, configuration: line) { PubSubLineConnection(hub: hub, maximumLineBytes: maximumLine) }
+            let lineServer = try TCPServer(pool: pool, configuration: line) {
+                PubSubStreamConnection(hub: hub, wire: .line, decoder: LineDecoder(maximumLineBytes: maximumLine), maximumBytes: maximumLine)
+            }
             started.append(lineServer)
             self.lineServer = lineServer
             if var binary = configuration.binary {
                 binary.connection.flowControl = PubSubServerConfiguration.subscriberFlowControl
                 // Its delivery to line subscribers is 3 bytes longer and must fit one buffer.
                 let maximumPayload = bufferSize - 4 - 3
-                let server = try TCPServer(pool: pool, configuration: binary) { PubSubBinaryConnection(hub: hub, maximumFrameBodyBytes: maximumPayload) }
+                let server = try TCPServer(pool: pool, configuration: binary) {
+                    PubSubStreamConnection(hub: hub, wire: .binary, decoder: LengthPrefixedDecoder(prefixBytes: 4, maximumPayloadBytes: maximumPayload),
+                                           maximumBytes: maximumPayload)
+                }
                 started.append(server)
                 binaryServer = server
             } else {
@@ -108,76 +113,60 @@ final class CommandFramer<Decoder: FrameDecoder> {
     init(_ decoder: Decoder) { accumulator = FrameAccumulator(decoder: decoder) }
 }
 
-/// A line-protocol connection.
-struct PubSubLineConnection: TCPConnectionHandler {
-    let hub: PubSubHub
-    let framer: CommandFramer<LineDecoder>
-    let maximumLineBytes: Int
+/// The two stream protocols: how commands are framed and parsed, and how the subscriber is written to.
+enum PubSubWire {
+    case line
+    case binary
 
-    init(hub: PubSubHub, maximumLineBytes: Int) {
-        self.hub = hub
-        self.maximumLineBytes = maximumLineBytes
-        framer = CommandFramer(LineDecoder(maximumLineBytes: maximumLineBytes))
-    }
-
-    mutating func connectionEstablished(_ connection: TCPConnection) {
-        framer.subscriber = hub.attach(.line(connection))
-    }
-
-    mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
-        guard let subscriber = framer.subscriber else { return }
-        let hub = self.hub
-        do {
-            try framer.accumulator.feed(buffer) { line in
-                hub.handle(Result { () throws(PubSubProtocolError) in try PubSubLineProtocol.parse(line) }, in: line,
-                           from: subscriber, payloadMayHoldNewlines: false)
-            }
-        } catch {
-            // The rest of the line cannot be told from the next command: say why, then close.
-            hub.handle(.failure(PubSubProtocolError("line longer than \(maximumLineBytes) bytes; closing")), in: UnsafeRawBufferPointer(start: nil, count: 0),
-                       from: subscriber, payloadMayHoldNewlines: false)
-            connection.close()
+    func parse(_ bytes: UnsafeRawBufferPointer) throws(PubSubProtocolError) -> PubSubCommand {
+        switch self {
+        case .line: try PubSubLineProtocol.parse(bytes)
+        case .binary: try PubSubBinaryProtocol.parse(bytes)
         }
     }
 
-    mutating func connectionWritabilityChanged(_ connection: TCPConnection, isWritable: Bool) {
-        if isWritable, let subscriber = framer.subscriber { hub.writable(subscriber) }
+    func sink(_ connection: TCPConnection) -> Subscriber.Sink {
+        switch self {
+        case .line: .line(connection)
+        case .binary: .binary(connection)
+        }
     }
 
-    mutating func connectionClosed(_ connection: TCPConnection, reason: TCPCloseReason) {
-        if let subscriber = framer.subscriber { hub.detach(subscriber, reason: reason) }
-        framer.subscriber = nil
-        framer.accumulator.discard()
-    }
+    /// A line's payload cannot hold a newline; a binary frame's can.
+    var payloadMayHoldNewlines: Bool { self == .binary }
+    var unitName: String { self == .line ? "line" : "frame" }
 }
 
-/// A binary-protocol connection.
-struct PubSubBinaryConnection: TCPConnectionHandler {
+/// A line- or binary-protocol connection.
+struct PubSubStreamConnection<Decoder: FrameDecoder>: TCPConnectionHandler {
     let hub: PubSubHub
-    let framer: CommandFramer<LengthPrefixedDecoder>
-    let maximumFrameBodyBytes: Int
+    let wire: PubSubWire
+    let framer: CommandFramer<Decoder>
+    let maximumBytes: Int
 
-    init(hub: PubSubHub, maximumFrameBodyBytes: Int) {
+    init(hub: PubSubHub, wire: PubSubWire, decoder: Decoder, maximumBytes: Int) {
         self.hub = hub
-        self.maximumFrameBodyBytes = maximumFrameBodyBytes
-        framer = CommandFramer(LengthPrefixedDecoder(prefixBytes: 4, maximumPayloadBytes: maximumFrameBodyBytes))
+        self.wire = wire
+        self.maximumBytes = maximumBytes
+        framer = CommandFramer(decoder)
     }
 
     mutating func connectionEstablished(_ connection: TCPConnection) {
-        framer.subscriber = hub.attach(.binary(connection))
+        framer.subscriber = hub.attach(wire.sink(connection))
     }
 
     mutating func connectionReceived(_ buffer: consuming IOBuffer, on connection: TCPConnection) {
         guard let subscriber = framer.subscriber else { return }
-        let hub = self.hub
+        let hub = self.hub, wire = self.wire
         do {
-            try framer.accumulator.feed(buffer) { body in
-                hub.handle(Result { () throws(PubSubProtocolError) in try PubSubBinaryProtocol.parse(body) }, in: body,
-                           from: subscriber, payloadMayHoldNewlines: true)
+            try framer.accumulator.feed(buffer) { command in
+                hub.handle(Result { () throws(PubSubProtocolError) in try wire.parse(command) }, in: command,
+                           from: subscriber, payloadMayHoldNewlines: wire.payloadMayHoldNewlines)
             }
         } catch {
-            hub.handle(.failure(PubSubProtocolError("frame longer than \(maximumFrameBodyBytes) bytes; closing")), in: UnsafeRawBufferPointer(start: nil, count: 0),
-                       from: subscriber, payloadMayHoldNewlines: true)
+            // The rest of it cannot be told from the next command: say why, then close.
+            let refusal = PubSubProtocolError("\(wire.unitName) longer than \(maximumBytes) bytes; closing")
+            hub.handle(.failure(refusal), in: UnsafeRawBufferPointer(start: nil, count: 0), from: subscriber, payloadMayHoldNewlines: false)
             connection.close()
         }
     }

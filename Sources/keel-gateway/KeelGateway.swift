@@ -57,22 +57,7 @@ struct KeelGatewayCommand: ParsableCommand {
 
     /// The back-ends as addresses (host names are resolved once, at start).
     func backendAddresses() throws -> [SocketAddress] {
-        try backends.map { entry in
-            guard let colon = entry.lastIndex(of: ":"), let port = UInt16(entry[entry.index(after: colon)...]) else {
-                throw ValidationError("--backend takes HOST:PORT, got \(entry)")
-            }
-            var host = String(entry[..<colon])
-            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-            do {
-                return try SocketAddress(host: host, port: port)
-            } catch {
-                do {
-                    return try Resolver.resolve(host: host, port: port)
-                } catch {
-                    throw ValidationError("--backend \(entry): cannot resolve \(host) (\(error))")
-                }
-            }
-        }
+        try backends.map { try parseHostPort($0, option: "--backend") }
     }
 
     func run() throws {

@@ -62,17 +62,7 @@ struct KeelPubSubCommand: ParsableCommand {
     }
 
     func udpOutAddress() throws -> SocketAddress? {
-        guard let udpOut else { return nil }
-        guard let colon = udpOut.lastIndex(of: ":"), let port = UInt16(udpOut[udpOut.index(after: colon)...]) else {
-            throw ValidationError("--udp-out takes HOST:PORT, got \(udpOut)")
-        }
-        var host = String(udpOut[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        do {
-            return try SocketAddress(host: host, port: port)
-        } catch {
-            throw ValidationError("--udp-out \(udpOut): not a numeric address (\(error))")
-        }
+        try udpOut.map { try parseHostPort($0, option: "--udp-out", resolvesNames: false) }
     }
 
     func run() throws {
