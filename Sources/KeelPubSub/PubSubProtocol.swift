@@ -64,10 +64,18 @@ public enum PubSubLineProtocol {
     public static func parse(_ line: UnsafeRawBufferPointer) throws(PubSubProtocolError) -> PubSubCommand {
         var end = line.count
         if end > 0 && line[end - 1] == UInt8(ascii: "\r") { end -= 1 }
-        let verbEnd = (0..<end).first { line[$0] == UInt8(ascii: " ") } ?? end
+        let verbEnd = firstSpace(line, from: 0, to: end)
         let verbBytes = UnsafeRawBufferPointer(rebasing: line[0..<verbEnd])
-        // Matched as bytes, any case (no string is made for a command on the publishing path).
-        let verb = verbs.first { Self.equalIgnoringCase(verbBytes, $0.utf8) } ?? (verbEnd == 0 ? "" : "?")
+        // Matched as bytes, any case, in plain loops: parsing a publication allocates nothing.
+        var verb = verbEnd == 0 ? "" : "?"
+        var index = 0
+        while index < verbs.count {  // (an iterator over [String] allocates in unoptimised builds)
+            if equalIgnoringCase(verbBytes, verbs[index]) {
+                verb = verbs[index]
+                break
+            }
+            index += 1
+        }
         let argumentStart = min(verbEnd + 1, end)
         switch verb {
         case "PING":
@@ -77,7 +85,7 @@ public enum PubSubLineProtocol {
             let filter = try filter(line, from: argumentStart, to: end, verb: verb)
             return verb == "SUBSCRIBE" ? .subscribe(filter) : .unsubscribe(filter)
         case "PUBLISH":
-            let topicEnd = (argumentStart..<end).first { line[$0] == UInt8(ascii: " ") } ?? end
+            let topicEnd = firstSpace(line, from: argumentStart, to: end)
             let topic = try publishedTopic(line, from: argumentStart, to: topicEnd)
             return .publish(topic: topic, payload: min(topicEnd + 1, end)..<end)
         case "":
@@ -91,8 +99,32 @@ public enum PubSubLineProtocol {
 
     private static let verbs: [String] = ["PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PING"]
 
-    private static func equalIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ upper: some Collection<UInt8>) -> Bool {
-        bytes.count == upper.count && zip(bytes, upper).allSatisfy { $0 == $1 || ($0 >= 0x61 && $0 <= 0x7A && $0 - 0x20 == $1) }
+    private static func equalIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ upper: String) -> Bool {
+        guard bytes.count == upper.utf8.count else { return false }
+        var index = 0
+        for expected in upper.utf8 {
+            let byte = bytes[index]
+            guard byte == expected || (byte >= 0x61 && byte <= 0x7A && byte - 0x20 == expected) else { return false }
+            index += 1
+        }
+        return true
+    }
+
+    /// The index of the first space in `bytes[start..<end]`, or `end`.
+    private static func firstSpace(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Int {
+        var index = start
+        while index < end && bytes[index] != UInt8(ascii: " ") { index += 1 }
+        return index
+    }
+
+    /// True when `bytes[start..<end]` holds `byte`.
+    private static func contains(_ byte: UInt8, in bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Bool {
+        var index = start
+        while index < end {
+            if bytes[index] == byte { return true }
+            index += 1
+        }
+        return false
     }
 
     /// The subscription filter between `start` and `end` of `bytes` (for `verb`'s error messages).
@@ -110,11 +142,10 @@ public enum PubSubLineProtocol {
 
     /// The topic of a publication between `start` and `end` of `bytes`.
     static func publishedTopic(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) throws(PubSubProtocolError) -> String {
-        let topic = try topicText(bytes, from: start, to: end, verb: "PUBLISH")
-        guard !topic.utf8.contains(UInt8(ascii: "*")), !topic.utf8.contains(UInt8(ascii: " ")) else {
+        guard !contains(UInt8(ascii: "*"), in: bytes, from: start, to: end), !contains(UInt8(ascii: " "), in: bytes, from: start, to: end) else {
             throw PubSubProtocolError("PUBLISH names one topic, not a pattern")
         }
-        return topic
+        return try topicText(bytes, from: start, to: end, verb: "PUBLISH")
     }
 
     /// The topic between `start` and `end`, checked for presence, length and UTF-8.

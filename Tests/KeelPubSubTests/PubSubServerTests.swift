@@ -13,8 +13,8 @@ struct TestPubSub {
     let server: PubSubServer
     var address: SocketAddress { server.localAddress }
 
-    init(_ backend: BackendKind, configure: (inout PubSubServerConfiguration) -> Void = { _ in }) throws {
-        pool = try IOPool(configuration: .init(threadCount: 2, backend: backend, workPoolThreadCount: 1))
+    init(_ backend: BackendKind, threads: Int = 2, configure: (inout PubSubServerConfiguration) -> Void = { _ in }) throws {
+        pool = try IOPool(configuration: .init(threadCount: threads, backend: backend, workPoolThreadCount: 1))
         var configuration = PubSubServerConfiguration(line: .init(host: "127.0.0.1", port: 0))
         configure(&configuration)
         server = try PubSubServer(pool: pool, configuration: configuration)
@@ -364,6 +364,44 @@ struct PubSubServerTests {
             return n > 0 ? String(decoding: scratch[0..<n], as: UTF8.self) : ""
         }
         #expect(datagram == "MESSAGE lan.temp 21.5\n", "nobody subscribes over TCP; the datagram goes out anyway")
+        publisher.close()
+        #expect(await server.finish())
+    }
+}
+
+@Suite("keel-pubsub allocations", .serialized, .enabled(if: AllocationCounter.isActive, "malloc is not interposed (sanitizer build)"))
+struct PubSubAllocationTests {
+    /// The server's one I/O thread's allocations so far.
+    func allocations(_ server: TestPubSub) async -> UInt64 {
+        await onThread(server.pool.threads[0]) { finish in finish(AllocationCounter.currentThread) }
+    }
+
+    /// Publishes `batches` x 100 lines and has every subscriber read them all.
+    func publish(_ batches: Range<Int>, from publisher: TestClient, to subscribers: [Reader]) async -> Bool {
+        var complete = true
+        for batch in batches {
+            publisher.send((0..<100).map { "PUBLISH alloc \(batch * 100 + $0) 0123456789abcdef0123456789abcdef\n" }.joined())
+            for subscriber in subscribers {
+                complete = await onPlainThread { subscriber.lines(100).count == 100 } && complete
+            }
+        }
+        return complete
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aPublicationAllocatesOnceWhateverTheNumberOfSubscribers(backend: BackendKind) async throws {
+        let server = try TestPubSub(backend, threads: 1)
+        let address = server.address
+        let subscribers = try await subscribers(20, to: ["alloc"], at: address)
+        let publisher = try await blocking { try TestClient(address) }
+        #expect(await publish(0..<5, from: publisher, to: subscribers), "warm-up delivered")
+        let before = await allocations(server)
+        #expect(await publish(5..<25, from: publisher, to: subscribers), "2,000 publications delivered to 20 subscribers each")
+        let allocated = await allocations(server) - before
+        // One shared buffer object per publication (the line form); nothing per delivery: 40,000
+        // deliveries. A little slack for the measuring hops themselves.
+        #expect(allocated <= 2_000 + 20, "\(allocated) allocations for 2,000 publications and 40,000 deliveries")
+        for subscriber in subscribers { subscriber.close() }
         publisher.close()
         #expect(await server.finish())
     }
