@@ -231,6 +231,13 @@ struct PubSubServerTests {
         linePublisher.sendLine("PUBLISH t from a line")
         let third = await onPlainThread { binary.binaryFrame() }
         #expect(third?.payload == Array("from a line".utf8))
+        // A frame announcing more than a pool buffer: refused with a reason, and the connection closed.
+        let oversized = try await blocking { try Reader(TestClient(binaryAddress)) }
+        oversized.client.send([0x00, 0x10, 0x00, 0x00, 0x50])
+        let refusal = await onPlainThread { oversized.binaryFrame() }
+        #expect(refusal?.kind == 0x45 && String(decoding: refusal?.payload ?? [], as: UTF8.self).hasPrefix("frame longer than"))
+        #expect(await onPlainThread { oversized.client.closedByPeer() })
+        oversized.close()
         lineSubscriber.close()
         for client in [binaryClient, publisher, linePublisher] { client.close() }
         #expect(await server.finish())
