@@ -60,6 +60,8 @@ func binaryFrame(_ kind: UInt8, topic: String, payload: [UInt8] = []) -> [UInt8]
 /// Reads exactly what is asked from a client, keeping what arrived beyond it for the next call.
 /// **Threading:** one plain thread at a time.
 final class Reader: @unchecked Sendable {
+    // @unchecked Sendable: `pending` is touched by one plain thread at a time (each test hands the
+    // reader to `onPlainThread` and awaits it before the next use).
     let client: TestClient
     private var pending: [UInt8] = []
 
