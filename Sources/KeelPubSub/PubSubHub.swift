@@ -50,8 +50,8 @@ public struct PubSubSubscriberReport: Sendable, Hashable {
 final class PubSubHub: Sendable {
     /// One I/O thread's share.
     final class Local: @unchecked Sendable {
-        // @unchecked Sendable: `table` and `subscribers` are touched only on I/O thread `index` (the
-        // subscribers' own thread); the counters are atomics; `udpSocket` is set once, before use.
+        // @unchecked Sendable: locals[i]'s `table` and `subscribers` are touched only on pool thread i
+        // (its subscribers' own thread); the counters are atomics; `udpSocket` is set once, before use.
         var table = TopicTable<Subscriber>()
         var subscribers: Set<Subscriber> = []
         let udpSocket: UDPSocket?
@@ -206,7 +206,6 @@ final class PubSubHub: Sendable {
     /// Frames a publication once per protocol in use and delivers it everywhere.
     private func publish(topic: String, payload: UnsafeRawBufferPointer, on thread: IOThread, local: Local,
                          payloadMayHoldNewlines: Bool) throws(PubSubProtocolError) {
-        local.published.wrappingAdd(1, ordering: .relaxed)
         let pool = thread.bufferPool
         let lineLength = PubSubLineProtocol.messageLength(topicBytes: topic.utf8.count, payloadBytes: payload.count)
         guard lineLength <= pool.bufferSize else {
@@ -233,6 +232,7 @@ final class PubSubHub: Sendable {
             if let line, let socket = local.udpSocket, let destination = configuration.udpOut {
                 _ = socket.send(line, to: destination)
             }
+            local.published.wrappingAdd(1, ordering: .relaxed)  // counted once accepted: framed, about to go out
             let publication = Publication(topic: topic, policy: configuration.policy(for: topic), line: line, binary: binary,
                                           webSocket: webSocket)
             deliver(publication, to: local)
