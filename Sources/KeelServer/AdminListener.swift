@@ -38,7 +38,8 @@ public final class AdminListener: Sendable {
         var options = TCPServerConfiguration(host: configuration.listen.host, port: configuration.listen.port)
         options.maximumConnections = 64
         options.connection.idleTimeout = .seconds(60)
-        options.connection.serveHTTP { AdminRequestHandler(source: source) }
+        let rates = StatusRateWindow()
+        options.connection.serveHTTP { AdminRequestHandler(source: source, rates: rates) }
         server = try TCPServer(pool: pool, configuration: options) { HTTPOnlyConnection() }
     }
 
@@ -55,6 +56,8 @@ public final class AdminListener: Sendable {
 /// Answers one admin connection's requests.
 struct AdminRequestHandler: HTTPRequestHandler {
     let source: AdminListener.SourceReference
+    /// Shared by the listener's connections: every reader sees rates over the same window.
+    let rates: StatusRateWindow
 
     mutating func requestReceived(_ head: HTTPRequestHead, responder: HTTPResponder) {
         let path = head.request.path?.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "/"
@@ -69,12 +72,13 @@ struct AdminRequestHandler: HTTPRequestHandler {
             guard let source = source.source, let thread = IOThread.current else {
                 return responder.respond(.serviceUnavailable, body: Array("starting\n".utf8))
             }
-            source.collectStatus(on: thread) { status in
-                guard let status else { return responder.respond(.serviceUnavailable, body: Array("status unavailable\n".utf8)) }
+            source.collectStatus(on: thread) { [rates] status in
+                guard var status else { return responder.respond(.serviceUnavailable, body: Array("status unavailable\n".utf8)) }
                 if path == "/metrics" {
                     responder.respond(.ok, fields: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
                                       body: source.prometheusMetrics(for: status))
                 } else {
+                    rates.annotate(&status)
                     responder.respond(.ok, fields: [.contentType: "application/json", .cacheControl: "no-store"],
                                       body: Array(status.json.utf8))
                 }
@@ -86,8 +90,8 @@ struct AdminRequestHandler: HTTPRequestHandler {
     }
 }
 
-/// The live status page: it polls `/status.json` every second and draws each endpoint's rates with
-/// its own script (nothing is fetched from anywhere else).
+/// The live status page: it polls `/status.json` every second and draws the rates the server computed
+/// for each endpoint with its own script (nothing is fetched from anywhere else).
 enum StatusPage {
     static let html = """
     <!doctype html>
@@ -106,7 +110,7 @@ enum StatusPage {
     <tbody id="rows"></tbody></table>
     <div class="pool" id="pool"></div>
     <script>
-    const history = {}; let last = null;
+    const history = {};
     function fmt(n){ if(n>=1e9) return (n/1e9).toFixed(1)+'G'; if(n>=1e6) return (n/1e6).toFixed(1)+'M'; if(n>=1e3) return (n/1e3).toFixed(1)+'k'; return String(Math.round(n)); }
     function draw(canvas, values){
       const c = canvas.getContext('2d'), w = canvas.width, h = canvas.height, max = Math.max(1, ...values);
@@ -116,12 +120,10 @@ enum StatusPage {
     async function poll(){
       try {
         const s = await (await fetch('/status.json', {cache:'no-store'})).json();
-        const dt = last ? Math.max(0.001, s.uptime_seconds - last.uptime_seconds) : 1;
         document.getElementById('summary').textContent = `${s.backend}, ${s.threads} I/O threads, up ${Math.round(s.uptime_seconds)} s, config ${s.config}`;
         const rows = document.getElementById('rows');
-        s.endpoints.forEach((e, i) => {
-          const p = last && last.endpoints[i] && last.endpoints[i].name === e.name ? last.endpoints[i] : e;
-          const rin = (e.messages_in - p.messages_in)/dt, rout = (e.messages_out - p.messages_out)/dt, bin = (e.bytes_in - p.bytes_in)/dt;
+        s.endpoints.forEach(e => {
+          const rin = e.rates.messages_in, rout = e.rates.messages_out, bin = e.rates.bytes_in;
           (history[e.name] = history[e.name] || []).push(rin); if (history[e.name].length > 60) history[e.name].shift();
           let row = document.getElementById('ep-'+e.name);
           if (!row) { row = rows.insertRow(); row.id = 'ep-'+e.name; for (let k=0;k<12;k++) row.insertCell(); row.cells[11].innerHTML = '<canvas width="120" height="24"></canvas>'; }
@@ -133,7 +135,6 @@ enum StatusPage {
         const b = s.buffer_pool;
         const lag = (s.loop_lag || []).map(l => `thread ${l.thread}: ${l.worst_ms.toFixed(1)} ms worst, ${l.mean_ms.toFixed(2)} ms mean`).join('; ');
         document.getElementById('pool').textContent = `buffer pool: ${b.in_use} buffers in use (${b.held_by_kernel} lent to the kernel), ${fmt(b.slab_bytes)}B mapped, ${b.failed_acquisitions} refused at the cap. Timer lag: ${lag}`;
-        last = s;
       } catch (err) { document.getElementById('summary').textContent = 'status unavailable: ' + err; }
     }
     poll(); setInterval(poll, 1000);

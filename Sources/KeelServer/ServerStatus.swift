@@ -103,12 +103,15 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
     public var traffic: EndpointTraffic
     /// The flow-control policy that drops count against (`disconnect`, `drop-newest`, `drop-oldest`).
     public var flowPolicy: String = FlowControlPolicy.Policy.disconnect.rawValue
+    /// Per-second rates, filled in by the admin listener (zero elsewhere).
+    public var rates = EndpointRates()
 
     enum CodingKeys: String, CodingKey {
         case name, transport, plugin, listen, open, maximumConnections = "max_connections", accepted, refused
         case messagesIn = "messages_in", messagesOut = "messages_out", bytesIn = "bytes_in", bytesOut = "bytes_out"
         case drops, badMessages = "bad_messages", peersClosed = "closed", closeReasons = "close_reasons", flowPolicy = "flow_policy", pluginErrors = "plugin_errors"
         case failedBeforeOpening = "failed_before_opening", handshakesInProgress = "handshakes_in_progress"
+        case rates
     }
 
     /// Creates an endpoint status.
@@ -150,6 +153,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
         traffic.pluginErrors = try values.decodeIfPresent(Int.self, forKey: .pluginErrors) ?? 0
         failedBeforeOpening = try values.decodeIfPresent(Int.self, forKey: .failedBeforeOpening) ?? 0
         handshakesInProgress = try values.decodeIfPresent(Int.self, forKey: .handshakesInProgress) ?? 0
+        rates = try values.decodeIfPresent(EndpointRates.self, forKey: .rates) ?? rates
     }
 
     /// Adds another process's counters for the same endpoint.
@@ -170,6 +174,9 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
         traffic.badMessages += other.traffic.badMessages
         traffic.pluginErrors += other.traffic.pluginErrors
         traffic.closeReasons.merge(other.traffic.closeReasons) { $0 + $1 }
+        rates.messagesIn += other.rates.messagesIn
+        rates.messagesOut += other.rates.messagesOut
+        rates.bytesIn += other.rates.bytesIn
     }
 
     var json: String {
@@ -179,6 +186,7 @@ public struct EndpointStatus: Sendable, Hashable, Decodable {
             + "\"handshakes_in_progress\":\(handshakesInProgress),\"messages_in\":\(traffic.messagesIn),"
             + "\"messages_out\":\(traffic.messagesOut),\"bytes_in\":\(traffic.bytesIn),\"bytes_out\":\(traffic.bytesOut),"
             + "\"drops\":\(traffic.drops),\"flow_policy\":\(quoted(flowPolicy)),\"bad_messages\":\(traffic.badMessages),\"plugin_errors\":\(traffic.pluginErrors),\"closed\":\(traffic.peersClosed),"
+            + "\"rates\":\(rates.json),"
             + "\"close_reasons\":{\(traffic.closeReasons.sorted { $0.key < $1.key }.map { "\(quoted($0.key)):\($0.value)" }.joined(separator: ","))}}"
     }
 }
