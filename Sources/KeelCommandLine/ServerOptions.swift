@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import KeelBuffers
 import KeelEngine
+import KeelSockets
 import KeelSystem
 import Logging
 
@@ -57,7 +58,19 @@ public struct ListenerOptions: ParsableArguments {
     @Option(help: "Seconds between --stats-file samples.")
     public var statsInterval: Double = 1
 
+    @Option(help: "Send TCP writes of at least this many queued bytes zero-copy where io_uring has it (default: never).")
+    public var zeroCopyThreshold: Int?
+
+    @Flag(help: "With --zero-copy-threshold: keep sending zero-copy where the kernel copies anyway (loopback), to measure its cost.")
+    public var zeroCopyAlways = false
+
     public init() {}
+
+    /// Puts the connection options these flags ask for (zero-copy sends) into `options`.
+    public func apply(to options: inout TCPConnectionOptions) {
+        options.zeroCopySendThreshold = zeroCopyThreshold
+        options.zeroCopyEvenWhenCopied = zeroCopyAlways
+    }
 
     /// The pool configuration these options ask for, on `backend` (nil: automatic, or KEEL_BACKEND).
     public func poolConfiguration(backend: BackendKind?) -> IOPoolConfiguration {

@@ -9,9 +9,11 @@ enum Backend {
     /// In memory, for deterministic tests (``EmbeddedBackend``): never chosen by a pool.
     case embedded(EmbeddedBackend)
 
-    init(kind: BackendKind, ringEntries: UInt32, pool: BufferPool, providedBuffers: UInt32) throws(SystemError) {
+    init(kind: BackendKind, ringEntries: UInt32, pool: BufferPool, providedBuffers: UInt32,
+         ioUringFeatures: IOUringFeatures) throws(SystemError) {
         switch kind {
-        case .ioUring: self = .ring(try RingBackend(entries: ringEntries, pool: pool, providedBuffers: providedBuffers))
+        case .ioUring:
+            self = .ring(try RingBackend(entries: ringEntries, pool: pool, providedBuffers: providedBuffers, features: ioUringFeatures))
         case .epoll: self = .epoll(try EpollBackend(pool: pool))
         }
     }
@@ -79,6 +81,15 @@ enum Backend {
         case .ring(let ring): return [ring.ring.fd, ring.wakeupFD]
         case .epoll(let epoll): return [epoll.epollFD, epoll.wakeupFD]
         case .embedded: return []
+        }
+    }
+
+    /// The optional io_uring features in use (none on other backends).
+    var ioUringFeatures: IOUringFeatures {
+        switch self {
+        case .ring(let ring): return ring.ring.featuresInUse
+        case .epoll: return []
+        case .embedded(let embedded): return embedded.simulatesZeroCopySend ? .zeroCopySend : []
         }
     }
 

@@ -18,6 +18,7 @@ public struct IOOperation: Sendable {
         case receivePooled(fd: Int32, multishot: Bool)
         case send(fd: Int32, address: UInt, length: UInt32, flags: UInt32)
         case sendMessage(fd: Int32, message: UInt, flags: UInt32)
+        case sendMessageZeroCopy(fd: Int32, message: UInt, flags: UInt32)
         case connect(fd: Int32, address: UInt, length: UInt32)
         case receiveMessagePooled(fd: Int32, template: UInt, multishot: Bool)
         case pollReadable(fd: Int32)
@@ -122,6 +123,17 @@ extension IOOperation {
         IOOperation(core: .sendMessage(fd: fd, message: UInt(bitPattern: message), flags: CKEEL_MSG_NOSIGNAL))
     }
 
+    /// Like ``sendMessage(_:_:)``, but where the ring has ``IOUringFeatures/zeroCopySend`` the kernel
+    /// sends from the memory itself rather than a copy. The first completion carries the result; when
+    /// it ``IOCompletion/hasMore``, a second one follows, flagged
+    /// ``IOCompletion/isZeroCopyNotification``, once the kernel no longer reads the memory. Elsewhere
+    /// (epoll, a kernel without it) it is a plain ``sendMessage(_:_:)`` with a single completion.
+    /// - Important: the message, its iovecs and the memory they name must stay valid until the final
+    ///   completion (the notification, when there is one).
+    public static func sendMessageZeroCopy(_ fd: Int32, _ message: UnsafePointer<msghdr>) -> IOOperation {
+        IOOperation(core: .sendMessageZeroCopy(fd: fd, message: UInt(bitPattern: message), flags: CKEEL_MSG_NOSIGNAL))
+    }
+
     /// Connects socket `fd` (non-blocking) to the address at `address`. The result is 0 or `-errno`.
     /// - Important: the address must stay valid until the completion runs.
     public static func connect(_ fd: Int32, to address: UnsafeRawPointer, length: Int) -> IOOperation {
@@ -164,6 +176,11 @@ public struct IOCompletion: Sendable, Hashable, CustomStringConvertible {
     public var hasMore: Bool { flags & CKEEL_CQE_F_MORE != 0 }
     /// True when the completion carries a pooled receive buffer.
     public var hasBuffer: Bool { flags & CKEEL_CQE_F_BUFFER != 0 }
+    /// True for the notification that ends a zero-copy send: the kernel no longer reads its memory.
+    public var isZeroCopyNotification: Bool { flags & CKEEL_CQE_F_NOTIF != 0 }
+    /// True on a zero-copy notification when the kernel copied the bytes after all (loopback, or a
+    /// device that cannot send from user pages): zero-copy only added work for that send.
+    public var zeroCopyFellBackToCopy: Bool { isZeroCopyNotification && UInt32(bitPattern: result) & CKEEL_NOTIF_USAGE_ZC_COPIED != 0 }
     /// The pool chunk id of the carried buffer (valid when ``hasBuffer``).
     var bufferChunk: UInt32 { flags >> CKEEL_CQE_BUFFER_SHIFT }
 

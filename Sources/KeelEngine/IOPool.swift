@@ -1,5 +1,6 @@
 import KeelBuffers
 import KeelSystem
+import Logging
 import Synchronization
 
 #if canImport(Glibc)
@@ -22,6 +23,9 @@ public struct IOPoolConfiguration: Sendable {
     /// Buffers each io_uring thread lends the kernel for pooled receives (a power of two). They are
     /// taken from the thread's buffer pool on the first pooled receive.
     public var providedBuffersPerThread: UInt32
+    /// The optional io_uring features to use where the kernel has them (``IOUringFeatures``); those
+    /// named in `KEEL_IO_URING_OFF` are left out as well. Ignored on epoll.
+    public var ioUringFeatures: IOUringFeatures
 
     /// Creates a configuration; every parameter has a production default.
     public init(
@@ -30,8 +34,10 @@ public struct IOPoolConfiguration: Sendable {
         ringEntries: UInt32 = 1024,
         bufferPool: BufferPoolConfiguration = .default,
         workPoolThreadCount: Int = 2,
-        providedBuffersPerThread: UInt32 = 512
+        providedBuffersPerThread: UInt32 = 512,
+        ioUringFeatures: IOUringFeatures = .all
     ) {
+        self.ioUringFeatures = ioUringFeatures
         precondition(providedBuffersPerThread > 0 && providedBuffersPerThread & (providedBuffersPerThread - 1) == 0,
                      "providedBuffersPerThread must be a power of two")
         self.providedBuffersPerThread = providedBuffersPerThread
@@ -80,6 +86,7 @@ public final class IOPool: Sendable {
         let workPool = WorkPool(threadCount: configuration.workPoolThreadCount)
         self.workPool = workPool
         let count = max(1, configuration.threadCount)
+        let wantedFeatures = configuration.ioUringFeatures.subtracting(IOUringFeatures.turnedOffByEnvironment)
 
         let startups = (0..<count).map { _ in ThreadStartup() }
         var started: [SystemThread] = []
@@ -92,7 +99,8 @@ public final class IOPool: Sendable {
                     backend = try Backend(
                         kind: kind, ringEntries: configuration.ringEntries, pool: bufferPool,
                         providedBuffers: min(configuration.providedBuffersPerThread,
-                                             UInt32(configuration.bufferPool.maximumBuffers)))
+                                             UInt32(configuration.bufferPool.maximumBuffers)),
+                        ioUringFeatures: wantedFeatures)
                 } catch {
                     startup.finish(.failure(error))
                     return
@@ -119,6 +127,24 @@ public final class IOPool: Sendable {
         }
         self.threads = threads
         self.systemThreads = started
+        if kind == .ioUring, let first = threads.first {
+            Self.logFeaturesOnce(inUse: first.ioUringFeatures, wanted: wantedFeatures)
+        }
+    }
+
+    /// The optional io_uring features the pool's threads use (none on epoll).
+    public var ioUringFeatures: IOUringFeatures { threads.first?.ioUringFeatures ?? [] }
+
+    private static func logFeaturesOnce(inUse: IOUringFeatures, wanted: IOUringFeatures) {
+        let first = loggedFeatures.withLock { logged in
+            defer { logged = true }
+            return !logged
+        }
+        guard first else { return }
+        let turnedOff = IOUringFeatures.all.subtracting(wanted)
+        let missing = wanted.subtracting(inUse)
+        BackendKind.logger.info(
+            "keel io_uring features: \(inUse) (turned off: \(turnedOff); not in this kernel: \(missing))")
     }
 
     deinit {
@@ -158,3 +184,5 @@ private final class ThreadStartup: Sendable {
         return result.withLock { $0! }
     }
 }
+
+private let loggedFeatures = Locked(false)

@@ -29,6 +29,8 @@ public final class IOThread: @unchecked Sendable {
     public let bufferPool: BufferPool
     /// The pool's work pool, for blocking work whose results come back to this thread.
     public let workPool: WorkPool
+    /// The optional io_uring features this thread's ring uses (none on epoll).
+    public var ioUringFeatures: IOUringFeatures { backend.ioUringFeatures }
 
     let backend: Backend
     /// The in-memory backend of an embedded thread (``makeEmbedded(bufferPool:)``), nil on real threads.
@@ -54,6 +56,15 @@ public final class IOThread: @unchecked Sendable {
         var receivedBuffer: IOCompletion?
         var timers: TimerWheel
         var stopping = false
+        var zeroCopy = ZeroCopySendStatistics()
+    }
+
+    /// Zero-copy sends this thread's connections made (``IOUringFeatures/zeroCopySend``).
+    public struct ZeroCopySendStatistics: Sendable, Hashable {
+        /// Zero-copy sends whose notification arrived.
+        public var notified = 0
+        /// Of those, sends the kernel copied after all (every one on loopback).
+        public var copied = 0
     }
 
     init(index: Int, backendKind: BackendKind, backend: Backend, bufferPool: BufferPool, workPool: WorkPool) {
@@ -186,6 +197,18 @@ public final class IOThread: @unchecked Sendable {
         guard let pending = loop.pointee.receivedBuffer, pending == completion else { return nil }
         loop.pointee.receivedBuffer = nil
         return backend.takeBuffer(pending)
+    }
+
+    /// Zero-copy sends so far. I/O thread only.
+    public var zeroCopySendStatistics: ZeroCopySendStatistics {
+        preconditionCurrent()
+        return loop.pointee.zeroCopy
+    }
+
+    /// Counts a zero-copy notification (`completion` is one). I/O thread only.
+    public func noteZeroCopyNotification(_ completion: IOCompletion) {
+        loop.pointee.zeroCopy.notified += 1
+        if completion.zeroCopyFellBackToCopy { loop.pointee.zeroCopy.copied += 1 }
     }
 
     /// Operations submitted and not yet completed.

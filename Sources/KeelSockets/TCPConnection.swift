@@ -168,6 +168,45 @@ public class TCPConnection: @unchecked Sendable {
         let onIdle: () -> Void
         let onReadTimeout: () -> Void
         let onRetryReceive: () -> Void
+        /// Zero-copy sends that completed but whose notification has not arrived: the kernel may
+        /// still read what they sent.
+        var zeroCopyNotificationsPending = 0
+        /// What left the write queue while a notification was pending (made on the first zero-copy
+        /// send, kept for the object's life).
+        var retiredWrites: UnsafeMutablePointer<WriteQueue>?
+        /// What this peer's first zero-copy send showed.
+        var zeroCopyRoute = ZeroCopyRoute.untested
+
+        /// Whether zero-copy pays on a connection's route: the first large send goes zero-copy and
+        /// its notification says whether the kernel copied anyway (loopback, a device without
+        /// scatter-gather); until it arrives, sends copy.
+        enum ZeroCopyRoute {
+            case untested, testing, sendsFromPages, copies
+        }
+
+        /// True when the next large send may go zero-copy (starting the test on an untested route;
+        /// `always`: the option that skips the test).
+        func mayStartZeroCopy(always: Bool) -> Bool {
+            if always { return true }
+            switch zeroCopyRoute {
+            case .untested:
+                zeroCopyRoute = .testing
+                return true
+            case .sendsFromPages: return true
+            case .testing, .copies: return false
+            }
+        }
+
+        /// Records what a notification showed (`keepsUsingWhenCopied`: the option that disables the test).
+        func noteZeroCopyOutcome(copied: Bool, keepsUsingWhenCopied: Bool) {
+            guard zeroCopyRoute == .testing else { return }
+            zeroCopyRoute = copied && !keepsUsingWhenCopied ? .copies : .sendsFromPages
+        }
+
+        deinit {
+            retiredWrites?.pointee.deallocate()
+            retiredWrites?.deallocate()
+        }
 
         init(_ connection: TCPConnection) {
             onReceiveInto = Completions(connection, .receiveInto)
@@ -195,6 +234,14 @@ public class TCPConnection: @unchecked Sendable {
     private var onIdle: () -> Void { closures.onIdle }
     private var onReadTimeout: () -> Void { closures.onReadTimeout }
     private var onRetryReceive: () -> Void { closures.onRetryReceive }
+
+    /// Where items leaving the write queue go while a zero-copy notification is pending; nil (release
+    /// them at once) otherwise.
+    @inline(__always)
+    private var retiring: UnsafeMutablePointer<WriteQueue>? {
+        guard let rareClosures, rareClosures.zeroCopyNotificationsPending > 0 else { return nil }
+        return rareClosures.retiredWrites
+    }
 
     init(thread: IOThread) {
         self.thread = thread
@@ -256,6 +303,7 @@ public class TCPConnection: @unchecked Sendable {
         descriptor = fd
         lifecycle.opened()
         rareClosures?.closeReason = nil
+        rareClosures?.zeroCopyRoute = .untested
         deferredWriteCompleted = 0
         thread.configureStream(fd, noDelay: settings.options.noDelay, keepAliveIdleSeconds: settings.options.keepAliveIdleSeconds,
                                receiveBufferSize: settings.options.receiveBufferSize)
@@ -592,7 +640,7 @@ public class TCPConnection: @unchecked Sendable {
     func writeToSocket(_ buffer: consuming IOBuffer) {
         guard lifecycle.acceptsWrites else { return }
         if buffer.readableBytes == 0 { return }
-        if flushList == nil && writeQueue.isEmpty && !sendInFlight {
+        if flushList == nil && writeQueue.isEmpty && !sendInFlight && buffer.readableBytes < settings.zeroCopySendThreshold {
             let readable = buffer.readableBytes
             if readable == 0 { return }
             let outcome = buffer.withUnsafeReadableBytes { bytes in
@@ -647,7 +695,7 @@ public class TCPConnection: @unchecked Sendable {
     func writeSharedToSocket(_ buffer: SharedBuffer) {
         guard lifecycle.acceptsWrites, buffer.readableBytes > 0 else { return }
         var offset = 0
-        if flushList == nil && writeQueue.isEmpty && !sendInFlight {
+        if flushList == nil && writeQueue.isEmpty && !sendInFlight && buffer.readableBytes < settings.zeroCopySendThreshold {
             switch Result(catching: { () throws(SystemError) in try thread.send(descriptor, buffer.unsafeReadableBytes) }) {
             case .success(.completed(let sent)):
                 if sent > 0 { noteWriteCompleted(sent) }
@@ -668,7 +716,7 @@ public class TCPConnection: @unchecked Sendable {
         if let limit = flowControl.hardLimit, writeQueue.bytes + size > limit {
             let bound = SendQueueBound(maximumCount: .max, maximumBytes: limit, policy: flowControl.policy)
             let (verdict, droppedItems, droppedBytes) = bound.admit(size: size, count: writeQueue.count, bytes: writeQueue.bytes) {
-                writeQueue.dropOldest(after: itemsInFlight)
+                writeQueue.dropOldest(after: itemsInFlight, retiringInto: retiring)
             }
             droppedWrites += droppedItems
             droppedWriteBytes += droppedBytes
@@ -828,16 +876,36 @@ public class TCPConnection: @unchecked Sendable {
         itemsInFlight = count
         sendInFlight = true
         pendingOperations += 1
-        sendOperation = thread.submit(.sendMessage(descriptor, UnsafePointer(message)), handler: onSend)
+        let zeroCopy = writeQueue.bytes >= settings.zeroCopySendThreshold && closures.mayStartZeroCopy(always: settings.options.zeroCopyEvenWhenCopied)
+        let operation: IOOperation = zeroCopy
+            ? .sendMessageZeroCopy(descriptor, UnsafePointer(message)) : .sendMessage(descriptor, UnsafePointer(message))
+        sendOperation = thread.submit(operation, handler: onSend)
     }
 
     private func sendCompleted(_ completion: IOCompletion) {
+        if completion.isZeroCopyNotification {
+            thread.noteZeroCopyNotification(completion)
+            closures.noteZeroCopyOutcome(copied: completion.zeroCopyFellBackToCopy,
+                                         keepsUsingWhenCopied: settings.options.zeroCopyEvenWhenCopied)
+            return zeroCopyNotified()
+        }
         sendInFlight = false
         sendOperation = nil
-        pendingOperations -= 1
         itemsInFlight = 0
+        if completion.hasMore {
+            // A zero-copy send: the kernel may read its buffers until the notification, which stays
+            // pending (and keeps the connection from finishing) until it arrives.
+            let rare = closures
+            if rare.retiredWrites == nil {
+                rare.retiredWrites = .allocate(capacity: 1)
+                rare.retiredWrites!.initialize(to: WriteQueue())
+            }
+            rare.zeroCopyNotificationsPending += 1
+        } else {
+            pendingOperations -= 1
+        }
         if state != .open {
-            writeQueue.removeAll()  // closing: what the send held can go now
+            writeQueue.removeAll(retiringInto: retiring)  // closing: what the send held can go now
         } else if completion.result >= 0 {
             afterSent(Int(completion.result))
         } else if completion.result == -EAGAIN || completion.result == -EINTR {
@@ -848,6 +916,16 @@ public class TCPConnection: @unchecked Sendable {
         } else if !completion.isCancelled {
             fail(errno: completion.result)
         }
+        finishIfQuiet()
+    }
+
+    /// The kernel no longer reads what a zero-copy send sent: once no other notification is pending,
+    /// what left the queue meanwhile is released.
+    private func zeroCopyNotified() {
+        pendingOperations -= 1
+        let rare = closures
+        rare.zeroCopyNotificationsPending -= 1
+        if rare.zeroCopyNotificationsPending == 0 { rare.retiredWrites?.pointee.removeAll() }
         finishIfQuiet()
     }
 
@@ -862,6 +940,7 @@ public class TCPConnection: @unchecked Sendable {
         }
         flushScheduled = false
         guard state == .open, !sendInFlight, !writeQueue.isEmpty else { return }
+        if writeQueue.bytes >= settings.zeroCopySendThreshold { return submitSend() }  // zero-copy is asynchronous
         let (vectors, message) = sendVectors()
         let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
         message.pointee = msghdr()
@@ -880,7 +959,7 @@ public class TCPConnection: @unchecked Sendable {
 
     /// The kernel took `sent` bytes from the front of the queue: move on, and tell whoever cares.
     private func afterSent(_ sent: Int) {
-        writeQueue.consume(sent)
+        writeQueue.consume(sent, retiringInto: retiring)
         if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
         // Keep the queue moving first: the callbacks below may write, and must find the next send
         // already in flight (one send at a time keeps the bytes in order).
@@ -951,7 +1030,7 @@ public class TCPConnection: @unchecked Sendable {
     /// Drops queued writes on the way to closing. Buffers that a send in flight still reads are kept
     /// until it completes: releasing them early could let the kernel send another connection's bytes.
     private func discardQueuedWrites() {
-        writeQueue.truncate(keeping: sendInFlight ? itemsInFlight : 0)
+        writeQueue.truncate(keeping: sendInFlight ? itemsInFlight : 0, retiringInto: retiring)
     }
 
     private func fail(errno code: Int32) {

@@ -1,3 +1,4 @@
+import KeelEngine
 import KeelSystem
 
 /// What every connection of a server or connector gets: timeouts, socket options, flow control, write
@@ -29,14 +30,31 @@ public struct TCPConnectionOptions: Sendable {
     /// Makes the filter stack (bottom, socket side, first) for each connection, from its addresses and
     /// the listener or target it belongs to; nil for none. Called on the connection's I/O thread.
     public var makeFilters: (@Sendable (TCPFilterSetup) -> [any TCPConnectionFilter])?
+    /// Sends of at least this many queued bytes go out zero-copy (`IORING_OP_SENDMSG_ZC`) where the
+    /// I/O threads have ``IOUringFeatures/zeroCopySend``: the kernel sends from the pooled buffers and
+    /// the connection holds them until the kernel's notification. Smaller sends, and every send on
+    /// epoll, copy as usual. nil (the default): never.
+    ///
+    /// Each connection tests its route with its first zero-copy send: when the kernel reports that it
+    /// copied anyway (loopback, a device without scatter-gather), the connection copies from then on
+    /// (see ``zeroCopyEvenWhenCopied``). Trade-off: until the peer acknowledges them, the kernel holds
+    /// the pool's buffers rather than copies, so a slow peer pins up to its socket send buffer of pool
+    /// memory beyond the write queue's bounds. docs/PERFORMANCE.md has the measurements; 64 KiB is a
+    /// reasonable threshold for a real NIC.
+    public var zeroCopySendThreshold: Int?
+    /// Keep sending zero-copy even on a route where the kernel copies (benchmarks of zero-copy's own
+    /// cost). Default false.
+    public var zeroCopyEvenWhenCopied = false
 
     /// Creates options; every parameter has a production default.
     public init(
         idleTimeout: Duration? = nil, readTimeout: Duration? = nil, noDelay: Bool = true,
         keepAliveIdleSeconds: Int32? = nil, receiveBufferSize: Int32? = nil, flowControl: TCPFlowControl = .default,
         coalescesWrites: Bool = true, receivesUrgentData: Bool = false,
-        makeFilters: (@Sendable (TCPFilterSetup) -> [any TCPConnectionFilter])? = nil
+        makeFilters: (@Sendable (TCPFilterSetup) -> [any TCPConnectionFilter])? = nil,
+        zeroCopySendThreshold: Int? = nil
     ) {
+        self.zeroCopySendThreshold = zeroCopySendThreshold
         self.idleTimeout = idleTimeout
         self.readTimeout = readTimeout
         self.noDelay = noDelay
@@ -80,9 +98,13 @@ public struct TCPFilterSetup: Sendable {
 /// reference per connection instead of the options' ~150 bytes).
 final class ConnectionSettings: Sendable {
     let options: TCPConnectionOptions
+    /// Queued bytes from which a send goes out zero-copy: the option where the threads can, else
+    /// `Int.max` (one comparison on the write path decides).
+    let zeroCopySendThreshold: Int
 
-    init(options: TCPConnectionOptions) {
+    init(options: TCPConnectionOptions, ioUringFeatures: IOUringFeatures = []) {
         self.options = options
+        zeroCopySendThreshold = ioUringFeatures.contains(.zeroCopySend) ? max(1, options.zeroCopySendThreshold ?? .max) : .max
     }
 
     static let `default` = ConnectionSettings(options: TCPConnectionOptions())

@@ -7,6 +7,10 @@ import KeelBuffers
 /// A growable ring of plain items; steady state allocates nothing. ``fillIOVecs(_:maximum:)`` describes
 /// the head of the queue for one `sendmsg`, and ``consume(_:)`` drops what the kernel took, releasing
 /// finished buffers.
+///
+/// **Zero-copy sends:** the kernel may read a zero-copy send's buffers until its notification, after
+/// the send completed. Meanwhile the connection passes `retiringInto`: items leaving the queue move
+/// there instead of being released, and are released together once no notification is pending.
 struct WriteQueue {
     enum Item {
         case owned(DetachedBuffer)
@@ -59,8 +63,8 @@ struct WriteQueue {
         return n
     }
 
-    /// Drops `sent` bytes from the front, releasing finished items.
-    mutating func consume(_ sent: Int) {
+    /// Drops `sent` bytes from the front, releasing finished items (or retiring them into `retired`).
+    mutating func consume(_ sent: Int, retiringInto retired: UnsafeMutablePointer<WriteQueue>? = nil) {
         var remaining = sent
         bytes -= sent
         while remaining > 0 {
@@ -77,18 +81,17 @@ struct WriteQueue {
                 return
             }
             remaining -= available
-            popFront()
+            popFront(retiringInto: retired)
         }
     }
 
     /// Removes and releases the oldest item at or after position `start` (items before it are part of
     /// a send in flight). - Returns: the bytes dropped, or nil when there is no such item.
-    mutating func dropOldest(after start: Int) -> Int? {
+    mutating func dropOldest(after start: Int, retiringInto retired: UnsafeMutablePointer<WriteQueue>? = nil) -> Int? {
         guard start < count else { return nil }
         let victim = storage + ((head + start) & (capacity - 1))
         let dropped = victim.pointee.readableRegion.count
-        let item = victim.move()
-        if case .owned(let buffer) = item { buffer.release() }
+        dispose(victim.move(), retiringInto: retired)
         // Close the gap: shift the later items one place toward the front.
         for i in start..<(count - 1) {
             (storage + ((head + i) & (capacity - 1))).moveInitialize(from: storage + ((head + i + 1) & (capacity - 1)), count: 1)
@@ -100,26 +103,36 @@ struct WriteQueue {
 
     /// Releases the items from position `keeping` on (the first `keeping` stay: a send in flight still
     /// reads them).
-    mutating func truncate(keeping: Int) {
+    mutating func truncate(keeping: Int, retiringInto retired: UnsafeMutablePointer<WriteQueue>? = nil) {
         while count > keeping {
             let item = (storage + ((head + count - 1) & (capacity - 1))).move()
             bytes -= item.readableRegion.count
-            if case .owned(let buffer) = item { buffer.release() }
             count -= 1
+            dispose(item, retiringInto: retired)
         }
     }
 
-    /// Releases every queued item.
-    mutating func removeAll() {
-        while count > 0 { popFront() }
+    /// Releases (or retires) every queued item.
+    mutating func removeAll(retiringInto retired: UnsafeMutablePointer<WriteQueue>? = nil) {
+        while count > 0 { popFront(retiringInto: retired) }
         bytes = 0
     }
 
-    private mutating func popFront() {
+    private mutating func popFront(retiringInto retired: UnsafeMutablePointer<WriteQueue>?) {
         let item = (storage + head).move()
-        if case .owned(let buffer) = item { buffer.release() }
         head = (head + 1) & (capacity - 1)
         count -= 1
+        dispose(item, retiringInto: retired)
+    }
+
+    /// Releases `item`, or keeps it in `retired` while the kernel may still read it.
+    @inline(__always)
+    private func dispose(_ item: consuming Item, retiringInto retired: UnsafeMutablePointer<WriteQueue>?) {
+        if let retired {
+            retired.pointee.append(item)
+        } else if case .owned(let buffer) = item {
+            buffer.release()
+        }
     }
 
     private mutating func grow() {

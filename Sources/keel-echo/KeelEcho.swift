@@ -1,7 +1,7 @@
 // keel-echo: a TCP echo server on Keel's callback API.
 //
 //   keel-echo [--host 127.0.0.1] [--port 7007] [--backend io_uring|epoll] [--threads N]
-//             [--proxy-protocol | --trusted-proxy CIDR ...]
+//             [--proxy-protocol | --trusted-proxy CIDR ...] [--zero-copy-threshold BYTES [--zero-copy-always]]
 //
 // Prints `listening on HOST:PORT` when ready; SIGINT or SIGTERM shut it down cleanly.
 import ArgumentParser
@@ -33,6 +33,7 @@ struct KeelEcho: ParsableCommand {
             configuration.connection.coalescesWrites = !noCoalescing
             configuration.connection.keepAliveIdleSeconds = keepAlive
             try proxy.apply(to: &configuration.connection)
+            options.listener.apply(to: &configuration.connection)
             let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
             return RunningService(
                 address: server.localAddress, summary: { "\(server.statistics.accepted) connections served" },

@@ -71,6 +71,37 @@ struct TCPAllocationTests {
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func zeroCopyEchoAllocatesNothingPerMessage(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        let results = Collector<UInt64>()
+        let warmup = 2_000
+        let measured = 10_000
+        // Every send zero-copy (where io_uring has it), even on loopback, where the kernel copies.
+        var options = TCPConnectionOptions(idleTimeout: .seconds(30), zeroCopySendThreshold: 1)
+        options.zeroCopyEvenWhenCopied = true
+        let server = try TCPServer(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, connection: options)) {
+            MeasuringEchoHandler(warmup: warmup, measured: measured, results: results)
+        }
+        let address = server.localAddress
+        let echoed = await onPlainThread { () -> Bool in
+            guard let client = try? RawClient(connectingTo: address) else { return false }
+            defer { client.close() }
+            let message = [UInt8](repeating: 0x5A, count: 64)
+            for _ in 0..<(warmup + measured) {
+                guard client.send(message) == 64, client.receive(count: 64) == message else { return false }
+            }
+            return true
+        }
+        #expect(echoed)
+        let allocations = await results.wait(for: 1)
+        #expect(allocations == [0], "\(allocations.first ?? 0) allocations over \(measured) messages echoed zero-copy")
+        let notified = await onThread(pool.threads[0]) { finish in finish(pool.threads[0].zeroCopySendStatistics.notified) }
+        #expect(pool.ioUringFeatures.contains(.zeroCopySend) ? notified >= measured : notified == 0)
+        await server.stop()
+        pool.shutdown()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func acceptingAfterWarmUpAllocatesNothing(backend: BackendKind) async throws {
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
         let total = 400

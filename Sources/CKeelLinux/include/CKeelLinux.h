@@ -77,6 +77,10 @@ static const uint32_t CKEEL_REGISTER_PROBE = IORING_REGISTER_PROBE;
 static const uint32_t CKEEL_REGISTER_PBUF_RING = IORING_REGISTER_PBUF_RING;
 static const uint32_t CKEEL_UNREGISTER_PBUF_RING = IORING_UNREGISTER_PBUF_RING;
 static const uint32_t CKEEL_OP_LAST = IORING_OP_LAST;
+static const uint8_t CKEEL_OP_SENDMSG_ZC = IORING_OP_SENDMSG_ZC;
+static const uint32_t CKEEL_CQE_F_NOTIF = IORING_CQE_F_NOTIF;
+static const uint32_t CKEEL_NOTIF_USAGE_ZC_COPIED = IORING_NOTIF_USAGE_ZC_COPIED;
+static const uint32_t CKEEL_ENTER_REGISTERED_RING = IORING_ENTER_REGISTERED_RING;
 static const uint32_t CKEEL_EPOLLIN = EPOLLIN;
 static const uint32_t CKEEL_EPOLLOUT = EPOLLOUT;
 static const uint32_t CKEEL_EPOLLERR = EPOLLERR;
@@ -222,6 +226,17 @@ static inline void ckeel_sqe_sendmsg(struct io_uring_sqe *sqe, int fd, const str
     sqe->msg_flags = flags;
 }
 
+/* Zero-copy sendmsg: the kernel sends from the caller's pages. The first CQE carries the result (with
+ * IORING_CQE_F_MORE when a notification follows); the second, flagged IORING_CQE_F_NOTIF, says the
+ * kernel no longer reads the memory. Its result has IORING_NOTIF_USAGE_ZC_COPIED when the kernel
+ * copied after all (loopback, a device without scatter-gather). */
+static inline void ckeel_sqe_sendmsg_zc(struct io_uring_sqe *sqe, int fd, const struct msghdr *msg, uint32_t flags,
+                                        uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_SENDMSG_ZC, fd, (uint64_t)(uintptr_t)msg, 1, 0, user_data);
+    sqe->msg_flags = flags;
+    sqe->ioprio |= IORING_SEND_ZC_REPORT_USAGE;
+}
+
 static inline void ckeel_sqe_connect(struct io_uring_sqe *sqe, int fd, const void *addr, uint32_t addrlen,
                                      uint64_t user_data) {
     ckeel_sqe_prep(sqe, IORING_OP_CONNECT, fd, (uint64_t)(uintptr_t)addr, 0, addrlen, user_data);
@@ -333,6 +348,29 @@ static inline int ckeel_unregister_buf_ring(int ring_fd, uint16_t group) {
     memset(&reg, 0, sizeof(reg));
     reg.bgid = group;
     return ckeel_io_uring_register(ring_fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
+}
+
+/* ---- Registered ring descriptor ---- */
+
+/* Registers the ring's own descriptor with the calling thread, so io_uring_enter can name it by index
+ * (IORING_ENTER_REGISTERED_RING) and skip the file-table look-up. Only that thread may use the index.
+ * Returns the index, or -1 + errno. */
+static inline int ckeel_register_ring_fd(int ring_fd) {
+    struct io_uring_rsrc_update update;
+    memset(&update, 0, sizeof(update));
+    update.offset = (uint32_t)-1;  /* any free slot */
+    update.data = (uint64_t)ring_fd;
+    int rc = ckeel_io_uring_register(ring_fd, IORING_REGISTER_RING_FDS, &update, 1);
+    if (rc != 1) { if (rc >= 0) errno = EINVAL; return -1; }
+    return (int)update.offset;
+}
+
+/* Drops a registration made by ckeel_register_ring_fd on the calling thread. */
+static inline int ckeel_unregister_ring_fd(int ring_fd, int index) {
+    struct io_uring_rsrc_update update;
+    memset(&update, 0, sizeof(update));
+    update.offset = (uint32_t)index;
+    return ckeel_io_uring_register(ring_fd, IORING_UNREGISTER_RING_FDS, &update, 1);
 }
 
 /* ---- Opcode probe ---- */

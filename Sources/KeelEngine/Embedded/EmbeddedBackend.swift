@@ -27,6 +27,14 @@ package final class EmbeddedBackend {
     private var timeouts: [(deadline: UInt64, token: Token)] = []
     private var completed: [(token: Token, completion: IOCompletion)] = []
     private var head = 0
+    /// Plays a kernel with zero-copy send: a ``IOOperation/sendMessageZeroCopy(_:_:)`` completes with
+    /// `IORING_CQE_F_MORE` and its notification waits for ``releaseZeroCopyNotifications(copied:)``.
+    /// Off: it is a plain send. Set it before connections open (they read it as a feature).
+    package var simulatesZeroCopySend = false
+    /// Zero-copy sends whose notification the test has not released.
+    private(set) var heldZeroCopyNotifications: [Token] = []
+    /// How many there are.
+    package var heldZeroCopyNotificationCount: Int { heldZeroCopyNotifications.count }
 
     init(pool: BufferPool) {
         self.pool = pool
@@ -59,6 +67,8 @@ package final class EmbeddedBackend {
             timeouts.append((nowNanoseconds &+ nanoseconds, token))
         case .receive, .receivePooled, .pollReadable, .send, .sendMessage:
             pending.append((token, operation.core))
+        case .sendMessageZeroCopy(let fd, let message, let flags):
+            pending.append((token, simulatesZeroCopySend ? operation.core : .sendMessage(fd: fd, message: message, flags: flags)))
         case .read, .write, .accept, .connect, .receiveMessagePooled:
             complete(token, -EOPNOTSUPP)  // embedded streams are connected TCP sockets only
         }
@@ -114,6 +124,15 @@ package final class EmbeddedBackend {
         timeouts.removeAll()
     }
 
+    /// Queues the notifications of every zero-copy send so far (`copied`: the kernel reports that it
+    /// copied, as on loopback).
+    package func releaseZeroCopyNotifications(copied: Bool) {
+        for token in heldZeroCopyNotifications {
+            complete(token, copied ? Int32(bitPattern: CKEEL_NOTIF_USAGE_ZC_COPIED) : 0, flags: CKEEL_CQE_F_NOTIF)
+        }
+        heldZeroCopyNotifications.removeAll()
+    }
+
     private func complete(_ token: Token, _ result: Int32, flags: UInt32 = 0) {
         completed.append((token, IOCompletion(result: result, flags: flags)))
     }
@@ -152,6 +171,17 @@ package final class EmbeddedBackend {
             return progressSend(fd, token: token) { stream in
                 stream.write(message: UnsafePointer<msghdr>(bitPattern: message)!)
             }
+        case .sendMessageZeroCopy(let fd, let message, _):
+            guard let stream = streams[fd] else { complete(token, -EBADF); return true }
+            let result = stream.write(message: UnsafePointer<msghdr>(bitPattern: message)!)
+            if result == -EAGAIN { return false }
+            if result < 0 {
+                complete(token, result)  // a failed zero-copy send has no notification
+            } else {
+                complete(token, result, flags: CKEEL_CQE_F_MORE)
+                heldZeroCopyNotifications.append(token)
+            }
+            return true
         default:
             complete(token, -EOPNOTSUPP)
             return true

@@ -147,7 +147,9 @@ final class EpollBackend {
             state.pointee.timeouts.append((ckeel_monotonic_ns() &+ nanoseconds, token))
         case .connect(let fd, let address, let length):
             startConnect(fd: fd, address: address, length: length, token: token)
-
+        case .sendMessageZeroCopy(let fd, let message, let flags):
+            // No zero-copy on epoll: a plain send, with one completion.
+            startIO(PendingIO(token: token, operation: .sendMessage(fd: fd, message: message, flags: flags)))
         case let core:
             startIO(PendingIO(token: token, operation: core))
         }
@@ -160,7 +162,7 @@ final class EpollBackend {
     private static func descriptor(of operation: IOOperation.Core) -> Int32 {
         switch operation {
         case .read(let fd, _, _), .write(let fd, _, _), .accept(let fd, _), .receive(let fd, _, _),
-            .receivePooled(let fd, _), .send(let fd, _, _, _), .sendMessage(let fd, _, _), .connect(let fd, _, _),
+            .receivePooled(let fd, _), .send(let fd, _, _, _), .sendMessage(let fd, _, _), .connect(let fd, _, _), .sendMessageZeroCopy(let fd, _, _),
             .receiveMessagePooled(let fd, _, _), .pollReadable(let fd):
             return fd
         case .nop, .timeout:
@@ -237,7 +239,7 @@ final class EpollBackend {
                 n = ckeel_recv(fd, UnsafeMutableRawPointer(bitPattern: address), Int(length), 0)
             case .send(let fd, let address, let length, let flags):
                 n = ckeel_send(fd, UnsafeRawPointer(bitPattern: address), Int(length), Int32(flags))
-            case .sendMessage(let fd, let message, let flags):
+            case .sendMessage(let fd, let message, let flags), .sendMessageZeroCopy(let fd, let message, let flags):
                 n = ckeel_sendmsg(fd, UnsafePointer(bitPattern: message), Int32(flags))
             case .accept(let fd, _):
                 n = Int(ckeel_accept4(fd))

@@ -18,6 +18,13 @@ final class Ring {
     let entries: UInt32
     let setupFlags: UInt32
     let features: UInt32
+    /// The optional features this ring uses: those asked for that the kernel has.
+    let featuresInUse: IOUringFeatures
+    /// What `io_uring_enter` names: the registered index with ``IOUringFeatures/registeredRing``,
+    /// else the descriptor.
+    private let enterFD: Int32
+    /// `IORING_ENTER_REGISTERED_RING` when the index is registered, else 0.
+    private let enterFlags: UInt32
     private let ringMemory: MappedMemory
     private let sqeMemory: MappedMemory
 
@@ -46,8 +53,10 @@ final class Ring {
     ]
 
     /// Sets up a ring with `entries` submission entries and `entries × completionMultiplier` completion
-    /// entries, probing for SINGLE_ISSUER / DEFER_TASKRUN / COOP_TASKRUN and falling back to plain setup.
-    init(entries requested: UInt32, completionMultiplier: UInt32 = 4) throws(SystemError) {
+    /// entries, probing for SINGLE_ISSUER / DEFER_TASKRUN / COOP_TASKRUN and falling back to plain setup,
+    /// and then for each of `wanted` (left out where the kernel lacks it).
+    /// - Important: with ``IOUringFeatures/registeredRing``, only the calling thread may submit.
+    init(entries requested: UInt32, completionMultiplier: UInt32 = 4, features wanted: IOUringFeatures = []) throws(SystemError) {
         var lastError = SystemError(.invalidArgument, call: "io_uring_setup")
         var params = io_uring_params()
         var ringFD: Int32 = -1
@@ -104,6 +113,19 @@ final class Ring {
         let array = field(params.sq_off.array)
         for i in 0..<Int(params.sq_entries) { array[i] = UInt32(i) }
 
+        var inUse: IOUringFeatures = []
+        var registeredIndex: Int32 = -1
+        if wanted.contains(.registeredRing) {
+            registeredIndex = ckeel_register_ring_fd(ringFD)
+            if registeredIndex >= 0 { inUse.insert(.registeredRing) }
+        }
+        if wanted.contains(.zeroCopySend) && ckeel_probe_opcode(ringFD, CKEEL_OP_SENDMSG_ZC) == 1 {
+            inUse.insert(.zeroCopySend)
+        }
+        featuresInUse = inUse
+        enterFD = registeredIndex >= 0 ? registeredIndex : ringFD
+        enterFlags = registeredIndex >= 0 ? CKEEL_ENTER_REGISTERED_RING : 0
+
         cursor = .allocate(capacity: 1)
         cursor.initialize(to: sqTail.pointee)
         timespecs = .allocate(capacity: Int(params.sq_entries))
@@ -112,6 +134,7 @@ final class Ring {
 
     /// Unmaps the rings and closes the descriptor. In-flight operations are cancelled by the kernel.
     func close() {
+        if enterFlags != 0 { _ = ckeel_unregister_ring_fd(fd, enterFD) }
         sqeMemory.unmap()
         ringMemory.unmap()
         _ = CKeelLinux.close(fd)
@@ -160,7 +183,7 @@ final class Ring {
         let overflowed = ckeel_load_relaxed(sqFlags) & CKEEL_SQ_CQ_OVERFLOW != 0
         let wait = waitNanoseconds != 0
         if toSubmit == 0 && !wait && !overflowed && !(defersTaskRun && hasPendingTaskWork) { return }
-        var flags: UInt32 = 0
+        var flags = enterFlags
         if wait || overflowed || defersTaskRun { flags |= CKEEL_ENTER_GETEVENTS }
         var rc: Int32
         if let waitNanoseconds, wait {
@@ -170,12 +193,12 @@ final class Ring {
                 var arg = io_uring_getevents_arg()
                 arg.ts = UInt64(UInt(bitPattern: tsp))
                 return withUnsafePointer(to: &arg) { argp in
-                    ckeel_io_uring_enter(fd, toSubmit, 1, flags | CKEEL_ENTER_EXT_ARG, argp,
+                    ckeel_io_uring_enter(enterFD, toSubmit, 1, flags | CKEEL_ENTER_EXT_ARG, argp,
                                          MemoryLayout<io_uring_getevents_arg>.size)
                 }
             }
         } else {
-            rc = ckeel_io_uring_enter(fd, toSubmit, wait ? 1 : 0, flags, nil, 0)
+            rc = ckeel_io_uring_enter(enterFD, toSubmit, wait ? 1 : 0, flags, nil, 0)
         }
         if rc >= 0 { return }
         let code = ckeel_errno()

@@ -22,10 +22,10 @@ final class RingBackend {
 
     static let providedBufferGroup: UInt16 = 0
 
-    init(entries: UInt32, pool: BufferPool, providedBuffers: UInt32) throws(SystemError) {
+    init(entries: UInt32, pool: BufferPool, providedBuffers: UInt32, features: IOUringFeatures) throws(SystemError) {
         self.pool = pool
         self.providedBufferCount = providedBuffers
-        ring = try Ring(entries: entries)
+        ring = try Ring(entries: entries, features: features)
         do {
             wakeupFD = try Descriptors.eventFD()
         } catch {
@@ -101,6 +101,12 @@ final class RingBackend {
             ckeel_sqe_send(sqe, fd, UnsafeRawPointer(bitPattern: address), length, flags, token.rawValue)
         case .sendMessage(let fd, let message, let flags):
             ckeel_sqe_sendmsg(sqe, fd, UnsafePointer(bitPattern: message), flags, token.rawValue)
+        case .sendMessageZeroCopy(let fd, let message, let flags):
+            if ring.featuresInUse.contains(.zeroCopySend) {
+                ckeel_sqe_sendmsg_zc(sqe, fd, UnsafePointer(bitPattern: message), flags, token.rawValue)
+            } else {
+                ckeel_sqe_sendmsg(sqe, fd, UnsafePointer(bitPattern: message), flags, token.rawValue)
+            }
         case .connect(let fd, let address, let length):
             ckeel_sqe_connect(sqe, fd, UnsafeRawPointer(bitPattern: address), length, token.rawValue)
         }

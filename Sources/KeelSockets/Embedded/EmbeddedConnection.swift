@@ -39,22 +39,27 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
     /// Opens a connection with `handler` and `options` (its filters are made as a server would make
     /// them, with endpoint ``TCPFilterSetup/Endpoint/embedded``). Events the opening causes
     /// (``TCPConnectionHandler/connectionEstablished(_:)``, filters' handshakes) have run on return.
+    /// With `simulatesZeroCopySend`, the in-memory kernel has ``IOUringFeatures/zeroCopySend`` and
+    /// holds each zero-copy notification until ``releaseZeroCopyNotifications(copied:)``.
     public init(
         handler: Handler, options: TCPConnectionOptions = .init(),
         localAddress: SocketAddress = try! SocketAddress(host: "127.0.0.1", port: 7007),
         remoteAddress: SocketAddress = try! SocketAddress(host: "127.0.0.1", port: 50_000),
-        bufferPool: BufferPoolConfiguration = BufferPoolConfiguration(buffersPerSlab: 16)
+        bufferPool: BufferPoolConfiguration = BufferPoolConfiguration(buffersPerSlab: 16),
+        simulatesZeroCopySend: Bool = false
     ) {
         let thread = IOThread.makeEmbedded(bufferPool: bufferPool)
         self.thread = thread
         backend = thread.embeddedBackend!
+        backend.simulatesZeroCopySend = simulatesZeroCopySend
         let descriptor = backend.makeStream(local: localAddress, remote: remoteAddress)
         stream = backend.stream(descriptor)!
         let (registry, handled) = thread.withEmbeddedCurrent {
             let registry = ConnectionRegistry<Handler>(thread: thread, coalescesWrites: options.coalescesWrites) { _ in }
             let handled = registry.take()
             handled.handler = handler
-            handled.open(descriptor: descriptor, settings: ConnectionSettings(options: options), endpoint: .embedded)
+            handled.open(descriptor: descriptor, settings: ConnectionSettings(options: options, ioUringFeatures: thread.ioUringFeatures),
+                         endpoint: .embedded)
             thread.runEmbeddedUntilQuiet()
             return (registry, handled)
         }
@@ -144,7 +149,18 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
         thread.withEmbeddedCurrent { thread.advanceEmbeddedTime(byNanoseconds: nanoseconds) }
     }
 
+    /// Delivers the held zero-copy notifications (`copied`: the kernel reports that it copied anyway,
+    /// as on loopback) and what they cause.
+    public func releaseZeroCopyNotifications(copied: Bool) {
+        backend.releaseZeroCopyNotifications(copied: copied)
+        run()
+    }
+
     // MARK: Observing
+
+    /// Zero-copy sends whose kernel notification is held back (with `simulatesZeroCopySend`): until
+    /// it is released, the kernel may still read their buffers.
+    public var heldZeroCopyNotifications: Int { backend.heldZeroCopyNotificationCount }
 
     /// What the connection sent since the last call, in order; taking it does not open the window.
     public func takeWritten() -> [UInt8] {
