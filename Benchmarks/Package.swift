@@ -24,6 +24,15 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        // The UDP echo server keel-udp-echo is compared against (compare-udp.sh).
+        .executableTarget(
+            name: "nio-udp-echo-server",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         // The WebSocket echo servers keel-ws-echo is compared against (compare-ws.sh).
         .executableTarget(
             name: "nio-ws-echo-server",

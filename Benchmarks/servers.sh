@@ -54,7 +54,7 @@ start_server() {  # name -> sets SERVER_PID and SERVER_PORT
         # Zero-copy sends from 16 KiB queued, even though loopback copies: what zero-copy itself costs.
         keel-io_uring-zc) launch_server .build/release/keel-echo --port 0 --threads 1 --backend io_uring --zero-copy-threshold 16384 --zero-copy-always ;;
         # Without the registered ring descriptor: its before/after.
-        keel-io_uring-noreg) launch_server env KEEL_IO_URING_OFF=registered-ring .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
+        keel-io_uring-noreg) launch_server env KEEL_FEATURES_OFF=registered-ring .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
         nio) launch_server Benchmarks/.build/release/nio-echo-server 0 1 ;;
         c-io_uring) launch_server .build/release/c-uring-echo 0 ;;
         *) echo "unknown server $1" >&2; return 1 ;;

@@ -10,10 +10,10 @@ enum Backend {
     case embedded(EmbeddedBackend)
 
     init(kind: BackendKind, ringEntries: UInt32, pool: BufferPool, providedBuffers: UInt32,
-         ioUringFeatures: IOUringFeatures) throws(SystemError) {
+         kernelFeatures: KernelFeatures) throws(SystemError) {
         switch kind {
         case .ioUring:
-            self = .ring(try RingBackend(entries: ringEntries, pool: pool, providedBuffers: providedBuffers, features: ioUringFeatures))
+            self = .ring(try RingBackend(entries: ringEntries, pool: pool, providedBuffers: providedBuffers, features: kernelFeatures))
         case .epoll: self = .epoll(try EpollBackend(pool: pool))
         }
     }
@@ -84,8 +84,9 @@ enum Backend {
         }
     }
 
-    /// The optional io_uring features in use (none on other backends).
-    var ioUringFeatures: IOUringFeatures {
+    /// The optional io_uring features in use (none on other backends; the embedded one plays zero-copy
+    /// send when a test asks).
+    var kernelFeatures: KernelFeatures {
         switch self {
         case .ring(let ring): return ring.ring.featuresInUse
         case .epoll: return []

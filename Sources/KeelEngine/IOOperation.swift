@@ -123,7 +123,7 @@ extension IOOperation {
         IOOperation(core: .sendMessage(fd: fd, message: UInt(bitPattern: message), flags: CKEEL_MSG_NOSIGNAL))
     }
 
-    /// Like ``sendMessage(_:_:)``, but where the ring has ``IOUringFeatures/zeroCopySend`` the kernel
+    /// Like ``sendMessage(_:_:)``, but where the ring has ``KernelFeatures/zeroCopySend`` the kernel
     /// sends from the memory itself rather than a copy. The first completion carries the result; when
     /// it ``IOCompletion/hasMore``, a second one follows, flagged
     /// ``IOCompletion/isZeroCopyNotification``, once the kernel no longer reads the memory. Elsewhere

@@ -23,9 +23,9 @@ public struct IOPoolConfiguration: Sendable {
     /// Buffers each io_uring thread lends the kernel for pooled receives (a power of two). They are
     /// taken from the thread's buffer pool on the first pooled receive.
     public var providedBuffersPerThread: UInt32
-    /// The optional io_uring features to use where the kernel has them (``IOUringFeatures``); those
-    /// named in `KEEL_IO_URING_OFF` are left out as well. Ignored on epoll.
-    public var ioUringFeatures: IOUringFeatures
+    /// The optional kernel features to use where the kernel has them (``KernelFeatures``); those named
+    /// in `KEEL_FEATURES_OFF` are left out as well. The io_uring ones are ignored on epoll.
+    public var kernelFeatures: KernelFeatures
 
     /// Creates a configuration; every parameter has a production default.
     public init(
@@ -35,9 +35,9 @@ public struct IOPoolConfiguration: Sendable {
         bufferPool: BufferPoolConfiguration = .default,
         workPoolThreadCount: Int = 2,
         providedBuffersPerThread: UInt32 = 512,
-        ioUringFeatures: IOUringFeatures = .all
+        kernelFeatures: KernelFeatures = .all
     ) {
-        self.ioUringFeatures = ioUringFeatures
+        self.kernelFeatures = kernelFeatures
         precondition(providedBuffersPerThread > 0 && providedBuffersPerThread & (providedBuffersPerThread - 1) == 0,
                      "providedBuffersPerThread must be a power of two")
         self.providedBuffersPerThread = providedBuffersPerThread
@@ -86,7 +86,7 @@ public final class IOPool: Sendable {
         let workPool = WorkPool(threadCount: configuration.workPoolThreadCount)
         self.workPool = workPool
         let count = max(1, configuration.threadCount)
-        let wantedFeatures = configuration.ioUringFeatures.subtracting(IOUringFeatures.turnedOffByEnvironment)
+        let wantedFeatures = configuration.kernelFeatures.subtracting(KernelFeatures.turnedOffByEnvironment)
 
         let startups = (0..<count).map { _ in ThreadStartup() }
         var started: [SystemThread] = []
@@ -100,13 +100,14 @@ public final class IOPool: Sendable {
                         kind: kind, ringEntries: configuration.ringEntries, pool: bufferPool,
                         providedBuffers: min(configuration.providedBuffersPerThread,
                                              UInt32(configuration.bufferPool.maximumBuffers)),
-                        ioUringFeatures: wantedFeatures)
+                        kernelFeatures: wantedFeatures.intersection(.ringFeatures))
                 } catch {
                     startup.finish(.failure(error))
                     return
                 }
                 let thread = IOThread(
-                    index: i, backendKind: kind, backend: backend, bufferPool: bufferPool, workPool: workPool)
+                    index: i, backendKind: kind, backend: backend, bufferPool: bufferPool, workPool: workPool,
+                    socketFeatures: wantedFeatures.intersection(KernelFeatures.availableSocketFeatures))
                 startup.finish(.success(thread))
                 thread.run()
             })
@@ -127,24 +128,25 @@ public final class IOPool: Sendable {
         }
         self.threads = threads
         self.systemThreads = started
-        if kind == .ioUring, let first = threads.first {
-            Self.logFeaturesOnce(inUse: first.ioUringFeatures, wanted: wantedFeatures)
+        if let first = threads.first {
+            Self.logFeaturesOnce(inUse: first.kernelFeatures, wanted: wantedFeatures, backend: kind)
         }
     }
 
-    /// The optional io_uring features the pool's threads use (none on epoll).
-    public var ioUringFeatures: IOUringFeatures { threads.first?.ioUringFeatures ?? [] }
+    /// The optional kernel features the pool's threads use (no io_uring ones on epoll).
+    public var kernelFeatures: KernelFeatures { threads.first?.kernelFeatures ?? [] }
 
-    private static func logFeaturesOnce(inUse: IOUringFeatures, wanted: IOUringFeatures) {
+    private static func logFeaturesOnce(inUse: KernelFeatures, wanted: KernelFeatures, backend: BackendKind) {
         let first = loggedFeatures.withLock { logged in
             defer { logged = true }
             return !logged
         }
         guard first else { return }
-        let turnedOff = IOUringFeatures.all.subtracting(wanted)
-        let missing = wanted.subtracting(inUse)
+        let turnedOff = KernelFeatures.all.subtracting(wanted)
+        let applicable = backend == .ioUring ? KernelFeatures.all : KernelFeatures.socketFeatures
+        let missing = wanted.intersection(applicable).subtracting(inUse)
         BackendKind.logger.info(
-            "keel io_uring features: \(inUse) (turned off: \(turnedOff); not in this kernel: \(missing))")
+            "keel kernel features: \(inUse) (turned off: \(turnedOff); not in this kernel: \(missing))")
     }
 
     deinit {

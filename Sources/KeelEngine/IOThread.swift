@@ -29,8 +29,10 @@ public final class IOThread: @unchecked Sendable {
     public let bufferPool: BufferPool
     /// The pool's work pool, for blocking work whose results come back to this thread.
     public let workPool: WorkPool
-    /// The optional io_uring features this thread's ring uses (none on epoll).
-    public var ioUringFeatures: IOUringFeatures { backend.ioUringFeatures }
+    /// The optional kernel features this thread uses: its ring's (none on epoll) and the socket ones.
+    public var kernelFeatures: KernelFeatures { backend.kernelFeatures.union(socketFeatures) }
+    /// The socket features the pool asked for that this kernel has.
+    private let socketFeatures: KernelFeatures
 
     let backend: Backend
     /// The in-memory backend of an embedded thread (``makeEmbedded(bufferPool:)``), nil on real threads.
@@ -59,7 +61,7 @@ public final class IOThread: @unchecked Sendable {
         var zeroCopy = ZeroCopySendStatistics()
     }
 
-    /// Zero-copy sends this thread's connections made (``IOUringFeatures/zeroCopySend``).
+    /// Zero-copy sends this thread's connections made (``KernelFeatures/zeroCopySend``).
     public struct ZeroCopySendStatistics: Sendable, Hashable {
         /// Zero-copy sends whose notification arrived.
         public var notified = 0
@@ -67,8 +69,10 @@ public final class IOThread: @unchecked Sendable {
         public var copied = 0
     }
 
-    init(index: Int, backendKind: BackendKind, backend: Backend, bufferPool: BufferPool, workPool: WorkPool) {
+    init(index: Int, backendKind: BackendKind, backend: Backend, bufferPool: BufferPool, workPool: WorkPool,
+         socketFeatures: KernelFeatures = []) {
         self.index = index
+        self.socketFeatures = socketFeatures
         self.backendKind = backendKind
         self.backend = backend
         self.bufferPool = bufferPool

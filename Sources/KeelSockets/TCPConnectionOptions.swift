@@ -31,7 +31,7 @@ public struct TCPConnectionOptions: Sendable {
     /// the listener or target it belongs to; nil for none. Called on the connection's I/O thread.
     public var makeFilters: (@Sendable (TCPFilterSetup) -> [any TCPConnectionFilter])?
     /// Sends of at least this many queued bytes go out zero-copy (`IORING_OP_SENDMSG_ZC`) where the
-    /// I/O threads have ``IOUringFeatures/zeroCopySend``: the kernel sends from the pooled buffers and
+    /// I/O threads have ``KernelFeatures/zeroCopySend``: the kernel sends from the pooled buffers and
     /// the connection holds them until the kernel's notification. Smaller sends, and every send on
     /// epoll, copy as usual. nil (the default): never.
     ///
@@ -102,9 +102,9 @@ final class ConnectionSettings: Sendable {
     /// `Int.max` (one comparison on the write path decides).
     let zeroCopySendThreshold: Int
 
-    init(options: TCPConnectionOptions, ioUringFeatures: IOUringFeatures = []) {
+    init(options: TCPConnectionOptions, kernelFeatures: KernelFeatures = []) {
         self.options = options
-        zeroCopySendThreshold = ioUringFeatures.contains(.zeroCopySend) ? max(1, options.zeroCopySendThreshold ?? .max) : .max
+        zeroCopySendThreshold = kernelFeatures.contains(.zeroCopySend) ? max(1, options.zeroCopySendThreshold ?? .max) : .max
     }
 
     static let `default` = ConnectionSettings(options: TCPConnectionOptions())

@@ -88,7 +88,7 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
     public init(pool: IOPool, configuration: TCPConnectorConfiguration = .init()) {
         self.pool = pool
         self.configuration = configuration
-        settings = ConnectionSettings(options: configuration.connection, ioUringFeatures: pool.ioUringFeatures)
+        settings = ConnectionSettings(options: configuration.connection, kernelFeatures: pool.kernelFeatures)
         let active = self.active
         let coalesces = configuration.connection.coalescesWrites
         let registries = pool.threads.map {

@@ -112,7 +112,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         self.pool = pool
         self.configuration = configuration
         self.makeHandler = makeHandler
-        settings = ConnectionSettings(options: configuration.connection, ioUringFeatures: pool.ioUringFeatures)
+        settings = ConnectionSettings(options: configuration.connection, kernelFeatures: pool.kernelFeatures)
         var address = try SocketAddress(host: configuration.host, port: configuration.port)
         let listenerCount = configuration.reusePort ? pool.threads.count : 1
         var listeners: [Int32] = []

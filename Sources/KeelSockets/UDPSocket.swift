@@ -21,8 +21,10 @@ public struct UDPSendLimits: Sendable, Hashable {
     public var maximumBytes: Int
     /// What to do with a send when the queue is full (see ``SendQueuePolicy``).
     public var policy: SendQueuePolicy
-    /// Try each send at once when nothing is queued (the fast path). Turning it off sends every
-    /// datagram through the queue (one operation per loop turn), e.g. to pace bursts.
+    /// Send without waiting for an operation's completion: each datagram at once, or (with
+    /// ``UDPSocketConfiguration/coalescesSends``) a loop iteration's datagrams together before the
+    /// thread waits. Turning it off sends every datagram through the queue (one operation per loop
+    /// turn), e.g. to pace bursts.
     public var sendsInline: Bool
 
     /// Creates limits.
@@ -61,6 +63,11 @@ public struct UDPSocketStatistics: Sendable, Hashable {
     public var received = 0
     /// Datagrams received truncated.
     public var truncated = 0
+    /// Sends that carried several datagrams as one packet through the kernel (UDP segmentation
+    /// offload, ``KernelFeatures/udpSegmentation``).
+    public var segmentedSends = 0
+    /// Datagrams those sends carried.
+    public var segmentedDatagrams = 0
     /// Datagrams queued now.
     public var queued = 0
     /// Bytes queued now.
@@ -82,10 +89,19 @@ public struct UDPSocketConfiguration: Sendable {
     /// `SO_REUSEPORT`: several sockets (one per I/O thread) share the port; the kernel spreads
     /// datagrams over them by sender.
     public var reusePort: Bool
+    /// Datagrams sent during one loop iteration leave together, just before the thread waits: a run
+    /// of equal-sized datagrams (at most 1,452 bytes each) to one destination as one `sendmsg` with UDP
+    /// segmentation offload where the kernel has it (``KernelFeatures/udpSegmentation``: the kernel
+    /// carries them as one packet and splits them at the end), the rest up to 64 at a time with
+    /// `sendmmsg`. Off: each datagram is tried at once. Default on; needs
+    /// ``UDPSendLimits/sendsInline``.
+    public var coalescesSends: Bool
 
     /// Creates a configuration.
     public init(host: String = "127.0.0.1", port: UInt16 = 0, receiveBufferSize: Int32? = nil,
-                sendBufferSize: Int32? = nil, sendLimits: UDPSendLimits = .init(), reusePort: Bool = false) {
+                sendBufferSize: Int32? = nil, sendLimits: UDPSendLimits = .init(), reusePort: Bool = false,
+                coalescesSends: Bool = true) {
+        self.coalescesSends = coalescesSends
         self.reusePort = reusePort
         self.host = host
         self.port = port
@@ -139,12 +155,23 @@ public class UDPSocket: @unchecked Sendable {
     private var onReceive: Completions!
     private var onSend: Completions!
     private static let addressSpace = MemoryLayout<sockaddr_storage>.size
+    /// Sends wait for ``flushCoalescedSends()``, just before the thread waits.
+    private let coalescesSends: Bool
+    /// Runs to one destination go out as one segmented send (cleared if the kernel refuses one).
+    private var segmentsSends: Bool
+    private var flushScheduled = false
+    /// The thread's before-wait hook that flushes; removed once the socket has closed.
+    fileprivate var flushHook: IOThreadHook?
+    /// The message headers of a flush, made on the first one.
+    private var batch: SendBatch?
 
-    init(thread: IOThread, descriptor: Int32, localAddress: SocketAddress, sendLimits: UDPSendLimits) {
+    init(thread: IOThread, descriptor: Int32, localAddress: SocketAddress, sendLimits: UDPSendLimits, coalescesSends: Bool = false) {
         self.thread = thread
         self.descriptor = descriptor
         self.localAddress = localAddress
         self.sendLimits = sendLimits
+        self.coalescesSends = coalescesSends && sendLimits.sendsInline
+        segmentsSends = thread.kernelFeatures.contains(.udpSegmentation)
         template = .allocate(capacity: 1)
         template.initialize(to: msghdr())
         template.pointee.msg_namelen = socklen_t(Self.addressSpace)
@@ -210,10 +237,14 @@ public class UDPSocket: @unchecked Sendable {
             throw error
         }
         let target = thread ?? pool.next()
-        let socket = HandledUDPSocket<Handler>(thread: target, descriptor: fd, localAddress: bound, sendLimits: configuration.sendLimits)
+        let socket = HandledUDPSocket<Handler>(thread: target, descriptor: fd, localAddress: bound, sendLimits: configuration.sendLimits,
+                                               coalescesSends: configuration.coalescesSends)
         socket.handler = handler
         target.execute {
             socket.shutdownHook = target.onShutdown { socket.close() }  // the pool's shutdown closes the socket cleanly
+            if configuration.coalescesSends && configuration.sendLimits.sendsInline {
+                socket.flushHook = target.beforeEachWait { socket.flushCoalescedSends() }
+            }
             socket.startReceiving()
         }
         return socket
@@ -305,7 +336,7 @@ public class UDPSocket: @unchecked Sendable {
             return .refused
         }
         let queued = queue.count - queueHead
-        if queued == 0 && !sendInFlight && sendLimits.sendsInline {
+        if queued == 0 && !sendInFlight && sendLimits.sendsInline && !coalescesSends {
             switch sendNow(payload.readableRegion, to: destination) {
             case .some(true):
                 Self.release(payload)
@@ -348,8 +379,160 @@ public class UDPSocket: @unchecked Sendable {
         }
         queue.append(Pending(payload: payload, destination: destination))
         queuedBytes += size
-        if !sendInFlight { submitNext() }
+        if coalescesSends {
+            flushScheduled = true
+        } else if !sendInFlight {
+            submitNext()
+        }
         return .queued
+    }
+
+    // MARK: Coalesced sends
+
+    /// The most datagrams one segmented send or one `sendmmsg` carries.
+    static let maximumBatch = 64
+    /// The largest datagram sent segmented: one that fits a 1,500-byte MTU over IPv6 (a larger one
+    /// would be refused by a device with that MTU).
+    static let maximumSegmentSize = 1452
+    /// The most bytes one segmented send carries (a UDP datagram's limit, with room for headers).
+    static let maximumSegmentedBytes = 65_000
+
+    /// Preallocated headers for one flush: iovecs, `mmsghdr`s, their addresses and a control message.
+    private final class SendBatch {
+        let vectors = UnsafeMutablePointer<iovec>.allocate(capacity: UDPSocket.maximumBatch)
+        let messages = UnsafeMutablePointer<ckeel_mmsghdr>.allocate(capacity: UDPSocket.maximumBatch)
+        let addresses = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: UDPSocket.maximumBatch)
+        let control = UnsafeMutableRawPointer.allocate(byteCount: ckeel_udp_segment_control_size(), alignment: 8)
+
+        deinit {
+            vectors.deallocate()
+            messages.deallocate()
+            addresses.deallocate()
+            control.deallocate()
+        }
+
+        /// Points message `index` at `destination` (or none: a connected socket) and its iovecs.
+        func prepare(_ index: Int, destination: SocketAddress?, vectors first: Int, count: Int) {
+            messages[index] = ckeel_mmsghdr()
+            messages[index].msg_hdr.msg_iov = vectors + first
+            messages[index].msg_hdr.msg_iovlen = count
+            if let destination {
+                destination.withSockAddr { address, length in
+                    UnsafeMutableRawPointer(addresses + index).copyMemory(from: address, byteCount: Int(length))
+                    messages[index].msg_hdr.msg_namelen = length
+                }
+                messages[index].msg_hdr.msg_name = UnsafeMutableRawPointer(addresses + index)
+            }
+        }
+    }
+
+    /// What one batched system call did.
+    private enum BatchOutcome {
+        /// The first `count` queued datagrams went out.
+        case sent(count: Int)
+        /// The kernel has no room: the rest waits for an operation.
+        case wouldBlock
+        /// The first queued datagram failed (it is dropped and counted).
+        case failed
+    }
+
+    /// Sends what the loop iteration queued, in order, with as few system calls as the destinations
+    /// and sizes allow; what the kernel has no room for goes on as queued operations.
+    func flushCoalescedSends() {
+        guard flushScheduled else { return }
+        flushScheduled = false
+        while !closed, !sendInFlight, queueHead < queue.count {
+            switch sendBatch() {
+            case .sent(let count):
+                for _ in 0..<count { finishHead(succeeded: true) }
+            case .failed:
+                finishHead(succeeded: false)
+            case .wouldBlock:
+                submitNext()
+                return
+            }
+        }
+        compactQueue()
+    }
+
+    /// One system call for the datagrams at the head of the queue: a segmented send of a run to one
+    /// destination, else a `sendmmsg` of up to 64.
+    private func sendBatch() -> BatchOutcome {
+        let batch = self.batch ?? SendBatch()
+        self.batch = batch
+        let first = queue[queueHead]
+        let size = first.payload.readableRegion.count
+        // A run: one destination, equal sizes (a shorter datagram may end it), within the limits.
+        var run = 1
+        if segmentsSends && size <= Self.maximumSegmentSize && size > 0 {
+            var total = size
+            while queueHead + run < queue.count && run < Self.maximumBatch {
+                let next = queue[queueHead + run]
+                let nextSize = next.payload.readableRegion.count
+                guard nextSize <= size, nextSize > 0, total + nextSize <= Self.maximumSegmentedBytes,
+                    next.destination == first.destination
+                else { break }
+                run += 1
+                total += nextSize
+                if nextSize < size { break }
+            }
+        }
+        if run > 1 {
+            for i in 0..<run {
+                let region = queue[queueHead + i].payload.readableRegion
+                batch.vectors[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
+            }
+            batch.prepare(0, destination: first.destination, vectors: 0, count: run)
+            ckeel_set_udp_segment(&batch.messages[0].msg_hdr, batch.control, UInt16(size))
+            switch Result(catching: { () throws(SystemError) in try Sockets.sendMessage(descriptor, &batch.messages[0].msg_hdr) }) {
+            case .success(.completed):
+                counters.segmentedSends += 1
+                counters.segmentedDatagrams += run
+                return .sent(count: run)
+            case .success(.wouldBlock):
+                return .wouldBlock
+            case .failure(let error):
+                switch error.errno {
+                case .invalidArgument, .ioError, .messageTooLong, .notSupported:
+                    // This route or device refuses segmentation (an MTU below 1,500, no checksum
+                    // offload): this socket sends datagram by datagram from now on.
+                    segmentsSends = false
+                    return sendBatch()
+                default:
+                    return .failed
+                }
+            }
+        }
+        var count = 0
+        while queueHead + count < queue.count && count < Self.maximumBatch {
+            let item = queue[queueHead + count]
+            let region = item.payload.readableRegion
+            batch.vectors[count] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
+            batch.prepare(count, destination: item.destination, vectors: count, count: 1)
+            count += 1
+        }
+        let sent = ckeel_sendmmsg(descriptor, batch.messages, UInt32(count), Int32(CKEEL_MSG_NOSIGNAL))
+        if sent > 0 { return .sent(count: Int(sent)) }
+        let code = ckeel_errno()
+        if code == EAGAIN || code == EWOULDBLOCK || code == ENOBUFS { return .wouldBlock }
+        if code == EINTR { return .sent(count: 0) }
+        return .failed
+    }
+
+    /// Releases the datagram at the head of the queue, counting it sent or failed.
+    private func finishHead(succeeded: Bool) {
+        let done = queue[queueHead]
+        queueHead += 1
+        queuedBytes -= done.payload.readableRegion.count
+        Self.release(done.payload)
+        if succeeded { counters.sent += 1 } else { counters.failed += 1 }
+    }
+
+    private func compactQueue() {
+        if queueHead == queue.count && queueHead > 0 {
+            queue.removeAll(keepingCapacity: true)
+            queueHead = 0
+        }
     }
 
     /// One non-blocking sendmsg. - Returns: true sent, false failed, nil would block.
@@ -400,17 +583,14 @@ public class UDPSocket: @unchecked Sendable {
         sendOperation = nil
         pendingOperations -= 1
         if queueHead < queue.count {
-            let done = queue[queueHead]
-            queueHead += 1
-            queuedBytes -= done.payload.readableRegion.count
-            Self.release(done.payload)
-            if completion.result >= 0 { counters.sent += 1 } else { counters.failed += 1 }
-            if queueHead == queue.count {
-                queue.removeAll(keepingCapacity: true)
-                queueHead = 0
-            }
+            finishHead(succeeded: completion.result >= 0)
+            compactQueue()
         }
-        submitNext()
+        if coalescesSends {
+            flushScheduled = true  // the rest leaves batched, before the thread next waits
+        } else {
+            submitNext()
+        }
         finishIfClosed()
     }
 
@@ -467,6 +647,11 @@ public class UDPSocket: @unchecked Sendable {
             let thread = self.thread
             thread.schedule { thread.removeHook(shutdownHook) }
             self.shutdownHook = nil
+        }
+        if let flushHook {
+            let thread = self.thread
+            thread.schedule { thread.removeHook(flushHook) }
+            self.flushHook = nil
         }
         lifeline = nil
     }

@@ -1,7 +1,10 @@
 // keel-udp-echo: a UDP echo server on Keel. Every datagram goes back to its sender, from the same
 // pooled buffer it arrived in.
 //
-//   keel-udp-echo [--host 127.0.0.1] [--port 7007] [--backend io_uring|epoll] [--threads N]
+//   keel-udp-echo [--host 127.0.0.1] [--port 7007] [--backend io_uring|epoll] [--threads N] [--no-coalescing]
+//
+// A loop iteration's echoes leave together: runs to one sender as one segmented send (UDP GSO), the
+// rest with sendmmsg. `--no-coalescing` sends each at once (one system call per datagram).
 //
 // Prints `listening on HOST:PORT` when ready; SIGINT or SIGTERM shut it down cleanly. With several
 // threads, each binds its own SO_REUSEPORT socket to the same port.
@@ -26,17 +29,43 @@ struct KeelUDPEcho: ParsableCommand {
 
     @OptionGroup var options: ServerOptions
 
+    @Flag(help: "Send each echo at once instead of a loop iteration's echoes together (segmented or with sendmmsg).")
+    var noCoalescing = false
+
     func run() throws {
         try options.runUntilSignalled("keel-udp-echo") { pool in
             let first = try UDPSocket.bind(pool: pool, on: pool.threads[0],
-                                           configuration: .init(host: options.host, port: options.port, reusePort: true),
+                                           configuration: .init(host: options.host, port: options.port, reusePort: true,
+                                                                coalescesSends: !noCoalescing),
                                            handler: UDPEcho())
+            var sockets = [first]
             for thread in pool.threads.dropFirst() {
-                _ = try UDPSocket.bind(pool: pool, on: thread,
-                                       configuration: .init(host: options.host, port: first.localAddress.port, reusePort: true),
-                                       handler: UDPEcho())
+                sockets.append(try UDPSocket.bind(pool: pool, on: thread,
+                                                  configuration: .init(host: options.host, port: first.localAddress.port, reusePort: true,
+                                                                       coalescesSends: !noCoalescing),
+                                                  handler: UDPEcho()))
             }
-            return RunningService(address: first.localAddress)
+            return RunningService(address: first.localAddress, summary: { Self.summary(sockets) })
         }
+    }
+
+    /// Datagrams echoed and how many left in segmented sends, summed over the sockets.
+    static func summary(_ sockets: [UDPSocket]) -> String {
+        var sent = 0, segmented = 0, segmentedSends = 0
+        for socket in sockets {
+            // Read on the socket's thread (its counters are confined there); this thread waits.
+            let box = Locked<UDPSocketStatistics?>(nil)
+            let done = Semaphore()
+            socket.thread.execute {
+                box.withLock { $0 = socket.statistics }
+                done.signal()
+            }
+            done.wait()
+            guard let statistics = box.withLock({ $0 }) else { continue }
+            sent += statistics.sent
+            segmented += statistics.segmentedDatagrams
+            segmentedSends += statistics.segmentedSends
+        }
+        return "\(sent) datagrams echoed, \(segmented) of them in \(segmentedSends) segmented sends"
     }
 }

@@ -96,7 +96,7 @@ struct TCPAllocationTests {
         let allocations = await results.wait(for: 1)
         #expect(allocations == [0], "\(allocations.first ?? 0) allocations over \(measured) messages echoed zero-copy")
         let notified = await onThread(pool.threads[0]) { finish in finish(pool.threads[0].zeroCopySendStatistics.notified) }
-        #expect(pool.ioUringFeatures.contains(.zeroCopySend) ? notified >= measured : notified == 0)
+        #expect(pool.kernelFeatures.contains(.zeroCopySend) ? notified >= measured : notified == 0)
         await server.stop()
         pool.shutdown()
     }

@@ -61,8 +61,8 @@ struct TCPZeroCopySendTests {
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest, Mode.allCases)
     func largeWritesArriveIntactAndTheirBuffersComeBackAfterTheNotification(backend: BackendKind, mode: Mode) async throws {
-        let features = mode == .off ? IOUringFeatures.all.subtracting(.zeroCopySend) : .all
-        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1, ioUringFeatures: features))
+        let features = mode == .off ? KernelFeatures.all.subtracting(.zeroCopySend) : .all
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1, kernelFeatures: features))
         defer { pool.shutdown() }
         let closed = Collector<TCPCloseReason>()
         let count = 256  // 4 MiB
@@ -81,7 +81,7 @@ struct TCPZeroCopySendTests {
         let firstWrong = received.indices.first { received[$0] != PatternWriter.byte($0) }
         #expect(firstWrong == nil, "first wrong byte at \(firstWrong ?? -1)")
         #expect(await closed.wait(for: 1) == [.local])
-        let usesZeroCopy = mode != .off && backend == .ioUring && pool.ioUringFeatures.contains(.zeroCopySend)
+        let usesZeroCopy = mode != .off && backend == .ioUring && pool.kernelFeatures.contains(.zeroCopySend)
         #expect(await buffersReturn(to: inUseBefore, pool), "every buffer back in the pool")
         let (statistics, _) = await threadState(pool)
         if usesZeroCopy {

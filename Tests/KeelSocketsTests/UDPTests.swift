@@ -93,7 +93,8 @@ struct UDPTests {
             return
         }
         let received = Collector<UDPRecorder.Datagram>()
-        let client = try UDPSocket.bind(pool: pool, configuration: .init(host: "::1", port: 0), handler: UDPRecorder(received: received))
+        let client = try UDPSocket.bind(pool: pool, configuration: .init(host: "::1", port: 0, coalescesSends: false),
+                                        handler: UDPRecorder(received: received))
         let result: UDPSendResult = await onThread(client.thread) { finish in
             do {
                 try client.connect(to: server.localAddress)

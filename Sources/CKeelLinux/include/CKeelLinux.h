@@ -24,6 +24,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -313,6 +314,53 @@ static inline ssize_t ckeel_recv(int fd, void *buffer, size_t length, int flags)
 }
 static inline ssize_t ckeel_send(int fd, const void *buffer, size_t length, int flags) {
     return syscall(__NR_sendto, fd, buffer, length, flags, NULL, 0);
+}
+
+/* The kernel's struct mmsghdr (glibc declares it only under _GNU_SOURCE). */
+struct ckeel_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+
+/* sendmmsg(2): up to `count` messages in one call; returns how many were sent (-1 + errno when the
+   first failed). */
+static inline int ckeel_sendmmsg(int fd, struct ckeel_mmsghdr *messages, unsigned count, int flags) {
+    return (int)syscall(__NR_sendmmsg, fd, messages, count, flags);
+}
+
+/* ---- UDP segmentation offload (GSO) ---- */
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+
+/* Control space one UDP_SEGMENT message needs. */
+static inline size_t ckeel_udp_segment_control_size(void) { return CMSG_SPACE(sizeof(uint16_t)); }
+
+/* Puts a UDP_SEGMENT control message asking for `segment`-byte datagrams into `control` (at least
+   ckeel_udp_segment_control_size() bytes) and points `msg` at it. */
+static inline void ckeel_set_udp_segment(struct msghdr *msg, void *control, uint16_t segment) {
+    memset(control, 0, CMSG_SPACE(sizeof(uint16_t)));
+    msg->msg_control = control;
+    msg->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(msg);
+    cmsg->cmsg_level = SOL_UDP;
+    cmsg->cmsg_type = UDP_SEGMENT;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    memcpy(CMSG_DATA(cmsg), &segment, sizeof(segment));
+}
+
+/* 1 when this kernel has UDP_SEGMENT (a throwaway UDP socket accepts the option), else 0. */
+static inline int ckeel_udp_segmentation_supported(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0;
+    int zero = 0;
+    int ok = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof(zero)) == 0;
+    close(fd);
+    return ok;
 }
 
 /* ---- Provided buffer rings ---- */

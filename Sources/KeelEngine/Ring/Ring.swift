@@ -19,8 +19,8 @@ final class Ring {
     let setupFlags: UInt32
     let features: UInt32
     /// The optional features this ring uses: those asked for that the kernel has.
-    let featuresInUse: IOUringFeatures
-    /// What `io_uring_enter` names: the registered index with ``IOUringFeatures/registeredRing``,
+    let featuresInUse: KernelFeatures
+    /// What `io_uring_enter` names: the registered index with ``KernelFeatures/registeredRing``,
     /// else the descriptor.
     private let enterFD: Int32
     /// `IORING_ENTER_REGISTERED_RING` when the index is registered, else 0.
@@ -55,8 +55,8 @@ final class Ring {
     /// Sets up a ring with `entries` submission entries and `entries × completionMultiplier` completion
     /// entries, probing for SINGLE_ISSUER / DEFER_TASKRUN / COOP_TASKRUN and falling back to plain setup,
     /// and then for each of `wanted` (left out where the kernel lacks it).
-    /// - Important: with ``IOUringFeatures/registeredRing``, only the calling thread may submit.
-    init(entries requested: UInt32, completionMultiplier: UInt32 = 4, features wanted: IOUringFeatures = []) throws(SystemError) {
+    /// - Important: with ``KernelFeatures/registeredRing``, only the calling thread may submit.
+    init(entries requested: UInt32, completionMultiplier: UInt32 = 4, features wanted: KernelFeatures = []) throws(SystemError) {
         var lastError = SystemError(.invalidArgument, call: "io_uring_setup")
         var params = io_uring_params()
         var ringFD: Int32 = -1
@@ -113,7 +113,7 @@ final class Ring {
         let array = field(params.sq_off.array)
         for i in 0..<Int(params.sq_entries) { array[i] = UInt32(i) }
 
-        var inUse: IOUringFeatures = []
+        var inUse: KernelFeatures = []
         var registeredIndex: Int32 = -1
         if wanted.contains(.registeredRing) {
             registeredIndex = ckeel_register_ring_fd(ringFD)

@@ -22,7 +22,7 @@ final class RingBackend {
 
     static let providedBufferGroup: UInt16 = 0
 
-    init(entries: UInt32, pool: BufferPool, providedBuffers: UInt32, features: IOUringFeatures) throws(SystemError) {
+    init(entries: UInt32, pool: BufferPool, providedBuffers: UInt32, features: KernelFeatures) throws(SystemError) {
         self.pool = pool
         self.providedBufferCount = providedBuffers
         ring = try Ring(entries: entries, features: features)

@@ -39,7 +39,7 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
     /// Opens a connection with `handler` and `options` (its filters are made as a server would make
     /// them, with endpoint ``TCPFilterSetup/Endpoint/embedded``). Events the opening causes
     /// (``TCPConnectionHandler/connectionEstablished(_:)``, filters' handshakes) have run on return.
-    /// With `simulatesZeroCopySend`, the in-memory kernel has ``IOUringFeatures/zeroCopySend`` and
+    /// With `simulatesZeroCopySend`, the in-memory kernel has ``KernelFeatures/zeroCopySend`` and
     /// holds each zero-copy notification until ``releaseZeroCopyNotifications(copied:)``.
     public init(
         handler: Handler, options: TCPConnectionOptions = .init(),
@@ -58,7 +58,7 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
             let registry = ConnectionRegistry<Handler>(thread: thread, coalescesWrites: options.coalescesWrites) { _ in }
             let handled = registry.take()
             handled.handler = handler
-            handled.open(descriptor: descriptor, settings: ConnectionSettings(options: options, ioUringFeatures: thread.ioUringFeatures),
+            handled.open(descriptor: descriptor, settings: ConnectionSettings(options: options, kernelFeatures: thread.kernelFeatures),
                          endpoint: .embedded)
             thread.runEmbeddedUntilQuiet()
             return (registry, handled)

@@ -1,0 +1,85 @@
+import CKeelLinux
+import Glibc
+import Logging
+
+/// Optional kernel features Keel uses where the kernel has them: io_uring ones (probed when each
+/// thread's ring is set up; none on epoll) and socket ones (probed once per process, on either
+/// backend). A feature the kernel lacks is left out without error; the pool logs the set in use once
+/// per process (`keel kernel features: ...`). Turn features off with
+/// ``IOPoolConfiguration/kernelFeatures`` or the `KEEL_FEATURES_OFF` environment variable (a
+/// comma-separated list of names, or `all`).
+public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt32
+
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// The ring's own descriptor is registered with its thread, so each `io_uring_enter` skips the
+    /// file-table look-up (`IORING_REGISTER_RING_FDS`, Linux 5.18).
+    public static let registeredRing = KernelFeatures(rawValue: 1 << 0)
+    /// Large TCP writes go out with `IORING_OP_SENDMSG_ZC` (Linux 6.1): the kernel sends from the
+    /// pooled buffers instead of copying them, and holds them until its notification completion. See
+    /// ``TCPConnectionOptions``' `zeroCopySendThreshold` in KeelSockets.
+    public static let zeroCopySend = KernelFeatures(rawValue: 1 << 1)
+    /// UDP segmentation offload (`UDP_SEGMENT`, Linux 4.18; a socket feature): a UDP socket sends a
+    /// loop iteration's run of equal-sized datagrams to one destination as one `sendmsg`, which the
+    /// kernel carries as one packet through the stack and splits at the end.
+    public static let udpSegmentation = KernelFeatures(rawValue: 1 << 2)
+
+    /// Every feature Keel knows.
+    public static let all: KernelFeatures = [.registeredRing, .zeroCopySend, .udpSegmentation]
+    /// The features of an io_uring ring.
+    public static let ringFeatures: KernelFeatures = [.registeredRing, .zeroCopySend]
+    /// The socket features, probed once per process.
+    public static let socketFeatures: KernelFeatures = [.udpSegmentation]
+
+    /// Each feature with the name logs, configuration and `KEEL_FEATURES_OFF` use.
+    public static let named: [(feature: KernelFeatures, name: String)] = [
+        (.registeredRing, "registered-ring"),
+        (.zeroCopySend, "zero-copy-send"),
+        (.udpSegmentation, "udp-gso"),
+    ]
+
+    /// The socket features this kernel has (a throwaway socket tries each option once per process).
+    public static let availableSocketFeatures: KernelFeatures = {
+        var available: KernelFeatures = []
+        if ckeel_udp_segmentation_supported() == 1 { available.insert(.udpSegmentation) }
+        return available
+    }()
+
+    /// Parses a comma-separated list of feature names (`all` and `none` included).
+    /// - Returns: nil when a name is unknown.
+    public init?(names: String) {
+        var features: KernelFeatures = []
+        for raw in names.split(separator: ",") {
+            let name = raw.filter { $0 != " " }.lowercased()
+            if name == "all" {
+                features.formUnion(.all)
+            } else if name == "none" || name.isEmpty {
+                continue
+            } else if let entry = Self.named.first(where: { $0.name == name }) {
+                features.formUnion(entry.feature)
+            } else {
+                return nil
+            }
+        }
+        self = features
+    }
+
+    /// The names, comma-separated, or `none`.
+    public var description: String {
+        let names = Self.named.filter { contains($0.feature) }.map(\.name)
+        return names.isEmpty ? "none" : names.joined(separator: ", ")
+    }
+
+    /// The environment variable that turns features off: `KEEL_FEATURES_OFF`.
+    public static let disablingEnvironmentVariable = "KEEL_FEATURES_OFF"
+
+    /// The features `KEEL_FEATURES_OFF` turns off (none when unset; an unknown name is reported and
+    /// ignored).
+    public static var turnedOffByEnvironment: KernelFeatures {
+        guard let raw = getenv(disablingEnvironmentVariable).map({ String(cString: $0) }), !raw.isEmpty else { return [] }
+        if let features = KernelFeatures(names: raw) { return features }
+        BackendKind.logger.warning("ignoring \(disablingEnvironmentVariable)=\(raw): expected names from \(KernelFeatures.all) or all")
+        return []
+    }
+}

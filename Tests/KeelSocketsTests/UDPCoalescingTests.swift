@@ -1,0 +1,84 @@
+import Glibc
+import KeelBuffers
+import KeelEngine
+import KeelSockets
+import KeelSystem
+import Testing
+
+import KeelTestSupport
+
+/// A loop iteration's datagrams leave together: runs to one destination segmented (UDP GSO), the rest
+/// with sendmmsg.
+@Suite("UDP coalesced sends", .serialized)
+struct UDPCoalescingTests {
+    /// Sends `sizes.count` datagrams in one callback, datagram `i` of `sizes[i]` bytes to
+    /// `destinations[i % destinations.count]`, numbered in its first two bytes.
+    func burst(_ socket: UDPSocket, sizes: [Int], to destinations: [SocketAddress]) async -> Int {
+        await onThread(socket.thread) { finish in
+            var queued = 0
+            for (i, size) in sizes.enumerated() {
+                var buffer = try! socket.thread.bufferPool.acquire()
+                var bytes = [UInt8](repeating: 0xA5, count: size)
+                bytes[0] = UInt8(truncatingIfNeeded: i)
+                bytes[1] = UInt8(truncatingIfNeeded: i >> 8)
+                buffer.append(contentsOf: bytes)
+                if socket.send(buffer, to: destinations[i % destinations.count]) == .queued { queued += 1 }
+            }
+            finish(queued)
+        }
+    }
+
+    func number(_ datagram: UDPRecorder.Datagram) -> Int { Int(datagram.bytes[0]) | Int(datagram.bytes[1]) << 8 }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest, [true, false])
+    func aBurstToOnePeerLeavesInSegmentedSendsAndArrivesWholeAndInOrder(backend: BackendKind, segmentation: Bool) async throws {
+        let features = segmentation ? KernelFeatures.all : KernelFeatures.all.subtracting(.udpSegmentation)
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1, kernelFeatures: features))
+        defer { pool.shutdown() }
+        let received = Collector<UDPRecorder.Datagram>()
+        let sink = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, receiveBufferSize: 4 << 20),
+                                      handler: UDPRecorder(received: received))
+        let sender = try UDPSocket.bind(pool: pool, on: sink.thread, configuration: .init(host: "127.0.0.1", port: 0, sendBufferSize: 4 << 20),
+                                        handler: UDPRecorder(received: Collector()))
+        // 200 of 100 bytes, then one of 40 (a shorter one may end a run), then 20 of 100 again.
+        let sizes = [Int](repeating: 100, count: 200) + [40] + [Int](repeating: 100, count: 20)
+        #expect(await burst(sender, sizes: sizes, to: [sink.localAddress]) == sizes.count, "queued until the flush")
+        let arrived = await received.wait(for: sizes.count)
+        #expect(arrived.map(number) == Array(0..<sizes.count), "every datagram, once, in order (one flow on loopback)")
+        #expect(arrived.map(\.length) == sizes)
+        #expect(arrived.allSatisfy { $0.sender == sender.localAddress })
+        let statistics = try awaitStatistics(sender)
+        #expect(statistics.sent == sizes.count && statistics.failed == 0)
+        if segmentation && pool.kernelFeatures.contains(.udpSegmentation) {
+            #expect(statistics.segmentedSends >= 4, "runs of at most 64: \(statistics)")
+            #expect(statistics.segmentedDatagrams > sizes.count / 2)
+        } else {
+            #expect(statistics.segmentedSends == 0)
+        }
+        sender.close()
+        #expect(await eventually { buffersInUse(pool) == 0 })
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func datagramsToAlternatingPeersGoOutWithSendmmsgInOrderPerPeer(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        let received = [Collector<UDPRecorder.Datagram>(), Collector<UDPRecorder.Datagram>()]
+        let sinks = try received.map { collector in
+            try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, receiveBufferSize: 1 << 20),
+                               handler: UDPRecorder(received: collector))
+        }
+        let sender = try UDPSocket.bind(pool: pool, on: sinks[0].thread, configuration: .init(host: "127.0.0.1", port: 0),
+                                        handler: UDPRecorder(received: Collector()))
+        let sizes = [Int](repeating: 64, count: 300)
+        #expect(await burst(sender, sizes: sizes, to: sinks.map(\.localAddress)) == sizes.count)
+        for (index, collector) in received.enumerated() {
+            let arrived = await collector.wait(for: sizes.count / 2)
+            #expect(arrived.map(number) == Array(stride(from: index, to: sizes.count, by: 2)))
+        }
+        let statistics = try awaitStatistics(sender)
+        #expect(statistics.sent == sizes.count && statistics.segmentedSends == 0, "no run to segment: \(statistics)")
+        sender.close()
+        #expect(await eventually { buffersInUse(pool) == 0 })
+    }
+}
