@@ -73,9 +73,11 @@ struct UDPLoadHandler: UDPHandler {
     }
 }
 
-/// `udp`: datagrams per second, loss and reordering against a UDP echo server.
+/// `udp`: datagrams per second, loss and reordering against a UDP echo server; with `serverProcess`
+/// (a process ID on this machine), also the server's CPU time over the measured window
+/// (`server_cpu_s`) and echoed datagrams per server CPU-second.
 public func runUDPBenchmark(target: SocketAddress, sockets: Int, size: Int, window: Int, warmup: Duration,
-                            duration: Duration, pool: IOPool) async -> BenchResult {
+                            duration: Duration, pool: IOPool, serverProcess: Int32? = nil) async -> BenchResult {
     let phase = Phase()
     var loads: [UDPLoad] = []
     var timers: [(IOThread, TimerHandle)] = []
@@ -96,12 +98,15 @@ public func runUDPBenchmark(target: SocketAddress, sockets: Int, size: Int, wind
     }
     try? await Task.sleep(for: warmup)
     let before = await totals(loads)
+    let cpuBefore = serverProcess.flatMap(processCPUSeconds)
     phase.set(Phase.measuring)
     let start = ContinuousClock.now
     let progress = ProgressLine()
     let counted = loads
     await runFor(duration, label: "udp", progress: progress) { counted.reduce(0) { $0 + $1.progress.load(ordering: .relaxed) } }
     let seconds = (ContinuousClock.now - start).seconds
+    let cpuAfter = serverProcess.flatMap(processCPUSeconds)
+    let echoedInWindow = await totals(loads).received - before.received
     phase.set(Phase.stopping)
     try? await Task.sleep(for: .milliseconds(300))  // late echoes still count
     progress.finish()
@@ -117,6 +122,11 @@ public func runUDPBenchmark(target: SocketAddress, sockets: Int, size: Int, wind
     result.validationFailures = after.corrupted
     result.connections = loads.count
     result.errors = sockets - loads.count
+    if let cpuBefore, let cpuAfter {
+        let cpu = cpuAfter - cpuBefore
+        result.extra.append(("server_cpu_s", format(cpu, digits: 3)))
+        if cpu > 0 { result.extra.append(("datagrams_per_server_cpu_s", format(Double(echoedInWindow) / cpu, digits: 0))) }
+    }
     return result
 }
 

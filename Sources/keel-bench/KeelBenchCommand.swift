@@ -6,7 +6,7 @@
 //   keel-bench ws    --port 7007 --connections 50 --size 64 --depth 16 --duration 10 [--deflate] [--tls --ca ca.pem]
 //   keel-bench storm --port 7007 --concurrency 64 --duration 10
 //   keel-bench hold  --port 7007 --count 10000 --duration 30 [--trickle-ms 1000]
-//   keel-bench udp   --port 7007 --sockets 8 --window 32 --duration 10
+//   keel-bench udp   --port 7007 --sockets 8 --window 32 --duration 10 [--server-pid PID]
 //   keel-bench misbehave --port 7007 --concurrency 16 --duration 10 [--behaviour slow-reader ...]
 import ArgumentParser
 import KeelBench
@@ -192,12 +192,14 @@ extension KeelBenchCommand {
         @Option(help: "Client sockets.") var sockets = 8
         @Option(name: [.customShort("s"), .long], help: "Datagram size in bytes (at least 16).") var size = 64
         @Option(help: "Datagrams in flight per socket.") var window = 32
+        @Option(help: "The server's process ID (same machine): report its CPU time and datagrams per CPU-second over the measured window.")
+        var serverPid: Int32?
 
         func run() async throws {
             try await common.run(failsOnErrors: false) { pool, target in
                 await runUDPBenchmark(
                     target: target, sockets: sockets, size: size, window: window,
-                    warmup: common.warmupTime, duration: common.measuredTime, pool: pool)
+                    warmup: common.warmupTime, duration: common.measuredTime, pool: pool, serverProcess: serverPid)
             }
         }
     }

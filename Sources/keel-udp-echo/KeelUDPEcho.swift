@@ -9,6 +9,7 @@
 // Prints `listening on HOST:PORT` when ready; SIGINT or SIGTERM shut it down cleanly. With several
 // threads, each binds its own SO_REUSEPORT socket to the same port.
 import ArgumentParser
+import Glibc
 import KeelBuffers
 import KeelCommandLine
 import KeelEngine
@@ -49,7 +50,8 @@ struct KeelUDPEcho: ParsableCommand {
         }
     }
 
-    /// Datagrams echoed and how many left in segmented sends, summed over the sockets.
+    /// Datagrams echoed (and per second of this process's CPU time) and how many left in segmented
+    /// sends, summed over the sockets.
     static func summary(_ sockets: [UDPSocket]) -> String {
         var sent = 0, segmented = 0, segmentedSends = 0
         for socket in sockets {
@@ -66,6 +68,10 @@ struct KeelUDPEcho: ParsableCommand {
             segmented += statistics.segmentedDatagrams
             segmentedSends += statistics.segmentedSends
         }
-        return "\(sent) datagrams echoed, \(segmented) of them in \(segmentedSends) segmented sends"
+        var cpu = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu)
+        let cpuSeconds = Double(cpu.tv_sec) + Double(cpu.tv_nsec) / 1e9
+        let perCPUSecond = cpuSeconds > 0 ? Int(Double(sent) / cpuSeconds) : 0
+        return "\(sent) datagrams echoed, \(perCPUSecond) per CPU-second; \(segmented) of them in \(segmentedSends) segmented sends"
     }
 }

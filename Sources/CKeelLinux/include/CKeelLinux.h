@@ -328,6 +328,12 @@ static inline int ckeel_sendmmsg(int fd, struct ckeel_mmsghdr *messages, unsigne
     return (int)syscall(__NR_sendmmsg, fd, messages, count, flags);
 }
 
+/* recvmmsg(2) without a timeout: up to `count` datagrams in one call; returns how many arrived (-1 +
+   errno when none). */
+static inline int ckeel_recvmmsg(int fd, struct ckeel_mmsghdr *messages, unsigned count, int flags) {
+    return (int)syscall(__NR_recvmmsg, fd, messages, count, flags, NULL);
+}
+
 /* ---- UDP segmentation offload (GSO) ---- */
 
 #ifndef UDP_SEGMENT

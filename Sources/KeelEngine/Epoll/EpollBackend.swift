@@ -29,6 +29,12 @@ final class EpollBackend {
     /// Completions one readiness event may produce for a multishot operation before yielding to the
     /// loop (so handlers see data, and flow control can pause a connection, every few receives).
     private static let multishotBurst = 4
+    /// Datagrams one `recvmmsg` takes for a multishot pooled RECVMSG (one system call for a batch).
+    private static let datagramBatch = 16
+    /// The headers of one `recvmmsg` batch and the chunks lent for it, allocated once.
+    private let batchMessages = UnsafeMutablePointer<ckeel_mmsghdr>.allocate(capacity: EpollBackend.datagramBatch)
+    private let batchVectors = UnsafeMutablePointer<iovec>.allocate(capacity: EpollBackend.datagramBatch)
+    private let batchChunks = UnsafeMutablePointer<UInt32>.allocate(capacity: EpollBackend.datagramBatch)
 
     private static let wakeupMarker = UInt64.max
 
@@ -130,6 +136,9 @@ final class EpollBackend {
         Descriptors.close(wakeupFD)
         Descriptors.close(epollFD)
         events.deallocate()
+        batchMessages.deallocate()
+        batchVectors.deallocate()
+        batchChunks.deallocate()
         state.pointee.completed.deallocate()
         state.deinitialize(count: 1)
         state.deallocate()
@@ -211,6 +220,9 @@ final class EpollBackend {
 
     /// Attempts `io` (repeatedly for multishot operations). - Returns: true when it must wait for readiness.
     private func run(_ io: PendingIO, fd: Int32) -> Bool {
+        if case .receiveMessagePooled(_, let template, true) = io.operation {
+            return receiveDatagrams(io.token, fd: fd, template: UnsafeMutablePointer(bitPattern: template)!)
+        }
         let multishot = io.operation.isMultishot
         for _ in 0..<(multishot ? Self.multishotBurst : 1) {
             switch attempt(io.operation) {
@@ -223,6 +235,51 @@ final class EpollBackend {
             }
         }
         return true  // a busy multishot yields to other descriptors; level-triggered readiness brings it back
+    }
+
+    /// A multishot pooled RECVMSG on a readable socket: up to ``datagramBatch`` datagrams with one
+    /// `recvmmsg`, each into its own lent chunk in io_uring's layout, one completion each.
+    /// - Returns: true when it must wait for readiness again.
+    private func receiveDatagrams(_ token: Token, fd: Int32, template: UnsafeMutablePointer<msghdr>) -> Bool {
+        let header = ckeel_recvmsg_out_size()
+        let nameSpace = Int(template.pointee.msg_namelen)
+        let payloadStart = header + nameSpace
+        var count = 0
+        while count < Self.datagramBatch, let chunk = pool.lendToKernel() {
+            batchChunks[count] = chunk.chunk
+            batchVectors[count] = iovec(iov_base: chunk.address + payloadStart, iov_len: pool.bufferSize - payloadStart)
+            batchMessages[count] = ckeel_mmsghdr()
+            batchMessages[count].msg_hdr.msg_name = chunk.address + header
+            batchMessages[count].msg_hdr.msg_namelen = socklen_t(nameSpace)
+            batchMessages[count].msg_hdr.msg_iov = batchVectors + count
+            batchMessages[count].msg_hdr.msg_iovlen = 1
+            count += 1
+        }
+        if count == 0 {
+            complete(token, -ENOBUFS)
+            return false
+        }
+        var received: Int32
+        repeat {
+            // MSG_TRUNC: each message's length is the datagram's real one, even when it did not fit.
+            received = ckeel_recvmmsg(fd, batchMessages, UInt32(count), Int32(CKEEL_MSG_TRUNC))
+        } while received < 0 && ckeel_errno() == EINTR
+        let code = received < 0 ? ckeel_errno() : 0
+        let taken = max(0, Int(received))
+        for i in 0..<taken {
+            let length = Int(batchMessages[i].msg_len)
+            let truncated = batchMessages[i].msg_hdr.msg_flags & Int32(CKEEL_MSG_TRUNC) != 0
+            ckeel_recvmsg_out_write(pool.address(ofChunk: batchChunks[i]), UInt32(batchMessages[i].msg_hdr.msg_namelen),
+                                    UInt32(length), truncated ? CKEEL_MSG_TRUNC : 0)
+            complete(token, Int32(payloadStart + min(length, pool.bufferSize - payloadStart)),
+                     flags: CKEEL_CQE_F_BUFFER | batchChunks[i] << CKEEL_CQE_BUFFER_SHIFT | CKEEL_CQE_F_MORE)
+        }
+        for i in taken..<count { pool.reclaimFromKernel(chunk: batchChunks[i]) }
+        if received < 0 && code != EAGAIN && code != EWOULDBLOCK {
+            complete(token, -code)
+            return false
+        }
+        return true  // level-triggered: a socket with more datagrams is ready again at once
     }
 
     /// One non-blocking syscall for `operation`.
