@@ -64,11 +64,7 @@ for round in $(seq 1 "$repeats"); do
     done
 done
 
-ratio() {  # case server reference: median over rounds of reference CPU / server CPU (datagrams per CPU-s ratio)
-    awk -v c="$1" -v s="$2" -v r="$3" '$1==c && $2==s {mine[$7]=$4} $1==c && $2==r {ref[$7]=$4}
-        END {for (k in mine) if (mine[k] > 0) printf "%.4f\n", ref[k] / mine[k]}' "$results" | median |
-        awk '{printf "%.2f", $1}'
-}
+ratio() { round_ratio "$results" "$1" "$2" "$3" 5 7; }  # case server reference: datagrams per CPU-s
 echo
 echo "UDP echo, one server thread, keel-bench udp client (SOCKETS sockets, WINDOW datagrams in flight each); medians of $repeats runs of ${seconds}s. CPU = server user+system time per echoed datagram; ratios are of datagrams per server CPU-second, medians of the per-round ratios."
 echo
@@ -77,9 +73,9 @@ echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|"
 for c in $cases; do
     IFS=: read -r size sockets window <<<"$c"
     for server in $servers; do
-        rate=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $3}' "$results" | median)
-        cpu=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $4}' "$results" | median)
-        per=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $5}' "$results" | median)
+        rate=$(round_value "$results" "$c" "$server" 3)
+        cpu=$(round_value "$results" "$c" "$server" 4)
+        per=$(round_value "$results" "$c" "$server" 5)
         echo "| $size | $sockets | $window | $server | ${rate%.*} | $cpu | $per | $(ratio "$c" "$server" nio) | $(ratio "$c" "$server" keel-plain) |"
     done
 done

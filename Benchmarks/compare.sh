@@ -64,11 +64,7 @@ done
 
 # Median over rounds of server/reference CPU per message within the same round: the machine's speed
 # drifts between rounds (other tenants), and neighbouring runs share the drift.
-ratio() {  # case server reference
-    awk -v c="$1" -v s="$2" -v r="$3" '$1==c && $2==s {mine[$9]=$4} $1==c && $2==r {ref[$9]=$4}
-        END {for (k in mine) if (ref[k] > 0) printf "%.4f\n", mine[k] / ref[k]}' "$results" | median |
-        awk '{printf "%.2f", $1}'
-}
+ratio() { round_ratio "$results" "$1" "$2" "$3" 4 9; }  # case server reference: CPU per message
 echo
 echo "Echo, one server thread, keel-bench client; medians of $repeats runs of ${seconds}s. CPU = server user+system time per message; user = its user-space part; ratios are medians of the per-round ratios."
 echo
@@ -77,10 +73,10 @@ echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
 for c in $cases; do
     IFS=: read -r size conns depth <<<"$c"
     for server in $servers; do
-        rate=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $3}' "$results" | median)
-        cpu=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $4}' "$results" | median)
-        rss=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $5}' "$results" | median)
-        user=$(awk -v c="$c" -v s="$server" '$1==c && $2==s {print $8}' "$results" | median)
+        rate=$(round_value "$results" "$c" "$server" 3)
+        cpu=$(round_value "$results" "$c" "$server" 4)
+        rss=$(round_value "$results" "$c" "$server" 5)
+        user=$(round_value "$results" "$c" "$server" 8)
         vs_nio=$(ratio "$c" "$server" nio)
         vs_c=$(ratio "$c" "$server" c-io_uring)
         echo "| $size | $conns | $depth | $server | ${rate%.*} | $cpu | $user | $vs_nio | $vs_c | $(awk "BEGIN {printf \"%.1f\", $rss / 1024}") |"

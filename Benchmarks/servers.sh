@@ -69,3 +69,14 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 field() { echo "$1" | sed "s/.*\"$2\": \([0-9.]*\).*/\1/"; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
+
+# From a results file whose rows are `CASE SERVER values...` with the round number in column ROUND:
+# the median over rounds of SERVER's column K divided by REFERENCE's in the same round (neighbouring
+# runs share the machine's drift), to two decimals; and the median of one server's column K.
+round_ratio() {  # results case server reference k round
+    awk -v c="$2" -v s="$3" -v r="$4" -v k="$5" -v n="$6" '$1==c && $2==s {mine[$n]=$k} $1==c && $2==r {ref[$n]=$k}
+        END {for (x in mine) if (ref[x] > 0) printf "%.4f\n", mine[x] / ref[x]}' "$1" | median | awk '{printf "%.2f", $1}'
+}
+round_value() {  # results case server k
+    awk -v c="$2" -v s="$3" -v k="$4" '$1==c && $2==s {print $k}' "$1" | median
+}
