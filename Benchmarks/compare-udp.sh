@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side UDP echo benchmark: keel-udp-echo (coalesced sends: UDP GSO runs and sendmmsg), the
-# same with --no-coalescing (one system call per datagram: Keel before segmentation offload) and
+# same with 68 KiB buffers (keel-gro: runs also received whole, UDP GRO, and echoed whole), the same
+# with --no-coalescing (one system call per datagram: Keel before segmentation offload) and
 # SwiftNIO's UDP echo server, each on one thread pinned to the last CPU, driven by keel-bench udp
 # pinned to the first, interleaved and repeated. Reports medians of datagrams/s, server CPU per
 # datagram (from /proc/PID/stat), datagrams per server CPU-second and per-round ratios.
@@ -28,12 +29,13 @@ swift build -c release --product keel-bench >/dev/null
 swift build -c release --package-path Benchmarks --product nio-udp-echo-server >/dev/null
 bench=.build/release/keel-bench
 tick=$(getconf CLK_TCK)
-servers="keel nio keel-plain"
+servers="keel keel-gro nio keel-plain"
 [ -n "${KEEL_UDP_BEFORE:-}" ] && servers="$servers keel-before"
 
 start_udp_server() {
     case "$1" in
         keel) launch_server .build/release/keel-udp-echo --port 0 --threads 1 --backend io_uring ;;
+        keel-gro) launch_server .build/release/keel-udp-echo --port 0 --threads 1 --backend io_uring --buffer-kib 68 ;;
         keel-plain) launch_server .build/release/keel-udp-echo --port 0 --threads 1 --backend io_uring --no-coalescing ;;
         keel-before) launch_server "$KEEL_UDP_BEFORE" --port 0 --threads 1 --backend io_uring ;;
         nio) launch_server Benchmarks/.build/release/nio-udp-echo-server 0 ;;

@@ -92,9 +92,10 @@ extension IOOperation {
 
     /// Receives datagrams with their sender addresses from socket `fd` into pooled buffers (io_uring
     /// multishot RECVMSG with provided buffers; emulated on epoll with the same layout). Each buffer
-    /// holds a ``ReceivedMessageLayout`` header, then `template.msg_namelen` bytes of address, then the
-    /// payload. The template's `msg_namelen` reserves the address space; it must stay valid while the
-    /// operation is armed.
+    /// holds a ``ReceivedMessageLayout`` header, then `template.msg_namelen` bytes of address, then
+    /// `template.msg_controllen` bytes of control messages, then the payload. The template's
+    /// `msg_namelen` and `msg_controllen` reserve that space; it must stay valid while the operation is
+    /// armed.
     public static func receiveMessagePooled(_ fd: Int32, template: UnsafeMutablePointer<msghdr>, multishot: Bool)
         -> IOOperation
     {
@@ -147,6 +148,8 @@ public enum ReceivedMessageLayout {
     public static var headerBytes: Int { ckeel_recvmsg_out_size() }
     /// The sender address length the kernel stored.
     public static func addressLength(_ buffer: UnsafeRawPointer) -> Int { Int(ckeel_recvmsg_out_namelen(buffer)) }
+    /// The bytes of control messages the kernel stored.
+    public static func controlLength(_ buffer: UnsafeRawPointer) -> Int { Int(ckeel_recvmsg_out_controllen(buffer)) }
     /// The datagram's full length (more than was stored when it was truncated).
     public static func payloadLength(_ buffer: UnsafeRawPointer) -> Int { Int(ckeel_recvmsg_out_payloadlen(buffer)) }
     /// True when the datagram did not fit and was cut.

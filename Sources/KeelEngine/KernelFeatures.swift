@@ -24,25 +24,31 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// loop iteration's run of equal-sized datagrams to one destination as one `sendmsg`, which the
     /// kernel carries as one packet through the stack and splits at the end.
     public static let udpSegmentation = KernelFeatures(rawValue: 1 << 2)
+    /// UDP receive coalescing (`UDP_GRO`, Linux 5.0; a socket feature): the kernel hands a run of
+    /// datagrams from one sender over in one receive. Used by sockets whose pool buffers hold a whole
+    /// run (see `UDPSocketConfiguration.receivesDatagramRuns` in KeelSockets).
+    public static let udpReceiveCoalescing = KernelFeatures(rawValue: 1 << 3)
 
     /// Every feature Keel knows.
-    public static let all: KernelFeatures = [.registeredRing, .zeroCopySend, .udpSegmentation]
+    public static let all: KernelFeatures = [.registeredRing, .zeroCopySend, .udpSegmentation, .udpReceiveCoalescing]
     /// The features of an io_uring ring.
     public static let ringFeatures: KernelFeatures = [.registeredRing, .zeroCopySend]
     /// The socket features, probed once per process.
-    public static let socketFeatures: KernelFeatures = [.udpSegmentation]
+    public static let socketFeatures: KernelFeatures = [.udpSegmentation, .udpReceiveCoalescing]
 
     /// Each feature with the name logs, configuration and `KEEL_FEATURES_OFF` use.
     public static let named: [(feature: KernelFeatures, name: String)] = [
         (.registeredRing, "registered-ring"),
         (.zeroCopySend, "zero-copy-send"),
         (.udpSegmentation, "udp-gso"),
+        (.udpReceiveCoalescing, "udp-gro"),
     ]
 
     /// The socket features this kernel has (a throwaway socket tries each option once per process).
     public static let availableSocketFeatures: KernelFeatures = {
         var available: KernelFeatures = []
         if ckeel_udp_segmentation_supported() == 1 { available.insert(.udpSegmentation) }
+        if ckeel_udp_gro_supported() == 1 { available.insert(.udpReceiveCoalescing) }
         return available
     }()
 

@@ -10,6 +10,31 @@ public protocol UDPHandler: SendableMetatype {
     /// A datagram arrived from `sender`, in a pooled buffer you now own. `truncated` is true when it
     /// was longer than a buffer and was cut (never silently).
     mutating func datagramReceived(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool, on socket: UDPSocket)
+
+    /// A run of datagrams from `sender` that the kernel coalesced into one receive (UDP GRO, see
+    /// ``UDPSocketConfiguration/receivesDatagramRuns``): `segmentSize` bytes each, the last one
+    /// possibly shorter, back to back in `run`. Echo or relay it whole with
+    /// ``UDPSocket/send(run:segmentSize:to:)``. The default hands each datagram to
+    /// ``datagramReceived(_:from:truncated:on:)``, copied into a buffer of its own (the last one in
+    /// `run` itself).
+    mutating func datagramRunReceived(_ run: consuming IOBuffer, segmentSize: Int, from sender: SocketAddress, on socket: UDPSocket)
+}
+
+extension UDPHandler {
+    public mutating func datagramRunReceived(_ run: consuming IOBuffer, segmentSize: Int, from sender: SocketAddress, on socket: UDPSocket) {
+        var rest = run
+        while rest.readableBytes > segmentSize {
+            if var datagram = try? socket.thread.bufferPool.acquire() {
+                _ = rest.withUnsafeReadableBytes { bytes in datagram.append(UnsafeRawBufferPointer(rebasing: bytes[..<segmentSize])) }
+                rest.consume(segmentSize)
+                datagramReceived(datagram, from: sender, truncated: false, on: socket)
+            } else {
+                rest.consume(segmentSize)
+                socket.noteReceiveDrop()  // the pool is dry: UDP drops, and says so
+            }
+        }
+        datagramReceived(rest, from: sender, truncated: false, on: socket)
+    }
 }
 
 /// Bounds on datagrams waiting to be sent. The kernel does not drop for a UDP sender: without a bound,
@@ -63,6 +88,10 @@ public struct UDPSocketStatistics: Sendable, Hashable {
     public var received = 0
     /// Datagrams received truncated.
     public var truncated = 0
+    /// Receives that carried a run of datagrams (UDP GRO); their datagrams count in ``received``.
+    public var receivedRuns = 0
+    /// Datagrams of received runs dropped because the pool had no buffer to split them into.
+    public var receiveDrops = 0
     /// Sends that carried several datagrams as one packet through the kernel (UDP segmentation
     /// offload, ``KernelFeatures/udpSegmentation``).
     public var segmentedSends = 0
@@ -96,12 +125,20 @@ public struct UDPSocketConfiguration: Sendable {
     /// `sendmmsg`. Off: each datagram is tried at once. Default on; needs
     /// ``UDPSendLimits/sendsInline``.
     public var coalescesSends: Bool
+    /// Let the kernel hand a run of datagrams from one sender over in one receive (UDP GRO,
+    /// ``KernelFeatures/udpReceiveCoalescing``), delivered through
+    /// ``UDPHandler/datagramRunReceived(_:segmentSize:from:on:)``. A run can be 64 KiB, so this
+    /// applies only where the thread's pool buffers are at least ``UDPSocket/runBufferSize`` bytes
+    /// (`BufferPoolConfiguration.bufferSize`; keel-udp-echo `--buffer-kib 68`); with the default
+    /// 16 KiB buffers, datagrams arrive one by one. Default on.
+    public var receivesDatagramRuns: Bool
 
     /// Creates a configuration.
     public init(host: String = "127.0.0.1", port: UInt16 = 0, receiveBufferSize: Int32? = nil,
                 sendBufferSize: Int32? = nil, sendLimits: UDPSendLimits = .init(), reusePort: Bool = false,
-                coalescesSends: Bool = true) {
+                coalescesSends: Bool = true, receivesDatagramRuns: Bool = true) {
         self.coalescesSends = coalescesSends
+        self.receivesDatagramRuns = receivesDatagramRuns
         self.reusePort = reusePort
         self.host = host
         self.port = port
@@ -131,6 +168,8 @@ public class UDPSocket: @unchecked Sendable {
     private struct Pending {
         var payload: WriteQueue.Item
         var destination: SocketAddress?
+        /// A run of datagrams of this size back to back in `payload` (0: one datagram).
+        var segmentSize = 0
     }
 
     private var queue: [Pending] = []
@@ -164,17 +203,29 @@ public class UDPSocket: @unchecked Sendable {
     fileprivate var flushHook: IOThreadHook?
     /// The message headers of a flush, made on the first one.
     private var batch: SendBatch?
+    /// UDP_GRO is on: a receive may carry a run of datagrams.
+    private let receivesRuns: Bool
+    /// The pool buffer size from which a socket asks for runs: a 64 KiB run, the kernel's header, an
+    /// address and a control message.
+    public static let runBufferSize = 65_536 + 1024
 
-    init(thread: IOThread, descriptor: Int32, localAddress: SocketAddress, sendLimits: UDPSendLimits, coalescesSends: Bool = false) {
+    /// Counts a datagram of a run dropped for want of a buffer (``UDPHandler``'s default splitting).
+    func noteReceiveDrop() { counters.receiveDrops += 1 }
+
+    init(thread: IOThread, descriptor: Int32, localAddress: SocketAddress, sendLimits: UDPSendLimits, coalescesSends: Bool = false,
+         receivesRuns: Bool = false) {
         self.thread = thread
         self.descriptor = descriptor
         self.localAddress = localAddress
         self.sendLimits = sendLimits
         self.coalescesSends = coalescesSends && sendLimits.sendsInline
         segmentsSends = thread.kernelFeatures.contains(.udpSegmentation)
+        self.receivesRuns = receivesRuns
         template = .allocate(capacity: 1)
         template.initialize(to: msghdr())
         template.pointee.msg_namelen = socklen_t(Self.addressSpace)
+        // With UDP_GRO on, room for its control message (the segment size of a run).
+        template.pointee.msg_controllen = receivesRuns ? ckeel_udp_gro_control_size() : 0
         sendMessage = .allocate(capacity: 1)
         sendMessage.initialize(to: msghdr())
         sendVector = .allocate(capacity: 1)
@@ -214,6 +265,8 @@ public class UDPSocket: @unchecked Sendable {
 
     /// Overridden by the handler-storing subclass.
     func deliver(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool) {}
+    /// Overridden by the handler-storing subclass.
+    func deliverRun(_ run: consuming IOBuffer, segmentSize: Int, from sender: SocketAddress) {}
     /// The socket has closed: the subclass drops its handler (which may refer back to the socket, as a
     /// session server's sessions do).
     func didClose() {}
@@ -237,8 +290,10 @@ public class UDPSocket: @unchecked Sendable {
             throw error
         }
         let target = thread ?? pool.next()
+        let receivesRuns = configuration.receivesDatagramRuns && target.kernelFeatures.contains(.udpReceiveCoalescing)
+            && target.bufferPool.bufferSize >= runBufferSize && ckeel_enable_udp_gro(fd) == 0
         let socket = HandledUDPSocket<Handler>(thread: target, descriptor: fd, localAddress: bound, sendLimits: configuration.sendLimits,
-                                               coalescesSends: configuration.coalescesSends)
+                                               coalescesSends: configuration.coalescesSends, receivesRuns: receivesRuns)
         socket.handler = handler
         target.execute {
             socket.shutdownHook = target.onShutdown { socket.close() }  // the pool's shutdown closes the socket cleanly
@@ -272,8 +327,8 @@ public class UDPSocket: @unchecked Sendable {
             pendingOperations -= 1
         }
         if var buffer = thread.takeReceivedBuffer(completion) {
-            counters.received += 1
-            let parsed = buffer.withUnsafeReadableBytes { bytes -> (SocketAddress, Bool, Int) in
+            let controlSpace = Int(template.pointee.msg_controllen)
+            let parsed = buffer.withUnsafeReadableBytes { bytes -> (sender: SocketAddress, truncated: Bool, headers: Int, segment: Int) in
                 let base = bytes.baseAddress!
                 let nameLength = ReceivedMessageLayout.addressLength(base)
                 var storage = sockaddr_storage()
@@ -281,14 +336,26 @@ public class UDPSocket: @unchecked Sendable {
                     $0.copyMemory(from: UnsafeRawBufferPointer(start: base + ReceivedMessageLayout.headerBytes,
                                                                count: min(nameLength, Self.addressSpace)))
                 }
-                let stored = bytes.count - ReceivedMessageLayout.headerBytes - Self.addressSpace
+                let headers = ReceivedMessageLayout.headerBytes + Self.addressSpace + controlSpace
+                let stored = bytes.count - headers
                 let truncated = ReceivedMessageLayout.isTruncated(base) || ReceivedMessageLayout.payloadLength(base) > stored
-                return (SocketAddress(storage: storage, length: socklen_t(nameLength)), truncated,
-                        ReceivedMessageLayout.headerBytes + Self.addressSpace)
+                var segment = 0
+                if controlSpace > 0 {
+                    let control = UnsafeMutableRawPointer(mutating: base + ReceivedMessageLayout.headerBytes + Self.addressSpace)
+                    segment = Int(ckeel_udp_gro_segment_size(control, min(ReceivedMessageLayout.controlLength(base), controlSpace)))
+                }
+                return (SocketAddress(storage: storage, length: socklen_t(nameLength)), truncated, headers, segment)
             }
-            buffer.consume(parsed.2)
-            if parsed.1 { counters.truncated += 1 }
-            if !closed { deliver(buffer, from: parsed.0, truncated: parsed.1) }
+            buffer.consume(parsed.headers)
+            if parsed.truncated { counters.truncated += 1 }
+            if parsed.segment > 0 && buffer.readableBytes > parsed.segment && !parsed.truncated {
+                counters.receivedRuns += 1
+                counters.received += (buffer.readableBytes + parsed.segment - 1) / parsed.segment
+                if !closed { deliverRun(buffer, segmentSize: parsed.segment, from: parsed.sender) }
+            } else {
+                counters.received += 1
+                if !closed { deliver(buffer, from: parsed.sender, truncated: parsed.truncated) }
+            }
         }
         if receiveOperation == nil && !closed && !completion.isCancelled {
             if completion.result == -ENOBUFS {
@@ -327,7 +394,43 @@ public class UDPSocket: @unchecked Sendable {
         enqueue(.shared(datagram, offset: 0), to: destination)
     }
 
-    private func enqueue(_ payload: WriteQueue.Item, to destination: SocketAddress?) -> UDPSendResult {
+    /// Sends a run of datagrams of `segmentSize` bytes each (the last may be shorter), back to back in
+    /// `run`, to `destination`: as one segmented send where the socket coalesces sends and the kernel
+    /// has ``KernelFeatures/udpSegmentation`` (and `segmentSize` is at most 1,452), otherwise datagram
+    /// by datagram. At most 64 datagrams, the kernel's limit for one segmented send; a longer run is
+    /// refused. A run received by ``UDPHandler/datagramRunReceived(_:segmentSize:from:on:)`` goes back
+    /// out whole this way.
+    @discardableResult
+    public func send(run: consuming IOBuffer, segmentSize: Int, to destination: SocketAddress) -> UDPSendResult {
+        precondition(thread.isCurrent, "UDPSocket.send must run on the socket's I/O thread")
+        let bytes = run.readableBytes
+        guard segmentSize > 0, bytes <= segmentSize * Self.maximumBatch else {
+            counters.failed += 1
+            return .refused
+        }
+        if bytes <= segmentSize { return send(run, to: destination) }
+        if coalescesSends && segmentsSends && segmentSize <= Self.maximumSegmentSize {
+            return enqueue(.owned(run.detach()), to: destination, segmentSize: segmentSize)
+        }
+        // Datagram by datagram: copies of all but the last, which leaves in `run` itself.
+        var rest = run
+        var outcome = UDPSendResult.sent
+        while rest.readableBytes > segmentSize {
+            if var datagram = try? thread.bufferPool.acquire() {
+                _ = rest.withUnsafeReadableBytes { datagram.append(UnsafeRawBufferPointer(rebasing: $0[..<segmentSize])) }
+                let result = send(datagram, to: destination)
+                if result != .sent && result != .queued { outcome = result } else if result == .queued && outcome == .sent { outcome = .queued }
+            } else {
+                counters.failed += 1
+                outcome = .refused
+            }
+            rest.consume(segmentSize)
+        }
+        let last = send(rest, to: destination)
+        return last == .sent || last == .queued ? (outcome == .sent ? last : outcome) : last
+    }
+
+    private func enqueue(_ payload: WriteQueue.Item, to destination: SocketAddress?, segmentSize: Int = 0) -> UDPSendResult {
         precondition(thread.isCurrent, "UDPSocket.send must run on the socket's I/O thread")
         let size = payload.readableRegion.count
         guard !closed else {
@@ -377,7 +480,7 @@ public class UDPSocket: @unchecked Sendable {
             counters.failed += 1
             return .refused
         }
-        queue.append(Pending(payload: payload, destination: destination))
+        queue.append(Pending(payload: payload, destination: destination, segmentSize: segmentSize))
         queuedBytes += size
         if coalescesSends {
             flushScheduled = true
@@ -428,8 +531,10 @@ public class UDPSocket: @unchecked Sendable {
 
     /// What one batched system call did.
     private enum BatchOutcome {
-        /// The first `count` queued datagrams went out.
+        /// The first `count` queued items (datagrams or runs) went out.
         case sent(count: Int)
+        /// The run at the head went out datagram by datagram, only its first `datagrams` of them.
+        case partialRun(datagrams: Int)
         /// The kernel has no room: the rest waits for an operation.
         case wouldBlock
         /// The first queued datagram failed (it is dropped and counted).
@@ -445,6 +550,8 @@ public class UDPSocket: @unchecked Sendable {
             switch sendBatch() {
             case .sent(let count):
                 for _ in 0..<count { finishHead(succeeded: true) }
+            case .partialRun(let datagrams):
+                finishHead(succeeded: true, datagramsSent: datagrams)
             case .failed:
                 finishHead(succeeded: false)
             case .wouldBlock:
@@ -461,6 +568,7 @@ public class UDPSocket: @unchecked Sendable {
         let batch = self.batch ?? SendBatch()
         self.batch = batch
         let first = queue[queueHead]
+        if first.segmentSize > 0 { return sendRun(first, batch: batch) }
         let size = first.payload.readableRegion.count
         // A run: one destination, equal sizes (a shorter datagram may end it), within the limits.
         var run = 1
@@ -469,7 +577,7 @@ public class UDPSocket: @unchecked Sendable {
             while queueHead + run < queue.count && run < Self.maximumBatch {
                 let next = queue[queueHead + run]
                 let nextSize = next.payload.readableRegion.count
-                guard nextSize <= size, nextSize > 0, total + nextSize <= Self.maximumSegmentedBytes,
+                guard next.segmentSize == 0, nextSize <= size, nextSize > 0, total + nextSize <= Self.maximumSegmentedBytes,
                     next.destination == first.destination
                 else { break }
                 run += 1
@@ -504,7 +612,7 @@ public class UDPSocket: @unchecked Sendable {
             }
         }
         var count = 0
-        while queueHead + count < queue.count && count < Self.maximumBatch {
+        while queueHead + count < queue.count && count < Self.maximumBatch && queue[queueHead + count].segmentSize == 0 {
             let item = queue[queueHead + count]
             let region = item.payload.readableRegion
             batch.vectors[count] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
@@ -519,13 +627,58 @@ public class UDPSocket: @unchecked Sendable {
         return .failed
     }
 
-    /// Releases the datagram at the head of the queue, counting it sent or failed.
-    private func finishHead(succeeded: Bool) {
+    /// The run at the head of the queue: one segmented send, or (where the kernel refused
+    /// segmentation) one `sendmmsg` of its datagrams, pointing into the run.
+    private func sendRun(_ run: Pending, batch: SendBatch) -> BatchOutcome {
+        let region = run.payload.readableRegion
+        let segments = Self.datagrams(in: run)
+        if segmentsSends {
+            batch.vectors[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
+            batch.prepare(0, destination: run.destination, vectors: 0, count: 1)
+            ckeel_set_udp_segment(&batch.messages[0].msg_hdr, batch.control, UInt16(run.segmentSize))
+            switch Result(catching: { () throws(SystemError) in try Sockets.sendMessage(descriptor, &batch.messages[0].msg_hdr) }) {
+            case .success(.completed):
+                counters.segmentedSends += 1
+                counters.segmentedDatagrams += segments
+                return .sent(count: 1)
+            case .success(.wouldBlock):
+                return .wouldBlock
+            case .failure(let error):
+                guard [.invalidArgument, .ioError, .messageTooLong, .notSupported].contains(error.errno) else { return .failed }
+                segmentsSends = false  // as in sendBatch: datagram by datagram from now on
+            }
+        }
+        for i in 0..<segments {
+            let offset = i * run.segmentSize
+            batch.vectors[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress! + offset),
+                                     iov_len: min(run.segmentSize, region.count - offset))
+            batch.prepare(i, destination: run.destination, vectors: i, count: 1)
+        }
+        let sent = ckeel_sendmmsg(descriptor, batch.messages, UInt32(segments), Int32(CKEEL_MSG_NOSIGNAL))
+        if sent == segments { return .sent(count: 1) }
+        if sent > 0 { return .partialRun(datagrams: Int(sent)) }  // the rest of the run is dropped, and counted
+        let code = ckeel_errno()
+        if code == EAGAIN || code == EWOULDBLOCK || code == ENOBUFS { return .wouldBlock }
+        return .failed
+    }
+
+    /// Datagrams in a queued item: one, or a run's segments.
+    private static func datagrams(in item: Pending) -> Int {
+        guard item.segmentSize > 0 else { return 1 }
+        return (item.payload.readableRegion.count + item.segmentSize - 1) / item.segmentSize
+    }
+
+    /// Releases the item at the head of the queue, counting its datagrams sent or failed (a run sent
+    /// in part: `datagramsSent` of them sent, the rest failed).
+    private func finishHead(succeeded: Bool, datagramsSent: Int? = nil) {
         let done = queue[queueHead]
         queueHead += 1
         queuedBytes -= done.payload.readableRegion.count
         Self.release(done.payload)
-        if succeeded { counters.sent += 1 } else { counters.failed += 1 }
+        let datagrams = Self.datagrams(in: done)
+        let sent = succeeded ? min(datagramsSent ?? datagrams, datagrams) : 0
+        counters.sent += sent
+        counters.failed += datagrams - sent
     }
 
     private func compactQueue() {
@@ -572,6 +725,18 @@ public class UDPSocket: @unchecked Sendable {
                 sendMessage.pointee.msg_namelen = length
             }
             sendMessage.pointee.msg_name = UnsafeMutableRawPointer(sendAddress)
+        }
+        if next.segmentSize > 0 {
+            // A run waiting for room: one segmented send; where segmentation was refused meanwhile,
+            // it cannot go as one operation, and is dropped (counted failed).
+            guard segmentsSends else {
+                finishHead(succeeded: false)
+                compactQueue()
+                return submitNext()
+            }
+            let batch = self.batch ?? SendBatch()
+            self.batch = batch
+            ckeel_set_udp_segment(sendMessage, batch.control, UInt16(next.segmentSize))
         }
         sendInFlight = true
         pendingOperations += 1
@@ -664,6 +829,10 @@ final class HandledUDPSocket<Handler: UDPHandler>: UDPSocket, @unchecked Sendabl
 
     override func deliver(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool) {
         handler!.datagramReceived(datagram, from: sender, truncated: truncated, on: self)
+    }
+
+    override func deliverRun(_ run: consuming IOBuffer, segmentSize: Int, from sender: SocketAddress) {
+        handler!.datagramRunReceived(run, segmentSize: segmentSize, from: sender, on: self)
     }
 
     override func didClose() {

@@ -4,7 +4,9 @@
 //   keel-udp-echo [--host 127.0.0.1] [--port 7007] [--backend io_uring|epoll] [--threads N] [--no-coalescing]
 //
 // A loop iteration's echoes leave together: runs to one sender as one segmented send (UDP GSO), the
-// rest with sendmmsg. `--no-coalescing` sends each at once (one system call per datagram).
+// rest with sendmmsg. `--no-coalescing` sends each at once (one system call per datagram). With
+// buffers of 68 KiB or more (`--buffer-kib 68`), the kernel also hands over runs of datagrams from one
+// sender in one receive (UDP GRO), and each goes back whole.
 //
 // Prints `listening on HOST:PORT` when ready; SIGINT or SIGTERM shut it down cleanly. With several
 // threads, each binds its own SO_REUSEPORT socket to the same port.
@@ -16,10 +18,15 @@ import KeelEngine
 import KeelSockets
 import KeelSystem
 
-/// Sends every datagram back to its sender without copying it.
+/// Sends every datagram back to its sender without copying it; a run the kernel coalesced goes back
+/// whole, as one segmented send.
 struct UDPEcho: UDPHandler {
     mutating func datagramReceived(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool, on socket: UDPSocket) {
         socket.send(datagram, to: sender)
+    }
+
+    mutating func datagramRunReceived(_ run: consuming IOBuffer, segmentSize: Int, from sender: SocketAddress, on socket: UDPSocket) {
+        socket.send(run: run, segmentSize: segmentSize, to: sender)
     }
 }
 
@@ -53,7 +60,7 @@ struct KeelUDPEcho: ParsableCommand {
     /// Datagrams echoed (and per second of this process's CPU time) and how many left in segmented
     /// sends, summed over the sockets.
     static func summary(_ sockets: [UDPSocket]) -> String {
-        var sent = 0, segmented = 0, segmentedSends = 0
+        var sent = 0, segmented = 0, segmentedSends = 0, runs = 0
         for socket in sockets {
             // Read on the socket's thread (its counters are confined there); this thread waits.
             let box = Locked<UDPSocketStatistics?>(nil)
@@ -67,11 +74,12 @@ struct KeelUDPEcho: ParsableCommand {
             sent += statistics.sent
             segmented += statistics.segmentedDatagrams
             segmentedSends += statistics.segmentedSends
+            runs += statistics.receivedRuns
         }
         var cpu = timespec()
         clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu)
         let cpuSeconds = Double(cpu.tv_sec) + Double(cpu.tv_nsec) / 1e9
         let perCPUSecond = cpuSeconds > 0 ? Int(Double(sent) / cpuSeconds) : 0
-        return "\(sent) datagrams echoed, \(perCPUSecond) per CPU-second; \(segmented) of them in \(segmentedSends) segmented sends"
+        return "\(sent) datagrams echoed, \(perCPUSecond) per CPU-second; \(segmented) of them in \(segmentedSends) segmented sends; \(runs) runs received whole"
     }
 }

@@ -37,7 +37,8 @@ struct GatewayRelayTests {
         let payload = patternBytes(1 << 20)
         let clients = try await blocking { try (0..<4).map { _ in try TestClient(address) } }
         for client in clients {
-            #expect(await echoThrough(client, payload) == payload, "1 MiB came back byte for byte")
+            let back = await echoThrough(client, payload)
+            #expect(back == payload, "1 MiB came back byte for byte: \(back.count) bytes, first difference at \((0..<min(back.count, payload.count)).first { back[$0] != payload[$0] } ?? -1)")
         }
         for client in clients { client.close() }
         #expect(await eventually { gateway.gateway.statistics.active == 0 })

@@ -82,3 +82,85 @@ struct UDPCoalescingTests {
         #expect(await eventually { buffersInUse(pool) == 0 })
     }
 }
+
+/// Echoes runs whole (as keel-udp-echo does).
+struct UDPRunEcho: UDPHandler {
+    mutating func datagramReceived(_ datagram: consuming IOBuffer, from sender: SocketAddress, truncated: Bool, on socket: UDPSocket) {
+        socket.send(datagram, to: sender)
+    }
+
+    mutating func datagramRunReceived(_ run: consuming IOBuffer, segmentSize: Int, from sender: SocketAddress, on socket: UDPSocket) {
+        socket.send(run: run, segmentSize: segmentSize, to: sender)
+    }
+}
+
+/// Runs of datagrams received in one piece (UDP GRO) where the pool's buffers hold a whole run.
+@Suite("UDP received runs", .serialized)
+struct UDPReceivedRunTests {
+    static let bigBuffers = BufferPoolConfiguration(bufferSize: 68 * 1024, buffersPerSlab: 16)
+
+    func burst(_ socket: UDPSocket, count: Int, size: Int, to destination: SocketAddress) async {
+        await onThread(socket.thread) { finish in
+            for i in 0..<count {
+                var buffer = try! socket.thread.bufferPool.acquire()
+                var bytes = [UInt8](repeating: 0x3C, count: size)
+                bytes[0] = UInt8(truncatingIfNeeded: i)
+                bytes[1] = UInt8(truncatingIfNeeded: i >> 8)
+                buffer.append(contentsOf: bytes)
+                socket.send(buffer, to: destination)
+            }
+            finish(())
+        }
+    }
+
+    func number(_ datagram: UDPRecorder.Datagram) -> Int { Int(datagram.bytes[0]) | Int(datagram.bytes[1]) << 8 }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aSegmentedBurstArrivesAsRunsAndTheDefaultHandlerSeesEachDatagramInOrder(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, bufferPool: Self.bigBuffers, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        let received = Collector<UDPRecorder.Datagram>()
+        let sink = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, receiveBufferSize: 4 << 20),
+                                      handler: UDPRecorder(received: received))
+        let sender = try UDPSocket.bind(pool: pool, on: sink.thread, configuration: .init(host: "127.0.0.1", port: 0),
+                                        handler: UDPRecorder(received: Collector()))
+        await burst(sender, count: 150, size: 200, to: sink.localAddress)
+        let arrived = await received.wait(for: 150)
+        #expect(arrived.map(number) == Array(0..<150))
+        #expect(arrived.allSatisfy { $0.length == 200 && !$0.truncated && $0.sender == sender.localAddress })
+        let statistics = try awaitStatistics(sink)
+        #expect(statistics.received == 150 && statistics.receiveDrops == 0)
+        if pool.kernelFeatures.isSuperset(of: [.udpSegmentation, .udpReceiveCoalescing]) {
+            #expect(statistics.receivedRuns >= 3, "runs of at most 64: \(statistics)")
+        } else {
+            #expect(statistics.receivedRuns == 0)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest, [true, false])
+    func runsEchoedWholeComeBackWhole(backend: BackendKind, runs: Bool) async throws {
+        let features = runs ? KernelFeatures.all : KernelFeatures.all.subtracting(.udpReceiveCoalescing)
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, bufferPool: Self.bigBuffers, workPoolThreadCount: 1,
+                                                   kernelFeatures: features))
+        defer { pool.shutdown() }
+        let echo = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, receiveBufferSize: 4 << 20),
+                                      handler: UDPRunEcho())
+        let received = Collector<UDPRecorder.Datagram>()
+        // The client takes datagrams one by one (no runs), so it sees every echo as a datagram.
+        let client = try UDPSocket.bind(pool: pool, on: echo.thread,
+                                        configuration: .init(host: "127.0.0.1", port: 0, receiveBufferSize: 4 << 20, receivesDatagramRuns: false),
+                                        handler: UDPRecorder(received: received))
+        await burst(client, count: 130, size: 64, to: echo.localAddress)
+        let arrived = await received.wait(for: 130)
+        #expect(arrived.map(number) == Array(0..<130))
+        #expect(arrived.allSatisfy { $0.length == 64 && $0.sender == echo.localAddress })
+        let statistics = try awaitStatistics(echo)
+        #expect(statistics.sent == 130 && statistics.failed == 0, "\(statistics)")
+        if runs && pool.kernelFeatures.contains(.udpReceiveCoalescing) {
+            #expect(statistics.receivedRuns >= 3)
+        } else {
+            #expect(statistics.receivedRuns == 0)
+        }
+        #expect(await eventually { buffersInUse(pool) == 0 })
+    }
+}

@@ -151,6 +151,8 @@ final class Fixture: @unchecked Sendable {
     let backend: BackendKind
     private(set) var pool: IOPool?
     private(set) var server: TCPServer<EchoHandler>?
+    /// An echo server whose every send goes zero-copy (where io_uring has it; loopback copies anyway).
+    private var zeroCopyServer: TCPServer<EchoHandler>?
     private var udpServer: UDPSocket?
     /// The TLS echo server and one Keel TLS client per protocol version.
     private var tlsServer: TCPServer<EchoHandler>?
@@ -166,6 +168,7 @@ final class Fixture: @unchecked Sendable {
     private(set) var webSocketClient: WebSocketPingPong?
     /// Connected blocking clients.
     private(set) var tcpClient: Int32 = -1
+    private(set) var zeroCopyClient: Int32 = -1
     private(set) var udpClient: Int32 = -1
     private(set) var serverAddress: SocketAddress?
     /// Message and reply scratch, allocated once.
@@ -196,6 +199,12 @@ final class Fixture: @unchecked Sendable {
         self.server = server
         serverAddress = server.localAddress
         tcpClient = try Self.connectedSocket(type: SOCK_STREAM, to: server.localAddress)
+        var zeroCopy = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+        zeroCopy.connection.zeroCopySendThreshold = 1
+        zeroCopy.connection.zeroCopyEvenWhenCopied = true
+        let zeroCopyServer = try TCPServer(pool: pool, configuration: zeroCopy) { EchoHandler() }
+        self.zeroCopyServer = zeroCopyServer
+        zeroCopyClient = try Self.connectedSocket(type: SOCK_STREAM, to: zeroCopyServer.localAddress)
         let udp = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0), handler: UDPEchoHandler())
         udpServer = udp
         udpClient = try Self.connectedSocket(type: SOCK_DGRAM, to: udp.localAddress)
@@ -294,13 +303,16 @@ final class Fixture: @unchecked Sendable {
 
     func tearDown() async {
         Glibc.close(tcpClient)
+        Glibc.close(zeroCopyClient)
         Glibc.close(udpClient)
         await server?.stop(closing: .abortive)
+        await zeroCopyServer?.stop(closing: .abortive)
         await tlsServer?.stop(closing: .abortive)
         await webSocketServer?.stop(closing: .abortive)
         await proxyServer?.stop(closing: .abortive)
         pool?.shutdown()
         server = nil
+        zeroCopyServer = nil
         tlsServer = nil
         tlsConnector = [:]
         tlsClients = [:]
@@ -346,6 +358,22 @@ final class Fixture: @unchecked Sendable {
             if n < 0 && errno == EINTR { continue }  // the benchmark runner's signals interrupt waits
             if n <= 0 { return "recv returned \(n) after \(received) bytes, errno \(errno)" }
             received += n
+        }
+        return memcmp(message.baseAddress!, reply.baseAddress!, 64) == 0 ? nil : "the reply differs"
+    }
+
+    /// Sends `burst` datagrams of 64 bytes on the connected UDP socket `fd`, then reads as many
+    /// replies: the server sees them in one loop turn and echoes them as one segmented send.
+    func burstRoundTrip(_ fd: Int32, burst: Int) -> String? {
+        for _ in 0..<burst {
+            var sent = Glibc.send(fd, message.baseAddress, 64, Int32(MSG_NOSIGNAL))
+            while sent < 0 && errno == EINTR { sent = Glibc.send(fd, message.baseAddress, 64, Int32(MSG_NOSIGNAL)) }
+            guard sent == 64 else { return "send returned \(sent), errno \(errno)" }
+        }
+        for _ in 0..<burst {
+            var n = recv(fd, reply.baseAddress, 64, 0)
+            while n < 0 && errno == EINTR { n = recv(fd, reply.baseAddress, 64, 0) }
+            guard n == 64 else { return "recv returned \(n), errno \(errno)" }
         }
         return memcmp(message.baseAddress!, reply.baseAddress!, 64) == 0 ? nil : "the reply differs"
     }
@@ -452,6 +480,17 @@ let benchmarks: @Sendable () -> Void = {
         allocationBenchmark("UDP_echo_20000_datagrams_of_64_bytes", on: fixture) { benchmark in
             for _ in 0..<20_000 {
                 if let failure = fixture.roundTrip(fixture.udpClient) { return benchmark.error("UDP echo: \(failure)") }
+            }
+        }
+        // Replies to a burst leave as segmented sends (UDP GSO) where the kernel has them.
+        allocationBenchmark("UDP_echo_20000_datagrams_in_bursts_of_16", on: fixture) { benchmark in
+            for _ in 0..<(20_000 / 16) {
+                if let failure = fixture.burstRoundTrip(fixture.udpClient, burst: 16) { return benchmark.error("UDP burst echo: \(failure)") }
+            }
+        }
+        allocationBenchmark("TCP_zero_copy_echo_20000_messages_of_64_bytes", on: fixture) { benchmark in
+            for _ in 0..<20_000 {
+                if let failure = fixture.roundTrip(fixture.zeroCopyClient) { return benchmark.error("zero-copy echo: \(failure)") }
             }
         }
         // The I/O thread's control: its allocations are counted too (threshold 1,000).

@@ -277,15 +277,17 @@ static const uint32_t CKEEL_EPOLLPRI = EPOLLPRI;
 static inline size_t ckeel_recvmsg_out_size(void) { return sizeof(struct io_uring_recvmsg_out); }
 
 /* Fills the io_uring_recvmsg_out header at `buffer` (the epoll backend produces the same layout). */
-static inline void ckeel_recvmsg_out_write(void *buffer, uint32_t namelen, uint32_t payloadlen, uint32_t flags) {
+static inline void ckeel_recvmsg_out_write(void *buffer, uint32_t namelen, uint32_t controllen, uint32_t payloadlen,
+                                           uint32_t flags) {
     struct io_uring_recvmsg_out *out = (struct io_uring_recvmsg_out *)buffer;
     out->namelen = namelen;
-    out->controllen = 0;
+    out->controllen = controllen;
     out->payloadlen = payloadlen;
     out->flags = flags;
 }
 
 static inline uint32_t ckeel_recvmsg_out_namelen(const void *buffer) { return ((const struct io_uring_recvmsg_out *)buffer)->namelen; }
+static inline uint32_t ckeel_recvmsg_out_controllen(const void *buffer) { return ((const struct io_uring_recvmsg_out *)buffer)->controllen; }
 static inline uint32_t ckeel_recvmsg_out_payloadlen(const void *buffer) { return ((const struct io_uring_recvmsg_out *)buffer)->payloadlen; }
 static inline uint32_t ckeel_recvmsg_out_flags(const void *buffer) { return ((const struct io_uring_recvmsg_out *)buffer)->flags; }
 
@@ -357,6 +359,45 @@ static inline void ckeel_set_udp_segment(struct msghdr *msg, void *control, uint
     cmsg->cmsg_type = UDP_SEGMENT;
     cmsg->cmsg_len = CMSG_LEN(sizeof(uint16_t));
     memcpy(CMSG_DATA(cmsg), &segment, sizeof(segment));
+}
+
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+/* Control space a received UDP_GRO message needs. */
+static inline size_t ckeel_udp_gro_control_size(void) { return CMSG_SPACE(sizeof(int)); }
+
+/* Turns UDP_GRO on for `fd` (0, or -1 + errno). */
+static inline int ckeel_enable_udp_gro(int fd) {
+    int one = 1;
+    return setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
+}
+
+/* The segment size of a coalesced run from the UDP_GRO control message among `length` bytes of control
+   messages at `control`, or 0 when there is none (a single datagram). */
+static inline int ckeel_udp_gro_segment_size(void *control, size_t length) {
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_control = control;
+    msg.msg_controllen = length;
+    for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+        if (cmsg->cmsg_level == SOL_UDP && cmsg->cmsg_type == UDP_GRO && cmsg->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int size;
+            memcpy(&size, CMSG_DATA(cmsg), sizeof(size));
+            return size;
+        }
+    }
+    return 0;
+}
+
+/* 1 when this kernel has UDP_GRO, else 0. */
+static inline int ckeel_udp_gro_supported(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0;
+    int ok = ckeel_enable_udp_gro(fd) == 0;
+    close(fd);
+    return ok;
 }
 
 /* 1 when this kernel has UDP_SEGMENT (a throwaway UDP socket accepts the option), else 0. */

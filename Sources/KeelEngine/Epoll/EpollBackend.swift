@@ -243,7 +243,8 @@ final class EpollBackend {
     private func receiveDatagrams(_ token: Token, fd: Int32, template: UnsafeMutablePointer<msghdr>) -> Bool {
         let header = ckeel_recvmsg_out_size()
         let nameSpace = Int(template.pointee.msg_namelen)
-        let payloadStart = header + nameSpace
+        let controlSpace = Int(template.pointee.msg_controllen)
+        let payloadStart = header + nameSpace + controlSpace
         var count = 0
         while count < Self.datagramBatch, let chunk = pool.lendToKernel() {
             batchChunks[count] = chunk.chunk
@@ -251,6 +252,10 @@ final class EpollBackend {
             batchMessages[count] = ckeel_mmsghdr()
             batchMessages[count].msg_hdr.msg_name = chunk.address + header
             batchMessages[count].msg_hdr.msg_namelen = socklen_t(nameSpace)
+            if controlSpace > 0 {
+                batchMessages[count].msg_hdr.msg_control = chunk.address + header + nameSpace
+                batchMessages[count].msg_hdr.msg_controllen = controlSpace
+            }
             batchMessages[count].msg_hdr.msg_iov = batchVectors + count
             batchMessages[count].msg_hdr.msg_iovlen = 1
             count += 1
@@ -270,7 +275,7 @@ final class EpollBackend {
             let length = Int(batchMessages[i].msg_len)
             let truncated = batchMessages[i].msg_hdr.msg_flags & Int32(CKEEL_MSG_TRUNC) != 0
             ckeel_recvmsg_out_write(pool.address(ofChunk: batchChunks[i]), UInt32(batchMessages[i].msg_hdr.msg_namelen),
-                                    UInt32(length), truncated ? CKEEL_MSG_TRUNC : 0)
+                                    UInt32(batchMessages[i].msg_hdr.msg_controllen), UInt32(length), truncated ? CKEEL_MSG_TRUNC : 0)
             complete(token, Int32(payloadStart + min(length, pool.bufferSize - payloadStart)),
                      flags: CKEEL_CQE_F_BUFFER | batchChunks[i] << CKEEL_CQE_BUFFER_SHIFT | CKEEL_CQE_F_MORE)
         }
@@ -341,11 +346,16 @@ final class EpollBackend {
     private func receiveMessage(_ fd: Int32, template: UnsafeMutablePointer<msghdr>, into chunk: UnsafeMutableRawPointer) -> Int {
         let header = ckeel_recvmsg_out_size()
         let nameSpace = Int(template.pointee.msg_namelen)
-        let payloadStart = header + nameSpace
+        let controlSpace = Int(template.pointee.msg_controllen)
+        let payloadStart = header + nameSpace + controlSpace
         var vector = iovec(iov_base: chunk + payloadStart, iov_len: pool.bufferSize - payloadStart)
         var message = msghdr()
         message.msg_name = chunk + header
         message.msg_namelen = socklen_t(nameSpace)
+        if controlSpace > 0 {
+            message.msg_control = chunk + header + nameSpace
+            message.msg_controllen = controlSpace
+        }
         return withUnsafeMutablePointer(to: &vector) { vectorPointer in
             message.msg_iov = vectorPointer
             message.msg_iovlen = 1
@@ -353,7 +363,8 @@ final class EpollBackend {
             let n = ckeel_recvmsg(fd, &message, Int32(CKEEL_MSG_TRUNC))
             guard n >= 0 else { return -1 }
             let truncated = message.msg_flags & Int32(CKEEL_MSG_TRUNC) != 0
-            ckeel_recvmsg_out_write(chunk, UInt32(message.msg_namelen), UInt32(n), truncated ? CKEEL_MSG_TRUNC : 0)
+            ckeel_recvmsg_out_write(chunk, UInt32(message.msg_namelen), UInt32(message.msg_controllen), UInt32(n),
+                                    truncated ? CKEEL_MSG_TRUNC : 0)
             return payloadStart + min(n, pool.bufferSize - payloadStart)
         }
     }
