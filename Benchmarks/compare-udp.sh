@@ -11,18 +11,9 @@
 # KEEL_UDP_BEFORE=PATH adds a keel-udp-echo binary built from an older commit as "keel-before".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repeats=3 seconds=5 cases="64:8:1 64:8:16 1200:8:16"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --repeats) repeats=$2; shift ;;
-        --seconds) seconds=$2; shift ;;
-        --cases) cases=$2; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-    shift
-done
-
 source Benchmarks/servers.sh
+cases="64:8:1 64:8:16 1200:8:16"
+parse_compare_options "$@"
 echo "building release binaries..." >&2
 swift build -c release --product keel-udp-echo >/dev/null
 swift build -c release --product keel-bench >/dev/null

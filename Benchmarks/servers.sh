@@ -1,14 +1,15 @@
 # Shared by Benchmarks/compare.sh and Benchmarks/memory.sh: build the comparison servers and start
 # or stop one by name. Source it from the repository root.
 
-# The side-by-side scripts' options: --repeats N (default 3) and --seconds S (default 5), into
-# $repeats and $seconds.
+# The side-by-side scripts' options: --repeats N (default 3), --seconds S (default 5) and --cases
+# "..." (default: $cases as the script set it), into $repeats, $seconds and $cases.
 parse_compare_options() {
     repeats=3 seconds=5
     while [ $# -gt 0 ]; do
         case "$1" in
             --repeats) repeats=$2; shift ;;
             --seconds) seconds=$2; shift ;;
+            --cases) cases=$2; shift ;;
             *) echo "unknown option $1" >&2; exit 2 ;;
         esac
         shift
