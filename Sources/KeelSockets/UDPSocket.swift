@@ -21,6 +21,9 @@ public protocol UDPHandler: SendableMetatype {
 }
 
 extension UDPHandler {
+    /// Hands each datagram of `run` to ``datagramReceived(_:from:truncated:on:)`` in order: all but the
+    /// last copied into a pooled buffer of its own (a datagram the pool has no buffer for is dropped
+    /// and counted in ``UDPSocketStatistics/receiveDrops``), the last in `run` itself.
     public mutating func datagramRunReceived(_ run: consuming IOBuffer, segmentSize: Int, from sender: SocketAddress, on socket: UDPSocket) {
         var rest = run
         while rest.readableBytes > segmentSize {
