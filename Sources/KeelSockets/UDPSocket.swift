@@ -25,18 +25,12 @@ extension UDPHandler {
     /// last copied into a pooled buffer of its own (a datagram the pool has no buffer for is dropped
     /// and counted in ``UDPSocketStatistics/receiveDrops``), the last in `run` itself.
     public mutating func datagramRunReceived(_ run: consuming IOBuffer, segmentSize: Int, from sender: SocketAddress, on socket: UDPSocket) {
-        var rest = run
-        while rest.readableBytes > segmentSize {
-            if var datagram = try? socket.thread.bufferPool.acquire() {
-                _ = rest.withUnsafeReadableBytes { bytes in datagram.append(UnsafeRawBufferPointer(rebasing: bytes[..<segmentSize])) }
-                rest.consume(segmentSize)
-                datagramReceived(datagram, from: sender, truncated: false, on: socket)
-            } else {
-                rest.consume(segmentSize)
-                socket.noteReceiveDrop()  // the pool is dry: UDP drops, and says so
+        UDPSocket.forEachDatagram(of: run, segmentSize: segmentSize, pool: socket.thread.bufferPool) { datagram in
+            switch consume datagram {
+            case .some(let datagram): datagramReceived(datagram, from: sender, truncated: false, on: socket)
+            case .none: socket.noteReceiveDrop()  // the pool is dry: UDP drops, and says so
             }
         }
-        datagramReceived(rest, from: sender, truncated: false, on: socket)
     }
 }
 
@@ -75,6 +69,16 @@ public enum UDPSendResult: Sendable, Hashable {
     case dropped
     /// Refused by the ``SendQueuePolicy/refuse`` policy, or the socket is closed.
     case refused
+
+    /// Orders outcomes from best to worst (the outcome of several sends is the worst of them).
+    var severity: Int {
+        switch self {
+        case .sent: 0
+        case .queued: 1
+        case .dropped: 2
+        case .refused: 3
+        }
+    }
 }
 
 /// Counters of a ``UDPSocket`` (read them on its thread).
@@ -415,22 +419,36 @@ public class UDPSocket: @unchecked Sendable {
         if coalescesSends && segmentsSends && segmentSize <= Self.maximumSegmentSize {
             return enqueue(.owned(run.detach()), to: destination, segmentSize: segmentSize)
         }
-        // Datagram by datagram: copies of all but the last, which leaves in `run` itself.
-        var rest = run
+        // Datagram by datagram; the outcome is the worst of theirs.
         var outcome = UDPSendResult.sent
-        while rest.readableBytes > segmentSize {
-            if var datagram = try? thread.bufferPool.acquire() {
-                _ = rest.withUnsafeReadableBytes { datagram.append(UnsafeRawBufferPointer(rebasing: $0[..<segmentSize])) }
-                let result = send(datagram, to: destination)
-                if result != .sent && result != .queued { outcome = result } else if result == .queued && outcome == .sent { outcome = .queued }
-            } else {
+        Self.forEachDatagram(of: run, segmentSize: segmentSize, pool: thread.bufferPool) { datagram in
+            let result: UDPSendResult
+            switch consume datagram {
+            case .some(let datagram): result = send(datagram, to: destination)
+            case .none:
                 counters.failed += 1
-                outcome = .refused
+                result = .refused
             }
-            rest.consume(segmentSize)
+            if result.severity > outcome.severity { outcome = result }
         }
-        let last = send(rest, to: destination)
-        return last == .sent || last == .queued ? (outcome == .sent ? last : outcome) : last
+        return outcome
+    }
+
+    /// Splits a run into one buffer per datagram, in order: copies of all but the last (nil where the
+    /// pool had no buffer for one), then the last in `run` itself.
+    static func forEachDatagram(of run: consuming IOBuffer, segmentSize: Int, pool: BufferPool, _ body: (consuming IOBuffer?) -> Void) {
+        var rest = run
+        while rest.readableBytes > segmentSize {
+            if var datagram = try? pool.acquire() {
+                _ = rest.withUnsafeReadableBytes { datagram.append(UnsafeRawBufferPointer(rebasing: $0[..<segmentSize])) }
+                rest.consume(segmentSize)
+                body(datagram)
+            } else {
+                rest.consume(segmentSize)
+                body(nil)
+            }
+        }
+        body(rest)
     }
 
     private func enqueue(_ payload: WriteQueue.Item, to destination: SocketAddress?, segmentSize: Int = 0) -> UDPSendResult {
@@ -593,25 +611,9 @@ public class UDPSocket: @unchecked Sendable {
                 let region = queue[queueHead + i].payload.readableRegion
                 batch.vectors[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
             }
-            batch.prepare(0, destination: first.destination, vectors: 0, count: run)
-            ckeel_set_udp_segment(&batch.messages[0].msg_hdr, batch.control, UInt16(size))
-            switch Result(catching: { () throws(SystemError) in try Sockets.sendMessage(descriptor, &batch.messages[0].msg_hdr) }) {
-            case .success(.completed):
-                counters.segmentedSends += 1
-                counters.segmentedDatagrams += run
-                return .sent(count: run)
-            case .success(.wouldBlock):
-                return .wouldBlock
-            case .failure(let error):
-                switch error.errno {
-                case .invalidArgument, .ioError, .messageTooLong, .notSupported:
-                    // This route or device refuses segmentation (an MTU below 1,500, no checksum
-                    // offload): this socket sends datagram by datagram from now on.
-                    segmentsSends = false
-                    return sendBatch()
-                default:
-                    return .failed
-                }
+            if let outcome = sendSegmented(batch, vectors: run, segmentSize: size, datagrams: run, to: first.destination) {
+                if case .sent = outcome { return .sent(count: run) }
+                return outcome
             }
         }
         var count = 0
@@ -622,12 +624,7 @@ public class UDPSocket: @unchecked Sendable {
             batch.prepare(count, destination: item.destination, vectors: count, count: 1)
             count += 1
         }
-        let sent = ckeel_sendmmsg(descriptor, batch.messages, UInt32(count), Int32(CKEEL_MSG_NOSIGNAL))
-        if sent > 0 { return .sent(count: Int(sent)) }
-        let code = ckeel_errno()
-        if code == EAGAIN || code == EWOULDBLOCK || code == ENOBUFS { return .wouldBlock }
-        if code == EINTR { return .sent(count: 0) }
-        return .failed
+        return sendPrepared(batch, count: count)
     }
 
     /// The run at the head of the queue: one segmented send, or (where the kernel refused
@@ -635,21 +632,9 @@ public class UDPSocket: @unchecked Sendable {
     private func sendRun(_ run: Pending, batch: SendBatch) -> BatchOutcome {
         let region = run.payload.readableRegion
         let segments = Self.datagrams(in: run)
-        if segmentsSends {
-            batch.vectors[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
-            batch.prepare(0, destination: run.destination, vectors: 0, count: 1)
-            ckeel_set_udp_segment(&batch.messages[0].msg_hdr, batch.control, UInt16(run.segmentSize))
-            switch Result(catching: { () throws(SystemError) in try Sockets.sendMessage(descriptor, &batch.messages[0].msg_hdr) }) {
-            case .success(.completed):
-                counters.segmentedSends += 1
-                counters.segmentedDatagrams += segments
-                return .sent(count: 1)
-            case .success(.wouldBlock):
-                return .wouldBlock
-            case .failure(let error):
-                guard [.invalidArgument, .ioError, .messageTooLong, .notSupported].contains(error.errno) else { return .failed }
-                segmentsSends = false  // as in sendBatch: datagram by datagram from now on
-            }
+        batch.vectors[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: region.baseAddress), iov_len: region.count)
+        if segmentsSends, let outcome = sendSegmented(batch, vectors: 1, segmentSize: run.segmentSize, datagrams: segments, to: run.destination) {
+            return outcome
         }
         for i in 0..<segments {
             let offset = i * run.segmentSize
@@ -657,11 +642,47 @@ public class UDPSocket: @unchecked Sendable {
                                      iov_len: min(run.segmentSize, region.count - offset))
             batch.prepare(i, destination: run.destination, vectors: i, count: 1)
         }
-        let sent = ckeel_sendmmsg(descriptor, batch.messages, UInt32(segments), Int32(CKEEL_MSG_NOSIGNAL))
-        if sent == segments { return .sent(count: 1) }
-        if sent > 0 { return .partialRun(datagrams: Int(sent)) }  // the rest of the run is dropped, and counted
+        switch sendPrepared(batch, count: segments) {
+        case .sent(let sent) where sent == segments: return .sent(count: 1)
+        case .sent(let sent) where sent > 0: return .partialRun(datagrams: sent)  // the rest is dropped, and counted
+        case let outcome: return outcome
+        }
+    }
+
+    /// One `sendmsg` of `vectors` prepared iovecs to `destination`, which the kernel splits into
+    /// `datagrams` datagrams of `segmentSize` bytes. - Returns: `.sent(count: 1)`, `.wouldBlock` or
+    /// `.failed`; nil when this route or device refuses segmentation (an MTU below 1,500, no checksum
+    /// offload), after which the socket sends datagram by datagram.
+    private func sendSegmented(_ batch: SendBatch, vectors: Int, segmentSize: Int, datagrams: Int,
+                               to destination: SocketAddress?) -> BatchOutcome? {
+        batch.prepare(0, destination: destination, vectors: 0, count: vectors)
+        ckeel_set_udp_segment(&batch.messages[0].msg_hdr, batch.control, UInt16(segmentSize))
+        switch Result(catching: { () throws(SystemError) in try Sockets.sendMessage(descriptor, &batch.messages[0].msg_hdr) }) {
+        case .success(.completed):
+            counters.segmentedSends += 1
+            counters.segmentedDatagrams += datagrams
+            return .sent(count: 1)
+        case .success(.wouldBlock):
+            return .wouldBlock
+        case .failure(let error):
+            switch error.errno {
+            case .invalidArgument, .ioError, .messageTooLong, .notSupported:
+                segmentsSends = false
+                return nil
+            default:
+                return .failed
+            }
+        }
+    }
+
+    /// One `sendmmsg` of the first `count` prepared messages. - Returns: `.sent(count:)` with how many
+    /// went out (0 when interrupted), `.wouldBlock`, or `.failed` when the first failed.
+    private func sendPrepared(_ batch: SendBatch, count: Int) -> BatchOutcome {
+        let sent = ckeel_sendmmsg(descriptor, batch.messages, UInt32(count), Int32(CKEEL_MSG_NOSIGNAL))
+        if sent > 0 { return .sent(count: Int(sent)) }
         let code = ckeel_errno()
         if code == EAGAIN || code == EWOULDBLOCK || code == ENOBUFS { return .wouldBlock }
+        if code == EINTR { return .sent(count: 0) }
         return .failed
     }
 
