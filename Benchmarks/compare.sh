@@ -7,7 +7,8 @@
 #   Benchmarks/compare.sh [--quick] [--repeats N] [--seconds S] [--servers "NAMES"] [--cases "SIZE:CONNS:DEPTH ..."]
 #
 # --quick runs 64-byte messages at 50 and 500 connections, depth 1 and 16 (the targets' cases);
-# the full matrix adds 4 KiB messages and 1 connection.
+# the full matrix adds 4 KiB messages and 1 connection. A case "storm:N:1" is a connect storm (N
+# connections in progress, each one 64-byte echo, then close): its "msgs" are connections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=3 seconds=5 quick=0 servers="keel-io_uring keel-epoll nio c-io_uring" cases=""
@@ -45,8 +46,14 @@ for round in $(seq 1 "$repeats"); do
             server=${order[$(( (i + round - 1) % ${#order[@]} ))]}
             start_server "$server"
             before=$(cpu_ticks "$SERVER_PID") user_before=$(user_ticks "$SERVER_PID")
-            json=$("${CLIENT_CPU[@]}" "$bench" echo --port "$SERVER_PORT" --connections "$conns" --size "$size" --depth "$depth" \
-                   --warmup 0 --duration "$seconds" --json 2>/dev/null || echo '{"count": 0, "rate": 0, "errors": 1}')
+            if [ "$size" = storm ]; then
+                # A connect storm: CONNS connections in progress at once, each one 64-byte echo then close.
+                json=$("${CLIENT_CPU[@]}" "$bench" storm --port "$SERVER_PORT" --concurrency "$conns" --size 64 \
+                       --warmup 0 --duration "$seconds" --json 2>/dev/null || echo '{"count": 0, "rate": 0, "errors": 1}')
+            else
+                json=$("${CLIENT_CPU[@]}" "$bench" echo --port "$SERVER_PORT" --connections "$conns" --size "$size" --depth "$depth" \
+                       --warmup 0 --duration "$seconds" --json 2>/dev/null || echo '{"count": 0, "rate": 0, "errors": 1}')
+            fi
             after=$(cpu_ticks "$SERVER_PID") user_after=$(user_ticks "$SERVER_PID")
             rss=$(rss_kb "$SERVER_PID")
             stop_server

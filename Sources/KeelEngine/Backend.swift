@@ -41,6 +41,16 @@ enum Backend {
         }
     }
 
+    /// Enters a socket in the ring's registered file table (io_uring only).
+    func registerDescriptor(_ fd: Int32) {
+        if case .ring(let ring) = self { ring.registerDescriptor(fd) }
+    }
+
+    /// Takes a socket out of the ring's registered file table before it closes (io_uring only).
+    func unregisterDescriptor(_ fd: Int32) {
+        if case .ring(let ring) = self { ring.unregisterDescriptor(fd) }
+    }
+
     func cancel(_ token: Token) {
         switch self {
         case .ring(let ring): ring.cancel(token)

@@ -52,9 +52,17 @@ extension IOThread {
         if let receiveBufferSize { try? Sockets.setBufferSizes(fd, send: nil, receive: receiveBufferSize) }
     }
 
-    /// Closes a descriptor.
+    /// Enters a socket this thread will run operations on in its ring's registered file table
+    /// (``KernelFeatures/registeredFiles``): its operations then skip the kernel's file look-up. The
+    /// descriptor stays an ordinary one; close it with ``closeDescriptor(_:)``, which takes it out.
+    package func registerDescriptor(_ fd: Int32) {
+        backend.registerDescriptor(fd)
+    }
+
+    /// Closes a descriptor (taking it out of the registered file table first).
     package func closeDescriptor(_ fd: Int32) {
         if let embeddedBackend { return embeddedBackend.closeDescriptor(fd) }
+        backend.unregisterDescriptor(fd)
         Descriptors.close(fd)
     }
 

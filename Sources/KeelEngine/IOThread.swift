@@ -209,6 +209,14 @@ public final class IOThread: @unchecked Sendable {
         return loop.pointee.zeroCopy
     }
 
+    /// Sockets entered in this thread's registered file table now (``KernelFeatures/registeredFiles``;
+    /// always 0 without it). I/O thread only.
+    public var registeredDescriptorCount: Int {
+        preconditionCurrent()
+        if case .ring(let ring) = backend { return ring.registeredDescriptorCount }
+        return 0
+    }
+
     /// Counts a zero-copy notification (`completion` is one). I/O thread only.
     public func noteZeroCopyNotification(_ completion: IOCompletion) {
         loop.pointee.zeroCopy.notified += 1

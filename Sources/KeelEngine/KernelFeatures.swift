@@ -28,17 +28,27 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// datagrams from one sender over in one receive. Used by sockets whose pool buffers hold a whole
     /// run (see `UDPSocketConfiguration.receivesDatagramRuns` in KeelSockets).
     public static let udpReceiveCoalescing = KernelFeatures(rawValue: 1 << 3)
+    /// Connection sockets are also entered in the ring's registered file table (`IORING_REGISTER_FILES2`
+    /// sparse, Linux 5.19; filled with `IORING_OP_FILES_UPDATE`), and the ring's operations on them name
+    /// the table slot (`IOSQE_FIXED_FILE`), so the kernel skips the file-table look-up and the file
+    /// reference count per operation. The socket keeps its ordinary descriptor too, for the calls Keel
+    /// makes outside the ring and for handlers that use it. The table has one slot per descriptor
+    /// number, up to the soft `RLIMIT_NOFILE` (at most 65,536 slots); higher descriptors go without.
+    public static let registeredFiles = KernelFeatures(rawValue: 1 << 4)
 
     /// Every feature Keel knows.
-    public static let all: KernelFeatures = [.registeredRing, .zeroCopySend, .udpSegmentation, .udpReceiveCoalescing]
+    public static let all: KernelFeatures = [
+        .registeredRing, .registeredFiles, .zeroCopySend, .udpSegmentation, .udpReceiveCoalescing,
+    ]
     /// The features of an io_uring ring.
-    public static let ringFeatures: KernelFeatures = [.registeredRing, .zeroCopySend]
+    public static let ringFeatures: KernelFeatures = [.registeredRing, .registeredFiles, .zeroCopySend]
     /// The socket features, probed once per process.
     public static let socketFeatures: KernelFeatures = [.udpSegmentation, .udpReceiveCoalescing]
 
     /// Each feature with the name logs, configuration and `KEEL_FEATURES_OFF` use.
     public static let named: [(feature: KernelFeatures, name: String)] = [
         (.registeredRing, "registered-ring"),
+        (.registeredFiles, "registered-files"),
         (.zeroCopySend, "zero-copy-send"),
         (.udpSegmentation, "udp-gso"),
         (.udpReceiveCoalescing, "udp-gro"),

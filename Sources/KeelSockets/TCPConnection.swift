@@ -305,6 +305,7 @@ public class TCPConnection: @unchecked Sendable {
         rareClosures?.closeReason = nil
         rareClosures?.zeroCopyRoute = .untested
         deferredWriteCompleted = 0
+        thread.registerDescriptor(fd)
         thread.configureStream(fd, noDelay: settings.options.noDelay, keepAliveIdleSeconds: settings.options.keepAliveIdleSeconds,
                                receiveBufferSize: settings.options.receiveBufferSize)
         if let idleTimeout { idleTimer = thread.scheduleTimer(after: idleTimeout, onIdle) }

@@ -304,6 +304,7 @@ public class UDPSocket: @unchecked Sendable {
         socket.handler = handler
         target.execute {
             socket.shutdownHook = target.onShutdown { socket.close() }  // the pool's shutdown closes the socket cleanly
+            target.registerDescriptor(fd)
             if configuration.coalescesSends && configuration.sendLimits.sendsInline {
                 socket.flushHook = target.beforeEachWait { socket.flushCoalescedSends() }
             }
@@ -828,7 +829,7 @@ public class UDPSocket: @unchecked Sendable {
         queue.removeAll()
         queueHead = 0
         queuedBytes = 0
-        Descriptors.close(descriptor)
+        thread.closeDescriptor(descriptor)
         descriptor = -1
         didClose()
         if let shutdownHook {

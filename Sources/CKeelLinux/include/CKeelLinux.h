@@ -468,6 +468,36 @@ static inline int ckeel_unregister_ring_fd(int ring_fd, int index) {
     return ckeel_io_uring_register(ring_fd, IORING_UNREGISTER_RING_FDS, &update, 1);
 }
 
+/* ---- Registered (fixed) file table ---- */
+
+/* Registers an empty file table of `count` slots, filled later by ckeel_sqe_files_update. Returns 0, or
+ * -1 + errno (EMFILE over RLIMIT_NOFILE, EINVAL on kernels without sparse tables). */
+static inline int ckeel_register_files_sparse(int ring_fd, uint32_t count) {
+    struct io_uring_rsrc_register reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.nr = count;
+    reg.flags = IORING_RSRC_REGISTER_SPARSE;
+    return ckeel_io_uring_register(ring_fd, IORING_REGISTER_FILES2, &reg, sizeof(reg));
+}
+
+/* Sets file-table slots `offset`..`offset + count - 1` to the descriptors at `fds` (-1 empties a slot).
+ * The kernel reads `fds` when it issues the SQE, which it does during the submitting io_uring_enter,
+ * in submission order: SQEs queued after this one may name the slots with IOSQE_FIXED_FILE. */
+static inline void ckeel_sqe_files_update(struct io_uring_sqe *sqe, const int32_t *fds, uint32_t count, uint32_t offset,
+                                          uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_FILES_UPDATE, -1, (uint64_t)(uintptr_t)fds, count, offset, user_data);
+}
+
+/* Makes a prepared SQE name its `fd` as a slot of the registered file table. */
+static inline void ckeel_sqe_use_fixed_file(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_FIXED_FILE; }
+
+/* The soft RLIMIT_NOFILE, or -1. */
+static inline long ckeel_descriptor_limit(void) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return -1;
+    return limit.rlim_cur == RLIM_INFINITY ? (long)1 << 30 : (long)limit.rlim_cur;
+}
+
 /* ---- Opcode probe ---- */
 
 /* Returns 1 if `opcode` is supported by the ring, 0 if not, -1 + errno if the probe failed. */

@@ -25,6 +25,8 @@ final class Ring {
     private let enterFD: Int32
     /// `IORING_ENTER_REGISTERED_RING` when the index is registered, else 0.
     private let enterFlags: UInt32
+    /// Slots of the registered file table (0 without ``KernelFeatures/registeredFiles``).
+    let fileTableSlots: UInt32
     private let ringMemory: MappedMemory
     private let sqeMemory: MappedMemory
 
@@ -43,6 +45,11 @@ final class Ring {
     private let cursor: UnsafeMutablePointer<UInt32>
     /// Timespecs for timeout SQEs, one per SQE index (the kernel copies them during submission).
     private let timespecs: UnsafeMutablePointer<__kernel_timespec>
+    /// The descriptor each file-table update SQE installs, one per SQE index (read during submission).
+    private let fileUpdateValues: UnsafeMutablePointer<Int32>
+
+    /// Most slots a registered file table gets: 8 bytes of kernel memory each, per ring.
+    static let maximumFileTableSlots: UInt32 = 65_536
 
     /// Setup flag sets to try, best first: each later one drops what an older kernel rejects.
     private static let setupAttempts: [UInt32] = [
@@ -122,6 +129,16 @@ final class Ring {
         if wanted.contains(.zeroCopySend) && ckeel_probe_opcode(ringFD, CKEEL_OP_SENDMSG_ZC) == 1 {
             inUse.insert(.zeroCopySend)
         }
+        var slots: UInt32 = 0
+        let descriptorLimit = ckeel_descriptor_limit()
+        if wanted.contains(.registeredFiles) && descriptorLimit > 0 {
+            let wantedSlots = UInt32(min(descriptorLimit, Int(Ring.maximumFileTableSlots)))
+            if ckeel_register_files_sparse(ringFD, wantedSlots) == 0 {
+                slots = wantedSlots
+                inUse.insert(.registeredFiles)
+            }
+        }
+        fileTableSlots = slots
         featuresInUse = inUse
         enterFD = registeredIndex >= 0 ? registeredIndex : ringFD
         enterFlags = registeredIndex >= 0 ? CKEEL_ENTER_REGISTERED_RING : 0
@@ -130,6 +147,8 @@ final class Ring {
         cursor.initialize(to: sqTail.pointee)
         timespecs = .allocate(capacity: Int(params.sq_entries))
         timespecs.initialize(repeating: __kernel_timespec(), count: Int(params.sq_entries))
+        fileUpdateValues = .allocate(capacity: Int(params.sq_entries))
+        fileUpdateValues.initialize(repeating: -1, count: Int(params.sq_entries))
     }
 
     /// Unmaps the rings and closes the descriptor. In-flight operations are cancelled by the kernel.
@@ -140,6 +159,7 @@ final class Ring {
         _ = CKeelLinux.close(fd)
         cursor.deallocate()
         timespecs.deallocate()
+        fileUpdateValues.deallocate()
     }
 
     /// True when the kernel was set up with `IORING_SETUP_SINGLE_ISSUER`.
@@ -166,6 +186,13 @@ final class Ring {
         timespecs[index] = __kernel_timespec(
             tv_sec: Int64(nanoseconds / 1_000_000_000), tv_nsec: Int64(nanoseconds % 1_000_000_000))
         return timespecs + index
+    }
+
+    /// Storage for a file-table update SQE's descriptor at SQE `index`.
+    @inline(__always)
+    func fileUpdateValue(at index: Int, descriptor: Int32) -> UnsafeMutablePointer<Int32> {
+        fileUpdateValues[index] = descriptor
+        return fileUpdateValues + index
     }
 
     /// Entries filled and not yet consumed by the kernel.

@@ -19,6 +19,11 @@ final class RingBackend {
     private let providedBufferCount: UInt32
     /// Registered on first use by a pooled receive, so engines without sockets hold no buffers.
     private(set) var providedBuffers: ProvidedBufferRing?
+    /// One byte per slot of the ring's registered file table (slot number = descriptor): 1 while the
+    /// descriptor is entered there. Nil without ``KernelFeatures/registeredFiles``.
+    private let fileSlotsInUse: UnsafeMutablePointer<UInt8>?
+    /// Descriptors entered in the registered file table now.
+    private(set) var registeredDescriptorCount = 0
 
     static let providedBufferGroup: UInt16 = 0
 
@@ -34,10 +39,18 @@ final class RingBackend {
         }
         wakeupValue = .allocate(capacity: 1)
         wakeupValue.initialize(to: 0)
+        if ring.fileTableSlots > 0 {
+            let slots = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(ring.fileTableSlots))
+            slots.initialize(repeating: 0, count: Int(ring.fileTableSlots))
+            fileSlotsInUse = slots
+        } else {
+            fileSlotsInUse = nil
+        }
         armWakeup()
     }
 
     func close() {
+        fileSlotsInUse?.deallocate()
         providedBuffers?.close()
         providedBuffers = nil
         ring.close()
@@ -110,6 +123,39 @@ final class RingBackend {
         case .connect(let fd, let address, let length):
             ckeel_sqe_connect(sqe, fd, UnsafeRawPointer(bitPattern: address), length, token.rawValue)
         }
+        if let fileSlotsInUse {
+            let fd = sqe.pointee.fd
+            if fd >= 0 && UInt32(fd) < ring.fileTableSlots && fileSlotsInUse[Int(fd)] != 0 {
+                ckeel_sqe_use_fixed_file(sqe)
+            }
+        }
+    }
+
+    // MARK: Registered file table
+
+    /// Enters `fd` in the registered file table (slot `fd`), so later operations on it skip the kernel's
+    /// per-operation file look-up. The update goes out ahead of them in the same submission. Does
+    /// nothing without the feature, for a descriptor past the table, or one already entered.
+    func registerDescriptor(_ fd: Int32) {
+        guard let fileSlotsInUse, fd >= 0, UInt32(fd) < ring.fileTableSlots, fileSlotsInUse[Int(fd)] == 0 else { return }
+        fileSlotsInUse[Int(fd)] = 1
+        registeredDescriptorCount += 1
+        queueFileTableUpdate(slot: fd, descriptor: fd)
+    }
+
+    /// Empties `fd`'s slot; call it before closing the descriptor. The ring's own reference to the socket
+    /// goes with the update at the next submission (operations in flight keep theirs until they end).
+    func unregisterDescriptor(_ fd: Int32) {
+        guard let fileSlotsInUse, fd >= 0, UInt32(fd) < ring.fileTableSlots, fileSlotsInUse[Int(fd)] != 0 else { return }
+        fileSlotsInUse[Int(fd)] = 0
+        registeredDescriptorCount -= 1
+        queueFileTableUpdate(slot: fd, descriptor: -1)
+    }
+
+    private func queueFileTableUpdate(slot: Int32, descriptor: Int32) {
+        let (sqe, index) = nextSQE()
+        ckeel_sqe_files_update(sqe, ring.fileUpdateValue(at: index, descriptor: descriptor), 1, UInt32(slot),
+                               Token.ignored.rawValue)
     }
 
     /// Registers the provided-buffer ring on first use. A failure leaves no ring: pooled receives then
