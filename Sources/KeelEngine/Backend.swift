@@ -18,18 +18,25 @@ enum Backend {
         }
     }
 
-    /// The pooled buffer a receive completion carries, as an ``IOBuffer``.
-    func takeBuffer(_ completion: IOCompletion) -> IOBuffer? {
+    /// Pooled buffer `index` of those a receive completion carries, as an ``IOBuffer``.
+    func takeBuffer(_ completion: IOCompletion, index: Int) -> IOBuffer? {
         switch self {
         case .ring(let ring):
-            return ring.takeBuffer(completion)
+            return ring.takeBuffer(completion, index: index)
         case .epoll(let epoll):
-            guard completion.hasBuffer else { return nil }
+            guard completion.hasBuffer, index == 0 else { return nil }
             return epoll.pool.adoptFromKernel(chunk: completion.bufferChunk, length: Int(completion.result))
         case .embedded(let embedded):
-            guard completion.hasBuffer else { return nil }
+            guard completion.hasBuffer, index == 0 else { return nil }
             return embedded.pool.adoptFromKernel(chunk: completion.bufferChunk, length: Int(completion.result))
         }
+    }
+
+    /// How many pooled buffers a receive completion carries: more than one only for an io_uring bundle.
+    @inline(__always)
+    func bufferCount(_ completion: IOCompletion) -> Int {
+        if case .ring(let ring) = self { return ring.bufferCount(completion) }
+        return 1
     }
 
     @inline(__always)

@@ -54,11 +54,22 @@ public final class IOThread: @unchecked Sendable {
         var beforeWaitHookIDs: [UInt64] = []
         var removedBeforeWaitHooks = 0
         var nextHookID: UInt64 = 0
-        /// The pooled receive buffer of the completion being dispatched, until its handler takes it.
+        /// The receive completion being dispatched while it still carries pooled buffers its handler has
+        /// not taken, and which of them comes next (a bundle carries several).
         var receivedBuffer: IOCompletion?
+        var receivedBufferIndex = 0
         var timers: TimerWheel
         var stopping = false
         var zeroCopy = ZeroCopySendStatistics()
+        var receiveBundles = ReceiveBundleStatistics()
+    }
+
+    /// Receive completions that carried several pool buffers (``KernelFeatures/receiveBundles``).
+    public struct ReceiveBundleStatistics: Sendable, Hashable {
+        /// Completions that carried more than one buffer.
+        public var bundles = 0
+        /// The buffers those completions carried.
+        public var buffers = 0
     }
 
     /// Zero-copy sends this thread's connections made (``KernelFeatures/zeroCopySend``).
@@ -191,16 +202,28 @@ public final class IOThread: @unchecked Sendable {
         backend.cancel(operation.token)
     }
 
-    /// Takes the pooled buffer a ``IOOperation/receivePooled(_:multishot:)`` completion carries. Call it
-    /// inside that completion's handler; later, or for another completion, it returns nil (the buffer
-    /// has gone back to the pool).
+    /// Takes the next pooled buffer a ``IOOperation/receivePooled(_:multishot:)`` completion carries:
+    /// usually one, several in order when the ring received a bundle (``KernelFeatures/receiveBundles``),
+    /// so call it until it returns nil. Call it inside that completion's handler; later, or for another
+    /// completion, it returns nil (buffers not taken have gone back to the pool).
     ///
     /// I/O thread only.
     public func takeReceivedBuffer(_ completion: IOCompletion) -> IOBuffer? {
         preconditionCurrent()
         guard let pending = loop.pointee.receivedBuffer, pending == completion else { return nil }
-        loop.pointee.receivedBuffer = nil
-        return backend.takeBuffer(pending)
+        return takeNextReceivedBuffer(pending)
+    }
+
+    @inline(__always)
+    private func takeNextReceivedBuffer(_ pending: IOCompletion) -> IOBuffer? {
+        let index = loop.pointee.receivedBufferIndex
+        let buffer = backend.takeBuffer(pending, index: index)
+        if buffer == nil || index + 1 >= backend.bufferCount(pending) {
+            loop.pointee.receivedBuffer = nil
+        } else {
+            loop.pointee.receivedBufferIndex = index + 1
+        }
+        return buffer
     }
 
     /// Zero-copy sends so far. I/O thread only.
@@ -215,6 +238,12 @@ public final class IOThread: @unchecked Sendable {
         preconditionCurrent()
         if case .ring(let ring) = backend { return ring.registeredDescriptorCount }
         return 0
+    }
+
+    /// Receive bundles so far. I/O thread only.
+    public var receiveBundleStatistics: ReceiveBundleStatistics {
+        preconditionCurrent()
+        return loop.pointee.receiveBundles
     }
 
     /// Counts a zero-copy notification (`completion` is one). I/O thread only.
@@ -386,11 +415,18 @@ public final class IOThread: @unchecked Sendable {
     /// back to the pool.
     @inline(__always)
     private func deliver(_ completion: IOCompletion, to handler: Unmanaged<IOCompletionHandler>?) {
-        if completion.hasBuffer { loop.pointee.receivedBuffer = completion }
+        if completion.hasBuffer {
+            loop.pointee.receivedBuffer = completion
+            loop.pointee.receivedBufferIndex = 0
+            let count = backend.bufferCount(completion)
+            if count > 1 {
+                loop.pointee.receiveBundles.bundles += 1
+                loop.pointee.receiveBundles.buffers += count
+            }
+        }
         handler?._withUnsafeGuaranteedRef { $0.complete(completion) }
-        if completion.hasBuffer, let untaken = loop.pointee.receivedBuffer {
-            loop.pointee.receivedBuffer = nil
-            _ = backend.takeBuffer(untaken)
+        while completion.hasBuffer, let untaken = loop.pointee.receivedBuffer {
+            _ = takeNextReceivedBuffer(untaken)
         }
     }
 

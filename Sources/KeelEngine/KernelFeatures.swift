@@ -35,13 +35,17 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// makes outside the ring and for handlers that use it. The table has one slot per descriptor
     /// number, up to the soft `RLIMIT_NOFILE` (at most 65,536 slots); higher descriptors go without.
     public static let registeredFiles = KernelFeatures(rawValue: 1 << 4)
+    /// A connection's pooled receive takes as many pool buffers as the data waiting needs in one go
+    /// (`IORING_RECVSEND_BUNDLE`, Linux 6.10): one completion, one socket read, for what would
+    /// otherwise be one of each per buffer. The buffers still reach the handler one by one.
+    public static let receiveBundles = KernelFeatures(rawValue: 1 << 5)
 
     /// Every feature Keel knows.
     public static let all: KernelFeatures = [
-        .registeredRing, .registeredFiles, .zeroCopySend, .udpSegmentation, .udpReceiveCoalescing,
+        .registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend, .udpSegmentation, .udpReceiveCoalescing,
     ]
     /// The features of an io_uring ring.
-    public static let ringFeatures: KernelFeatures = [.registeredRing, .registeredFiles, .zeroCopySend]
+    public static let ringFeatures: KernelFeatures = [.registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend]
     /// The socket features, probed once per process.
     public static let socketFeatures: KernelFeatures = [.udpSegmentation, .udpReceiveCoalescing]
 
@@ -49,6 +53,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public static let named: [(feature: KernelFeatures, name: String)] = [
         (.registeredRing, "registered-ring"),
         (.registeredFiles, "registered-files"),
+        (.receiveBundles, "receive-bundles"),
         (.zeroCopySend, "zero-copy-send"),
         (.udpSegmentation, "udp-gso"),
         (.udpReceiveCoalescing, "udp-gro"),

@@ -519,6 +519,7 @@ public class TCPConnection: @unchecked Sendable {
         }
         if let buffer = thread.takeReceivedBuffer(completion) {
             deliverInbound(buffer)
+            while let more = thread.takeReceivedBuffer(completion) { deliverInbound(more) }  // a bundle's
         } else {
             handleReceiveEnd(completion)
         }

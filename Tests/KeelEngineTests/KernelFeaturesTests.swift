@@ -8,17 +8,17 @@ import KeelTestSupport
 struct KernelFeaturesTests {
     @Test func namesParseAndPrint() {
         #expect(KernelFeatures(names: "registered-ring") == .registeredRing)
-        #expect(KernelFeatures(names: "zero-copy-send, registered-ring,udp-gso,udp-gro,registered-files") == .all)
+        #expect(KernelFeatures(names: "zero-copy-send, registered-ring,udp-gso,udp-gro,registered-files,receive-bundles") == .all)
         #expect(KernelFeatures(names: "all") == .all)
         #expect(KernelFeatures(names: "none") == [])
         #expect(KernelFeatures(names: "") == [])
         #expect(KernelFeatures(names: "registered-ring,bogus") == nil)
-        #expect(KernelFeatures.all.description == "registered-ring, registered-files, zero-copy-send, udp-gso, udp-gro")
+        #expect(KernelFeatures.all.description == "registered-ring, registered-files, receive-bundles, zero-copy-send, udp-gso, udp-gro")
         #expect(KernelFeatures().description == "none")
     }
 
     /// Each feature, turned off by configuration, is left out; what is left still runs a round trip.
-    @Test(.enabled(if: IOUringSupport.isAvailable), arguments: [KernelFeatures.all, [], .registeredRing, .registeredFiles, .zeroCopySend, .udpSegmentation, .udpReceiveCoalescing])
+    @Test(.enabled(if: IOUringSupport.isAvailable), arguments: [KernelFeatures.all, [], .registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend, .udpSegmentation, .udpReceiveCoalescing])
     func aPoolUsesOnlyTheFeaturesItWasGivenAndStillWorks(features: KernelFeatures) async throws {
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: .ioUring, workPoolThreadCount: 1, kernelFeatures: features))
         defer { pool.shutdown() }

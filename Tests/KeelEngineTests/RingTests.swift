@@ -72,7 +72,7 @@ struct RingTests {
         }
         let received = try #require(completion)
         #expect(received.result == Int32(message.count))
-        guard let buffer = provided.takeBuffer(from: received) else {
+        guard let buffer = provided.takeBuffer(from: received, index: 0) else {
             Issue.record("the completion carried no provided buffer")
             return
         }

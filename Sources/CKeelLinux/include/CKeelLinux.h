@@ -414,6 +414,27 @@ static inline int ckeel_udp_segmentation_supported(void) {
 
 static inline size_t ckeel_buf_ring_entry_size(void) { return sizeof(struct io_uring_buf); }
 
+/* Receive bundles (Linux 6.10; defined here for older headers): one completion for several buffers. */
+#ifndef IORING_RECVSEND_BUNDLE
+#define IORING_RECVSEND_BUNDLE (1U << 4)
+#endif
+#ifndef IORING_FEAT_RECVSEND_BUNDLE
+#define IORING_FEAT_RECVSEND_BUNDLE (1U << 14)
+#endif
+static const uint32_t CKEEL_FEAT_RECVSEND_BUNDLE = IORING_FEAT_RECVSEND_BUNDLE;
+
+/* Makes a multishot provided-buffer recv a bundle: a completion's data may fill several buffers, taken
+ * in ring order from the one the CQE names (each full but the last). */
+static inline void ckeel_sqe_recv_bundle(struct io_uring_sqe *sqe) { sqe->ioprio |= IORING_RECVSEND_BUNDLE; }
+
+/* The buffer id at ring position `position` (wrapping, masked). */
+static inline uint16_t ckeel_buf_ring_bid_at(const struct io_uring_buf_ring *br, uint32_t mask, uint32_t position) {
+    return br->bufs[position & mask].bid;
+}
+
+/* The ring's tail (only the application writes it). */
+static inline uint16_t ckeel_buf_ring_tail(const struct io_uring_buf_ring *br) { return br->tail; }
+
 /* Put buffer `bid` at `addr` in slot (tail + offset) & mask; publish later with ckeel_buf_ring_advance. */
 static inline void ckeel_buf_ring_add(struct io_uring_buf_ring *br, uint32_t mask, uint16_t offset,
                                       void *addr, uint32_t len, uint16_t bid) {

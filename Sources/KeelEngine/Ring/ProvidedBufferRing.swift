@@ -18,6 +18,10 @@ final class ProvidedBufferRing {
     private let bufferRing: UnsafeMutablePointer<io_uring_buf_ring>
     /// Chunks currently lent to the kernel through this ring, by chunk id.
     private let lent: UnsafeMutablePointer<Bool>
+    /// The ring position (wrapping at 2^16) each lent chunk was put at, by chunk id: a bundle's later
+    /// buffers are the ones after its first in ring order.
+    private let positions: UnsafeMutablePointer<UInt16>
+    private let bufferSize: Int
     private let chunkLimit: Int
     /// Ring slots left empty because the pool had no chunk when one was taken (its cap was reached):
     /// ``refill()`` stocks them once chunks are back, or the ring would shrink for good.
@@ -37,30 +41,57 @@ final class ProvidedBufferRing {
         bufferRing = memory.pointer.assumingMemoryBound(to: io_uring_buf_ring.self)
         ckeel_buf_ring_init(bufferRing)
         chunkLimit = pool.configuration.maximumBuffers
+        bufferSize = pool.bufferSize
         lent = .allocate(capacity: chunkLimit)
         lent.initialize(repeating: false, count: chunkLimit)
+        positions = .allocate(capacity: chunkLimit)
+        positions.initialize(repeating: 0, count: chunkLimit)
         if ckeel_register_buf_ring(ring.fd, memory.pointer, entries, group) != 0 {
             let error = SystemError(code: ckeel_errno(), call: "io_uring_register(PBUF_RING)", context: "group \(group)")
             memory.unmap()
             lent.deallocate()
+            positions.deallocate()
             throw error
         }
         var added: UInt16 = 0
         while UInt32(added) < entries, let chunk = pool.lendToKernel() {
-            ckeel_buf_ring_add(bufferRing, entries - 1, added, chunk.address, UInt32(pool.bufferSize), UInt16(chunk.chunk))
-            lent[Int(chunk.chunk)] = true
+            add(chunk, at: added)
             added += 1
         }
         ckeel_buf_ring_advance(bufferRing, added)
     }
 
-    /// Takes the buffer a receive completion filled (flag `IORING_CQE_F_BUFFER`) and puts a fresh chunk
-    /// in its place. - Returns: nil when the completion carries no buffer (an error or end of stream).
-    func takeBuffer(from completion: IOCompletion) -> IOBuffer? {
+    /// Puts `chunk` in the slot `offset` past the tail (published by the caller's advance).
+    @inline(__always)
+    private func add(_ chunk: (chunk: UInt32, address: UnsafeMutableRawPointer), at offset: UInt16) {
+        ckeel_buf_ring_add(bufferRing, entries - 1, offset, chunk.address, UInt32(bufferSize), UInt16(chunk.chunk))
+        lent[Int(chunk.chunk)] = true
+        positions[Int(chunk.chunk)] = ckeel_buf_ring_tail(bufferRing) &+ offset
+    }
+
+    /// How many buffers a receive completion filled: more than one only for a bundle (each full but
+    /// the last).
+    @inline(__always)
+    func bufferCount(_ completion: IOCompletion) -> Int {
+        let bytes = Int(completion.result)
+        return bytes > bufferSize ? (bytes + bufferSize - 1) / bufferSize : 1
+    }
+
+    /// Takes buffer `index` of those a receive completion filled (flag `IORING_CQE_F_BUFFER`; index 0
+    /// is the one the completion names, later ones of a bundle follow it in ring order) and puts a
+    /// fresh chunk in its place. Take a bundle's buffers in order, before the next completion's.
+    /// - Returns: nil when the completion carries no buffer (an error or end of stream) or no such one.
+    func takeBuffer(from completion: IOCompletion, index: Int) -> IOBuffer? {
         guard completion.flags & CKEEL_CQE_F_BUFFER != 0 else { return nil }
-        let chunk = UInt32(completion.flags >> CKEEL_CQE_BUFFER_SHIFT)
-        lent[Int(chunk)] = false
-        let buffer = pool.adoptFromKernel(chunk: chunk, length: max(0, Int(completion.result)))
+        let first = Int(completion.flags >> CKEEL_CQE_BUFFER_SHIFT)
+        // A later buffer's slot still names it: each restock writes the slot of the buffer taken just
+        // before, as completions (and a bundle's buffers) are taken in ring order.
+        let chunk = index == 0
+            ? first : Int(ckeel_buf_ring_bid_at(bufferRing, entries - 1, UInt32(positions[first] &+ UInt16(truncatingIfNeeded: index))))
+        guard chunk < chunkLimit, lent[chunk] else { return nil }
+        lent[chunk] = false
+        let length = max(0, min(bufferSize, Int(completion.result) - index * bufferSize))
+        let buffer = pool.adoptFromKernel(chunk: UInt32(chunk), length: length)
         replenish()
         return buffer
     }
@@ -72,8 +103,7 @@ final class ProvidedBufferRing {
             emptySlots += 1
             return
         }
-        ckeel_buf_ring_add(bufferRing, entries - 1, 0, chunk.address, UInt32(pool.bufferSize), UInt16(chunk.chunk))
-        lent[Int(chunk.chunk)] = true
+        add(chunk, at: 0)
         ckeel_buf_ring_advance(bufferRing, 1)
     }
 
@@ -83,8 +113,7 @@ final class ProvidedBufferRing {
     func refill() {
         var added: UInt16 = 0
         while emptySlots > 0, let chunk = pool.lendToKernel() {
-            ckeel_buf_ring_add(bufferRing, entries - 1, added, chunk.address, UInt32(pool.bufferSize), UInt16(chunk.chunk))
-            lent[Int(chunk.chunk)] = true
+            add(chunk, at: added)
             emptySlots -= 1
             added += 1
         }
@@ -98,6 +127,7 @@ final class ProvidedBufferRing {
             pool.reclaimFromKernel(chunk: UInt32(chunk))
         }
         lent.deallocate()
+        positions.deallocate()
         memory.unmap()
     }
 }

@@ -129,6 +129,9 @@ final class Ring {
         if wanted.contains(.zeroCopySend) && ckeel_probe_opcode(ringFD, CKEEL_OP_SENDMSG_ZC) == 1 {
             inUse.insert(.zeroCopySend)
         }
+        if wanted.contains(.receiveBundles) && params.features & CKEEL_FEAT_RECVSEND_BUNDLE != 0 {
+            inUse.insert(.receiveBundles)
+        }
         var slots: UInt32 = 0
         let descriptorLimit = ckeel_descriptor_limit()
         if wanted.contains(.registeredFiles) && descriptorLimit > 0 {

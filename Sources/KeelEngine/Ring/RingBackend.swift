@@ -101,6 +101,7 @@ final class RingBackend {
             let group = ensureProvidedBuffers()
             if multishot {
                 ckeel_sqe_recv_multishot(sqe, fd, group, token.rawValue)
+                if ring.featuresInUse.contains(.receiveBundles) { ckeel_sqe_recv_bundle(sqe) }
             } else {
                 ckeel_sqe_recv_provided(sqe, fd, group, 0, token.rawValue)
             }
@@ -176,9 +177,15 @@ final class RingBackend {
         return RingBackend.providedBufferGroup
     }
 
-    /// Turns a receive completion's provided buffer into an ``IOBuffer`` and restocks the ring.
-    func takeBuffer(_ completion: IOCompletion) -> IOBuffer? {
-        providedBuffers?.takeBuffer(from: completion)
+    /// Turns buffer `index` of a receive completion (more than one only in a bundle) into an
+    /// ``IOBuffer`` and restocks the ring.
+    func takeBuffer(_ completion: IOCompletion, index: Int) -> IOBuffer? {
+        providedBuffers?.takeBuffer(from: completion, index: index)
+    }
+
+    /// How many pool buffers a receive completion carries (1 unless it is a bundle).
+    func bufferCount(_ completion: IOCompletion) -> Int {
+        providedBuffers?.bufferCount(completion) ?? 1
     }
 
     /// Asks the kernel to cancel the operation under `token`. Its completion arrives with -ECANCELED
