@@ -5,14 +5,19 @@
 # the difference per message, in total and per function (the top 30).
 #
 #   scripts/instructions-per-message.sh [--depth D] [--connections C] [--messages M]
+#   scripts/instructions-per-message.sh --storm [--seconds S]
 #
+# --storm counts instructions per connection of a connect storm instead (keel-bench storm, 32 in
+# progress, each connect, one 64-byte echo, close), from runs of S and 3S seconds.
 # Runs on the epoll backend: valgrind 3.19 blocks the whole process in io_uring_enter (the I/O thread
 # holds valgrind's lock), so an io_uring keel-echo never starts under it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-depth=1 connections=10 messages=1000
+depth=1 connections=10 messages=1000 storm=0 seconds=4
 while [ $# -gt 0 ]; do
     case "$1" in
+        --storm) storm=1 ;;
+        --seconds) seconds=$2; shift ;;
         --depth) depth=$2; shift ;;
         --connections) connections=$2; shift ;;
         --messages) messages=$2; shift ;;
@@ -28,20 +33,33 @@ trap 'rm -rf "$work"' EXIT
 cp .build/release/keel-echo "$work/keel-echo"
 strip --strip-debug "$work/keel-echo"
 
-run() {  # messages-per-connection output-file
+run() {  # messages-per-connection (storm: seconds) output-file
     local log="$work/server.log" port
     KEEL_BACKEND=epoll valgrind --tool=callgrind --callgrind-out-file="$2" "$work/keel-echo" --port 0 --threads 1 >"$log" 2>&1 &
     local pid=$!
     for _ in $(seq 1 300); do grep -q "listening on" "$log" && break; sleep 0.1; done
     port=$(grep -o "listening on .*" "$log" | sed 's/.*://')
-    .build/release/keel-bench echo --port "$port" --connections "$connections" --depth "$depth" \
-        --messages "$1" --warmup 0 --json >"$work/client.json" 2>/dev/null
+    if [ "$storm" = 1 ]; then
+        .build/release/keel-bench storm --port "$port" --concurrency 32 --duration "$1" --warmup 0 --json \
+            >"$work/client.json" 2>/dev/null || true
+    else
+        .build/release/keel-bench echo --port "$port" --connections "$connections" --depth "$depth" \
+            --messages "$1" --warmup 0 --json >"$work/client.json" 2>/dev/null
+    fi
     kill -TERM "$pid"
     wait "$pid" || true
+    sed 's/.*"count": \([0-9]*\).*/\1/' "$work/client.json"
 }
-run "$messages" "$work/small.out"
-run $((messages * 3)) "$work/large.out"
-python3 - "$work/small.out" "$work/large.out" $((messages * 2 * connections)) <<'PY'
+if [ "$storm" = 1 ]; then
+    small_count=$(run "$seconds" "$work/small.out")
+    large_count=$(run $((seconds * 3)) "$work/large.out")
+    per=$((large_count - small_count)) unit=connection
+else
+    run "$messages" "$work/small.out" >/dev/null
+    run $((messages * 3)) "$work/large.out" >/dev/null
+    per=$((messages * 2 * connections)) unit="echoed message"
+fi
+UNIT=$unit python3 - "$work/small.out" "$work/large.out" "$per" <<'PY'
 import re, subprocess, sys
 
 def functions(path):
@@ -57,7 +75,7 @@ def functions(path):
 small, large, extra = functions(sys.argv[1]), functions(sys.argv[2]), float(sys.argv[3])
 deltas = sorted(((large.get(k, 0) - small.get(k, 0)) / extra, k) for k in set(small) | set(large))
 deltas.reverse()
-print("user-space instructions per echoed message: %.0f" % sum(d for d, _ in deltas))
+print("user-space instructions per %s: %.0f" % (__import__("os").environ["UNIT"], sum(d for d, _ in deltas)))
 for d, name in deltas[:int(__import__("os").environ.get("TOP", "30"))]:
     print("%7.0f  %s" % (d, name[:120]))
 PY

@@ -21,6 +21,9 @@ final class ProvidedBufferRing {
     /// The ring position (wrapping at 2^16) each lent chunk was put at, by chunk id: a bundle's later
     /// buffers are the ones after its first in ring order.
     private let positions: UnsafeMutablePointer<UInt16>
+    /// The ring position of the first buffer of the completion being taken: read when its first buffer
+    /// is, as that chunk may go back to the pool, and be lent again, before the bundle's next is taken.
+    private var bundleStart: UInt16 = 0
     private let bufferSize: Int
     private let chunkLimit: Int
     /// Ring slots left empty because the pool had no chunk when one was taken (its cap was reached):
@@ -83,11 +86,15 @@ final class ProvidedBufferRing {
     /// - Returns: nil when the completion carries no buffer (an error or end of stream) or no such one.
     func takeBuffer(from completion: IOCompletion, index: Int) -> IOBuffer? {
         guard completion.flags & CKEEL_CQE_F_BUFFER != 0 else { return nil }
-        let first = Int(completion.flags >> CKEEL_CQE_BUFFER_SHIFT)
-        // A later buffer's slot still names it: each restock writes the slot of the buffer taken just
-        // before, as completions (and a bundle's buffers) are taken in ring order.
-        let chunk = index == 0
-            ? first : Int(ckeel_buf_ring_bid_at(bufferRing, entries - 1, UInt32(positions[first] &+ UInt16(truncatingIfNeeded: index))))
+        let chunk: Int
+        if index == 0 {
+            chunk = Int(completion.flags >> CKEEL_CQE_BUFFER_SHIFT)
+            if chunk < chunkLimit { bundleStart = positions[chunk] }
+        } else {
+            // A later buffer's slot still names it: each restock writes the slot of the buffer taken
+            // just before, as completions (and a bundle's buffers) are taken in ring order.
+            chunk = Int(ckeel_buf_ring_bid_at(bufferRing, entries - 1, UInt32(bundleStart &+ UInt16(truncatingIfNeeded: index))))
+        }
         guard chunk < chunkLimit, lent[chunk] else { return nil }
         lent[chunk] = false
         let length = max(0, min(bufferSize, Int(completion.result) - index * bufferSize))
