@@ -35,9 +35,10 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// makes outside the ring and for handlers that use it. The table has one slot per descriptor
     /// number, up to the soft `RLIMIT_NOFILE` (at most 65,536 slots); higher descriptors go without.
     public static let registeredFiles = KernelFeatures(rawValue: 1 << 4)
-    /// A connection's pooled receive takes as many pool buffers as the data waiting needs in one go
-    /// (`IORING_RECVSEND_BUNDLE`, Linux 6.10): one completion, one socket read, for what would
-    /// otherwise be one of each per buffer. The buffers still reach the handler one by one.
+    /// A connection's pooled receive takes up to four pool buffers in one go when that much data waits
+    /// (`IORING_RECVSEND_BUNDLE` with a per-completion cap, Linux 6.17): one completion and one socket
+    /// read for what would otherwise be one of each per buffer. The buffers still reach the handler
+    /// one by one.
     public static let receiveBundles = KernelFeatures(rawValue: 1 << 5)
 
     /// Every feature Keel knows.

@@ -6,14 +6,17 @@ import KeelEngine
 final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @unchecked Sendable {
     // @unchecked Sendable: as TCPConnection, confined to its I/O thread.
 
-    // The handler value. Events caused by a callback are deferred until it returns, so two handler
-    // calls never overlap; debug builds keep the dynamic exclusivity check as a safety net for that
-    // rule (the tests run them), release builds drop it: it cost ~230 instructions per echoed
-    // message, a tenth of the connection's user-space work (callgrind).
+    // The handler value, in memory of its own allocated with the object (recycled with it) and
+    // initialized while a connection runs. Not an optional stored property: in this generic class's
+    // unspecialised code, every access to a `Handler?` went through the runtime (the optional's
+    // metadata looked up, its value witnesses called), hundreds of instructions per event. Events
+    // caused by a callback are deferred until it returns, so two handler calls never overlap; debug
+    // builds check that rule (`handlerCallDepth`).
+    private let handlerStorage: UnsafeMutablePointer<Handler>
+    /// True while `handlerStorage` holds a handler.
+    private(set) var hasHandler = false
     #if DEBUG
-    var handler: Handler?
-    #else
-    @exclusivity(unchecked) var handler: Handler?
+    private var handlerCallDepth = 0
     #endif
     /// The registry that recycles this object when the connection has closed. Unowned: the registry
     /// owns its connection objects (no cycle, and no closure context per connection).
@@ -23,29 +26,71 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
 
     init(thread: IOThread, registry: ConnectionRegistry<Handler>) {
         self.registry = registry
+        handlerStorage = .allocate(capacity: 1)
         super.init(thread: thread)
     }
 
-    override func deliverEstablished() { handler!.connectionEstablished(self) }
-    override func deliverReceived(_ buffer: consuming IOBuffer) { handler!.connectionReceived(buffer, on: self) }
-    override func deliverPeerHalfClosed() { handler!.connectionPeerHalfClosed(self) }
-    override func deliverWriteCompleted(_ bytes: Int) { handler!.connectionWriteCompleted(self, bytes: bytes) }
-    override func deliverClosed(_ reason: TCPCloseReason) { handler?.connectionClosed(self, reason: reason) }
+    deinit {
+        if hasHandler { handlerStorage.deinitialize(count: 1) }
+        handlerStorage.deallocate()
+    }
+
+    /// Gives the connection about to open its handler.
+    func install(_ handler: consuming Handler) {
+        if hasHandler { handlerStorage.deinitialize(count: 1) }
+        handlerStorage.initialize(to: handler)
+        hasHandler = true
+    }
+
+    /// The handler (a copy), nil once the connection has finished. For tests and inspection.
+    var handler: Handler? { hasHandler ? handlerStorage.pointee : nil }
+
+    /// Runs `body` on the handler in place.
+    @inline(__always)
+    private func withHandler(_ body: (inout Handler) -> Void) {
+        precondition(hasHandler, "a connection event arrived with no handler installed")
+        #if DEBUG
+        precondition(handlerCallDepth == 0, "a handler callback was re-entered")
+        handlerCallDepth += 1
+        defer { handlerCallDepth -= 1 }
+        #endif
+        body(&handlerStorage.pointee)
+    }
+
+    override func deliverEstablished() { withHandler { $0.connectionEstablished(self) } }
+    override func deliverReceived(_ buffer: consuming IOBuffer) {
+        precondition(hasHandler, "a connection event arrived with no handler installed")
+        #if DEBUG
+        precondition(handlerCallDepth == 0, "a handler callback was re-entered")
+        handlerCallDepth += 1
+        defer { handlerCallDepth -= 1 }
+        #endif
+        handlerStorage.pointee.connectionReceived(buffer, on: self)
+    }
+    override func deliverPeerHalfClosed() { withHandler { $0.connectionPeerHalfClosed(self) } }
+    override func deliverWriteCompleted(_ bytes: Int) { withHandler { $0.connectionWriteCompleted(self, bytes: bytes) } }
+    override func deliverClosed(_ reason: TCPCloseReason) {
+        guard hasHandler else { return }
+        withHandler { $0.connectionClosed(self, reason: reason) }
+    }
     override func deliverWritabilityChanged(_ isWritable: Bool) {
-        handler!.connectionWritabilityChanged(self, isWritable: isWritable)
+        withHandler { $0.connectionWritabilityChanged(self, isWritable: isWritable) }
     }
     override func deliverUrgent(_ byte: UInt8) {
-        handler!.connectionReceivedUrgent(self, byte: byte)
+        withHandler { $0.connectionReceivedUrgent(self, byte: byte) }
     }
     override func deliverErrorCaught(_ error: any Error) {
-        handler!.connectionErrorCaught(error, on: self)
+        withHandler { $0.connectionErrorCaught(error, on: self) }
     }
     override func deliverWriteLimitExceeded(_ queuedBytes: Int) {
-        handler!.connectionWriteLimitExceeded(self, queuedBytes: queuedBytes)
+        withHandler { $0.connectionWriteLimitExceeded(self, queuedBytes: queuedBytes) }
     }
 
     override func didFinish() {
-        handler = nil
+        if hasHandler {
+            hasHandler = false
+            handlerStorage.deinitialize(count: 1)
+        }
         let refused = closedBeforeOpening
         closedBeforeOpening = false
         registry.connectionFinished(self, closedBeforeOpening: refused)
@@ -58,8 +103,11 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
 final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendable {
     // @unchecked Sendable: touched only on `thread` (the server reaches it through thread.execute).
     let thread: IOThread
-    private var live: [HandledConnection<Handler>] = []
-    private var free: [HandledConnection<Handler>] = []
+    // Base-class lists: an array of `HandledConnection<Handler>` in this unspecialised generic code
+    // made the runtime look up its metadata on every take and recycle (thousands of instructions per
+    // connection). Every element is a `HandledConnection<Handler>` of this registry.
+    private var live: [TCPConnection] = []
+    private var free: [TCPConnection] = []
     private let finished: @Sendable (_ closedBeforeOpening: Bool) -> Void
 
     /// Coalesced writes of this registry's connections, flushed before the thread waits. It also keeps
@@ -95,8 +143,8 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     /// A connection object ready to open: recycled when one is free, new otherwise.
     func take() -> HandledConnection<Handler> {
         let connection: HandledConnection<Handler>
-        if let recycled = free.popLast() {
-            connection = recycled
+        if !free.isEmpty {
+            connection = unsafeDowncast(free.removeLast(), to: HandledConnection<Handler>.self)
         } else {
             connection = HandledConnection<Handler>(thread: thread, registry: self)
             if coalescesWrites { connection.flushList = Unmanaged.passUnretained(flushList) }
@@ -136,7 +184,7 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
 
     private func recycle(_ connection: HandledConnection<Handler>) {
         let index = connection.liveIndex
-        let last = live.removeLast()
+        let last = unsafeDowncast(live.removeLast(), to: HandledConnection<Handler>.self)
         if index < live.count {
             live[index] = last
             last.liveIndex = index

@@ -197,7 +197,7 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
             if completion.result == 0 && !attempt.timedOut {
                 self.active.increment()
                 let connection = self.registries[thread.index].take()
-                connection.handler = makeHandler()
+                connection.install(makeHandler())
                 connection.open(descriptor: fd, settings: self.settings, endpoint: .target("\(target)"))
                 return
             }

@@ -96,13 +96,10 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     private let settings: ConnectionSettings
     static var logger: Logger { Logger(label: "keel.tcp") }
 
-    final class Counters: Sendable {
-        let accepted = Atomic<Int>(0)
-        let refused = Atomic<Int>(0)
-        let active = Atomic<Int>(0)
-        let exhaustion = Atomic<Int>(0)
-        let refusedByFilters = Atomic<Int>(0)
-    }
+    // Not nested types: a class nested in this generic one is generic too, and its every use in the
+    // accept path cost a runtime metadata look-up (callgrind: thousands of instructions per connection).
+    typealias Counters = TCPServerCounters
+    typealias Acceptor = TCPAcceptor
 
     /// Binds, listens and starts accepting.
     /// - Throws: ``SystemError`` when binding or listening fails (address in use, permission...).
@@ -192,34 +189,6 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     }
 
     // MARK: Accepting (on the acceptor's thread)
-
-    /// One listener and its accept loop, confined to `thread`.
-    final class Acceptor: @unchecked Sendable {
-        // @unchecked Sendable: mutable state is touched only on `thread`.
-        let listener: Int32
-        let thread: IOThread
-        var acceptOperation: OperationID?
-        var paused = false
-        var resumeTimer: TimerHandle?
-        var backoff: Duration = .milliseconds(10)
-        var windowStart: UInt64 = 0
-        var acceptedInWindow = 0
-        var closed = false
-        var nextThread = 0
-        /// Set while paused for lack of room, so closing connections know to wake this acceptor.
-        let waitingForRoom = Atomic<Bool>(false)
-        /// Accepted while at the connection limit: admitted in order as room frees up.
-        var parked: [Int32] = []
-        /// Opens once the listener is closed and its accept has finished: only then has the kernel let
-        /// go of the listening socket (io_uring holds it while the accept is in flight).
-        let stopped = AsyncLatch()
-        static var maximumParked: Int { 64 }
-
-        init(listener: Int32, thread: IOThread) {
-            self.listener = listener
-            self.thread = thread
-        }
-    }
 
     private func startAccepting(_ acceptor: Acceptor) {
         guard !acceptor.closed, acceptor.acceptOperation == nil else { return }
@@ -378,7 +347,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     private func establish(descriptor fd: Int32, on thread: IOThread) {
         let registry = registries[thread.index]
         let connection = registry.take()
-        connection.handler = makeHandler()
+        connection.install(makeHandler())
         connection.open(descriptor: fd, settings: settings, endpoint: .listener(localAddress))
     }
 
@@ -425,4 +394,41 @@ final class AsyncLatch: Sendable {
             if resumeNow { continuation.resume() }
         }
     }
+}
+
+/// One listener and its accept loop, confined to `thread`.
+final class TCPAcceptor: @unchecked Sendable {
+    // @unchecked Sendable: mutable state is touched only on `thread`.
+    let listener: Int32
+    let thread: IOThread
+    var acceptOperation: OperationID?
+    var paused = false
+    var resumeTimer: TimerHandle?
+    var backoff: Duration = .milliseconds(10)
+    var windowStart: UInt64 = 0
+    var acceptedInWindow = 0
+    var closed = false
+    var nextThread = 0
+    /// Set while paused for lack of room, so closing connections know to wake this acceptor.
+    let waitingForRoom = Atomic<Bool>(false)
+    /// Accepted while at the connection limit: admitted in order as room frees up.
+    var parked: [Int32] = []
+    /// Opens once the listener is closed and its accept has finished: only then has the kernel let
+    /// go of the listening socket (io_uring holds it while the accept is in flight).
+    let stopped = AsyncLatch()
+    static var maximumParked: Int { 64 }
+
+    init(listener: Int32, thread: IOThread) {
+        self.listener = listener
+        self.thread = thread
+    }
+}
+
+/// A server's counters, shared by its threads.
+final class TCPServerCounters: Sendable {
+    let accepted = Atomic<Int>(0)
+    let refused = Atomic<Int>(0)
+    let active = Atomic<Int>(0)
+    let exhaustion = Atomic<Int>(0)
+    let refusedByFilters = Atomic<Int>(0)
 }

@@ -27,6 +27,8 @@
 #include <netinet/in.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/utsname.h>
+#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -423,9 +425,22 @@ static inline size_t ckeel_buf_ring_entry_size(void) { return sizeof(struct io_u
 #endif
 static const uint32_t CKEEL_FEAT_RECVSEND_BUNDLE = IORING_FEAT_RECVSEND_BUNDLE;
 
-/* Makes a multishot provided-buffer recv a bundle: a completion's data may fill several buffers, taken
- * in ring order from the one the CQE names (each full but the last). */
-static inline void ckeel_sqe_recv_bundle(struct io_uring_sqe *sqe) { sqe->ioprio |= IORING_RECVSEND_BUNDLE; }
+/* Makes a multishot provided-buffer recv a bundle of at most `max_bytes` per completion: its data may
+ * fill several buffers, taken in ring order from the one the CQE names (each full but the last). A
+ * multishot recv takes a length (the per-completion cap) from Linux 6.17; earlier ones reject it. */
+static inline void ckeel_sqe_recv_bundle(struct io_uring_sqe *sqe, uint32_t max_bytes) {
+    sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+    sqe->len = max_bytes;
+}
+
+/* 1 when the running kernel's version is at least major.minor. */
+static inline int ckeel_kernel_at_least(int major, int minor) {
+    struct utsname name;
+    if (uname(&name) != 0) return 0;
+    int kernel_major = 0, kernel_minor = 0;
+    if (sscanf(name.release, "%d.%d", &kernel_major, &kernel_minor) != 2) return 0;
+    return kernel_major > major || (kernel_major == major && kernel_minor >= minor);
+}
 
 /* The buffer id at ring position `position` (wrapping, masked). */
 static inline uint16_t ckeel_buf_ring_bid_at(const struct io_uring_buf_ring *br, uint32_t mask, uint32_t position) {

@@ -129,7 +129,11 @@ final class Ring {
         if wanted.contains(.zeroCopySend) && ckeel_probe_opcode(ringFD, CKEEL_OP_SENDMSG_ZC) == 1 {
             inUse.insert(.zeroCopySend)
         }
-        if wanted.contains(.receiveBundles) && params.features & CKEEL_FEAT_RECVSEND_BUNDLE != 0 {
+        // Bundles need a per-completion cap (Linux 6.17), or one receive may take the whole socket
+        // queue (up to 256 buffers) past a connection's flow control.
+        if wanted.contains(.receiveBundles) && params.features & CKEEL_FEAT_RECVSEND_BUNDLE != 0
+            && ckeel_kernel_at_least(6, 17) == 1
+        {
             inUse.insert(.receiveBundles)
         }
         var slots: UInt32 = 0

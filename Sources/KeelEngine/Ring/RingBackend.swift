@@ -26,6 +26,12 @@ final class RingBackend {
     private(set) var registeredDescriptorCount = 0
 
     static let providedBufferGroup: UInt16 = 0
+    /// Pool buffers one receive bundle takes at most: enough for the gain (one completion per
+    /// 64 KiB rather than four), few enough that flow control still bounds what a paused connection
+    /// holds to a few buffers more than without bundles.
+    static let buffersPerBundle = 4
+    /// ``buffersPerBundle`` in bytes.
+    private var bundleLimit: UInt32 { UInt32(pool.bufferSize * RingBackend.buffersPerBundle) }
 
     init(entries: UInt32, pool: BufferPool, providedBuffers: UInt32, features: KernelFeatures) throws(SystemError) {
         self.pool = pool
@@ -101,7 +107,7 @@ final class RingBackend {
             let group = ensureProvidedBuffers()
             if multishot {
                 ckeel_sqe_recv_multishot(sqe, fd, group, token.rawValue)
-                if ring.featuresInUse.contains(.receiveBundles) { ckeel_sqe_recv_bundle(sqe) }
+                if ring.featuresInUse.contains(.receiveBundles) { ckeel_sqe_recv_bundle(sqe, bundleLimit) }
             } else {
                 ckeel_sqe_recv_provided(sqe, fd, group, 0, token.rawValue)
             }

@@ -57,7 +57,7 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
         let (registry, handled) = thread.withEmbeddedCurrent {
             let registry = ConnectionRegistry<Handler>(thread: thread, coalescesWrites: options.coalescesWrites) { _ in }
             let handled = registry.take()
-            handled.handler = handler
+            handled.install(handler)
             handled.open(descriptor: descriptor, settings: ConnectionSettings(options: options, kernelFeatures: thread.kernelFeatures),
                          endpoint: .embedded)
             thread.runEmbeddedUntilQuiet()
