@@ -45,27 +45,37 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
     /// The handler (a copy), nil once the connection has finished. For tests and inspection.
     var handler: Handler? { hasHandler ? handlerStorage.pointee : nil }
 
-    /// Runs `body` on the handler in place.
+    /// Brackets every handler call: the handler must be there, and (debug builds) no call may start
+    /// inside another.
     @inline(__always)
-    private func withHandler(_ body: (inout Handler) -> Void) {
+    private func enterHandler() {
         precondition(hasHandler, "a connection event arrived with no handler installed")
         #if DEBUG
         precondition(handlerCallDepth == 0, "a handler callback was re-entered")
         handlerCallDepth += 1
-        defer { handlerCallDepth -= 1 }
         #endif
+    }
+
+    @inline(__always)
+    private func leaveHandler() {
+        #if DEBUG
+        handlerCallDepth -= 1
+        #endif
+    }
+
+    /// Runs `body` on the handler in place.
+    @inline(__always)
+    private func withHandler(_ body: (inout Handler) -> Void) {
+        enterHandler()
         body(&handlerStorage.pointee)
+        leaveHandler()
     }
 
     override func deliverEstablished() { withHandler { $0.connectionEstablished(self) } }
     override func deliverReceived(_ buffer: consuming IOBuffer) {
-        precondition(hasHandler, "a connection event arrived with no handler installed")
-        #if DEBUG
-        precondition(handlerCallDepth == 0, "a handler callback was re-entered")
-        handlerCallDepth += 1
-        defer { handlerCallDepth -= 1 }
-        #endif
-        handlerStorage.pointee.connectionReceived(buffer, on: self)
+        enterHandler()
+        handlerStorage.pointee.connectionReceived(buffer, on: self)  // not in a closure: the buffer is consumed
+        leaveHandler()
     }
     override func deliverPeerHalfClosed() { withHandler { $0.connectionPeerHalfClosed(self) } }
     override func deliverWriteCompleted(_ bytes: Int) { withHandler { $0.connectionWriteCompleted(self, bytes: bytes) } }
