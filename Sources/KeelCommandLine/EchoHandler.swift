@@ -7,11 +7,15 @@ import Logging
 /// level: the real client's, behind a PROXY protocol balancer.
 public struct EchoHandler: TCPConnectionHandler {
     static let logger = Logger(label: "keel.echo")
+    /// Whether ``logger`` logs connections (its level is fixed once made): checked before touching the
+    /// logger, which otherwise costs a copy and an existential call per connection even when silent.
+    static let logsConnections = logger.logLevel <= .debug
 
     /// An echo handler.
     public init() {}
 
     public mutating func connectionEstablished(_ connection: TCPConnection) {
+        guard Self.logsConnections else { return }
         Self.logger.debug("connection from \(connection.remoteAddress.map { "\($0)" } ?? "an unknown address")")
     }
 

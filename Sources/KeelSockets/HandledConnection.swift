@@ -116,8 +116,10 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     // Base-class lists: an array of `HandledConnection<Handler>` in this unspecialised generic code
     // made the runtime look up its metadata on every take and recycle (thousands of instructions per
     // connection). Every element is a `HandledConnection<Handler>` of this registry.
-    private var live: [TCPConnection] = []
-    private var free: [TCPConnection] = []
+    // No dynamic exclusivity checks: confined to the thread, never accessed reentrantly (callgrind: the
+    // checks cost ~550 instructions per connection opened and closed).
+    @exclusivity(unchecked) private var live: [TCPConnection] = []
+    @exclusivity(unchecked) private var free: [TCPConnection] = []
     private let finished: @Sendable (_ closedBeforeOpening: Bool) -> Void
 
     /// Coalesced writes of this registry's connections, flushed before the thread waits. It also keeps

@@ -87,8 +87,10 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 
     private let pool: IOPool
     private let acceptors: [Acceptor]
-    /// Per I/O thread (by index): live and recycled connections, confined to that thread.
-    private let registries: [ConnectionRegistry<Handler>]
+    /// Per I/O thread (by index): live and recycled connections, confined to that thread. Each is a
+    /// `ConnectionRegistry<Handler>`, kept as `AnyObject`: indexing an array of the generic type in this
+    /// unspecialised code looked up its metadata on every accept. Reach them through `registry(on:)`.
+    private let registries: [any AnyObject & Sendable]
     private let counters = Counters()
     private let stopped = Atomic<Bool>(false)
     private let listenersClosed = Atomic<Bool>(false)
@@ -131,7 +133,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         localAddress = address
         let finished = LateBoundAction()
         let coalesces = configuration.connection.coalescesWrites
-        registries = pool.threads.map { ConnectionRegistry(thread: $0, coalescesWrites: coalesces) { finished.run($0) } }
+        registries = pool.threads.map {
+            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces) { finished.run($0) } as any AnyObject & Sendable
+        }
         acceptors = listeners.enumerated().map { index, fd in
             Acceptor(listener: fd, thread: pool.threads[index])
         }
@@ -145,7 +149,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         // server removes these hooks, so a stopped server is not kept alive by its threads.)
         for thread in pool.threads {
             thread.execute { [self] in
-                self.registries[thread.index].ownerShutdownHook = thread.onShutdown { [self] in
+                self.registry(on: thread).ownerShutdownHook = thread.onShutdown { [self] in
                     self.stopped.store(true, ordering: .relaxed)
                     for acceptor in self.acceptors where acceptor.thread === thread && !acceptor.closed {
                         self.closeListener(acceptor)
@@ -345,16 +349,22 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     // MARK: Connections (on their threads)
 
     private func establish(descriptor fd: Int32, on thread: IOThread) {
-        let registry = registries[thread.index]
+        let registry = registry(on: thread)
         let connection = registry.take()
         connection.install(makeHandler())
         connection.open(descriptor: fd, settings: settings, endpoint: .listener(localAddress))
     }
 
+    /// `thread`'s registry.
+    @inline(__always)
+    private func registry(on thread: IOThread) -> ConnectionRegistry<Handler> {
+        unsafeDowncast(registries[thread.index], to: ConnectionRegistry<Handler>.self)
+    }
+
     /// Closes this server's connections on `thread` and retires its registry there (the server has stopped).
     private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {
-        registries[thread.index].closeAll(mode)
-        registries[thread.index].retire()
+        registry(on: thread).closeAll(mode)
+        registry(on: thread).retire()
     }
 }
 
