@@ -21,18 +21,7 @@ struct AsyncTCPTests {
                 try await connection.write(payload)
             }
         }
-        let connections = 100
-        let perConnection = 64 * 1024
-        let reports = Collector<PatternClient.Report>()
-        let connector = TCPConnector<PatternClient>(pool: clientPool)
-        for stream in 0..<connections {
-            connector.connect(to: server.localAddress, makeHandler: {
-                PatternClient(stream: stream, total: perConnection, chunk: 4096, window: 16 * 1024, reports: reports)
-            })
-        }
-        let results = await reports.wait(for: connections, timeout: .seconds(30))
-        #expect(results.count == connections)
-        #expect(results.allSatisfy { $0.validated == perConnection && $0.mismatch < 0 })
+        #expect(await echoPatternStreams(from: clientPool, to: server.localAddress, connections: 100, perConnection: 64 * 1024))
         #expect(offThread.load(ordering: .relaxed) == 0, "the async body ran off its I/O thread")
         #expect(await eventually { server.statistics.active == 0 })
         await server.stop()

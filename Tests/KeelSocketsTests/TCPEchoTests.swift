@@ -66,6 +66,21 @@ struct PatternClient: TCPConnectionHandler {
     }
 }
 
+/// Connects `connections` pattern clients from `pool` to `address` (each sends `perConnection` bytes
+/// in 4 KiB chunks, 16 KiB in flight) and waits for their reports: true when every stream came back
+/// whole and unchanged.
+func echoPatternStreams(from pool: IOPool, to address: SocketAddress, connections: Int, perConnection: Int) async -> Bool {
+    let reports = Collector<PatternClient.Report>()
+    let connector = TCPConnector<PatternClient>(pool: pool)
+    for stream in 0..<connections {
+        connector.connect(to: address, makeHandler: {
+            PatternClient(stream: stream, total: perConnection, chunk: 4096, window: 16 * 1024, reports: reports)
+        })
+    }
+    let results = await reports.wait(for: connections, timeout: .seconds(30))
+    return results.count == connections && results.allSatisfy { $0.validated == perConnection && $0.mismatch < 0 }
+}
+
 @Suite("TCP echo", .serialized)
 struct TCPEchoTests {
     @Test(.timeLimit(.minutes(2)), arguments: backendsUnderTest)

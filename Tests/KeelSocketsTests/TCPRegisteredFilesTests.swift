@@ -64,18 +64,7 @@ struct TCPRegisteredFilesTests {
         #expect(await registered(pool) == 0, "every closed connection left the table")
 
         // Connected sockets, on the same thread: both ends of each connection are in the table.
-        let connections = 8
-        let perConnection = 64 * 1024
-        let reports = Collector<PatternClient.Report>()
-        let connector = TCPConnector<PatternClient>(pool: pool)
-        for stream in 0..<connections {
-            connector.connect(to: server.localAddress, makeHandler: {
-                PatternClient(stream: stream, total: perConnection, chunk: 4096, window: 16 * 1024, reports: reports)
-            })
-        }
-        let results = await reports.wait(for: connections, timeout: .seconds(30))
-        #expect(results.count == connections)
-        #expect(results.allSatisfy { $0.validated == perConnection && $0.mismatch < 0 })
+        #expect(await echoPatternStreams(from: pool, to: server.localAddress, connections: 8, perConnection: 64 * 1024))
         #expect(await eventually { server.statistics.active == 0 })
         #expect(await registered(pool) == 0)
         await server.stop()
