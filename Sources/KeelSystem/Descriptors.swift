@@ -54,9 +54,10 @@ public enum Descriptors {
         let own = dirfd(dir)
         var result: [Int32] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            // The name in place: loading `entry.pointee` would copy a whole `dirent`, past the end of a
+            // short last record in the directory buffer (AddressSanitizer caught it).
+            let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+            let name = String(cString: (UnsafeRawPointer(entry) + nameOffset).assumingMemoryBound(to: CChar.self))
             if let fd = Int32(name), fd != own { result.append(fd) }
         }
         return result.sorted()
