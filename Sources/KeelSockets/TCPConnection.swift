@@ -65,6 +65,7 @@ public class TCPConnection: @unchecked Sendable {
     // bytes per connection).
     @exclusivity(unchecked) private var onReceive: Completions!
     @exclusivity(unchecked) private var rareClosures: RareClosures?
+    @exclusivity(unchecked) private var sendCompletions: Completions?
 
     @exclusivity(unchecked) private var writeQueue = WriteQueue()
     /// Writes dropped by the ``SendQueuePolicy/dropNewest`` or ``SendQueuePolicy/dropOldest`` policies.
@@ -109,9 +110,9 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) private var deferredLimitExceeded = false
     @exclusivity(unchecked) private var callbackDepth: Int32 = 0
     @exclusivity(unchecked) private var retryTimer: TimerHandle?
-    /// Why the connection closed, once it has (kept in the side object: a reason is ~40 bytes that an
-    /// open connection does not need).
-    public var closeReason: TCPCloseReason? { rareClosures?.closeReason }
+    /// Why the connection closed, once it has. Inline: kept in the side object, it made every closing
+    /// connection allocate that object.
+    @exclusivity(unchecked) public private(set) var closeReason: TCPCloseReason?
 
     /// The peer's address: as a filter set it (``TCPFilterContext/setRemoteAddress(_:)``, e.g. from a
     /// PROXY header), else as the kernel reports it (asked on each use: not stored, so idle connections
@@ -160,14 +161,17 @@ public class TCPConnection: @unchecked Sendable {
     }
 
     private final class RareClosures {
-        /// Why the connection closed (see ``TCPConnection/closeReason``).
-        var closeReason: TCPCloseReason?
-        let onReceiveInto: Completions
-        let onReadable: Completions
-        let onSend: Completions
-        let onIdle: () -> Void
-        let onReadTimeout: () -> Void
-        let onRetryReceive: () -> Void
+        unowned let connection: TCPConnection
+        // Each made on first use: made together, they cost seven allocations per connection that
+        // needed any one of them.
+        lazy var onReceiveInto = Completions(connection, .receiveInto)
+        lazy var onReadable = Completions(connection, .readable)
+        lazy var onIdle: () -> Void = { [unowned connection] in connection.timedOut(.idleTimeout) }
+        lazy var onReadTimeout: () -> Void = { [unowned connection] in connection.timedOut(.readTimeout) }
+        lazy var onRetryReceive: () -> Void = { [unowned connection] in
+            connection.retryTimer = nil
+            connection.startReceiving()
+        }
         /// Zero-copy sends that completed but whose notification has not arrived: the kernel may
         /// still read what they sent.
         var zeroCopyNotificationsPending = 0
@@ -209,15 +213,7 @@ public class TCPConnection: @unchecked Sendable {
         }
 
         init(_ connection: TCPConnection) {
-            onReceiveInto = Completions(connection, .receiveInto)
-            onReadable = Completions(connection, .readable)
-            onSend = Completions(connection, .send)
-            onIdle = { [unowned connection] in connection.timedOut(.idleTimeout) }
-            onReadTimeout = { [unowned connection] in connection.timedOut(.readTimeout) }
-            onRetryReceive = { [unowned connection] in
-                connection.retryTimer = nil
-                connection.startReceiving()
-            }
+            self.connection = connection
         }
     }
 
@@ -230,7 +226,13 @@ public class TCPConnection: @unchecked Sendable {
 
     private var onReceiveInto: Completions { closures.onReceiveInto }
     private var onReadable: Completions { closures.onReadable }
-    private var onSend: Completions { closures.onSend }
+    /// The send completion handler, made on the first send (every send on io_uring goes through it).
+    private var onSend: Completions {
+        if let sendCompletions { return sendCompletions }
+        let made = Completions(self, .send)
+        sendCompletions = made
+        return made
+    }
     private var onIdle: () -> Void { closures.onIdle }
     private var onReadTimeout: () -> Void { closures.onReadTimeout }
     private var onRetryReceive: () -> Void { closures.onRetryReceive }
@@ -302,7 +304,7 @@ public class TCPConnection: @unchecked Sendable {
         filterFlushRequested = false
         descriptor = fd
         lifecycle.opened()
-        rareClosures?.closeReason = nil
+        closeReason = nil
         rareClosures?.zeroCopyRoute = .untested
         deferredWriteCompleted = 0
         thread.registerDescriptor(fd)
@@ -622,7 +624,7 @@ public class TCPConnection: @unchecked Sendable {
 
     /// Records why the connection closes, unless a reason is already known.
     func noteCloseReason(_ reason: TCPCloseReason) {
-        if closeReason == nil { closures.closeReason = reason }
+        if closeReason == nil { closeReason = reason }
     }
 
     /// Schedules the filters' flushes (``TCPFilterContext/requestFlush()``) with the coalesced writes.
@@ -1057,7 +1059,7 @@ public class TCPConnection: @unchecked Sendable {
 
     /// Stops all I/O: cancels the receive and (unless flushing) the send; finishes when they are done.
     private func teardown(reason: TCPCloseReason) {
-        if closeReason == nil { closures.closeReason = reason }
+        if closeReason == nil { closeReason = reason }
         guard lifecycle.beginTearDown() else { return }
         if let idleTimer {
             thread.cancelTimer(idleTimer)
