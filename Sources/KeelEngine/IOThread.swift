@@ -58,6 +58,8 @@ public final class IOThread: @unchecked Sendable {
         /// not taken, and which of them comes next (a bundle carries several).
         var receivedBuffer: IOCompletion?
         var receivedBufferIndex = 0
+        /// How many buffers that completion carries (counted once, when it is dispatched).
+        var receivedBufferCount = 0
         var timers: TimerWheel
         var stopping = false
         var zeroCopy = ZeroCopySendStatistics()
@@ -218,7 +220,7 @@ public final class IOThread: @unchecked Sendable {
     private func takeNextReceivedBuffer(_ pending: IOCompletion) -> IOBuffer? {
         let index = loop.pointee.receivedBufferIndex
         let buffer = backend.takeBuffer(pending, index: index)
-        if buffer == nil || index + 1 >= backend.bufferCount(pending) {
+        if buffer == nil || index + 1 >= loop.pointee.receivedBufferCount {
             loop.pointee.receivedBuffer = nil
         } else {
             loop.pointee.receivedBufferIndex = index + 1
@@ -419,6 +421,7 @@ public final class IOThread: @unchecked Sendable {
             loop.pointee.receivedBuffer = completion
             loop.pointee.receivedBufferIndex = 0
             let count = backend.bufferCount(completion)
+            loop.pointee.receivedBufferCount = count
             if count > 1 {
                 loop.pointee.receiveBundles.bundles += 1
                 loop.pointee.receiveBundles.buffers += count

@@ -363,8 +363,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 
     /// Closes this server's connections on `thread` and retires its registry there (the server has stopped).
     private func closeConnections(on thread: IOThread, mode: TCPCloseMode) {
-        registry(on: thread).closeAll(mode)
-        registry(on: thread).retire()
+        let registry = registry(on: thread)
+        registry.closeAll(mode)
+        registry.retire()
     }
 }
 

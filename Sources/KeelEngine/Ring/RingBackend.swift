@@ -31,10 +31,11 @@ final class RingBackend {
     /// holds to a few buffers more than without bundles.
     static let buffersPerBundle = 4
     /// ``buffersPerBundle`` in bytes.
-    private var bundleLimit: UInt32 { UInt32(pool.bufferSize * RingBackend.buffersPerBundle) }
+    private let bundleLimit: UInt32
 
     init(entries: UInt32, pool: BufferPool, providedBuffers: UInt32, features: KernelFeatures) throws(SystemError) {
         self.pool = pool
+        bundleLimit = UInt32(pool.bufferSize * RingBackend.buffersPerBundle)
         self.providedBufferCount = providedBuffers
         ring = try Ring(entries: entries, features: features)
         do {
