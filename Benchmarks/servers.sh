@@ -56,9 +56,11 @@ start_server() {  # name -> sets SERVER_PID and SERVER_PORT
         keel-io_uring-zc) launch_server .build/release/keel-echo --port 0 --threads 1 --backend io_uring --zero-copy-threshold 16384 --zero-copy-always ;;
         # Without the registered ring descriptor: its before/after.
         keel-io_uring-noreg) launch_server env KEEL_FEATURES_OFF=registered-ring .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
-        # Without the registered file table: its before/after.
+        # The same zero-copy sends without registered pool slabs: what registering them saves.
+        keel-io_uring-zc-noregbuf) launch_server env KEEL_FEATURES_OFF=registered-buffers .build/release/keel-echo --port 0 --threads 1 --backend io_uring --zero-copy-threshold 16384 --zero-copy-always ;;
         # Without receive bundles: their before/after.
         keel-io_uring-nobundles) launch_server env KEEL_FEATURES_OFF=receive-bundles .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
+        # Without the registered file table: its before/after.
         keel-io_uring-nofiles) launch_server env KEEL_FEATURES_OFF=registered-files .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
         nio) launch_server Benchmarks/.build/release/nio-echo-server 0 1 ;;
         c-io_uring) launch_server .build/release/c-uring-echo 0 ;;

@@ -51,6 +51,9 @@ public final class BufferPool: @unchecked Sendable {
     private let holders: UnsafeMutablePointer<Atomic<UInt8>>
     #endif
 
+    /// Told of every slab the pool maps (``observeSlabs(_:)``). Owner thread only.
+    private var slabObserver: ((Int, UnsafeMutableRawPointer, Int) -> Void)?
+
     /// Head of the cross-thread return stack; `UInt32.max` when empty.
     private let returnHead = Atomic<UInt32>(BufferPool.none)
     private let counters = Counters()
@@ -271,6 +274,25 @@ public final class BufferPool: @unchecked Sendable {
         }
         state.pointee.mappedSlabs = slabIndex + 1
         counters.slabBytes.store((slabIndex + 1) * slabBytes, ordering: .relaxed)
+        slabObserver?(slabIndex, memory!, slabBytes)
+    }
+
+    /// The most slabs the pool can map (``BufferPoolConfiguration/maximumBuffers`` over
+    /// ``BufferPoolConfiguration/buffersPerSlab``).
+    public var maximumSlabs: Int { maximumChunks / configuration.buffersPerSlab }
+
+    /// Has `observer` called with each slab's index, address and length in bytes: at once for the slabs
+    /// mapped so far, then for each one as the pool maps it (an engine registers them with its kernel
+    /// ring this way). One observer at a time; nil removes it. Owner thread only, and the observer runs
+    /// there, inside the acquisition that mapped the slab.
+    public func observeSlabs(_ observer: ((_ index: Int, _ base: UnsafeMutableRawPointer, _ length: Int) -> Void)?) {
+        assertOwner()
+        slabObserver = observer
+        guard let observer else { return }
+        let slabBytes = bufferSize * configuration.buffersPerSlab
+        for index in 0..<state.pointee.mappedSlabs {
+            observer(index, slabs[index]!, slabBytes)
+        }
     }
 
     @inline(__always)

@@ -80,6 +80,8 @@ public final class IOThread: @unchecked Sendable {
         public var notified = 0
         /// Of those, sends the kernel copied after all (every one on loopback).
         public var copied = 0
+        /// Zero-copy sends submitted that named a registered pool slab (``KernelFeatures/registeredBuffers``).
+        public var fromRegisteredBuffers = 0
     }
 
     init(index: Int, backendKind: BackendKind, backend: Backend, bufferPool: BufferPool, workPool: WorkPool,
@@ -231,7 +233,9 @@ public final class IOThread: @unchecked Sendable {
     /// Zero-copy sends so far. I/O thread only.
     public var zeroCopySendStatistics: ZeroCopySendStatistics {
         preconditionCurrent()
-        return loop.pointee.zeroCopy
+        var statistics = loop.pointee.zeroCopy
+        if case .ring(let ring) = backend { statistics.fromRegisteredBuffers = ring.registeredBufferSends }
+        return statistics
     }
 
     /// Sockets entered in this thread's registered file table now (``KernelFeatures/registeredFiles``;

@@ -40,13 +40,22 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// read for what would otherwise be one of each per buffer. The buffers still reach the handler
     /// one by one.
     public static let receiveBundles = KernelFeatures(rawValue: 1 << 5)
+    /// The thread's buffer pool is registered with its ring slab by slab (`IORING_REGISTER_BUFFERS2`
+    /// sparse, then one `IORING_REGISTER_BUFFERS_UPDATE` per slab as the pool maps it), and a zero-copy
+    /// send whose buffers all lie in one slab names that slab (`IORING_RECVSEND_FIXED_BUF`, vectored
+    /// from Linux 6.15), so the kernel skips pinning and unpinning the pages of each send. Linux 6.18
+    /// honours registered buffers only on zero-copy sends; a slab past the memlock limit goes without.
+    public static let registeredBuffers = KernelFeatures(rawValue: 1 << 6)
 
     /// Every feature Keel knows.
     public static let all: KernelFeatures = [
-        .registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend, .udpSegmentation, .udpReceiveCoalescing,
+        .registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend, .registeredBuffers, .udpSegmentation,
+        .udpReceiveCoalescing,
     ]
     /// The features of an io_uring ring.
-    public static let ringFeatures: KernelFeatures = [.registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend]
+    public static let ringFeatures: KernelFeatures = [
+        .registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend, .registeredBuffers,
+    ]
     /// The socket features, probed once per process.
     public static let socketFeatures: KernelFeatures = [.udpSegmentation, .udpReceiveCoalescing]
 
@@ -56,6 +65,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         (.registeredFiles, "registered-files"),
         (.receiveBundles, "receive-bundles"),
         (.zeroCopySend, "zero-copy-send"),
+        (.registeredBuffers, "registered-buffers"),
         (.udpSegmentation, "udp-gso"),
         (.udpReceiveCoalescing, "udp-gro"),
     ]

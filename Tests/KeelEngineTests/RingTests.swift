@@ -85,3 +85,52 @@ struct RingTests {
         #expect(pool.statistics.inUse == 0)
     }
 }
+
+/// The pool's slabs as the ring's fixed buffers, and which slab a send's memory lies in.
+@Suite("registered pool slabs", .enabled(if: IOUringSupport.isAvailable && backendsUnderTest.contains(.ioUring)))
+struct RegisteredSlabsTests {
+    @Test func aSendNamesTheSlabThatHoldsAllOfItsMemoryAndNoneOtherwise() throws {
+        let ring = try Ring(entries: 8, features: [.zeroCopySend, .registeredBuffers], bufferSlots: 4)
+        defer { ring.close() }
+        try #require(ring.featuresInUse.contains(.registeredBuffers), "kernel 6.15+ with zero-copy sendmsg")
+        #expect(ring.bufferTableSlots == 4)
+        let pool = BufferPool(configuration: .init(bufferSize: 4096, buffersPerSlab: 4, maximumBytes: 4096 * 4 * 8))
+        let slabs = RegisteredSlabs(ringFD: ring.fd, slots: ring.bufferTableSlots)
+        var bases: [UnsafeMutableRawPointer] = []
+        pool.observeSlabs { index, base, length in
+            #expect(index == bases.count && length == 4096 * 4)
+            bases.append(base)
+            slabs.register(index: index, base: base, length: length)
+        }
+        // Five slabs' worth: the pool maps five, the table has room for four, the fifth goes without.
+        var held = BufferChain()
+        for _ in 0..<20 {
+            var buffer = try pool.acquire()
+            buffer.moveWriterIndex(forwardBy: 1)  // a chain drops empty buffers
+            held.append(buffer)
+        }
+        #expect(bases.count == 5)
+        #expect(slabs.refused == 0)
+
+        /// The slot named for iovecs (slab, offset, length).
+        func slot(_ regions: [(Int, Int, Int)]) -> UInt16? {
+            var vectors = regions.map { slab, offset, length in iovec(iov_base: bases[slab] + offset, iov_len: length) }
+            return vectors.withUnsafeMutableBufferPointer { pointer in
+                var header = msghdr()
+                header.msg_iov = pointer.baseAddress
+                header.msg_iovlen = pointer.count
+                return withUnsafePointer(to: &header) { slabs.slot(holding: $0) }
+            }
+        }
+        #expect(slot([(0, 0, 4096)]) == 0)
+        #expect(slot([(1, 100, 200), (1, 8192, 4096), (1, 0, 1)]) == 1)
+        #expect(slot([(3, 16383, 1)]) == 3)
+        #expect(slot([(2, 0, 16384)]) == 2, "a whole slab")
+        #expect(slot([(2, 0, 16385)]) == nil, "a byte past its slab")
+        #expect(slot([(0, 0, 4096), (1, 0, 4096)]) == nil, "spread over two slabs")
+        #expect(slot([(4, 0, 64)]) == nil, "the fifth slab is past the table")
+        #expect(slot([]) == nil)
+        _ = consume held
+        pool.observeSlabs(nil)
+    }
+}

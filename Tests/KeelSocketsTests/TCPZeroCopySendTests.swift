@@ -71,21 +71,25 @@ struct TCPZeroCopySendTests {
     }
 
     /// How the server is set up: the feature off, on (each connection stops once the kernel reports
-    /// that it copied), or on even when the kernel copies.
+    /// that it copied), or on even when the kernel copies (from registered pool slabs, or without them).
     enum Mode: String, CaseIterable, Sendable {
-        case off, testsTheRoute, always
+        case off, testsTheRoute, always, alwaysUnregistered
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest, Mode.allCases)
     func largeWritesArriveIntactAndTheirBuffersComeBackAfterTheNotification(backend: BackendKind, mode: Mode) async throws {
-        let features = mode == .off ? KernelFeatures.all.subtracting(.zeroCopySend) : .all
+        let features = switch mode {
+        case .off: KernelFeatures.all.subtracting(.zeroCopySend)
+        case .alwaysUnregistered: KernelFeatures.all.subtracting(.registeredBuffers)
+        case .testsTheRoute, .always: KernelFeatures.all
+        }
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1, kernelFeatures: features))
         defer { pool.shutdown() }
         let closed = Collector<TCPCloseReason>()
         let count = 96  // 1.5 MiB: more than one sendmsg (64 buffers at most), light beside the parallel suite under ASan
         var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
         configuration.connection.zeroCopySendThreshold = 32 * 1024
-        configuration.connection.zeroCopyEvenWhenCopied = mode == .always
+        configuration.connection.zeroCopyEvenWhenCopied = mode == .always || mode == .alwaysUnregistered
         configuration.connection.flowControl = TCPFlowControl(highWatermark: 8 << 20, lowWatermark: 1 << 20)
         let server = try TCPServer(pool: pool, configuration: configuration) { PatternWriter(count: count, closed: closed) }
         let (_, inUseBefore) = await threadState(pool)
@@ -104,10 +108,17 @@ struct TCPZeroCopySendTests {
         if usesZeroCopy {
             // Loopback never sends from user pages: the kernel reports each one copied, so a connection
             // that tests its route stops after the first.
-            #expect(mode == .always ? statistics.notified > 1 : statistics.notified == 1, "\(statistics)")
+            #expect(mode == .testsTheRoute ? statistics.notified == 1 : statistics.notified > 1, "\(statistics)")
             #expect(statistics.copied == statistics.notified)
+            // The writer's 96 buffers are consecutive chunks: most sends lie in one slab and name it.
+            if pool.kernelFeatures.contains(.registeredBuffers) {
+                #expect(statistics.fromRegisteredBuffers > 0, "\(statistics)")
+            } else {
+                #expect(statistics.fromRegisteredBuffers == 0, "\(statistics)")
+            }
         } else {
             #expect(statistics.notified == 0)
+            #expect(statistics.fromRegisteredBuffers == 0)
         }
     }
 

@@ -527,6 +527,40 @@ static inline void ckeel_sqe_files_update(struct io_uring_sqe *sqe, const int32_
 /* Makes a prepared SQE name its `fd` as a slot of the registered file table. */
 static inline void ckeel_sqe_use_fixed_file(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_FIXED_FILE; }
 
+/* ---- Registered (fixed) buffers ---- */
+
+/* Registers an empty buffer table of `count` slots, filled later by ckeel_register_buffer. Returns 0,
+ * or -1 + errno (EINVAL on kernels without sparse tables). */
+static inline int ckeel_register_buffers_sparse(int ring_fd, uint32_t count) {
+    struct io_uring_rsrc_register reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.nr = count;
+    reg.flags = IORING_RSRC_REGISTER_SPARSE;
+    return ckeel_io_uring_register(ring_fd, IORING_REGISTER_BUFFERS2, &reg, sizeof(reg));
+}
+
+/* Puts `length` bytes at `base` in buffer-table slot `slot`: the kernel pins the pages (and charges
+ * them to RLIMIT_MEMLOCK without CAP_IPC_LOCK) until the slot is replaced or the ring closes.
+ * Synchronous. Returns 0, or -1 + errno (ENOMEM past the memlock limit). */
+static inline int ckeel_register_buffer(int ring_fd, uint32_t slot, void *base, size_t length) {
+    struct iovec vector = { .iov_base = base, .iov_len = length };
+    struct io_uring_rsrc_update2 update;
+    memset(&update, 0, sizeof(update));
+    update.offset = slot;
+    update.data = (uint64_t)(uintptr_t)&vector;
+    update.nr = 1;
+    int rc = ckeel_io_uring_register(ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &update, sizeof(update));
+    return rc < 0 ? rc : 0;
+}
+
+/* Makes a prepared zero-copy send read its memory through buffer-table slot `slot` (every iovec must
+ * lie inside that slot's memory; vectored sends need Linux 6.15): the kernel skips pinning the pages
+ * for each send. */
+static inline void ckeel_sqe_use_fixed_buffer(struct io_uring_sqe *sqe, uint16_t slot) {
+    sqe->ioprio |= IORING_RECVSEND_FIXED_BUF;
+    sqe->buf_index = slot;
+}
+
 /* The soft RLIMIT_NOFILE, or -1. */
 static inline long ckeel_descriptor_limit(void) {
     struct rlimit limit;

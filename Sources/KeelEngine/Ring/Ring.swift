@@ -27,6 +27,8 @@ final class Ring {
     private let enterFlags: UInt32
     /// Slots of the registered file table (0 without ``KernelFeatures/registeredFiles``).
     let fileTableSlots: UInt32
+    /// Slots of the registered buffer table (0 without ``KernelFeatures/registeredBuffers``).
+    let bufferTableSlots: UInt32
     private let ringMemory: MappedMemory
     private let sqeMemory: MappedMemory
 
@@ -61,9 +63,11 @@ final class Ring {
 
     /// Sets up a ring with `entries` submission entries and `entries × completionMultiplier` completion
     /// entries, probing for SINGLE_ISSUER / DEFER_TASKRUN / COOP_TASKRUN and falling back to plain setup,
-    /// and then for each of `wanted` (left out where the kernel lacks it).
+    /// and then for each of `wanted` (left out where the kernel lacks it). With
+    /// ``KernelFeatures/registeredBuffers``, the buffer table has `bufferSlots` empty slots.
     /// - Important: with ``KernelFeatures/registeredRing``, only the calling thread may submit.
-    init(entries requested: UInt32, completionMultiplier: UInt32 = 4, features wanted: KernelFeatures = []) throws(SystemError) {
+    init(entries requested: UInt32, completionMultiplier: UInt32 = 4, features wanted: KernelFeatures = [],
+         bufferSlots: UInt32 = 0) throws(SystemError) {
         var lastError = SystemError(.invalidArgument, call: "io_uring_setup")
         var params = io_uring_params()
         var ringFD: Int32 = -1
@@ -146,6 +150,15 @@ final class Ring {
             }
         }
         fileTableSlots = slots
+        // A zero-copy sendmsg reads registered buffers from Linux 6.15 (before, only a single-buffer send).
+        if wanted.contains(.registeredBuffers) && inUse.contains(.zeroCopySend) && bufferSlots > 0
+            && ckeel_kernel_at_least(6, 15) == 1 && ckeel_register_buffers_sparse(ringFD, bufferSlots) == 0
+        {
+            bufferTableSlots = bufferSlots
+            inUse.insert(.registeredBuffers)
+        } else {
+            bufferTableSlots = 0
+        }
         featuresInUse = inUse
         enterFD = registeredIndex >= 0 ? registeredIndex : ringFD
         enterFlags = registeredIndex >= 0 ? CKEEL_ENTER_REGISTERED_RING : 0

@@ -24,6 +24,10 @@ final class RingBackend {
     private let fileSlotsInUse: UnsafeMutablePointer<UInt8>?
     /// Descriptors entered in the registered file table now.
     private(set) var registeredDescriptorCount = 0
+    /// The pool's slabs as fixed buffers. Nil without ``KernelFeatures/registeredBuffers``.
+    private let registeredSlabs: RegisteredSlabs?
+    /// Zero-copy sends that named a registered slab.
+    private(set) var registeredBufferSends = 0
 
     static let providedBufferGroup: UInt16 = 0
     /// Pool buffers one receive bundle takes at most: enough for the gain (one completion per
@@ -37,7 +41,8 @@ final class RingBackend {
         self.pool = pool
         bundleLimit = UInt32(pool.bufferSize * RingBackend.buffersPerBundle)
         self.providedBufferCount = providedBuffers
-        ring = try Ring(entries: entries, features: features)
+        // The kernel's buffer table holds at most 16,384 entries (IORING_MAX_REG_BUFFERS).
+        ring = try Ring(entries: entries, features: features, bufferSlots: UInt32(min(pool.maximumSlabs, 1 << 14)))
         do {
             wakeupFD = try Descriptors.eventFD()
         } catch {
@@ -53,11 +58,19 @@ final class RingBackend {
         } else {
             fileSlotsInUse = nil
         }
+        if ring.bufferTableSlots > 0 {
+            let slabs = RegisteredSlabs(ringFD: ring.fd, slots: ring.bufferTableSlots)
+            registeredSlabs = slabs
+            pool.observeSlabs { [weak slabs] index, base, length in slabs?.register(index: index, base: base, length: length) }
+        } else {
+            registeredSlabs = nil
+        }
         armWakeup()
     }
 
     func close() {
         fileSlotsInUse?.deallocate()
+        if registeredSlabs != nil { pool.observeSlabs(nil) }
         providedBuffers?.close()
         providedBuffers = nil
         ring.close()
@@ -124,7 +137,12 @@ final class RingBackend {
             ckeel_sqe_sendmsg(sqe, fd, UnsafePointer(bitPattern: message), flags, token.rawValue)
         case .sendMessageZeroCopy(let fd, let message, let flags):
             if ring.featuresInUse.contains(.zeroCopySend) {
-                ckeel_sqe_sendmsg_zc(sqe, fd, UnsafePointer(bitPattern: message), flags, token.rawValue)
+                let header = UnsafePointer<msghdr>(bitPattern: message)
+                ckeel_sqe_sendmsg_zc(sqe, fd, header, flags, token.rawValue)
+                if let registeredSlabs, let header, let slot = registeredSlabs.slot(holding: header) {
+                    ckeel_sqe_use_fixed_buffer(sqe, slot)
+                    registeredBufferSends += 1
+                }
             } else {
                 ckeel_sqe_sendmsg(sqe, fd, UnsafePointer(bitPattern: message), flags, token.rawValue)
             }
