@@ -26,15 +26,18 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
 
     init(thread: IOThread, registry: ConnectionRegistry<Handler>) {
         self.registry = registry
-        // Its own memory even for a handler without stored state: one shared address made
-        // ThreadSanitizer see every connection's in-place handler calls as one variable raced on.
-        handlerStorage = .allocate(capacity: 1)
+        // An address of its own even for a handler without stored state (one shared address made
+        // ThreadSanitizer see every connection's in-place handler calls as one variable raced on), but
+        // not an allocation of its own: malloc's smallest chunk is 32 bytes per connection.
+        handlerStorage = MemoryLayout<Handler>.size == 0
+            ? registry.addressForStatelessHandler().bindMemory(to: Handler.self, capacity: 1)
+            : .allocate(capacity: 1)
         super.init(thread: thread)
     }
 
     deinit {
         if hasHandler { handlerStorage.deinitialize(count: 1) }
-        handlerStorage.deallocate()
+        if MemoryLayout<Handler>.size > 0 { handlerStorage.deallocate() }
     }
 
     /// Gives the connection about to open its handler.
@@ -136,11 +139,29 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     var ownerShutdownHook: IOThreadHook?
     /// The owner stopped: once no connection is open, the hooks go and the thread lets go of the registry.
     private var retiring = false
+    /// Distinct one-byte addresses for handlers without stored state, carved from blocks (one per 256
+    /// connection objects), and how many the newest block has left.
+    private var statelessHandlerBlocks: [UnsafeMutableRawPointer] = []
+    private var statelessHandlerAddressesLeft = 0
 
     deinit {
         // A recycled filter stack refers back to its connection object: let go of it so both can go.
         for connection in free { connection.recycledFilterStack = nil }
         for connection in live { connection.recycledFilterStack = nil }
+        // A handler without stored state has no bytes to read or write there, so connection objects
+        // that outlive the registry (held by an operation in flight) never touch these blocks again.
+        for block in statelessHandlerBlocks { block.deallocate() }
+    }
+
+    /// A new connection object's own address for a handler without stored state (see
+    /// ``HandledConnection``): no byte of it is ever read or written.
+    func addressForStatelessHandler() -> UnsafeMutableRawPointer {
+        if statelessHandlerAddressesLeft == 0 {
+            statelessHandlerBlocks.append(.allocate(byteCount: 256, alignment: 16))
+            statelessHandlerAddressesLeft = 256
+        }
+        statelessHandlerAddressesLeft -= 1
+        return statelessHandlerBlocks[statelessHandlerBlocks.count - 1] + statelessHandlerAddressesLeft
     }
 
     /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.

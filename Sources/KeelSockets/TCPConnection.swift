@@ -19,7 +19,7 @@ import SystemPackage
 ///
 /// **Lifetime:** connection objects are recycled after ``TCPConnectionHandler/connectionClosed(_:reason:)``;
 /// do not keep using one after that callback (a ``handle`` is safe to keep).
-public class TCPConnection: @unchecked Sendable {
+public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     // @unchecked Sendable: every mutable property is touched only on `thread` (checked by
     // `thread.isCurrent` at the public entry points); cross-thread calls are marshalled with a
     // generation check so a recycled object is never written to by a stale caller.
@@ -43,8 +43,12 @@ public class TCPConnection: @unchecked Sendable {
     /// The filter stack (nil for most connections: they pay one nil check per event).
     @exclusivity(unchecked) var filterStack: TCPFilterStack?
     /// The last peer's stack, kept when all its filters are reusable (``TCPReusableFilter``) to serve
-    /// the next peer without making filters again. Its registry lets go of it when it retires.
-    var recycledFilterStack: TCPFilterStack?
+    /// the next peer without making filters again. Its registry lets go of it when it retires. Kept in
+    /// the side object: most connections have no filters.
+    var recycledFilterStack: TCPFilterStack? {
+        get { rareClosures?.recycledFilterStack }
+        set { if newValue != nil || rareClosures != nil { closures.recycledFilterStack = newValue } }
+    }
     /// Timeouts, flow control and socket options, shared by every connection of one server or
     /// connector (one reference instead of ~100 bytes per connection).
     @exclusivity(unchecked) private var settings = ConnectionSettings.default
@@ -53,25 +57,25 @@ public class TCPConnection: @unchecked Sendable {
     @exclusivity(unchecked) private var stash: [DetachedBuffer] = []
     @exclusivity(unchecked) private var stashHead = 0
 
-    /// The iovec array and message header of the send in flight: allocated on the first queued send
-    /// (an idle or inline-only connection never needs them), then kept for the object's lifetime.
-    @exclusivity(unchecked) private var vectors: UnsafeMutablePointer<iovec>?
+    /// The message header of the send in flight, followed in the same allocation by its iovec array:
+    /// made on the first queued send (an idle or inline-only connection never needs it), then kept for
+    /// the object's lifetime.
     @exclusivity(unchecked) private var message: UnsafeMutablePointer<msghdr>?
     private static let maximumVectors = 64
 
     // Completion handlers and timer callbacks, each made once per object and reused, so the steady
-    // state allocates nothing. All but the receive handler live in a side object made on first use:
-    // an idle connection that never queues a send or times out does not pay for them (about 100
-    // bytes per connection).
-    @exclusivity(unchecked) private var onReceive: Completions!
+    // state allocates nothing. The connection itself handles its pooled receives' completions (every
+    // connection has one in flight: a handler object of its own cost 48 bytes per connection); the
+    // rest live in a side object made on first use: an idle connection that never queues a send or
+    // times out does not pay for them (about 100 bytes per connection).
     @exclusivity(unchecked) private var rareClosures: RareClosures?
     @exclusivity(unchecked) private var sendCompletions: Completions?
 
     @exclusivity(unchecked) private var writeQueue = WriteQueue()
     /// Writes dropped by the ``SendQueuePolicy/dropNewest`` or ``SendQueuePolicy/dropOldest`` policies.
-    @exclusivity(unchecked) public private(set) var droppedWrites = 0
+    public var droppedWrites: Int { rareClosures?.droppedWrites ?? 0 }
     /// Bytes of those dropped writes.
-    @exclusivity(unchecked) public private(set) var droppedWriteBytes = 0
+    public var droppedWriteBytes: Int { rareClosures?.droppedWriteBytes ?? 0 }
     /// Items of the write queue included in the send in flight (they cannot be dropped).
     @exclusivity(unchecked) private var itemsInFlight = 0
     @exclusivity(unchecked) private var deferredWriteCompleted = 0
@@ -136,7 +140,7 @@ public class TCPConnection: @unchecked Sendable {
 
     /// Routes one kind of operation's completions to the connection.
     private final class Completions: IOCompletionHandler {
-        enum Kind { case receive, receiveInto, readable, send }
+        enum Kind { case receiveInto, readable, send }
         /// Unretained: the connection outlives its operations (connection objects are recycled, and
         /// their registry's ``FlushList`` keeps them for as long as the thread runs), and a counted
         /// reference would cost an atomic retain and release on every completion.
@@ -151,7 +155,6 @@ public class TCPConnection: @unchecked Sendable {
         override func complete(_ completion: IOCompletion) {
             connection._withUnsafeGuaranteedRef { connection in
                 switch kind {
-                case .receive: connection.receiveCompleted(completion)
                 case .receiveInto: connection.receiveIntoCompleted(completion)
                 case .readable: connection.readableSignalled(completion)
                 case .send: connection.sendCompleted(completion)
@@ -180,6 +183,11 @@ public class TCPConnection: @unchecked Sendable {
         var retiredWrites: UnsafeMutablePointer<WriteQueue>?
         /// What this peer's first zero-copy send showed.
         var zeroCopyRoute = ZeroCopyRoute.untested
+        /// Writes (and their bytes) dropped by a drop policy: kept here, as most connections have none.
+        var droppedWrites = 0
+        var droppedWriteBytes = 0
+        /// See ``TCPConnection/recycledFilterStack``.
+        var recycledFilterStack: TCPFilterStack?
 
         /// Whether zero-copy pays on a connection's route: the first large send goes zero-copy and
         /// its notification says whether the kernel copied anyway (loopback, a device without
@@ -247,12 +255,17 @@ public class TCPConnection: @unchecked Sendable {
 
     init(thread: IOThread) {
         self.thread = thread
-        onReceive = Completions(self, .receive)
+        super.init()
+    }
+
+    /// The completions of this connection's pooled receives: the connection is their handler, which
+    /// saves an object per connection. Called by its I/O thread; not for application code.
+    public override func complete(_ completion: IOCompletion) {
+        receiveCompleted(completion)
     }
 
     deinit {
         writeQueue.deallocate()
-        vectors?.deallocate()
         message?.deallocate()
     }
 
@@ -292,8 +305,10 @@ public class TCPConnection: @unchecked Sendable {
     func open(descriptor fd: Int32, settings: ConnectionSettings, endpoint: @autoclosure () -> TCPFilterSetup.Endpoint) {
         self.settings = settings
         isWritable = true
-        droppedWrites = 0
-        droppedWriteBytes = 0
+        if let rareClosures {
+            rareClosures.droppedWrites = 0
+            rareClosures.droppedWriteBytes = 0
+        }
         itemsInFlight = 0
         readState.reset()
         deferredWritability = nil
@@ -392,7 +407,7 @@ public class TCPConnection: @unchecked Sendable {
         } else if receivesUrgentData {
             receiveOperation = thread.submit(.pollReadable(descriptor), handler: onReadable)
         } else {
-            receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), handler: onReceive)
+            receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), handler: self)
         }
     }
 
@@ -722,8 +737,7 @@ public class TCPConnection: @unchecked Sendable {
             let (verdict, droppedItems, droppedBytes) = bound.admit(size: size, count: writeQueue.count, bytes: writeQueue.bytes) {
                 writeQueue.dropOldest(after: itemsInFlight, retiringInto: retiring)
             }
-            droppedWrites += droppedItems
-            droppedWriteBytes += droppedBytes
+            noteDropped(droppedItems, bytes: droppedBytes)
             switch verdict {
             case .queue:
                 break
@@ -731,8 +745,7 @@ public class TCPConnection: @unchecked Sendable {
                 deferredLimitExceeded = true
             case .drop:
                 if case .owned(let buffer) = item { buffer.release() }
-                droppedWrites += 1
-                droppedWriteBytes += size
+                noteDropped(1, bytes: size)
                 return
             case .refuse:
                 // A stream cannot skip a write: the slow consumer is closed.
@@ -859,14 +872,25 @@ public class TCPConnection: @unchecked Sendable {
         }
     }
 
-    /// The iovec array and message header, made on first use and kept.
+    /// Counts writes a drop policy dropped.
+    private func noteDropped(_ count: Int, bytes: Int) {
+        guard count > 0 else { return }
+        closures.droppedWrites += count
+        closures.droppedWriteBytes += bytes
+    }
+
+    /// The iovec array and message header (one allocation: the header, then the array), made on first
+    /// use and kept.
     private func sendVectors() -> (UnsafeMutablePointer<iovec>, UnsafeMutablePointer<msghdr>) {
-        if vectors == nil {
-            vectors = .allocate(capacity: Self.maximumVectors)
-            message = .allocate(capacity: 1)
+        if message == nil {
+            // msghdr's size is a multiple of iovec's alignment, so the array starts aligned after it.
+            let capacity = 1 + (Self.maximumVectors * MemoryLayout<iovec>.stride + MemoryLayout<msghdr>.stride - 1)
+                / MemoryLayout<msghdr>.stride
+            message = .allocate(capacity: capacity)
             message!.initialize(to: msghdr())
         }
-        return (vectors!, message!)
+        let vectors = UnsafeMutableRawPointer(message! + 1).bindMemory(to: iovec.self, capacity: Self.maximumVectors)
+        return (vectors, message!)
     }
 
     private func submitSend() {
