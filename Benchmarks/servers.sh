@@ -64,6 +64,8 @@ start_server() {  # name -> sets SERVER_PID and SERVER_PORT
         keel-io_uring-nofiles) launch_server env KEEL_FEATURES_OFF=registered-files .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
         nio) launch_server Benchmarks/.build/release/nio-echo-server 0 1 ;;
         c-io_uring) launch_server .build/release/c-uring-echo 0 ;;
+        # The C server with an incrementally consumed provided-buffer ring (IOU_PBUF_RING_INC).
+        c-io_uring-inc) launch_server .build/release/c-uring-echo 0 --incremental ;;
         *) echo "unknown server $1" >&2; return 1 ;;
     esac
 }

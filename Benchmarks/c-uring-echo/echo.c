@@ -3,8 +3,13 @@
  * Multishot accept, multishot recv from a provided buffer ring, one send per received buffer (the
  * buffer goes back to the ring when the send completes). Raw syscalls through Keel's CKeelLinux.h.
  *
+ * With --incremental, the provided-buffer ring is consumed incrementally (IOU_PBUF_RING_INC, Linux
+ * 6.12): each receive takes only the bytes it needs from the head buffer, which keeps serving receives
+ * (of any connection) until it is full; a buffer goes back to the ring once the kernel is done with it
+ * and every send from it has completed. Measured against the default to decide whether Keel adopts it.
+ *
  *   cc -O2 -I ../../Sources/CKeelLinux/include echo.c ../../Sources/CKeelLinux/shim.c -o c-uring-echo
- *   ./c-uring-echo [port]        prints "listening on 127.0.0.1:PORT"
+ *   ./c-uring-echo [port] [--incremental]        prints "listening on 127.0.0.1:PORT"
  */
 #define _GNU_SOURCE 1
 #include "CKeelLinux.h"
@@ -14,6 +19,14 @@
 
 enum { ENTRIES = 4096, BUFFERS = 4096, BUFSIZE = 16384, GROUP = 1 };
 enum { KIND_ACCEPT = 1, KIND_RECV = 2, KIND_SEND = 3 };
+enum { PBUF_RING_INCREMENTAL = 2 };             /* IOU_PBUF_RING_INC */
+enum { CQE_BUFFER_MORE = 1U << 4 };             /* IORING_CQE_F_BUF_MORE */
+
+/* Incremental mode: per buffer, the bytes the kernel has filled, the sends still reading it, and whether
+ * the kernel is done with it. */
+static int incremental;
+static uint32_t filled[BUFFERS], sends_pending[BUFFERS];
+static uint8_t kernel_done[BUFFERS];
 
 static int ring_fd;
 static struct io_uring_sqe *sqes;
@@ -40,8 +53,18 @@ static void recycle(int bid) {
     ckeel_buf_ring_advance(buf_ring, 1);
 }
 
+/* Incremental mode: a send from `bid` completed, or the kernel finished with it. */
+static void release_incremental(int bid) {
+    if (kernel_done[bid] && sends_pending[bid] == 0) {
+        kernel_done[bid] = 0;
+        filled[bid] = 0;
+        recycle(bid);
+    }
+}
+
 int main(int argc, char **argv) {
     int port = argc > 1 ? atoi(argv[1]) : 7007;
+    incremental = argc > 2 && strcmp(argv[2], "--incremental") == 0;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     struct io_uring_params p;
@@ -70,7 +93,13 @@ int main(int argc, char **argv) {
     buf_ring = mmap(NULL, BUFFERS * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     buffers = mmap(NULL, (size_t)BUFFERS * BUFSIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     ckeel_buf_ring_init(buf_ring);
-    if (ckeel_register_buf_ring(ring_fd, buf_ring, BUFFERS, GROUP) != 0) { perror("register buf ring"); return 1; }
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)buf_ring;
+    reg.ring_entries = BUFFERS;
+    reg.bgid = GROUP;
+    reg.pad = incremental ? PBUF_RING_INCREMENTAL : 0;  /* the flags field in newer headers */
+    if (ckeel_io_uring_register(ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1) != 0) { perror("register buf ring"); return 1; }
     for (int i = 0; i < BUFFERS; i++) ckeel_buf_ring_add(buf_ring, BUFFERS - 1, (uint16_t)i, buffers + (size_t)i * BUFSIZE, BUFSIZE, (uint16_t)i);
     ckeel_buf_ring_advance(buf_ring, BUFFERS);
 
@@ -103,7 +132,14 @@ int main(int argc, char **argv) {
             } else if (kind == KIND_RECV) {
                 if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
                     int bid = (int)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-                    ckeel_sqe_send(get_sqe(), fd, buffers + (size_t)bid * BUFSIZE, (uint32_t)res, MSG_NOSIGNAL, token(KIND_SEND, fd, bid));
+                    uint32_t offset = 0;
+                    if (incremental) {
+                        offset = filled[bid];
+                        filled[bid] += (uint32_t)res;
+                        sends_pending[bid]++;
+                        if (!(cqe->flags & CQE_BUFFER_MORE)) kernel_done[bid] = 1;
+                    }
+                    ckeel_sqe_send(get_sqe(), fd, buffers + (size_t)bid * BUFSIZE + offset, (uint32_t)res, MSG_NOSIGNAL, token(KIND_SEND, fd, bid));
                     if (!(cqe->flags & IORING_CQE_F_MORE)) ckeel_sqe_recv_multishot(get_sqe(), fd, GROUP, token(KIND_RECV, fd, 0));
                 } else if (res == -ENOBUFS) {
                     ckeel_sqe_recv_multishot(get_sqe(), fd, GROUP, token(KIND_RECV, fd, 0));
@@ -111,7 +147,13 @@ int main(int argc, char **argv) {
                     close(fd);
                 }
             } else if (kind == KIND_SEND) {
-                recycle((int)(uint16_t)(cqe->user_data >> 32));  /* short sends are not resumed: a lower bound, not a product */
+                int bid = (int)(uint16_t)(cqe->user_data >> 32);
+                if (incremental) {
+                    sends_pending[bid]--;
+                    release_incremental(bid);
+                } else {
+                    recycle(bid);
+                }  /* short sends are not resumed: a lower bound, not a product */
             }
         }
         ckeel_store_release(cq_head, head);
