@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source Benchmarks/servers.sh
 parse_compare_options "$@"
-command -v haproxy >/dev/null || { echo "installing haproxy..." >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy >/dev/null; }
+command -v haproxy >/dev/null || { echo "installing haproxy..." >&2; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy >/dev/null; }
 echo "building release binaries..." >&2
 for product in keel-gateway keel-echo keel-bench; do swift build -c release --product "$product" >/dev/null; done
 bench=.build/release/keel-bench

@@ -7,6 +7,10 @@
 # publish-to-delivery p99, and the per-round ratios Keel / Redis.
 #
 #   Benchmarks/compare-pubsub.sh [--repeats N] [--seconds S]
+#   WINDOW_MS=2 Benchmarks/compare-pubsub.sh ...   the coalescing window of the "Keel, window" runs
+#
+# Each round also runs keel-pubsub with --coalescing-delay-ms WINDOW_MS (default 2): deliveries to a
+# subscriber leave together once per window instead of once per loop iteration, a latency trade.
 #
 # Cases: 100, 1,000 and 10,000 subscribers at 500,000 deliveries per second (rate x subscribers), 64-byte
 # payloads; then 1,000,000 deliveries per second asked with every core (keel-pubsub on one I/O thread
@@ -15,15 +19,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source Benchmarks/servers.sh
 parse_compare_options "$@"
-command -v redis-server >/dev/null || { echo "installing redis-server..." >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null; }
+command -v redis-server >/dev/null || { echo "installing redis-server..." >&2; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null; }
 echo "building release binaries..." >&2
 for product in keel-pubsub keel-bench; do swift build -c release --product "$product" >/dev/null; done
 bench=.build/release/keel-bench
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+window_ms=${WINDOW_MS:-2}
 start_pubsub() {  # name [threads] -> SERVER_PID, SERVER_PORT
     case "$1" in
         keel) launch_server .build/release/keel-pubsub --port 0 --threads "${2:-1}" --backend io_uring ;;
+        keel-window) launch_server .build/release/keel-pubsub --port 0 --threads 1 --backend io_uring --coalescing-delay-ms "$window_ms" ;;
         keel-all) # every core, not pinned
             local saved=("${SERVER_CPU[@]}"); SERVER_CPU=()
             launch_server .build/release/keel-pubsub --port 0 --threads "$(nproc)" --backend io_uring
@@ -44,11 +50,13 @@ cases="pubsub:100:5000 pubsub:1000:500 pubsub:10000:50"
 for round in $(seq 1 "$repeats"); do
     for c in $cases; do
         IFS=: read -r _ subs rate <<<"$c"
-        for i in 0 1; do
-            if [ $(( (i + round) % 2 )) = 0 ]; then server=keel; else server=redis; fi
+        rotation=(keel keel-window redis)
+        for i in 0 1 2; do
+            server=${rotation[$(( (i + round) % 3 ))]}
+            protocol=keel; [ "$server" = redis ] && protocol=redis
             start_pubsub "$server"
             json=$("${CLIENT_CPU[@]}" "$bench" pubsub --port "$SERVER_PORT" --subscribers "$subs" --rate "$rate" -s 64 \
-                --protocol "${server%-all}" --server-pid "$SERVER_PID" --warmup 1 --duration "$seconds" --json 2>/dev/null) || true
+                --protocol "$protocol" --server-pid "$SERVER_PID" --warmup 1 --duration "$seconds" --json 2>/dev/null) || true
             [ -n "$json" ] || json='{"count": 0, "rate": 0, "lost": 0, "latency_p99_us": 0}'
             stop_server
             per_cpu=$(extra "$json" deliveries_per_server_cpu_s) rate_out=$(field "$json" rate)
@@ -87,6 +95,15 @@ echo "|---|---:|---:|---:|---:|---:|---:|"
 for c in $cases; do
     echo "| ${c#pubsub:} | $(value "$c" keel 3) | $(value "$c" redis 3) | $(ratio "$c" 3 keel redis) | $(value "$c" keel 5)" \
          "| $(value "$c" redis 5) | $(value "$c" keel 4) / $(value "$c" redis 4) |"
+done
+echo
+echo "keel-pubsub with --coalescing-delay-ms $window_ms (each subscriber's deliveries sent together once per window):"
+echo
+echo "| subscribers:rate | Keel, window: deliveries/CPU-s | Keel, window / Redis | Keel, window p99 µs | Redis p99 µs | deliveries/s |"
+echo "|---|---:|---:|---:|---:|---:|"
+for c in $cases; do
+    echo "| ${c#pubsub:} | $(value "$c" keel-window 3) | $(ratio "$c" 3 keel-window redis) | $(value "$c" keel-window 5)" \
+         "| $(value "$c" redis 5) | $(value "$c" keel-window 4) |"
 done
 echo
 echo "1,000 subscribers at 1,000 messages/s, keel-pubsub on $(nproc) I/O threads and Redis (one thread), neither pinned; client on $(nproc) threads:"

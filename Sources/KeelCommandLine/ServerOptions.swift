@@ -64,12 +64,19 @@ public struct ListenerOptions: ParsableArguments {
     @Flag(help: "With --zero-copy-threshold: keep sending zero-copy where the kernel copies anyway (loopback), to measure its cost.")
     public var zeroCopyAlways = false
 
+    @Option(help: "Hold each connection's writes up to this many milliseconds and send them together (default: at the end of each loop iteration).")
+    public var coalescingDelayMs: Double?
+
     public init() {}
 
-    /// Puts the connection options these flags ask for (zero-copy sends) into `options`.
+    /// Puts the connection options these flags ask for (zero-copy sends, a write coalescing delay) into
+    /// `options`.
     public func apply(to options: inout TCPConnectionOptions) {
         options.zeroCopySendThreshold = zeroCopyThreshold
         options.zeroCopyEvenWhenCopied = zeroCopyAlways
+        if let coalescingDelayMs, coalescingDelayMs > 0 {
+            options.writeCoalescingDelay = .microseconds(Int64(coalescingDelayMs * 1000))
+        }
     }
 
     /// The pool configuration these options ask for, on `backend` (nil: automatic, or KEEL_BACKEND).

@@ -127,10 +127,10 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     @exclusivity(unchecked) private var free: [TCPConnection] = []
     private let finished: @Sendable (_ closedBeforeOpening: Bool) -> Void
 
-    /// Coalesced writes of this registry's connections, flushed before the thread waits. It also keeps
-    /// every connection object alive for as long as the thread runs (see ``FlushList``), whether or
-    /// not writes are coalesced.
-    let flushList = FlushList()
+    /// Coalesced writes of this registry's connections, flushed before the thread waits (or on a timer,
+    /// with a coalescing delay). It also keeps every connection object alive for as long as the thread
+    /// runs (see ``FlushList``), whether or not writes are coalesced.
+    let flushList: FlushList
     /// False: connections send at once instead of scheduling a flush.
     let coalescesWrites: Bool
     /// This registry's flush hook on its thread (removed when the registry retires).
@@ -165,14 +165,17 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
     }
 
     /// `finished` runs on `thread` each time a connection has closed and gone back to the free list.
-    init(thread: IOThread, coalescesWrites: Bool = true, finished: @escaping @Sendable (_ closedBeforeOpening: Bool) -> Void) {
+    /// `coalescingDelay`: ``TCPConnectionOptions/writeCoalescingDelay``.
+    init(thread: IOThread, coalescesWrites: Bool = true, coalescingDelay: Duration? = nil,
+         finished: @escaping @Sendable (_ closedBeforeOpening: Bool) -> Void) {
         self.thread = thread
         self.finished = finished
         self.coalescesWrites = coalescesWrites
+        flushList = FlushList(thread: thread, delay: coalescingDelay)
         // The thread's hook holds the registry (and through it the flush list and every connection
         // object) for as long as the thread runs: a server or connector dropped while connections are
         // open leaves them able to finish, and their completions never reach a freed object.
-        thread.execute { [self] in flushHook = thread.beforeEachWait { [self] in flushList.flush() } }
+        thread.execute { [self] in flushHook = thread.beforeEachWait { [self] in flushList.flushBeforeWait() } }
     }
 
     /// A connection object ready to open: recycled when one is free, new otherwise.
@@ -251,15 +254,42 @@ final class FlushList: @unchecked Sendable {
     // storage needs no dynamic exclusivity check (it is touched for every coalesced write).
     @exclusivity(unchecked) private var members: [TCPConnection] = []
     @exclusivity(unchecked) private var pending: [Unmanaged<TCPConnection>] = []
+    private let thread: IOThread
+    /// ``TCPConnectionOptions/writeCoalescingDelay``: nil flushes before each wait; otherwise a timer
+    /// armed by the first connection scheduled flushes them all.
+    private let delay: Duration?
+    private var timerArmed = false
+    /// The timer's callback, made once. Weak: the thread's timer wheel holds it while armed.
+    private lazy var onTimer: () -> Void = { [weak self] in self?.timerFired() }
+
+    init(thread: IOThread, delay: Duration?) {
+        self.thread = thread
+        self.delay = delay.flatMap { $0 > .zero ? $0 : nil }
+    }
 
     /// Keeps `connection` alive as long as this list: it may be scheduled from now on.
     func adopt(_ connection: TCPConnection) {
         members.append(connection)
     }
 
-    /// Flushes `connection` before the thread next waits. It must have been adopted.
+    /// Flushes `connection` before the thread next waits (with a delay: when the window that its
+    /// write opened or joined ends). It must have been adopted.
     func schedule(_ connection: TCPConnection) {
         pending.append(Unmanaged.passUnretained(connection))
+        if let delay, !timerArmed {
+            timerArmed = true
+            thread.scheduleTimer(after: delay, onTimer)
+        }
+    }
+
+    /// The thread is about to wait: flush, unless a delay's timer does.
+    func flushBeforeWait() {
+        if delay == nil { flush() }
+    }
+
+    private func timerFired() {
+        timerArmed = false
+        flush()
     }
 
     /// Flushes every scheduled connection, including any scheduled while flushing.

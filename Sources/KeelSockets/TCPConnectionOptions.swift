@@ -24,6 +24,12 @@ public struct TCPConnectionOptions: Sendable {
     /// before the thread waits (like flushing at the end of a read batch). Off: every write is tried
     /// at once (the inline fast path). Default on.
     public var coalescesWrites: Bool
+    /// With ``coalescesWrites``: hold coalesced writes for up to this long and send everything written
+    /// meanwhile together, instead of at the end of each loop iteration. Each connection then makes one
+    /// send per window rather than one per iteration that wrote to it: far less kernel work per message
+    /// for connections that receive a stream of small messages (a pub/sub subscriber, a game client on
+    /// a tick), for at most this much added latency. Nil (the default): no delay.
+    public var writeCoalescingDelay: Duration?
     /// Watch for urgent (out-of-band) data and deliver it through
     /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).
     public var receivesUrgentData: Bool

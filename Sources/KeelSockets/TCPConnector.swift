@@ -91,8 +91,9 @@ public final class TCPConnector<Handler: TCPConnectionHandler>: Sendable {
         settings = ConnectionSettings(options: configuration.connection, kernelFeatures: pool.kernelFeatures)
         let active = self.active
         let coalesces = configuration.connection.coalescesWrites
+        let coalescingDelay = configuration.connection.writeCoalescingDelay
         let registries = pool.threads.map {
-            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces) { _ in active.decrement() }
+            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces, coalescingDelay: coalescingDelay) { _ in active.decrement() }
         }
         self.registries = registries
         for (index, thread) in pool.threads.enumerated() {

@@ -133,8 +133,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         localAddress = address
         let finished = LateBoundAction()
         let coalesces = configuration.connection.coalescesWrites
+        let coalescingDelay = configuration.connection.writeCoalescingDelay
         registries = pool.threads.map {
-            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces) { finished.run($0) } as any AnyObject & Sendable
+            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces, coalescingDelay: coalescingDelay) { finished.run($0) } as any AnyObject & Sendable
         }
         acceptors = listeners.enumerated().map { index, fd in
             Acceptor(listener: fd, thread: pool.threads[index])

@@ -61,6 +61,13 @@ struct KeelPubSubCommand: ParsableCommand {
         }
     }
 
+    /// A listener on `port` with the connection options the common flags ask for.
+    func listener(port: UInt16) -> TCPServerConfiguration {
+        var configuration = TCPServerConfiguration(host: options.host, port: port)
+        options.listener.apply(to: &configuration.connection)
+        return configuration
+    }
+
     func udpOutAddress() throws -> SocketAddress? {
         try udpOut.map { try parseHostPort($0, option: "--udp-out", resolvesNames: false) }
     }
@@ -70,9 +77,9 @@ struct KeelPubSubCommand: ParsableCommand {
         let udpOut = try udpOutAddress()
         try options.runUntilSignalled("keel-pubsub") { pool in
             let configuration = PubSubServerConfiguration(
-                line: TCPServerConfiguration(host: options.host, port: options.port),
-                binary: binaryPort.map { TCPServerConfiguration(host: options.host, port: $0) },
-                webSocket: wsPort.map { TCPServerConfiguration(host: options.host, port: $0) },
+                line: listener(port: options.port),
+                binary: binaryPort.map(listener(port:)),
+                webSocket: wsPort.map(listener(port:)),
                 subscriberQueueBytes: queueKib << 10, defaultPolicy: defaultPolicy, topicPolicies: policies,
                 maximumSubscriptionsPerConnection: maxSubscriptions, udpOut: udpOut)
             let server = try PubSubServer(pool: pool, configuration: configuration)

@@ -31,6 +31,38 @@ struct EmbeddedConnectionTests {
         #expect(test.finish().isClean)
     }
 
+    @Test func aCoalescingDelayHoldsWritesForItsWindowThenSendsThemTogether() {
+        var options = TCPConnectionOptions()
+        options.writeCoalescingDelay = .milliseconds(10)
+        let test = EmbeddedConnection(handler: EchoHandler(), options: options)
+        test.receive("one ")
+        #expect(test.takeWrittenString() == "", "held: the window is open")
+        test.advanceTime(by: .milliseconds(4))
+        test.receive("two ")
+        #expect(test.takeWrittenString() == "", "joins the open window")
+        test.advanceTime(by: .milliseconds(8))
+        #expect(test.takeWrittenString() == "one two ", "both leave when the window ends")
+        test.receive("three")
+        #expect(test.takeWrittenString() == "", "the next write opens a new window")
+        test.advanceTime(by: .milliseconds(12))
+        #expect(test.takeWrittenString() == "three")
+        #expect(test.finish().isClean)
+    }
+
+    @Test func aGracefulCloseSendsTheHeldWritesBeforeItsEndOfStream() {
+        var options = TCPConnectionOptions()
+        options.writeCoalescingDelay = .milliseconds(10)
+        let test = EmbeddedConnection(handler: EchoHandler(), options: options)
+        test.withConnection { connection in
+            write(repeating: 0x61, count: 3, times: 2, to: connection)
+            connection.close()
+        }
+        test.advanceTime(by: .milliseconds(12))
+        #expect(test.takeWrittenString() == "aaaaaa")
+        #expect(test.peerSawEndOfStream)
+        #expect(test.finish().isClean)
+    }
+
     @Test func idleTimeoutFiresOnTheManualClockOnly() {
         let log = Collector<String>()
         let test = EmbeddedConnection(handler: EventRecorder(log: log), options: .init(idleTimeout: .seconds(30)))

@@ -116,6 +116,19 @@ struct TCPEchoTests {
         #expect(openSockets(ports: [server.localAddress.port]).isEmpty, "every socket of this test is closed")
     }
 
+    /// A server that holds its writes for a coalescing window still echoes every byte, in order, to
+    /// many connections (the window's timer, not the loop's end, sends them).
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aServerWithACoalescingDelayEchoesEveryByte(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        var configuration = TCPServerConfiguration(host: "127.0.0.1", port: 0)
+        configuration.connection.writeCoalescingDelay = .milliseconds(2)
+        let server = try TCPServer(pool: pool, configuration: configuration) { EchoHandler() }
+        #expect(await echoPatternStreams(from: pool, to: server.localAddress, connections: 20, perConnection: 256 * 1024))
+        await server.stop()
+    }
+
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func ipv6ListenerEchoes(backend: BackendKind) async throws {
         let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))

@@ -55,7 +55,7 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
         let descriptor = backend.makeStream(local: localAddress, remote: remoteAddress)
         stream = backend.stream(descriptor)!
         let (registry, handled) = thread.withEmbeddedCurrent {
-            let registry = ConnectionRegistry<Handler>(thread: thread, coalescesWrites: options.coalescesWrites) { _ in }
+            let registry = ConnectionRegistry<Handler>(thread: thread, coalescesWrites: options.coalescesWrites, coalescingDelay: options.writeCoalescingDelay) { _ in }
             let handled = registry.take()
             handled.install(handler)
             handled.open(descriptor: descriptor, settings: ConnectionSettings(options: options, kernelFeatures: thread.kernelFeatures),
