@@ -506,14 +506,20 @@ static inline int ckeel_unregister_ring_fd(int ring_fd, int index) {
 
 /* ---- Registered (fixed) file table ---- */
 
-/* Registers an empty file table of `count` slots, filled later by ckeel_sqe_files_update. Returns 0, or
- * -1 + errno (EMFILE over RLIMIT_NOFILE, EINVAL on kernels without sparse tables). */
-static inline int ckeel_register_files_sparse(int ring_fd, uint32_t count) {
+/* Registers an empty resource table (`opcode`: IORING_REGISTER_FILES2 or IORING_REGISTER_BUFFERS2) of
+ * `count` slots. Returns 0, or -1 + errno (EINVAL on kernels without sparse tables). */
+static inline int ckeel_register_sparse_table(int ring_fd, unsigned opcode, uint32_t count) {
     struct io_uring_rsrc_register reg;
     memset(&reg, 0, sizeof(reg));
     reg.nr = count;
     reg.flags = IORING_RSRC_REGISTER_SPARSE;
-    return ckeel_io_uring_register(ring_fd, IORING_REGISTER_FILES2, &reg, sizeof(reg));
+    return ckeel_io_uring_register(ring_fd, opcode, &reg, sizeof(reg));
+}
+
+/* Registers an empty file table of `count` slots, filled later by ckeel_sqe_files_update. Returns 0, or
+ * -1 + errno (EMFILE over RLIMIT_NOFILE, EINVAL on kernels without sparse tables). */
+static inline int ckeel_register_files_sparse(int ring_fd, uint32_t count) {
+    return ckeel_register_sparse_table(ring_fd, IORING_REGISTER_FILES2, count);
 }
 
 /* Sets file-table slots `offset`..`offset + count - 1` to the descriptors at `fds` (-1 empties a slot).
@@ -532,11 +538,7 @@ static inline void ckeel_sqe_use_fixed_file(struct io_uring_sqe *sqe) { sqe->fla
 /* Registers an empty buffer table of `count` slots, filled later by ckeel_register_buffer. Returns 0,
  * or -1 + errno (EINVAL on kernels without sparse tables). */
 static inline int ckeel_register_buffers_sparse(int ring_fd, uint32_t count) {
-    struct io_uring_rsrc_register reg;
-    memset(&reg, 0, sizeof(reg));
-    reg.nr = count;
-    reg.flags = IORING_RSRC_REGISTER_SPARSE;
-    return ckeel_io_uring_register(ring_fd, IORING_REGISTER_BUFFERS2, &reg, sizeof(reg));
+    return ckeel_register_sparse_table(ring_fd, IORING_REGISTER_BUFFERS2, count);
 }
 
 /* Puts `length` bytes at `base` in buffer-table slot `slot`: the kernel pins the pages (and charges
