@@ -112,11 +112,12 @@ struct SocketOperationTests {
     func connectToAClosedPortIsRefused(backend: BackendKind) async throws {
         try await withPool(backend) { pool in
             let thread = pool.threads[0]
-            // Find a free port by binding and closing.
+            // A port bound but not listening (connects are refused), kept so until the end so that
+            // nothing running in parallel takes it.
             let probe = try Sockets.makeStreamSocket(family: AF_INET)
+            defer { close(probe) }
             try Sockets.bind(probe, to: SocketAddress(host: "127.0.0.1", port: 0))
             let address = try Sockets.localAddress(probe)
-            close(probe)
             let client = try Sockets.makeStreamSocket(family: AF_INET)
             defer { close(client) }
             let result: Int32 = await onThread(thread) { finish in

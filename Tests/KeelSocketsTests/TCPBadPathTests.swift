@@ -364,9 +364,10 @@ struct TCPBadPathTests {
         let probe = try Sockets.makeStreamSocket(family: AF_INET)
         try Sockets.bind(probe, to: SocketAddress(host: "127.0.0.1", port: 0))
         let closedPort = try Sockets.localAddress(probe)
-        close(probe)
+        // Kept bound, not listening (connects are refused), so nothing running in parallel takes the port.
         connector.connect(to: closedPort, makeHandler: { EchoHandler() }, failed: { failures.add($0) })
         #expect(await failures.wait(for: 1).first?.code == .refused)
+        close(probe)
 
         // A listener that never accepts, with its queue full: the kernel drops the SYN, nobody answers.
         let silent = try Sockets.makeStreamSocket(family: AF_INET)

@@ -10,11 +10,15 @@ import KeelTestSupport
 struct TCPMaintainerTests {
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
     func reconnectsWithBackoffUntilTheServerIsBackAndAfterEveryLoss(backend: BackendKind) async throws {
-        // A port with nobody on it yet.
+        // A port with nobody listening on it yet, kept bound (not listening: connects are refused) until
+        // the server takes it, so that no test running in parallel, and no connect's own ephemeral port,
+        // can take it meanwhile. SO_REUSEADDR on both lets the server bind beside it.
         let probe = try Sockets.makeStreamSocket(family: AF_INET)
+        try Sockets.setReuseAddress(probe)
         try Sockets.bind(probe, to: SocketAddress(host: "127.0.0.1", port: 0))
         let address = try Sockets.localAddress(probe)
-        close(probe)
+        var probeOpen = true
+        defer { if probeOpen { close(probe) } }
 
         let clientPool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
         let maintainer = TCPConnectionMaintainer(
@@ -27,6 +31,8 @@ struct TCPMaintainerTests {
 
         // The server comes up: the maintainer connects.
         var server: ServerFixture? = try ServerFixture(backend, .hold) { $0.port = address.port }
+        close(probe)
+        probeOpen = false
         #expect(await eventually { maintainer.isConnected && maintainer.connectionCount == 1 })
 
         // The server goes away and comes back: the maintainer notices and reconnects.
