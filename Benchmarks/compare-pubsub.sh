@@ -8,6 +8,7 @@
 #
 #   Benchmarks/compare-pubsub.sh [--repeats N] [--seconds S]
 #   WINDOW_MS=2 Benchmarks/compare-pubsub.sh ...   the coalescing window of the "Keel, window" runs
+#   WINDOW_MS="20 20 100" ...                       one window per case (100, 1,000, 10,000 subscribers)
 #
 # Each round also runs keel-pubsub with --coalescing-delay-ms WINDOW_MS (default 2): deliveries to a
 # subscriber leave together once per window instead of once per loop iteration, a latency trade.
@@ -25,7 +26,11 @@ for product in keel-pubsub keel-bench; do swift build -c release --product "$pro
 bench=.build/release/keel-bench
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-window_ms=${WINDOW_MS:-2}
+read -r -a windows <<<"${WINDOW_MS:-2}"
+window_for() {  # case index -> its window (the list's last value for cases past its end)
+    local i=$1; [ "$i" -lt "${#windows[@]}" ] || i=$((${#windows[@]} - 1)); echo "${windows[$i]}"
+}
+window_ms=${windows[0]}
 start_pubsub() {  # name [threads] -> SERVER_PID, SERVER_PORT
     case "$1" in
         keel) launch_server .build/release/keel-pubsub --port 0 --threads "${2:-1}" --backend io_uring ;;
@@ -48,8 +53,10 @@ extra() { echo "$1" | sed -n "s/.*\"$2\": \"\([0-9.]*\)\".*/\1/p"; }
 results=$(mktemp)
 cases="pubsub:100:5000 pubsub:1000:500 pubsub:10000:50"
 for round in $(seq 1 "$repeats"); do
+    index=0
     for c in $cases; do
         IFS=: read -r _ subs rate <<<"$c"
+        window_ms=$(window_for "$index"); index=$((index + 1))
         rotation=(keel keel-window redis)
         for i in 0 1 2; do
             server=${rotation[$(( (i + round) % 3 ))]}
@@ -97,13 +104,15 @@ for c in $cases; do
          "| $(value "$c" redis 5) | $(value "$c" keel 4) / $(value "$c" redis 4) |"
 done
 echo
-echo "keel-pubsub with --coalescing-delay-ms $window_ms (each subscriber's deliveries sent together once per window):"
+echo "keel-pubsub with --coalescing-delay-ms (each subscriber's deliveries sent together once per window):"
 echo
-echo "| subscribers:rate | Keel, window: deliveries/CPU-s | Keel, window / Redis | Keel, window p99 µs | Redis p99 µs | deliveries/s |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| subscribers:rate | window ms | Keel, window: deliveries/CPU-s | Keel, window / Redis | Keel, window p99 µs | Redis p99 µs | deliveries/s |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+index=0
 for c in $cases; do
-    echo "| ${c#pubsub:} | $(value "$c" keel-window 3) | $(ratio "$c" 3 keel-window redis) | $(value "$c" keel-window 5)" \
+    echo "| ${c#pubsub:} | $(window_for "$index") | $(value "$c" keel-window 3) | $(ratio "$c" 3 keel-window redis) | $(value "$c" keel-window 5)" \
          "| $(value "$c" redis 5) | $(value "$c" keel-window 4) |"
+    index=$((index + 1))
 done
 echo
 echo "1,000 subscribers at 1,000 messages/s, keel-pubsub on $(nproc) I/O threads and Redis (one thread), neither pinned; client on $(nproc) threads:"

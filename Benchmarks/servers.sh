@@ -62,6 +62,9 @@ start_server() {  # name -> sets SERVER_PID and SERVER_PORT
         keel-io_uring-nobundles) launch_server env KEEL_FEATURES_OFF=receive-bundles .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
         # Without the registered file table: its before/after.
         keel-io_uring-nofiles) launch_server env KEEL_FEATURES_OFF=registered-files .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
+        # An earlier keel-echo build (KEEL_BEFORE=PATH): a change's before/after in one run.
+        keel-before) launch_server "${KEEL_BEFORE:?KEEL_BEFORE=path of an earlier keel-echo}" --port 0 --threads 1 --backend io_uring ;;
+        keel-before-epoll) launch_server "${KEEL_BEFORE:?KEEL_BEFORE=path of an earlier keel-echo}" --port 0 --threads 1 --backend epoll ;;
         nio) launch_server Benchmarks/.build/release/nio-echo-server 0 1 ;;
         c-io_uring) launch_server .build/release/c-uring-echo 0 ;;
         # The C server with an incrementally consumed provided-buffer ring (IOU_PBUF_RING_INC).

@@ -53,6 +53,12 @@ struct WriteQueue {
         bytes += item.readableRegion.count
     }
 
+    /// The bytes of the only queued item (nil unless exactly one is queued): a send of one buffer needs
+    /// no iovec array.
+    var onlyRegion: UnsafeRawBufferPointer? {
+        count == 1 ? storage[head].readableRegion : nil
+    }
+
     /// Fills `vectors` with up to `maximum` leading items. - Returns: how many were filled.
     func fillIOVecs(_ vectors: UnsafeMutablePointer<iovec>, maximum: Int) -> Int {
         let n = min(count, maximum)
@@ -67,6 +73,10 @@ struct WriteQueue {
     mutating func consume(_ sent: Int, retiringInto retired: UnsafeMutablePointer<WriteQueue>? = nil) {
         var remaining = sent
         bytes -= sent
+        if bytes == 0 {  // everything went (the usual case): no need to measure each item
+            while count > 0 { popFront(retiringInto: retired) }
+            return
+        }
         while remaining > 0 {
             let slot = storage + head
             let available = slot.pointee.readableRegion.count

@@ -5,10 +5,16 @@ import SystemPackage
 
 /// The epoll backend: the same completion model as io_uring, produced in user space.
 ///
-/// Each operation is tried at once (non-blocking); when it would block, the descriptor is armed
-/// one-shot for the readiness it needs, and on readiness the operation is performed and a completion
-/// produced. Completions are delivered from the loop, never from inside `push`, so callers see the
-/// same ordering guarantees as on io_uring.
+/// Each operation is tried at once (non-blocking); when it would block, the descriptor is registered
+/// for the readiness it needs, and on readiness the operation is performed and a completion produced.
+/// Completions are delivered from the loop, never from inside `push`, so callers see the same ordering
+/// guarantees as on io_uring.
+///
+/// Registrations are level-triggered and stay as they are while they match what waits: a connection's
+/// receive, armed for good, costs no `epoll_ctl` per message (one-shot registrations needed one per
+/// readiness), and a short read ends a burst without the `recv` that would only say EAGAIN, since a
+/// socket with more to read is reported again. The backend changes a registration when what waits
+/// on the descriptor changes, and removes it when readiness arrives with nothing waiting.
 ///
 /// Pooled receives lend a chunk of the thread's buffer pool only when the socket is readable, like
 /// io_uring's provided buffers, and multishot accept/receive stay armed until they end or are
@@ -38,6 +44,13 @@ final class EpollBackend {
 
     private static let wakeupMarker = UInt64.max
 
+    /// `epoll_ctl` calls made for operations (adding, changing and removing registrations), for tests:
+    /// a receive that stays armed makes none per message.
+    private(set) var registrationCalls = 0
+    /// Readiness events handled (the wake-up descriptor's excepted), for tests: a descriptor with
+    /// nothing waiting is not reported again and again.
+    private(set) var readinessEvents = 0
+
     private struct PendingIO {
         var token: Token
         var operation: IOOperation.Core
@@ -46,9 +59,32 @@ final class EpollBackend {
     /// Per descriptor: the tokens of its pending readable- and writable-side operations (0: none).
     /// 16 bytes per descriptor; the operations themselves live in `operations`, by token slot, so the
     /// table that grows with descriptors stays small.
-    private struct Interest {
+    private struct Interest: Equatable {
         var read: UInt64 = 0
         var write: UInt64 = 0
+    }
+
+    /// What a descriptor's epoll registration asks for, as far as the backend knows (one byte per
+    /// descriptor, in `State.registered`).
+    private struct Registration: Equatable {
+        var bits: UInt8
+        static let none = Registration(bits: 0)
+        static let readable = Registration(bits: 1)
+        static let writable = Registration(bits: 2)
+        static let urgent = Registration(bits: 4)
+        /// Registered with some mask, or not at all: once nothing waits on a descriptor, it may be
+        /// closed (removing its registration) and its number reused without the backend seeing it.
+        static let unsure = Registration(bits: 0x80)
+
+        func union(_ other: Registration) -> Registration { Registration(bits: bits | other.bits) }
+
+        var events: UInt32 {
+            var mask: UInt32 = 0
+            if bits & Self.readable.bits != 0 { mask |= CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP }
+            if bits & Self.writable.bits != 0 { mask |= CKEEL_EPOLLOUT }
+            if bits & Self.urgent.bits != 0 { mask |= CKEEL_EPOLLPRI }
+            return mask
+        }
     }
 
     /// What one attempt at an operation produced.
@@ -61,6 +97,8 @@ final class EpollBackend {
     private struct State {
         /// Sized for the descriptors a busy process reaches without growing (16 KiB); grows by doubling.
         var interests = [Interest](repeating: Interest(), count: 1024)
+        /// Per descriptor, beside `interests`: its registration.
+        var registered = [Registration](repeating: .unsure, count: 1024)
         /// Pending operations by token slot (dense: at most the operations in flight).
         var operations: [IOOperation.Core?] = []
         var completed = CompletionQueue()
@@ -203,6 +241,8 @@ final class EpollBackend {
         } else {
             state.pointee.interests[Int(fd)].write = io?.token.rawValue ?? 0
         }
+        let interest = state.pointee.interests[Int(fd)]
+        if interest.read == 0 && interest.write == 0 { state.pointee.registered[Int(fd)] = .unsure }
     }
 
     private func startIO(_ io: PendingIO) {
@@ -232,6 +272,9 @@ final class EpollBackend {
                 let ends = final || !multishot
                 complete(io.token, result, flags: ends ? flags : flags | CKEEL_CQE_F_MORE)
                 if ends { return false }
+                // A stream receive that did not fill its buffer emptied the socket: trying again would
+                // only get EAGAIN, and level-triggered readiness reports anything that arrives since.
+                if case .receivePooled = io.operation, Int(result) < pool.bufferSize { return true }
             }
         }
         return true  // a busy multishot yields to other descriptors; level-triggered readiness brings it back
@@ -396,7 +439,10 @@ final class EpollBackend {
     }
 
     private func ensureInterestSlot(_ fd: Int32) {
-        if Int(fd) >= state.pointee.interests.count { Self.grow(&state.pointee.interests, toHold: Int(fd), filler: Interest()) }
+        if Int(fd) >= state.pointee.interests.count {
+            Self.grow(&state.pointee.interests, toHold: Int(fd), filler: Interest())
+            Self.grow(&state.pointee.registered, toHold: Int(fd), filler: .unsure)
+        }
     }
 
     /// Grows a table indexed by descriptor or token slot so `index` fits, at least doubling it: a process
@@ -408,16 +454,36 @@ final class EpollBackend {
         while table.count < newCount { table.append(filler) }
     }
 
-    /// Arms `fd` one-shot for the readiness its pending operations need.
+    /// Makes `fd`'s registration ask for the readiness its pending operations need; no system call when
+    /// it already does. With nothing pending the registration is removed (level-triggered, it would
+    /// report a readable socket on every wait).
     private func arm(_ fd: Int32) {
         let read = pendingRead(fd)
         let write = pendingWrite(fd)
-        var mask = CKEEL_EPOLLONESHOT | CKEEL_EPOLLRDHUP
-        if read != nil { mask |= CKEEL_EPOLLIN }
-        if write != nil { mask |= CKEEL_EPOLLOUT }
-        if case .pollReadable? = read?.operation { mask |= CKEEL_EPOLLPRI }
-        if ckeel_epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, mask, UInt64(fd)) == 0 { return }
-        if ckeel_errno() == ENOENT, ckeel_epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, mask, UInt64(fd)) == 0 { return }
+        var wanted = Registration.none
+        if read != nil { wanted = wanted.union(.readable) }
+        if write != nil { wanted = wanted.union(.writable) }
+        if case .pollReadable? = read?.operation { wanted = wanted.union(.urgent) }
+        let current = state.pointee.registered[Int(fd)]
+        if wanted == current { return }
+        registrationCalls += 1
+        if wanted == .none {
+            _ = ckeel_epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, 0, 0)
+            state.pointee.registered[Int(fd)] = .none
+            return
+        }
+        let events = wanted.events
+        let known = current != .none && current != .unsure
+        // A known registration is changed; otherwise added, and changed if it turns out to exist.
+        let done = known
+            ? ckeel_epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, events, UInt64(fd)) == 0
+                || (ckeel_errno() == ENOENT && ckeel_epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, events, UInt64(fd)) == 0)
+            : ckeel_epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, events, UInt64(fd)) == 0
+                || (ckeel_errno() == EEXIST && ckeel_epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, events, UInt64(fd)) == 0)
+        if done {
+            state.pointee.registered[Int(fd)] = wanted
+            return
+        }
         // The descriptor cannot be watched (closed, or a regular file): fail what waits on it.
         let code = ckeel_errno()
         if let read { complete(read.token, -code) }
@@ -427,21 +493,24 @@ final class EpollBackend {
     }
 
     /// Cancels the operation under `token`: it completes with `-ECANCELED`. Unknown tokens are ignored.
+    /// The descriptor's registration stays until readiness finds nothing waiting (a cancelled receive
+    /// is usually followed by a close, which removes it).
     func cancel(_ token: Token) {
         if let index = state.pointee.timeouts.firstIndex(where: { $0.token == token }) {
             state.pointee.timeouts.remove(at: index)
             return complete(token, -ECANCELED)
         }
-        for fd in state.pointee.interests.indices {
-            if state.pointee.interests[fd].read == token.rawValue {
-                setPending(Int32(fd), readable: true, nil)
-                return complete(token, -ECANCELED)
-            }
-            if state.pointee.interests[fd].write == token.rawValue {
-                setPending(Int32(fd), readable: false, nil)
-                return complete(token, -ECANCELED)
-            }
-
+        let slot = Int(token.slot)
+        guard slot < state.pointee.operations.count, let operation = state.pointee.operations[slot] else { return }
+        let fd = Self.descriptor(of: operation)
+        guard fd >= 0, Int(fd) < state.pointee.interests.count else { return }
+        if state.pointee.interests[Int(fd)].read == token.rawValue {
+            setPending(fd, readable: true, nil)
+            return complete(token, -ECANCELED)
+        }
+        if state.pointee.interests[Int(fd)].write == token.rawValue {
+            setPending(fd, readable: false, nil)
+            return complete(token, -ECANCELED)
         }
     }
 
@@ -480,15 +549,21 @@ final class EpollBackend {
 
     private func handleReadiness(fd: Int32, events: UInt32) {
         guard Int(fd) < state.pointee.interests.count else { return }
+        readinessEvents += 1
         let failed = events & (CKEEL_EPOLLERR | CKEEL_EPOLLHUP) != 0
+        let before = state.pointee.interests[Int(fd)]
         if events & (CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP | CKEEL_EPOLLPRI) != 0 || failed, let io = pendingRead(fd) {
             if !run(io, fd: fd) { setPending(fd, readable: true, nil) }
         }
         if events & CKEEL_EPOLLOUT != 0 || failed, let io = pendingWrite(fd) {
             if !run(io, fd: fd) { setPending(fd, readable: false, nil) }
         }
-        let interest = state.pointee.interests[Int(fd)]
-        if interest.read != 0 || interest.write != 0 { arm(fd) }
+        let after = state.pointee.interests[Int(fd)]
+        // Operations that stay armed (a connection's receive) keep the registration as it is; one that
+        // ended while another waits changes it; when the last ends the registration stays (the
+        // descriptor is usually closed next), and readiness with nothing waiting at all removes it.
+        let unchanged = after == before && (after.read != 0 || after.write != 0)
+        if !unchanged && (after.read != 0 || after.write != 0 || (before.read == 0 && before.write == 0)) { arm(fd) }
     }
 
     private func expireTimeouts() {
