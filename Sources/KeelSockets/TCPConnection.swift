@@ -730,7 +730,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     }
 
     /// Queues what the inline send did not take, applying the hard limit and the watermarks.
-    private func enqueue(_ item: WriteQueue.Item) {
+    private func enqueue(_ item: consuming WriteQueue.Item) {
         let size = item.readableRegion.count
         if let limit = flowControl.hardLimit, writeQueue.bytes + size > limit {
             let bound = SendQueueBound(maximumCount: .max, maximumBytes: limit, policy: flowControl.policy)
@@ -755,7 +755,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
                 return teardown(reason: .slowConsumer)
             }
         }
-        writeQueue.append(item)
+        writeQueue.append(item, size: size)
         if isWritable && writeQueue.bytes > flowControl.highWatermark {
             isWritable = false
             noteWritability(false)
@@ -1115,8 +1115,14 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         finishIfQuiet()
     }
 
+    /// Finishes a closing connection once no operation is pending. Inlined test (it runs several
+    /// times per message), outlined work.
+    @inline(__always)
     private func finishIfQuiet() {
-        guard state == .closing, pendingOperations == 0 else { return }
+        if state == .closing && pendingOperations == 0 { finishQuietConnection() }
+    }
+
+    private func finishQuietConnection() {
         accumulator.take()?.release()
         releaseStash()
         if callbackDepth > 0 {

@@ -46,11 +46,12 @@ struct WriteQueue {
 
     var isEmpty: Bool { count == 0 }
 
-    mutating func append(_ item: Item) {
+    /// Queues `item`, whose readable bytes number `size` (the caller has measured it already).
+    mutating func append(_ item: consuming Item, size: Int) {
         if count == capacity { grow() }
         (storage + ((head + count) & (capacity - 1))).initialize(to: item)
         count += 1
-        bytes += item.readableRegion.count
+        bytes += size
     }
 
     /// The bytes of the only queued item (nil unless exactly one is queued): a send of one buffer needs
@@ -139,7 +140,8 @@ struct WriteQueue {
     @inline(__always)
     private func dispose(_ item: consuming Item, retiringInto retired: UnsafeMutablePointer<WriteQueue>?) {
         if let retired {
-            retired.pointee.append(item)
+            let size = item.readableRegion.count
+            retired.pointee.append(item, size: size)
         } else if case .owned(let buffer) = item {
             buffer.release()
         }
