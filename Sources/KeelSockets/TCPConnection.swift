@@ -893,6 +893,17 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         return (vectors, message!)
     }
 
+    /// A message header describing the head of the queue (up to ``maximumVectors`` items), and how
+    /// many items it covers.
+    private func queuedMessage() -> (UnsafeMutablePointer<msghdr>, Int) {
+        let (vectors, message) = sendVectors()
+        let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
+        message.pointee = msghdr()
+        message.pointee.msg_iov = vectors
+        message.pointee.msg_iovlen = count
+        return (message, count)
+    }
+
     private func submitSend() {
         guard !sendInFlight, !writeQueue.isEmpty else { return }  // one send at a time: its completion sends the rest
         let zeroCopy = writeQueue.bytes >= settings.zeroCopySendThreshold && closures.mayStartZeroCopy(always: settings.options.zeroCopyEvenWhenCopied)
@@ -903,11 +914,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
             operation = .send(descriptor, from: only)
             itemsInFlight = 1
         } else {
-            let (vectors, message) = sendVectors()
-            let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
-            message.pointee = msghdr()
-            message.pointee.msg_iov = vectors
-            message.pointee.msg_iovlen = count
+            let (message, count) = queuedMessage()
             itemsInFlight = count
             operation = zeroCopy
                 ? .sendMessageZeroCopy(descriptor, UnsafePointer(message)) : .sendMessage(descriptor, UnsafePointer(message))
@@ -985,11 +992,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         if let only = writeQueue.onlyRegion {
             outcome = Result { () throws(SystemError) in try thread.send(descriptor, only) }
         } else {
-            let (vectors, message) = sendVectors()
-            let count = writeQueue.fillIOVecs(vectors, maximum: Self.maximumVectors)
-            message.pointee = msghdr()
-            message.pointee.msg_iov = vectors
-            message.pointee.msg_iovlen = count
+            let (message, _) = queuedMessage()
             outcome = Result { () throws(SystemError) in try thread.sendMessage(descriptor, UnsafePointer(message)) }
         }
         switch outcome {
