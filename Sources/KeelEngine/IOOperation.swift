@@ -8,7 +8,7 @@ import SystemPackage
 /// asynchronously). Owning it in the completion closure's captures is the usual way.
 public struct IOOperation: Sendable {
     @usableFromInline
-    enum Core: Sendable {
+    enum Core: Sendable, BitwiseCopyable {
         case nop
         case timeout(nanoseconds: UInt64)
         case read(fd: Int32, address: UInt, length: UInt32)

@@ -96,11 +96,11 @@ final class EpollBackend {
 
     private struct State {
         /// Sized for the descriptors a busy process reaches without growing (16 KiB); grows by doubling.
-        var interests = [Interest](repeating: Interest(), count: 1024)
+        var interests = DenseTable<Interest>(count: 1024, filler: Interest())
         /// Per descriptor, beside `interests`: its registration.
-        var registered = [Registration](repeating: .unsure, count: 1024)
+        var registered = DenseTable<Registration>(count: 1024, filler: .unsure)
         /// Pending operations by token slot (dense: at most the operations in flight).
-        var operations: [IOOperation.Core?] = []
+        var operations = DenseTable<IOOperation.Core?>(count: 0, filler: nil)
         var completed = CompletionQueue()
         var timeouts: [(deadline: UInt64, token: Token)] = []
     }
@@ -178,6 +178,9 @@ final class EpollBackend {
         batchVectors.deallocate()
         batchChunks.deallocate()
         state.pointee.completed.deallocate()
+        state.pointee.interests.deallocate()
+        state.pointee.registered.deallocate()
+        state.pointee.operations.deallocate()
         state.deinitialize(count: 1)
         state.deallocate()
     }
@@ -233,7 +236,7 @@ final class EpollBackend {
         if previous != 0 { state.pointee.operations[Int(Token(rawValue: previous).slot)] = nil }
         if let io {
             let slot = Int(io.token.slot)
-            if slot >= state.pointee.operations.count { Self.grow(&state.pointee.operations, toHold: slot, filler: nil) }
+            if slot >= state.pointee.operations.count { state.pointee.operations.grow(toHold: slot, filler: nil) }
             state.pointee.operations[slot] = io.operation
         }
         if readable {
@@ -440,18 +443,9 @@ final class EpollBackend {
 
     private func ensureInterestSlot(_ fd: Int32) {
         if Int(fd) >= state.pointee.interests.count {
-            Self.grow(&state.pointee.interests, toHold: Int(fd), filler: Interest())
-            Self.grow(&state.pointee.registered, toHold: Int(fd), filler: .unsure)
+            state.pointee.interests.grow(toHold: Int(fd), filler: Interest())
+            state.pointee.registered.grow(toHold: Int(fd), filler: .unsure)
         }
-    }
-
-    /// Grows a table indexed by descriptor or token slot so `index` fits, at least doubling it: a process
-    /// whose descriptor numbers climb pays a logarithmic number of allocations, one each. (Appending
-    /// `repeatElement` instead allocated per element in debug builds.)
-    private static func grow<Element>(_ table: inout [Element], toHold index: Int, filler: Element) {
-        let newCount = max(index + 1, table.count * 2, 256)
-        table.reserveCapacity(newCount)
-        while table.count < newCount { table.append(filler) }
     }
 
     /// Makes `fd`'s registration ask for the readiness its pending operations need; no system call when
