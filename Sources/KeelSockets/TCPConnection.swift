@@ -1011,9 +1011,19 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         writeQueue.consume(sent, retiringInto: retiring)
         if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
         // Keep the queue moving first: the callbacks below may write, and must find the next send
-        // already in flight (one send at a time keeps the bytes in order).
+        // already in flight or scheduled (one send at a time keeps the bytes in order).
         if !writeQueue.isEmpty {
-            submitSend()
+            if let flushList, flushList._withUnsafeGuaranteedRef({ $0.delaysFlushes }) {
+                // With a coalescing window, what is left (written while the send was in flight, or
+                // not taken by the kernel) leaves with the next window, like any other write:
+                // sending it now would make a send per completion, not per window.
+                if !flushScheduled {
+                    flushScheduled = true
+                    flushList._withUnsafeGuaranteedRef { $0.schedule(self) }
+                }
+            } else {
+                submitSend()
+            }
         } else if lifecycle.closeMode != nil {
             // Only when a close waits: building and switching over an action per message cost ~35
             // instructions on the echo path (callgrind).

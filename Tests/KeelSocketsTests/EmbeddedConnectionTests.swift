@@ -49,6 +49,24 @@ struct EmbeddedConnectionTests {
         #expect(test.finish().isClean)
     }
 
+    @Test func writesMadeWhileAWindowsSendIsInFlightWaitForTheNextWindow() {
+        var options = TCPConnectionOptions()
+        options.writeCoalescingDelay = .milliseconds(10)
+        let test = EmbeddedConnection(handler: EchoHandler(), options: options)
+        test.sendWindow = 0  // the peer reads nothing: the window's send stays in flight
+        test.receive("one ")
+        test.advanceTime(by: .milliseconds(12))
+        #expect(test.takeWrittenString() == "")
+        test.receive("two ")  // queued behind the send in flight
+        test.sendWindow = 4  // the send completes with "one "
+        #expect(test.takeWrittenString() == "one ")
+        test.sendWindow = .max
+        #expect(test.takeWrittenString() == "", "not sent when the previous send completed: it waits for a window")
+        test.advanceTime(by: .milliseconds(12))
+        #expect(test.takeWrittenString() == "two ")
+        #expect(test.finish().isClean)
+    }
+
     @Test func aGracefulCloseSendsTheHeldWritesBeforeItsEndOfStream() {
         var options = TCPConnectionOptions()
         options.writeCoalescingDelay = .milliseconds(10)
