@@ -933,6 +933,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         }
         sendInFlight = false
         sendOperation = nil
+        let itemsSent = itemsInFlight
         itemsInFlight = 0
         if completion.hasMore {
             // A zero-copy send: the kernel may read its buffers until the notification, which stays
@@ -949,7 +950,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         if state != .open {
             writeQueue.removeAll(retiringInto: retiring)  // closing: what the send held can go now
         } else if completion.result >= 0 {
-            afterSent(Int(completion.result))
+            afterSent(Int(completion.result), of: itemsSent)
         } else if completion.result == -EAGAIN || completion.result == -EINTR {
             // io_uring can hand a non-blocking socket's EAGAIN back instead of waiting (a retry after a
             // spurious wake-up, such as the peer's FIN arriving, goes to a worker that does not block).
@@ -989,15 +990,17 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         // 5-13 % less server CPU per 64-byte and 4 KiB echo at depth 1, PERFORMANCE.md).
         if thread.backendKind == .ioUring { return submitSend() }
         let outcome: Result<IOOutcome<Int>, SystemError>
+        var items = 1
         if let only = writeQueue.onlyRegion {
             outcome = Result { () throws(SystemError) in try thread.send(descriptor, only) }
         } else {
-            let (message, _) = queuedMessage()
+            let (message, count) = queuedMessage()
+            items = count
             outcome = Result { () throws(SystemError) in try thread.sendMessage(descriptor, UnsafePointer(message)) }
         }
         switch outcome {
         case .success(.completed(let sent)):
-            afterSent(sent)
+            afterSent(sent, of: items)
         case .success(.wouldBlock):
             submitSend()
         case .failure(let error):
@@ -1006,17 +1009,21 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         finishIfQuiet()
     }
 
-    /// The kernel took `sent` bytes from the front of the queue: move on, and tell whoever cares.
-    private func afterSent(_ sent: Int) {
+    /// The kernel took `sent` bytes from the front of the queue, of a send of its first `items` items:
+    /// move on, and tell whoever cares.
+    private func afterSent(_ sent: Int, of items: Int) {
+        // With a coalescing window, writes made while the send was in flight leave with the next
+        // window, like any other write (sending them now would make a send per completion, not per
+        // window). Only when the send took the whole queue of its time, though: a send that covered
+        // part of it (the iovec limit) or that the kernel took part of goes on at once.
+        let waitsForWindow = flushList.map { $0._withUnsafeGuaranteedRef { $0.delaysFlushes } } == true
+            && items < Self.maximumVectors && sent == writeQueue.leadingBytes(items)
         writeQueue.consume(sent, retiringInto: retiring)
         if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
         // Keep the queue moving first: the callbacks below may write, and must find the next send
         // already in flight or scheduled (one send at a time keeps the bytes in order).
         if !writeQueue.isEmpty {
-            if let flushList, flushList._withUnsafeGuaranteedRef({ $0.delaysFlushes }) {
-                // With a coalescing window, what is left (written while the send was in flight, or
-                // not taken by the kernel) leaves with the next window, like any other write:
-                // sending it now would make a send per completion, not per window.
+            if waitsForWindow, let flushList {
                 if !flushScheduled {
                     flushScheduled = true
                     flushList._withUnsafeGuaranteedRef { $0.schedule(self) }

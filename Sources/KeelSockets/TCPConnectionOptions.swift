@@ -28,7 +28,9 @@ public struct TCPConnectionOptions: Sendable {
     /// meanwhile together, instead of at the end of each loop iteration. Each connection then makes one
     /// send per window rather than one per iteration that wrote to it: far less kernel work per message
     /// for connections that receive a stream of small messages (a pub/sub subscriber, a game client on
-    /// a tick), for at most this much added latency. Nil (the default): no delay.
+    /// a tick), for at most this much added latency. What is still queued when a send completes
+    /// (written meanwhile, or not taken by a full socket) also waits for the next window. Nil (the
+    /// default): no delay.
     public var writeCoalescingDelay: Duration?
     /// Watch for urgent (out-of-band) data and deliver it through
     /// ``TCPConnectionHandler/connectionReceivedUrgent(_:byte:)`` (one more operation per connection).

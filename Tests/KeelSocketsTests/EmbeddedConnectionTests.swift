@@ -49,10 +49,11 @@ struct EmbeddedConnectionTests {
         #expect(test.finish().isClean)
     }
 
-    @Test func writesMadeWhileAWindowsSendIsInFlightWaitForTheNextWindow() {
+    @Test(arguments: [BackendKind.epoll, .ioUring])
+    func writesMadeWhileAWindowsSendIsInFlightWaitForTheNextWindow(backend: BackendKind) {
         var options = TCPConnectionOptions()
         options.writeCoalescingDelay = .milliseconds(10)
-        let test = EmbeddedConnection(handler: EchoHandler(), options: options)
+        let test = EmbeddedConnection(handler: EchoHandler(), options: options, backendKind: backend)
         test.sendWindow = 0  // the peer reads nothing: the window's send stays in flight
         test.receive("one ")
         test.advanceTime(by: .milliseconds(12))
@@ -64,6 +65,25 @@ struct EmbeddedConnectionTests {
         #expect(test.takeWrittenString() == "", "not sent when the previous send completed: it waits for a window")
         test.advanceTime(by: .milliseconds(12))
         #expect(test.takeWrittenString() == "two ")
+        #expect(test.finish().isClean)
+    }
+
+    @Test(arguments: [BackendKind.epoll, .ioUring])
+    func aWindowsWritesAllLeaveWithItEvenPastOneSendOrWhatTheKernelTakes(backend: BackendKind) {
+        var options = TCPConnectionOptions()
+        options.writeCoalescingDelay = .milliseconds(10)
+        let test = EmbeddedConnection(handler: EchoHandler(), options: options, backendKind: backend)
+        // More buffers than one send carries (64): the rest follows at once, not a window later.
+        test.withConnection { connection in write(repeating: 0x61, count: 10, times: 100, to: connection) }
+        test.advanceTime(by: .milliseconds(12))
+        #expect(test.takeWritten().count == 1_000)
+        // The kernel takes part of a window's send: the rest goes as soon as there is room.
+        test.sendWindow = 300
+        test.withConnection { connection in write(repeating: 0x62, count: 10, times: 50, to: connection) }
+        test.advanceTime(by: .milliseconds(12))
+        #expect(test.takeWritten().count == 300)
+        test.sendWindow = .max
+        #expect(test.takeWritten().count == 200, "without waiting for another window")
         #expect(test.finish().isClean)
     }
 

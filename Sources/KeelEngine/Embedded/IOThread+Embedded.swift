@@ -10,11 +10,14 @@ extension IOThread {
     private static let embeddedWorkPool = WorkPool(threadCount: 1)
 
     /// Makes an embedded thread with its own buffer pool, owned by the calling thread. It reports its
-    /// backend as ``BackendKind/epoll`` (completions made in user space, as there).
-    package static func makeEmbedded(bufferPool configuration: BufferPoolConfiguration) -> IOThread {
+    /// backend as `reportedBackend`: ``BackendKind/epoll`` (the default: completions made in user
+    /// space, as there) or ``BackendKind/ioUring``, for code that sends through operations where a
+    /// ring is, rather than with a call made at once.
+    package static func makeEmbedded(bufferPool configuration: BufferPoolConfiguration,
+                                     reportedBackend: BackendKind = .epoll) -> IOThread {
         let pool = BufferPool(configuration: configuration)
         return IOThread(
-            index: 0, backendKind: .epoll, backend: .embedded(EmbeddedBackend(pool: pool)), bufferPool: pool,
+            index: 0, backendKind: reportedBackend, backend: .embedded(EmbeddedBackend(pool: pool)), bufferPool: pool,
             workPool: embeddedWorkPool)
     }
 

@@ -41,14 +41,17 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
     /// (``TCPConnectionHandler/connectionEstablished(_:)``, filters' handshakes) have run on return.
     /// With `simulatesZeroCopySend`, the in-memory kernel has ``KernelFeatures/zeroCopySend`` and
     /// holds each zero-copy notification until ``releaseZeroCopyNotifications(copied:)``.
+    /// `backendKind` is the backend the connection believes it runs on: with ``BackendKind/ioUring``
+    /// its coalesced sends are operations completed by the loop, as on a ring; with
+    /// ``BackendKind/epoll`` (the default) they are calls made at once.
     public init(
         handler: Handler, options: TCPConnectionOptions = .init(),
         localAddress: SocketAddress = try! SocketAddress(host: "127.0.0.1", port: 7007),
         remoteAddress: SocketAddress = try! SocketAddress(host: "127.0.0.1", port: 50_000),
         bufferPool: BufferPoolConfiguration = BufferPoolConfiguration(buffersPerSlab: 16),
-        simulatesZeroCopySend: Bool = false
+        simulatesZeroCopySend: Bool = false, backendKind: BackendKind = .epoll
     ) {
-        let thread = IOThread.makeEmbedded(bufferPool: bufferPool)
+        let thread = IOThread.makeEmbedded(bufferPool: bufferPool, reportedBackend: backendKind)
         self.thread = thread
         backend = thread.embeddedBackend!
         backend.simulatesZeroCopySend = simulatesZeroCopySend
