@@ -214,6 +214,13 @@ public final class IOThread: @unchecked Sendable {
     /// I/O thread only.
     public func takeReceivedBuffer(_ completion: IOCompletion) -> IOBuffer? {
         preconditionCurrent()
+        return takeReceivedBufferInCompletion(completion)
+    }
+
+    /// ``takeReceivedBuffer(_:)`` for completion handlers of Keel's own, which the loop runs on this
+    /// thread: without the check of the calling thread (a thread-local look-up per receive).
+    @inline(__always)
+    package func takeReceivedBufferInCompletion(_ completion: IOCompletion) -> IOBuffer? {
         guard let pending = loop.pointee.receivedBuffer, pending == completion else { return nil }
         return takeNextReceivedBuffer(pending)
     }

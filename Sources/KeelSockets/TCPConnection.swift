@@ -534,9 +534,9 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
             receiveOperation = nil
             pendingOperations -= 1
         }
-        if let buffer = thread.takeReceivedBuffer(completion) {
+        if let buffer = thread.takeReceivedBufferInCompletion(completion) {
             deliverInbound(buffer)
-            while let more = thread.takeReceivedBuffer(completion) { deliverInbound(more) }  // a bundle's
+            while let more = thread.takeReceivedBufferInCompletion(completion) { deliverInbound(more) }  // a bundle's
         } else {
             handleReceiveEnd(completion)
         }
@@ -1012,18 +1012,18 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     /// The kernel took `sent` bytes from the front of the queue, of a send of its first `items` items:
     /// move on, and tell whoever cares.
     private func afterSent(_ sent: Int, of items: Int) {
-        // With a coalescing window, writes made while the send was in flight leave with the next
-        // window, like any other write (sending them now would make a send per completion, not per
-        // window). Only when the send took the whole queue of its time, though: a send that covered
-        // part of it (the iovec limit) or that the kernel took part of goes on at once.
-        let waitsForWindow = flushList.map { $0._withUnsafeGuaranteedRef { $0.delaysFlushes } } == true
-            && items < Self.maximumVectors && sent == writeQueue.leadingBytes(items)
+        let countBefore = writeQueue.count
         writeQueue.consume(sent, retiringInto: retiring)
         if sent > 0, let idleTimer, let idleTimeout { thread.resetTimer(idleTimer, after: idleTimeout) }
         // Keep the queue moving first: the callbacks below may write, and must find the next send
         // already in flight or scheduled (one send at a time keeps the bytes in order).
         if !writeQueue.isEmpty {
-            if waitsForWindow, let flushList {
+            // With a coalescing window, writes made while the send was in flight leave with the next
+            // window, like any other write (sending them now would make a send per completion, not
+            // per window). Only when the send took the whole queue of its time, though: a send that
+            // covered part of it (the iovec limit) or that the kernel took part of goes on at once.
+            let tookWholeQueue = items < Self.maximumVectors && countBefore - writeQueue.count == items
+            if tookWholeQueue, let flushList, flushList._withUnsafeGuaranteedRef({ $0.delaysFlushes }) {
                 if !flushScheduled {
                     flushScheduled = true
                     flushList._withUnsafeGuaranteedRef { $0.schedule(self) }

@@ -60,13 +60,6 @@ struct WriteQueue {
         count == 1 ? storage[head].readableRegion : nil
     }
 
-    /// Bytes of the first `items` items.
-    func leadingBytes(_ items: Int) -> Int {
-        var total = 0
-        for i in 0..<min(items, count) { total += storage[(head + i) & (capacity - 1)].readableRegion.count }
-        return total
-    }
-
     /// Fills `vectors` with up to `maximum` leading items. - Returns: how many were filled.
     func fillIOVecs(_ vectors: UnsafeMutablePointer<iovec>, maximum: Int) -> Int {
         let n = min(count, maximum)
