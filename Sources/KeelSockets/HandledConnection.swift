@@ -265,13 +265,12 @@ final class FlushList: @unchecked Sendable {
     init(thread: IOThread, delay: Duration?) {
         self.thread = thread
         self.delay = delay.flatMap { $0 > .zero ? $0 : nil }
-        delaysFlushes = self.delay != nil
     }
 
     /// True when flushes wait for a window's timer (``TCPConnectionOptions/writeCoalescingDelay``):
     /// writes that arrive while a send is in flight then wait for the next window too, rather than
     /// leave when that send completes.
-    let delaysFlushes: Bool
+    var delaysFlushes: Bool { delay != nil }
 
     /// Keeps `connection` alive as long as this list: it may be scheduled from now on.
     func adopt(_ connection: TCPConnection) {

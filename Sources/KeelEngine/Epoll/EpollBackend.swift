@@ -553,11 +553,12 @@ final class EpollBackend {
             if !run(io, fd: fd) { setPending(fd, readable: false, nil) }
         }
         let after = state.pointee.interests[Int(fd)]
-        // Operations that stay armed (a connection's receive) keep the registration as it is; one that
-        // ended while another waits changes it; when the last ends the registration stays (the
-        // descriptor is usually closed next), and readiness with nothing waiting at all removes it.
-        let unchanged = after == before && (after.read != 0 || after.write != 0)
-        if !unchanged && (after.read != 0 || after.write != 0 || (before.read == 0 && before.write == 0)) { arm(fd) }
+        // While something waits, the registration changes only if what waits did (a connection's
+        // receive stays armed: no call). When the last operation ended just now the registration
+        // stays (the descriptor is usually closed next); readiness with nothing waiting before or
+        // after removes it.
+        let waiting = after.read != 0 || after.write != 0
+        if waiting ? after != before : after == before { arm(fd) }
     }
 
     private func expireTimeouts() {
