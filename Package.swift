@@ -63,7 +63,7 @@ let package = Package(
             swiftSettings: strict
         ),
         // Layer 2': pooled I/O buffers. Imports nothing else of Keel.
-        .target(name: "KeelBuffers", swiftSettings: strict),
+        .target(name: "KeelBuffers", dependencies: ["CKeelLinux"], swiftSettings: strict),
         // Layer 3: I/O threads, io_uring and epoll backends, timers, work pool.
         .target(
             name: "KeelEngine",

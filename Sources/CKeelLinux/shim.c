@@ -3,9 +3,8 @@
 #include "CKeelLinux.h"
 
 /* The IOThread running on this OS thread, or NULL. One TLS slot shared by all of Keel. */
-static __thread void *ckeel_current_io_thread_slot = NULL;
+__thread void *ckeel_current_io_thread_slot = NULL;
 
-void *ckeel_current_io_thread(void) { return ckeel_current_io_thread_slot; }
 void ckeel_set_current_io_thread(void *thread) { ckeel_current_io_thread_slot = thread; }
 
 void ckeel_thread_set_name(const char *name) {

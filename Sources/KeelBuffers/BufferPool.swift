@@ -1,3 +1,4 @@
+import CKeelLinux
 import Synchronization
 
 #if canImport(Glibc)
@@ -22,7 +23,8 @@ import Musl
 /// **Threading:** create the pool on the thread that will own it. ``acquire()`` and the kernel-lending
 /// calls run on the owner thread only. Buffers may be released on any thread: a release off the owner
 /// thread pushes the chunk onto a lock-free return queue that the owner drains, so the owner's hot path
-/// never takes a lock. Statistics can be read from any thread.
+/// never takes a lock. Statistics can be read from any thread; the owner publishes them
+/// (``publishStatistics()``) rather than storing atomics on every acquire and release.
 ///
 /// **Lifetime:** every buffer retains its pool, so a pool lives until its last buffer is released.
 public final class BufferPool: @unchecked Sendable {
@@ -35,7 +37,8 @@ public final class BufferPool: @unchecked Sendable {
     public let bufferSize: Int
 
     @usableFromInline let maximumChunks: Int
-    private let owner: pthread_t
+    /// The owner thread's ``ckeel_thread_identity()`` (an inline read, unlike `pthread_self()`).
+    private let owner: UInt
     /// Owner-thread-only state, behind a pointer so mutation costs no exclusivity checks.
     @usableFromInline let state: UnsafeMutablePointer<OwnerState>
     /// Address of every chunk, indexed by chunk (valid for chunks of mapped slabs).
@@ -66,6 +69,8 @@ public final class BufferPool: @unchecked Sendable {
         var mappedSlabs: Int = 0
         var inUse: Int = 0
         var heldByKernel: Int = 0
+        var highWater: Int = 0
+        var acquisitions: Int = 0
     }
 
     private final class Counters: Sendable {
@@ -84,7 +89,7 @@ public final class BufferPool: @unchecked Sendable {
         self.bufferSize = configuration.bufferSize
         self.maximumChunks = configuration.maximumBuffers
         precondition(maximumChunks < Int(BufferPool.none), "too many buffers for 32-bit chunk ids")
-        self.owner = pthread_self()
+        self.owner = ckeel_thread_identity()
         let slabCount = maximumChunks / configuration.buffersPerSlab
         self.slabs = .allocate(capacity: slabCount)
         self.slabs.initialize(repeating: nil, count: slabCount)
@@ -180,11 +185,8 @@ public final class BufferPool: @unchecked Sendable {
     func noteAcquired() {
         let inUse = state.pointee.inUse + 1
         state.pointee.inUse = inUse
-        counters.inUse.store(inUse, ordering: .relaxed)
-        if inUse > counters.highWater.load(ordering: .relaxed) {
-            counters.highWater.store(inUse, ordering: .relaxed)
-        }
-        counters.acquisitions.store(counters.acquisitions.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        if inUse > state.pointee.highWater { state.pointee.highWater = inUse }
+        state.pointee.acquisitions &+= 1
     }
 
     /// Returns a chunk to the pool. On the owner thread it goes straight onto the free stack; on any
@@ -196,11 +198,9 @@ public final class BufferPool: @unchecked Sendable {
         // Poison freed memory so use-after-release shows up as garbage, not as plausible data.
         addresses[Int(chunk)].unsafelyUnwrapped.initializeMemory(as: UInt8.self, repeating: 0xDD, count: bufferSize)
         #endif
-        if pthread_equal(pthread_self(), owner) != 0 {
+        if ckeel_thread_identity() == owner {
             pushFree(chunk)
-            let inUse = state.pointee.inUse - 1
-            state.pointee.inUse = inUse
-            counters.inUse.store(inUse, ordering: .relaxed)
+            state.pointee.inUse -= 1
         } else {
             var head = returnHead.load(ordering: .relaxed)
             while true {
@@ -237,12 +237,23 @@ public final class BufferPool: @unchecked Sendable {
             chunk = next
             count += 1
         }
-        let inUse = state.pointee.inUse - count
-        state.pointee.inUse = inUse
-        counters.inUse.store(inUse, ordering: .relaxed)
+        state.pointee.inUse -= count
         counters.crossThreadReturns.store(
             counters.crossThreadReturns.load(ordering: .relaxed) &+ count, ordering: .relaxed)
         return count
+    }
+
+    /// Copies the owner's counts (in use, high water, held by the kernel, acquisitions) where
+    /// ``statistics`` reads them from any thread: cheaper than an atomic store on every acquire and
+    /// release. I/O threads call it before each wait; ``statistics`` calls it itself on the owner thread.
+    ///
+    /// **Threading:** owner thread only.
+    public func publishStatistics() {
+        assertOwner()
+        counters.inUse.store(state.pointee.inUse, ordering: .relaxed)
+        counters.highWater.store(state.pointee.highWater, ordering: .relaxed)
+        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
+        counters.acquisitions.store(state.pointee.acquisitions, ordering: .relaxed)
     }
 
     private func mapSlab() throws(BufferPoolError) {
@@ -298,18 +309,20 @@ public final class BufferPool: @unchecked Sendable {
     @inline(__always)
     @usableFromInline
     func assertOwner() {
-        assert(pthread_equal(pthread_self(), owner) != 0, "BufferPool used off its owner thread")
+        assert(ckeel_thread_identity() == owner, "BufferPool used off its owner thread")
     }
 
     /// True when the calling thread owns this pool.
-    public var isOwnedByCurrentThread: Bool { pthread_equal(pthread_self(), owner) != 0 }
+    public var isOwnedByCurrentThread: Bool { ckeel_thread_identity() == owner }
 
     // MARK: Statistics
 
     /// A snapshot of the counters. Buffers released on other threads but not yet drained still count
-    /// as in use.
+    /// as in use. Read on another thread, the owner's counts are those it last published (an I/O
+    /// thread publishes before each wait).
     public var statistics: BufferPoolStatistics {
-        BufferPoolStatistics(
+        if isOwnedByCurrentThread { publishStatistics() }
+        return BufferPoolStatistics(
             inUse: counters.inUse.load(ordering: .relaxed),
             highWater: counters.highWater.load(ordering: .relaxed),
             heldByKernel: counters.heldByKernel.load(ordering: .relaxed),
@@ -330,7 +343,6 @@ public final class BufferPool: @unchecked Sendable {
         guard let chunk = try? takeChunk() else { return nil }
         debugMove(chunk, from: .application, to: .kernel, "lending a chunk to the kernel")
         state.pointee.heldByKernel += 1
-        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
         return (chunk, addresses[Int(chunk)].unsafelyUnwrapped)
     }
 
@@ -343,7 +355,6 @@ public final class BufferPool: @unchecked Sendable {
         precondition(length >= 0 && length <= bufferSize, "kernel reported \(length) bytes in a \(bufferSize)-byte buffer")
         debugMove(chunk, from: .kernel, to: .application, "adopting a chunk the kernel does not hold")
         state.pointee.heldByKernel -= 1
-        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
         noteAcquired()
         var buffer = IOBuffer(pool: self, chunk: chunk, base: addresses[Int(chunk)].unsafelyUnwrapped)
         buffer.moveWriterIndex(forwardBy: length)
@@ -357,7 +368,6 @@ public final class BufferPool: @unchecked Sendable {
         assertOwner()
         debugMove(chunk, from: .kernel, to: .pool, "reclaiming a chunk the kernel does not hold")
         state.pointee.heldByKernel -= 1
-        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
         pushFree(chunk)
     }
 

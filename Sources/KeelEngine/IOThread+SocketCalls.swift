@@ -47,9 +47,8 @@ extension IOThread {
     /// connection works without them. Nothing to do on an embedded stream.
     package func configureStream(_ fd: Int32, noDelay: Bool, keepAliveIdleSeconds: Int32?, receiveBufferSize: Int32? = nil) {
         if embeddedBackend != nil { return }
-        if noDelay { try? Sockets.setNoDelay(fd) }
-        if let keepAliveIdleSeconds { try? Sockets.setKeepAlive(fd, idle: keepAliveIdleSeconds) }
-        if let receiveBufferSize { try? Sockets.setBufferSizes(fd, send: nil, receive: receiveBufferSize) }
+        try? Sockets.configureStream(fd, noDelay: noDelay, keepAliveIdleSeconds: keepAliveIdleSeconds,
+                                     receiveBufferSize: receiveBufferSize)
     }
 
     /// Enters a socket this thread will run operations on in its ring's registered file table

@@ -357,6 +357,7 @@ public final class IOThread: @unchecked Sendable {
             }
 
             runBeforeWaitHooks()
+            bufferPool.publishStatistics()
             var wait = moreTasks ? 0 : loop.pointee.timers.nanosecondsUntilNextTimer(nowNanoseconds: now)
             if loop.pointee.stopping { wait = min(wait ?? 10_000_000, 10_000_000) }
             do {

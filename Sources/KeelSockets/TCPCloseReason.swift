@@ -19,11 +19,25 @@ public struct TCPCloseReason: Sendable, Hashable, CustomStringConvertible {
     /// What kind of close. Codes are named by a string; Keel's own are short names, layers above
     /// prefix theirs (`"tls."`, `"websocket."`, `"proxy."`).
     public struct Code: Sendable, Hashable, CustomStringConvertible {
-        /// The code's name, stable across releases (logs and metrics may use it).
-        public let name: String
+        // A static string (an address and a length): a reason copies as plain bytes. A `String` here
+        // cost a retain and a release per copy, several per closed connection (callgrind).
+        private let staticName: StaticString
 
-        /// Creates a code. Layers define theirs once, as static constants.
-        public init(_ name: String) { self.name = name }
+        /// The code's name, stable across releases (logs and metrics may use it).
+        public var name: String { staticName.description }
+
+        /// Creates a code. Layers define theirs once, as static constants named by a literal.
+        public init(_ name: StaticString) { staticName = name }
+
+        public static func == (lhs: Code, rhs: Code) -> Bool {
+            if lhs.staticName.hasPointerRepresentation && rhs.staticName.hasPointerRepresentation
+                && lhs.staticName.utf8Start == rhs.staticName.utf8Start {
+                return true
+            }
+            return lhs.name == rhs.name
+        }
+
+        public func hash(into hasher: inout Hasher) { hasher.combine(name) }
 
         /// This side asked to close (``TCPConnection/close(_:)``, or the server stopped).
         public static let local = Code("local")

@@ -301,9 +301,12 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     // MARK: Lifecycle
 
     /// Takes over `fd` (connected, non-blocking) and starts the connection. `endpoint` (the listener or
-    /// target) is evaluated only when the options make filters.
-    func open(descriptor fd: Int32, settings: ConnectionSettings, endpoint: @autoclosure () -> TCPFilterSetup.Endpoint) {
-        self.settings = settings
+    /// target) is evaluated only when the options make filters. `inheritedSocketOptions`: the socket
+    /// already has the options' no-delay, keep-alive and buffer sizes (an accepted socket inherits its
+    /// listener's on Linux), which saves a `setsockopt` per connection.
+    func open(descriptor fd: Int32, settings: ConnectionSettings, inheritedSocketOptions: Bool = false,
+              endpoint: @autoclosure () -> TCPFilterSetup.Endpoint) {
+        if self.settings !== settings { self.settings = settings }  // recycled objects: usually the same
         isWritable = true
         if let rareClosures {
             rareClosures.droppedWrites = 0
@@ -323,8 +326,10 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         rareClosures?.zeroCopyRoute = .untested
         deferredWriteCompleted = 0
         thread.registerDescriptor(fd)
-        thread.configureStream(fd, noDelay: settings.options.noDelay, keepAliveIdleSeconds: settings.options.keepAliveIdleSeconds,
-                               receiveBufferSize: settings.options.receiveBufferSize)
+        if !inheritedSocketOptions {
+            thread.configureStream(fd, noDelay: settings.options.noDelay, keepAliveIdleSeconds: settings.options.keepAliveIdleSeconds,
+                                   receiveBufferSize: settings.options.receiveBufferSize)
+        }
         if let idleTimeout { idleTimer = thread.scheduleTimer(after: idleTimeout, onIdle) }
         if let readTimeout { readTimer = thread.scheduleTimer(after: readTimeout, onReadTimeout) }
         receivesUrgentData = settings.options.receivesUrgentData
@@ -518,6 +523,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         deliverNow(buffer)
     }
 
+    @inline(__always)
     private func deliverNow(_ buffer: consuming IOBuffer) {
         callbackDepth += 1
         if let bottom = filterStack?.bottom {
@@ -528,6 +534,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         endCallback()
     }
 
+    @inline(__always)
     private func receiveCompleted(_ completion: IOCompletion) {
         if !completion.hasMore {
             readState.receiveEnded()
@@ -679,7 +686,8 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
                 return fail(errno: -error.errno.rawValue)
             }
         }
-        enqueue(.owned(buffer.detach()))
+        let size = buffer.readableBytes
+        enqueue(.owned(buffer.detach()), size: size)
     }
 
     /// Sends a shared payload after everything queued before it, without copying it; the payload is
@@ -726,12 +734,12 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
                 return fail(errno: -error.errno.rawValue)
             }
         }
-        enqueue(.shared(buffer, offset: offset))
+        enqueue(.shared(buffer, offset: offset), size: buffer.readableBytes - offset)
     }
 
-    /// Queues what the inline send did not take, applying the hard limit and the watermarks.
-    private func enqueue(_ item: consuming WriteQueue.Item) {
-        let size = item.readableRegion.count
+    /// Queues what the inline send did not take (`size` readable bytes), applying the hard limit and
+    /// the watermarks.
+    private func enqueue(_ item: consuming WriteQueue.Item, size: Int) {
         if let limit = flowControl.hardLimit, writeQueue.bytes + size > limit {
             let bound = SendQueueBound(maximumCount: .max, maximumBytes: limit, policy: flowControl.policy)
             let (verdict, droppedItems, droppedBytes) = bound.admit(size: size, count: writeQueue.count, bytes: writeQueue.bytes) {

@@ -73,6 +73,17 @@ public enum Sockets {
         if let receive { try setOption(fd, level: SOL_SOCKET, name: SO_RCVBUF, value: receive, "setsockopt(SO_RCVBUF)") }
     }
 
+    /// A stream socket's per-connection options in one call: no-delay (when `noDelay`), keepalive
+    /// after `keepAliveIdleSeconds` (when set) and the receive buffer size (when set). On a listener
+    /// they carry over to every socket it accepts (Linux copies them at accept).
+    public static func configureStream(_ fd: Int32, noDelay: Bool, keepAliveIdleSeconds: Int32?, receiveBufferSize: Int32?)
+        throws(SystemError)
+    {
+        if noDelay { try setNoDelay(fd) }
+        if let keepAliveIdleSeconds { try setKeepAlive(fd, idle: keepAliveIdleSeconds) }
+        if let receiveBufferSize { try setBufferSizes(fd, send: nil, receive: receiveBufferSize) }
+    }
+
     /// Binds `fd` to `address`.
     public static func bind(_ fd: Int32, to address: SocketAddress) throws(SystemError) {
         _ = try address.withSockAddr { (sa, length) throws(SystemError) -> Int32 in

@@ -623,8 +623,14 @@ int ckeel_pipe2(int fds[2], int flags);
 
 static inline uint64_t ckeel_thread_id(void) { return (uint64_t)syscall(SYS_gettid); }
 
-/* The IOThread bound to the calling OS thread (opaque), or NULL. Defined in shim.c. */
-void *ckeel_current_io_thread(void);
+/* The IOThread bound to the calling OS thread (opaque), or NULL: one TLS slot shared by all of Keel,
+   defined in shim.c. Read inline: the write path checks its thread on every call. */
+extern __thread void *ckeel_current_io_thread_slot;
+static inline void *ckeel_current_io_thread(void) { return ckeel_current_io_thread_slot; }
 void ckeel_set_current_io_thread(void *thread);
+
+/* A number unique to the calling OS thread while it runs (the address of its TLS slot): an inline
+   stand-in for pthread_self() and pthread_equal(), which are calls into libc. */
+static inline uintptr_t ckeel_thread_identity(void) { return (uintptr_t)&ckeel_current_io_thread_slot; }
 
 #endif /* CKEEL_LINUX_H */

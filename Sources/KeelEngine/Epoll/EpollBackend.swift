@@ -121,6 +121,7 @@ final class EpollBackend {
 
         var isEmpty: Bool { count == 0 }
 
+        @inline(__always)
         mutating func append(_ token: Token, _ result: Int32, _ flags: UInt32) {
             if count == capacity { grow() }
             storage[(head + count) & (capacity - 1)] = (token.rawValue, result, flags)
@@ -205,6 +206,7 @@ final class EpollBackend {
         }
     }
 
+    @inline(__always)
     private func complete(_ token: Token, _ result: Int32, flags: UInt32 = 0) {
         state.pointee.completed.append(token, result, flags)
     }
@@ -263,8 +265,13 @@ final class EpollBackend {
 
     /// Attempts `io` (repeatedly for multishot operations). - Returns: true when it must wait for readiness.
     private func run(_ io: PendingIO, fd: Int32) -> Bool {
-        if case .receiveMessagePooled(_, let template, true) = io.operation {
+        switch io.operation {
+        case .receivePooled(_, let multishot):
+            return receiveStream(io.token, fd: fd, multishot: multishot)
+        case .receiveMessagePooled(_, let template, true):
             return receiveDatagrams(io.token, fd: fd, template: UnsafeMutablePointer(bitPattern: template)!)
+        default:
+            break
         }
         let multishot = io.operation.isMultishot
         for _ in 0..<(multishot ? Self.multishotBurst : 1) {
@@ -275,10 +282,39 @@ final class EpollBackend {
                 let ends = final || !multishot
                 complete(io.token, result, flags: ends ? flags : flags | CKEEL_CQE_F_MORE)
                 if ends { return false }
-                // A stream receive that did not fill its buffer emptied the socket: trying again would
-                // only get EAGAIN, and level-triggered readiness reports anything that arrives since.
-                if case .receivePooled = io.operation, Int(result) < pool.bufferSize { return true }
             }
+        }
+        return true  // a busy multishot yields to other descriptors; level-triggered readiness brings it back
+    }
+
+    /// A pooled stream receive (every connection has one armed): each `recv` into a chunk lent from the
+    /// pool, as io_uring's provided buffers, up to ``multishotBurst`` of them for a multishot one.
+    /// The busiest path of the backend, so it skips ``attempt(_:)``'s general dispatch.
+    /// - Returns: true when it must wait for readiness again.
+    private func receiveStream(_ token: Token, fd: Int32, multishot: Bool) -> Bool {
+        for _ in 0..<(multishot ? Self.multishotBurst : 1) {
+            guard let (chunk, address) = pool.lendToKernel() else {
+                complete(token, -ENOBUFS)
+                return false
+            }
+            var n: Int
+            repeat {
+                n = ckeel_recv(fd, address, pool.bufferSize, 0)
+            } while n < 0 && ckeel_errno() == EINTR
+            if n > 0 {
+                let more = multishot ? CKEEL_CQE_F_MORE : 0
+                complete(token, Int32(n), flags: CKEEL_CQE_F_BUFFER | chunk << CKEEL_CQE_BUFFER_SHIFT | more)
+                if !multishot { return false }
+                // A read that did not fill its buffer emptied the socket: trying again would only get
+                // EAGAIN, and level-triggered readiness reports anything that arrives since.
+                if n < pool.bufferSize { return true }
+                continue
+            }
+            let code = n < 0 ? ckeel_errno() : 0
+            pool.reclaimFromKernel(chunk: chunk)
+            if n < 0 && (code == EAGAIN || code == EWOULDBLOCK) { return true }
+            complete(token, n == 0 ? 0 : -code)  // end of stream, or the error
+            return false
         }
         return true  // a busy multishot yields to other descriptors; level-triggered readiness brings it back
     }
@@ -333,7 +369,7 @@ final class EpollBackend {
         return true  // level-triggered: a socket with more datagrams is ready again at once
     }
 
-    /// One non-blocking syscall for `operation`.
+    /// One non-blocking syscall for `operation` (not a pooled stream receive: ``receiveStream``).
     private func attempt(_ operation: IOOperation.Core) -> Attempt {
         while true {
             var lentChunk: UInt32?
@@ -351,12 +387,8 @@ final class EpollBackend {
                 n = ckeel_sendmsg(fd, UnsafePointer(bitPattern: message), Int32(flags))
             case .accept(let fd, _):
                 n = Int(ckeel_accept4(fd))
-            case .receivePooled(let fd, _):
-                guard let chunk = pool.lendToKernel() else {
-                    return .completed(result: -ENOBUFS, flags: 0, final: true)
-                }
-                lentChunk = chunk.chunk
-                n = ckeel_recv(fd, chunk.address, pool.bufferSize, 0)
+            case .receivePooled:
+                preconditionFailure("pooled stream receives go through receiveStream")
             case .receiveMessagePooled(let fd, let template, _):
                 guard let chunk = pool.lendToKernel() else {
                     return .completed(result: -ENOBUFS, flags: 0, final: true)
