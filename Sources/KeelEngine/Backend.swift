@@ -53,9 +53,14 @@ enum Backend {
         if case .ring(let ring) = self { ring.registerDescriptor(fd) }
     }
 
-    /// Takes a socket out of the ring's registered file table before it closes (io_uring only).
-    func unregisterDescriptor(_ fd: Int32) {
-        if case .ring(let ring) = self { ring.unregisterDescriptor(fd) }
+    /// Closes a socket this backend ran operations on (on io_uring, out of the registered file table
+    /// and then closed, both with the next submission).
+    func closeDescriptor(_ fd: Int32) {
+        switch self {
+        case .ring(let ring): ring.closeDescriptor(fd)
+        case .epoll: Descriptors.close(fd)
+        case .embedded(let embedded): embedded.closeDescriptor(fd)
+        }
     }
 
     func cancel(_ token: Token) {

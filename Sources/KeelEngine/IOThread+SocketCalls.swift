@@ -58,11 +58,10 @@ extension IOThread {
         backend.registerDescriptor(fd)
     }
 
-    /// Closes a descriptor (taking it out of the registered file table first).
+    /// Closes a socket this thread ran operations on. On io_uring the close (and the registered file
+    /// table's update before it) goes out with the thread's next submission, before it next waits.
     package func closeDescriptor(_ fd: Int32) {
-        if let embeddedBackend { return embeddedBackend.closeDescriptor(fd) }
-        backend.unregisterDescriptor(fd)
-        Descriptors.close(fd)
+        backend.closeDescriptor(fd)
     }
 
     /// The peer's address of a connected socket.

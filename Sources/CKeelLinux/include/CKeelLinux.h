@@ -154,6 +154,11 @@ static inline void ckeel_sqe_prep(struct io_uring_sqe *sqe, uint8_t opcode, int 
     sqe->user_data = user_data;
 }
 
+/* Closes an ordinary descriptor (IORING_OP_CLOSE, Linux 5.6). */
+static inline void ckeel_sqe_close(struct io_uring_sqe *sqe, int fd, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_CLOSE, fd, 0, 0, 0, user_data);
+}
+
 static inline void ckeel_sqe_nop(struct io_uring_sqe *sqe, uint64_t user_data) {
     ckeel_sqe_prep(sqe, IORING_OP_NOP, -1, 0, 0, 0, user_data);
 }

@@ -69,6 +69,8 @@ final class RingBackend {
     }
 
     func close() {
+        // Closes queued through the ring (``closeDescriptor(_:)``) must still happen.
+        try? ring.submitAndWait(waitNanoseconds: 0)
         fileSlotsInUse?.deallocate()
         if registeredSlabs != nil { pool.observeSlabs(nil) }
         providedBuffers?.close()
@@ -169,9 +171,18 @@ final class RingBackend {
         queueFileTableUpdate(slot: fd, descriptor: fd)
     }
 
+    /// Closes `fd` through the ring (`IORING_OP_CLOSE`), after emptying its registered-table slot: both
+    /// go out with the next submission, which the loop makes anyway, so closing a connection costs no
+    /// system call of its own. The number stays taken until then, so no new socket can get it early.
+    func closeDescriptor(_ fd: Int32) {
+        unregisterDescriptor(fd)
+        let (sqe, _) = nextSQE()
+        ckeel_sqe_close(sqe, fd, Token.ignored.rawValue)
+    }
+
     /// Empties `fd`'s slot; call it before closing the descriptor. The ring's own reference to the socket
     /// goes with the update at the next submission (operations in flight keep theirs until they end).
-    func unregisterDescriptor(_ fd: Int32) {
+    private func unregisterDescriptor(_ fd: Int32) {
         guard let fileSlotsInUse, fd >= 0, UInt32(fd) < ring.fileTableSlots, fileSlotsInUse[Int(fd)] != 0 else { return }
         fileSlotsInUse[Int(fd)] = 0
         registeredDescriptorCount -= 1
