@@ -738,31 +738,44 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     }
 
     /// Queues what the inline send did not take (`size` readable bytes), applying the hard limit and
-    /// the watermarks.
+    /// the watermarks. Inlined into the write path; what a write past the hard limit does is not.
+    @inline(__always)
     private func enqueue(_ item: consuming WriteQueue.Item, size: Int) {
         if let limit = flowControl.hardLimit, writeQueue.bytes + size > limit {
-            let bound = SendQueueBound(maximumCount: .max, maximumBytes: limit, policy: flowControl.policy)
-            let (verdict, droppedItems, droppedBytes) = bound.admit(size: size, count: writeQueue.count, bytes: writeQueue.bytes) {
-                writeQueue.dropOldest(after: itemsInFlight, retiringInto: retiring)
-            }
-            noteDropped(droppedItems, bytes: droppedBytes)
-            switch verdict {
-            case .queue:
-                break
-            case .queueOverBound:
-                deferredLimitExceeded = true
-            case .drop:
-                if case .owned(let buffer) = item { buffer.release() }
-                noteDropped(1, bytes: size)
-                return
-            case .refuse:
-                // A stream cannot skip a write: the slow consumer is closed.
-                if case .owned(let buffer) = item { buffer.release() }
-                discardQueuedWrites()
-                thread.setAbortiveClose(descriptor)
-                return teardown(reason: .slowConsumer)
-            }
+            return enqueuePastHardLimit(item, size: size, limit: limit)
         }
+        queueAdmitted(item, size: size)
+    }
+
+    /// A write that takes the queue past its hard limit: the policy decides.
+    private func enqueuePastHardLimit(_ item: consuming WriteQueue.Item, size: Int, limit: Int) {
+        let bound = SendQueueBound(maximumCount: .max, maximumBytes: limit, policy: flowControl.policy)
+        let (verdict, droppedItems, droppedBytes) = bound.admit(size: size, count: writeQueue.count, bytes: writeQueue.bytes) {
+            writeQueue.dropOldest(after: itemsInFlight, retiringInto: retiring)
+        }
+        noteDropped(droppedItems, bytes: droppedBytes)
+        switch verdict {
+        case .queue:
+            break
+        case .queueOverBound:
+            deferredLimitExceeded = true
+        case .drop:
+            if case .owned(let buffer) = item { buffer.release() }
+            noteDropped(1, bytes: size)
+            return
+        case .refuse:
+            // A stream cannot skip a write: the slow consumer is closed.
+            if case .owned(let buffer) = item { buffer.release() }
+            discardQueuedWrites()
+            thread.setAbortiveClose(descriptor)
+            return teardown(reason: .slowConsumer)
+        }
+        queueAdmitted(item, size: size)
+    }
+
+    /// Queues an admitted write, then applies the high watermark and schedules the send.
+    @inline(__always)
+    private func queueAdmitted(_ item: consuming WriteQueue.Item, size: Int) {
         writeQueue.append(item, size: size)
         if isWritable && writeQueue.bytes > flowControl.highWatermark {
             isWritable = false
@@ -872,6 +885,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     /// Bytes queued for sending and not yet accepted by the kernel.
     public var queuedWriteBytes: Int { writeQueue.bytes }
 
+    @inline(__always)
     private func noteWriteCompleted(_ bytes: Int) {
         if callbackDepth > 0 {
             deferredWriteCompleted += bytes
@@ -997,16 +1011,19 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         // connection that flushes this turn; a sendmsg here would be a system call each (measured:
         // 5-13 % less server CPU per 64-byte and 4 KiB echo at depth 1, PERFORMANCE.md).
         if thread.backendKind == .ioUring { return submitSend() }
-        let outcome: Result<IOOutcome<Int>, SystemError>
-        var items = 1
         if let only = writeQueue.onlyRegion {
-            outcome = Result { () throws(SystemError) in try thread.send(descriptor, only) }
-        } else {
-            let (message, count) = queuedMessage()
-            items = count
-            outcome = Result { () throws(SystemError) in try thread.sendMessage(descriptor, UnsafePointer(message)) }
+            let sent = thread.sendBytes(descriptor, only)
+            if sent >= 0 {
+                afterSent(sent, of: 1)
+            } else if sent == -Int(EAGAIN) {
+                submitSend()
+            } else {
+                fail(errno: Int32(sent))
+            }
+            return finishIfQuiet()
         }
-        switch outcome {
+        let (message, items) = queuedMessage()
+        switch Result(catching: { () throws(SystemError) in try thread.sendMessage(descriptor, UnsafePointer(message)) }) {
         case .success(.completed(let sent)):
             afterSent(sent, of: items)
         case .success(.wouldBlock):

@@ -16,6 +16,7 @@ struct WriteQueue {
         case owned(DetachedBuffer)
         case shared(SharedBuffer, offset: Int)
 
+        @inline(__always)
         var readableRegion: UnsafeRawBufferPointer {
             switch self {
             case .owned(let buffer): return buffer.readableRegion
@@ -47,6 +48,7 @@ struct WriteQueue {
     var isEmpty: Bool { count == 0 }
 
     /// Queues `item`, whose readable bytes number `size` (the caller has measured it already).
+    @inline(__always)
     mutating func append(_ item: consuming Item, size: Int) {
         if count == capacity { grow() }
         (storage + ((head + count) & (capacity - 1))).initialize(to: item)
@@ -56,6 +58,7 @@ struct WriteQueue {
 
     /// The bytes of the only queued item (nil unless exactly one is queued): a send of one buffer needs
     /// no iovec array.
+    @inline(__always)
     var onlyRegion: UnsafeRawBufferPointer? {
         count == 1 ? storage[head].readableRegion : nil
     }
@@ -71,13 +74,20 @@ struct WriteQueue {
     }
 
     /// Drops `sent` bytes from the front, releasing finished items (or retiring them into `retired`).
+    @inline(__always)
     mutating func consume(_ sent: Int, retiringInto retired: UnsafeMutablePointer<WriteQueue>? = nil) {
-        var remaining = sent
         bytes -= sent
         if bytes == 0 {  // everything went (the usual case): no need to measure each item
             while count > 0 { popFront(retiringInto: retired) }
             return
         }
+        consumePart(sent, retiringInto: retired)
+    }
+
+    /// ``consume(_:retiringInto:)`` when bytes stay queued: items are measured to find where the sent
+    /// bytes end.
+    private mutating func consumePart(_ sent: Int, retiringInto retired: UnsafeMutablePointer<WriteQueue>?) {
+        var remaining = sent
         while remaining > 0 {
             let slot = storage + head
             let available = slot.pointee.readableRegion.count

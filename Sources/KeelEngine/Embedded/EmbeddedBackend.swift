@@ -219,6 +219,11 @@ package final class EmbeddedBackend {
         try outcome(streams[fd]?.write(bytes, urgent: urgent) ?? -EBADF, call: "send")
     }
 
+    /// ``IOThread/sendBytes(_:_:)``: bytes taken or -errno.
+    @usableFromInline package func sendBytes(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
+        Int(streams[fd]?.write(bytes, urgent: false) ?? -EBADF)
+    }
+
     @usableFromInline package func sendMessage(_ fd: Int32, _ message: UnsafePointer<msghdr>) throws(SystemError) -> IOOutcome<Int> {
         try outcome(streams[fd]?.write(message: message) ?? -EBADF, call: "sendmsg")
     }

@@ -544,14 +544,16 @@ final class EpollBackend {
     func submitAndWait(waitNanoseconds: UInt64?) throws(SystemError) {
         var wait = waitNanoseconds
         if !state.pointee.completed.isEmpty { wait = 0 }
-        let now = ckeel_monotonic_ns()
-        // Index loop, not for-in: an unspecialised array iterator allocates in debug builds.
-        var index = 0
-        while index < state.pointee.timeouts.count {
-            let deadline = state.pointee.timeouts[index].deadline
-            let remaining = deadline > now ? deadline - now : 0
-            wait = min(wait ?? remaining, remaining)
-            index += 1
+        if !state.pointee.timeouts.isEmpty {
+            let now = ckeel_monotonic_ns()
+            // Index loop, not for-in: an unspecialised array iterator allocates in debug builds.
+            var index = 0
+            while index < state.pointee.timeouts.count {
+                let deadline = state.pointee.timeouts[index].deadline
+                let remaining = deadline > now ? deadline - now : 0
+                wait = min(wait ?? remaining, remaining)
+                index += 1
+            }
         }
         let timeoutMS: Int32 = wait.map { Int32(clamping: ($0 + 999_999) / 1_000_000) } ?? -1
         let count = ckeel_epoll_wait(epollFD, events, eventCapacity, timeoutMS)
