@@ -65,8 +65,10 @@ struct TCPConnectionLifecycle {
             closeMode = nil  // keep receiving until the peer closes its side
             return shutsDownNow ? .shutdownWrite : .none
         }
-        let reason: TCPCloseReason = peerHalfClosed ? .peerClosed : .local
-        return shutsDownNow ? .shutdownWriteThenTearDown(reason) : .tearDown(reason)
+        // After the peer's end of stream nothing unread is left, so the close itself sends the FIN a
+        // shutdown would: one system call fewer for every connection whose peer closes first.
+        if peerHalfClosed { return .tearDown(.peerClosed) }
+        return shutsDownNow ? .shutdownWriteThenTearDown(.local) : .tearDown(.local)
     }
 
     /// The peer shut down its sending side.

@@ -41,7 +41,16 @@ struct TCPConnectionStateTests {
     @Test func aHalfCloseAfterThePeerClosedFinishesAsPeerClosed() {
         var lifecycle = opened()
         lifecycle.peerShutDown()
-        #expect(lifecycle.closeRequested(.halfClose, queueIsEmpty: true) == .shutdownWriteThenTearDown(.peerClosed))
+        #expect(lifecycle.closeRequested(.halfClose, queueIsEmpty: true) == .tearDown(.peerClosed))
+    }
+
+    /// The peer's end of stream was read: nothing unread is left, so closing sends the FIN itself and
+    /// no shutdown precedes it (a system call saved per connection the peer closes first).
+    @Test func aGracefulCloseAfterThePeerClosedClosesWithoutAShutdown() {
+        var lifecycle = opened()
+        lifecycle.peerShutDown()
+        #expect(lifecycle.closeRequested(.graceful, queueIsEmpty: false) == .none)
+        #expect(lifecycle.queueDrained() == .tearDown(.peerClosed))
     }
 
     @Test func aGracefulCloseAfterAHalfCloseTearsDownWithoutASecondShutdown() {

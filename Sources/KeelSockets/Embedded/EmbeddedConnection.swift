@@ -182,8 +182,9 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
     /// Peer bytes the connection has not read yet (reading paused, or waiting for a buffer).
     public var unreadBytes: Int { stream.unreadInboundBytes }
 
-    /// True once the connection shut down its sending side (the peer would read end of stream).
-    public var peerSawEndOfStream: Bool { stream.shutDownWrite }
+    /// True once the connection shut down its sending side or closed without an abort: either way the
+    /// peer reads end of stream (a connection whose peer closed first closes without a shutdown).
+    public var peerSawEndOfStream: Bool { stream.shutDownWrite || (stream.isClosed && !stream.abortiveClose) }
 
     /// True when the connection closed abortively (the peer would see a reset).
     public var closedAbortively: Bool { stream.abortiveClose }
