@@ -499,6 +499,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     }
 
     private func releaseStash() {
+        guard !stash.isEmpty else { return }  // the usual case: replacing an empty array still releases it
         for index in stashHead..<stash.count { stash[index].release() }
         stash.removeAll()
         stashHead = 0
