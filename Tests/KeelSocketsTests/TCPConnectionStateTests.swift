@@ -112,3 +112,20 @@ struct TCPConnectionStateTests {
         #expect(!stops, "nothing in flight to stop")
     }
 }
+
+/// Close-reason codes are plain 16-byte values named by static strings.
+@Suite("Close reason codes")
+struct TCPCloseReasonCodeTests {
+    @Test func codesKeepTheirNamesAndCompareByThem() {
+        let made = TCPCloseReason.Code("peerClosed")
+        #expect(made == .peerClosed, "equal by name, whatever the literal's address")
+        #expect(made.hashValue == TCPCloseReason.Code.peerClosed.hashValue)
+        #expect(made != .local)
+        #expect(TCPCloseReason.Code("tls.handshakeFailed").name == "tls.handshakeFailed")
+        let oneScalar = TCPCloseReason.Code("x")
+        #expect(oneScalar.name == "x")
+        #expect(oneScalar == TCPCloseReason.Code("x"))
+        #expect(TCPCloseReason(.protocolError, detail: "bad frame").description == "protocolError: bad frame")
+        #expect(MemoryLayout<TCPCloseReason.Code>.size == 16, "no larger than the String it replaced")
+    }
+}
