@@ -328,9 +328,9 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         if !acceptor.paused { startAccepting(acceptor) }
     }
 
-    /// A connection closed somewhere: let paused acceptors that waited for room go on. Allocation-free
-    /// unless an acceptor is actually waiting.
-    /// Counts a closed connection. - Returns: true when an acceptor waits for the room it left.
+    /// Counts a connection that closed (on any thread). Allocation-free, and touches no server: the
+    /// registries' closure calls it with what it captured. - Returns: true when an acceptor waits for
+    /// the room the connection left.
     private static func countFinished(
         closedBeforeOpening: Bool, _ counters: Counters, _ acceptors: [Acceptor], _ maximum: Int
     ) -> Bool {
@@ -345,6 +345,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         return false
     }
 
+    /// Lets paused acceptors that waited for room go on (on their threads).
     private func wakeAcceptorsWaitingForRoom() {
         for acceptor in acceptors where acceptor.waitingForRoom.load(ordering: .relaxed) {
             acceptor.thread.execute { [self] in
