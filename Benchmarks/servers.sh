@@ -69,6 +69,8 @@ start_server() {  # name -> sets SERVER_PID and SERVER_PORT
         c-io_uring) launch_server .build/release/c-uring-echo 0 ;;
         # The C server with an incrementally consumed provided-buffer ring (IOU_PBUF_RING_INC).
         c-io_uring-inc) launch_server .build/release/c-uring-echo 0 --incremental ;;
+        # The C server with direct descriptors (accept into file-table slots, no process descriptors).
+        c-io_uring-direct) launch_server .build/release/c-uring-echo 0 --direct ;;
         *) echo "unknown server $1" >&2; return 1 ;;
     esac
 }

@@ -8,14 +8,21 @@
  * (of any connection) until it is full; a buffer goes back to the ring once the kernel is done with it
  * and every send from it has completed. Measured against the default to decide whether Keel adopts it.
  *
+ * With --direct, sockets are direct descriptors (Linux 6.0): multishot accept installs each connection
+ * in a free slot of the ring's sparse file table (IORING_FILE_INDEX_ALLOC) and never in the process's
+ * descriptor table; receives and sends name the slot (IOSQE_FIXED_FILE), and IORING_OP_CLOSE frees it.
+ * TCP_NODELAY is set on the listener and inherited. Measured against the default to decide whether
+ * Keel accepts into slots.
+ *
  *   cc -O2 -I ../../Sources/CKeelLinux/include echo.c ../../Sources/CKeelLinux/shim.c -o c-uring-echo
- *   ./c-uring-echo [port] [--incremental]        prints "listening on 127.0.0.1:PORT"
+ *   ./c-uring-echo [port] [--incremental | --direct]   prints "listening on 127.0.0.1:PORT"
  */
 #define _GNU_SOURCE 1
 #include "CKeelLinux.h"
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <sys/resource.h>
 
 enum { ENTRIES = 4096, BUFFERS = 4096, BUFSIZE = 16384, GROUP = 1 };
 enum { KIND_ACCEPT = 1, KIND_RECV = 2, KIND_SEND = 3 };
@@ -25,6 +32,7 @@ enum { CQE_BUFFER_MORE = 1U << 4 };             /* IORING_CQE_F_BUF_MORE */
 /* Incremental mode: per buffer, the bytes the kernel has filled, the sends still reading it, and whether
  * the kernel is done with it. */
 static int incremental;
+static int direct;
 static uint32_t filled[BUFFERS], sends_pending[BUFFERS];
 static uint8_t kernel_done[BUFFERS];
 
@@ -48,6 +56,28 @@ static struct io_uring_sqe *get_sqe(void) {
     return &sqes[local_tail++ & sq_mask];
 }
 
+/* A multishot receive on connection `fd` (in direct mode a file-table slot, which the SQE names as one). */
+static void queue_recv(int fd) {
+    struct io_uring_sqe *sqe = get_sqe();
+    ckeel_sqe_recv_multishot(sqe, fd, GROUP, token(KIND_RECV, fd, 0));
+    if (direct) sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+static void queue_send(int fd, const void *bytes, uint32_t length, int bid) {
+    struct io_uring_sqe *sqe = get_sqe();
+    ckeel_sqe_send(sqe, fd, bytes, length, MSG_NOSIGNAL, token(KIND_SEND, fd, bid));
+    if (direct) sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+static void queue_accept(int listener) {
+    struct io_uring_sqe *sqe = get_sqe();
+    ckeel_sqe_accept(sqe, listener, 1, token(KIND_ACCEPT, listener, 0));
+    if (direct) {
+        sqe->accept_flags = 0;  /* neither flag applies to a direct descriptor (CLOEXEC is refused) */
+        sqe->file_index = IORING_FILE_INDEX_ALLOC;
+    }
+}
+
 static void recycle(int bid) {
     ckeel_buf_ring_add(buf_ring, BUFFERS - 1, 0, buffers + (size_t)bid * BUFSIZE, BUFSIZE, (uint16_t)bid);
     ckeel_buf_ring_advance(buf_ring, 1);
@@ -65,6 +95,7 @@ static void release_incremental(int bid) {
 int main(int argc, char **argv) {
     int port = argc > 1 ? atoi(argv[1]) : 7007;
     incremental = argc > 2 && strcmp(argv[2], "--incremental") == 0;
+    direct = argc > 2 && strcmp(argv[2], "--direct") == 0;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     struct io_uring_params p;
@@ -106,6 +137,14 @@ int main(int argc, char **argv) {
     int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (direct) {
+        setsockopt(listener, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct rlimit limit;  /* the table may be as large as the descriptor limit */
+        getrlimit(RLIMIT_NOFILE, &limit);
+        limit.rlim_cur = limit.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &limit);
+        if (ckeel_register_files_sparse(ring_fd, (uint32_t)limit.rlim_cur) != 0) { perror("register files"); return 1; }
+    }
     struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     if (bind(listener, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(listener, 4096) != 0) { perror("bind/listen"); return 1; }
     socklen_t len = sizeof(addr);
@@ -113,7 +152,7 @@ int main(int argc, char **argv) {
     printf("listening on 127.0.0.1:%d\n", ntohs(addr.sin_port));
     fflush(stdout);
 
-    ckeel_sqe_accept(get_sqe(), listener, 1, token(KIND_ACCEPT, listener, 0));
+    queue_accept(listener);
     while (!stopping) {
         ckeel_store_release(sq_tail, local_tail);
         int rc = ckeel_io_uring_enter(ring_fd, local_tail - ckeel_load_acquire(sq_head), 1, IORING_ENTER_GETEVENTS, NULL, 0);
@@ -125,10 +164,10 @@ int main(int argc, char **argv) {
             int res = cqe->res;
             if (kind == KIND_ACCEPT) {
                 if (res >= 0) {
-                    setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-                    ckeel_sqe_recv_multishot(get_sqe(), res, GROUP, token(KIND_RECV, res, 0));
+                    if (!direct) setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                    queue_recv(res);
                 }
-                if (!(cqe->flags & IORING_CQE_F_MORE)) ckeel_sqe_accept(get_sqe(), listener, 1, token(KIND_ACCEPT, listener, 0));
+                if (!(cqe->flags & IORING_CQE_F_MORE)) queue_accept(listener);
             } else if (kind == KIND_RECV) {
                 if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
                     int bid = (int)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
@@ -139,12 +178,18 @@ int main(int argc, char **argv) {
                         sends_pending[bid]++;
                         if (!(cqe->flags & CQE_BUFFER_MORE)) kernel_done[bid] = 1;
                     }
-                    ckeel_sqe_send(get_sqe(), fd, buffers + (size_t)bid * BUFSIZE + offset, (uint32_t)res, MSG_NOSIGNAL, token(KIND_SEND, fd, bid));
-                    if (!(cqe->flags & IORING_CQE_F_MORE)) ckeel_sqe_recv_multishot(get_sqe(), fd, GROUP, token(KIND_RECV, fd, 0));
+                    queue_send(fd, buffers + (size_t)bid * BUFSIZE + offset, (uint32_t)res, bid);
+                    if (!(cqe->flags & IORING_CQE_F_MORE)) queue_recv(fd);
                 } else if (res == -ENOBUFS) {
-                    ckeel_sqe_recv_multishot(get_sqe(), fd, GROUP, token(KIND_RECV, fd, 0));
+                    queue_recv(fd);
                 } else if (res <= 0 && !(cqe->flags & IORING_CQE_F_MORE)) {
-                    close(fd);
+                    if (direct) {
+                        struct io_uring_sqe *sqe = get_sqe();
+                        ckeel_sqe_close(sqe, 0, 0);  /* fd 0 with a slot: the kernel insists */
+                        sqe->file_index = (uint32_t)fd + 1;
+                    } else {
+                        close(fd);
+                    }
                 }
             } else if (kind == KIND_SEND) {
                 int bid = (int)(uint16_t)(cqe->user_data >> 32);
