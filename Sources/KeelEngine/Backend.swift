@@ -53,6 +53,23 @@ enum Backend {
         if case .ring(let ring) = self { ring.registerDescriptor(fd) }
     }
 
+    /// True when direct accepts put connections in the ring's file table.
+    var acceptsDirectDescriptors: Bool {
+        if case .ring(let ring) = self { return ring.acceptsDirectDescriptors }
+        return false
+    }
+
+    /// Counts a direct descriptor a direct accept made (io_uring only).
+    func noteDirectDescriptor() {
+        if case .ring(let ring) = self { ring.noteDirectDescriptor() }
+    }
+
+    /// An ordinary descriptor for direct descriptor `fd` (io_uring only; elsewhere `fd` itself).
+    func systemDescriptor(_ fd: Int32) -> Int32 {
+        if case .ring(let ring) = self { return ring.systemDescriptor(fd) }
+        return fd
+    }
+
     /// Closes a socket this backend ran operations on (on io_uring, out of the registered file table
     /// and then closed, both with the next submission).
     func closeDescriptor(_ fd: Int32) {

@@ -13,7 +13,7 @@ public struct IOOperation: Sendable {
         case timeout(nanoseconds: UInt64)
         case read(fd: Int32, address: UInt, length: UInt32)
         case write(fd: Int32, address: UInt, length: UInt32)
-        case accept(fd: Int32, multishot: Bool)
+        case accept(fd: Int32, multishot: Bool, direct: Bool)
         case receive(fd: Int32, address: UInt, length: UInt32)
         case receivePooled(fd: Int32, multishot: Bool)
         case send(fd: Int32, address: UInt, length: UInt32, flags: UInt32)
@@ -33,7 +33,7 @@ public struct IOOperation: Sendable {
 
         var isMultishot: Bool {
             switch self {
-            case .accept(_, let multishot), .receivePooled(_, let multishot), .receiveMessagePooled(_, _, let multishot):
+            case .accept(_, let multishot, _), .receivePooled(_, let multishot), .receiveMessagePooled(_, _, let multishot):
                 return multishot
 
             default: return false
@@ -70,8 +70,13 @@ extension IOOperation {
     /// Accepts connections on listening socket `fd`. The result is the new connection's descriptor
     /// (non-blocking, close-on-exec). With `multishot`, one completion arrives per connection, each
     /// flagged ``IOCompletion/hasMore``, until the operation is cancelled or fails.
-    public static func accept(_ fd: Int32, multishot: Bool) -> IOOperation {
-        IOOperation(core: .accept(fd: fd, multishot: multishot))
+    ///
+    /// With `direct` (io_uring with ``KernelFeatures/directDescriptors`` only: see
+    /// ``IOThread/acceptsDirectDescriptors``), each connection goes into a free slot of the thread's
+    /// registered file table instead of the process's descriptor table; turn the result into the value
+    /// the thread's socket calls take with ``IOThread/acceptedDescriptor(_:)``.
+    public static func accept(_ fd: Int32, multishot: Bool, direct: Bool = false) -> IOOperation {
+        IOOperation(core: .accept(fd: fd, multishot: multishot, direct: direct))
     }
 
     /// Receives up to `buffer.count` bytes from socket `fd` into `buffer`.

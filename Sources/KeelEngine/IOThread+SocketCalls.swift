@@ -6,15 +6,47 @@ import KeelSystem
 /// `sendmsg`, shutdown, close. They go to the kernel through ``Sockets``, or, on an embedded thread, to
 /// its in-memory streams, so the connection code that tests run is the code production runs.
 ///
+/// Each takes a descriptor value as the thread's operations do: an ordinary descriptor or a direct one
+/// (``directDescriptorFlag``), for which the call uses the ordinary descriptor installed on first need
+/// (``systemDescriptor(_:)``).
+///
 /// I/O thread only, like the connection that makes them.
 extension IOThread {
+    /// Marks a descriptor value as a direct descriptor: the rest is a slot of this thread's registered
+    /// file table (``KernelFeatures/directDescriptors``). Such a value is positive, so "open" tests
+    /// (`>= 0`) keep working; process descriptors never reach this bit.
+    public static let directDescriptorFlag: Int32 = 1 << 30
+
+    /// True when a direct accept (``IOOperation/accept(_:multishot:direct:)``) on this thread puts
+    /// connections in its registered file table (io_uring with ``KernelFeatures/directDescriptors``).
+    public var acceptsDirectDescriptors: Bool { backend.acceptsDirectDescriptors }
+
+    /// The descriptor value for a direct accept's result (a file-table slot): what this thread's
+    /// operations and socket calls take, and ``closeDescriptor(_:)`` closes.
+    public func acceptedDescriptor(_ slot: Int32) -> Int32 {
+        backend.noteDirectDescriptor()
+        return slot | IOThread.directDescriptorFlag
+    }
+
+    /// An ordinary descriptor for `fd`: `fd` itself, or, for a direct descriptor, one the kernel installs
+    /// on first need (`IORING_OP_FIXED_FD_INSTALL`, completed while submitting) and that
+    /// ``closeDescriptor(_:)`` closes with the slot. -1 when the kernel refuses. Do not close it yourself.
+    @inlinable
+    public func systemDescriptor(_ fd: Int32) -> Int32 {
+        guard fd >= 0, fd & IOThread.directDescriptorFlag != 0 else { return fd }
+        return installedDescriptor(direct: fd)
+    }
+
+    @usableFromInline
+    func installedDescriptor(direct fd: Int32) -> Int32 { backend.systemDescriptor(fd) }
+
     /// Non-blocking send (never SIGPIPE); `urgent` sends out-of-band data.
     @inlinable
     package func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, urgent: Bool = false) throws(SystemError)
         -> IOOutcome<Int>
     {
         if let embeddedBackend { return try embeddedBackend.send(fd, bytes, urgent: urgent) }
-        return try Sockets.send(fd, bytes, urgent: urgent)
+        return try Sockets.send(systemDescriptor(fd), bytes, urgent: urgent)
     }
 
     /// The flush's send of one buffer (never SIGPIPE): the bytes the kernel took, or -errno (`-EAGAIN`
@@ -23,6 +55,7 @@ extension IOThread {
     @inlinable
     package func sendBytes(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
         if let embeddedBackend { return embeddedBackend.sendBytes(fd, bytes) }
+        let fd = systemDescriptor(fd)
         while true {
             let sent = ckeel_send(fd, bytes.baseAddress, bytes.count, Int32(CKEEL_MSG_NOSIGNAL))
             if sent >= 0 { return sent }
@@ -35,7 +68,7 @@ extension IOThread {
     @inlinable
     package func sendMessage(_ fd: Int32, _ message: UnsafePointer<msghdr>) throws(SystemError) -> IOOutcome<Int> {
         if let embeddedBackend { return try embeddedBackend.sendMessage(fd, message) }
-        return try Sockets.sendMessage(fd, message)
+        return try Sockets.sendMessage(systemDescriptor(fd), message)
     }
 
     /// Non-blocking receive into `buffer`; `urgent` takes the out-of-band byte. 0: end of stream.
@@ -43,38 +76,41 @@ extension IOThread {
         throws(SystemError) -> IOOutcome<Int>
     {
         if let embeddedBackend { return try embeddedBackend.receive(fd, into: buffer, urgent: urgent) }
-        return try Sockets.receive(fd, into: buffer, urgent: urgent)
+        return try Sockets.receive(systemDescriptor(fd), into: buffer, urgent: urgent)
     }
 
     /// Shuts down the sending side (the peer reads end of stream); ENOTCONN is not an error.
     package func shutdownWrite(_ fd: Int32) {
         if let embeddedBackend { return embeddedBackend.shutdownWrite(fd) }
-        try? Sockets.shutdown(fd, .write)
+        try? Sockets.shutdown(systemDescriptor(fd), .write)
     }
 
     /// Makes the next close send RST (`SO_LINGER` 0).
     package func setAbortiveClose(_ fd: Int32) {
         if let embeddedBackend { return embeddedBackend.setAbortiveClose(fd) }
-        try? Sockets.setAbortiveClose(fd)
+        try? Sockets.setAbortiveClose(systemDescriptor(fd))
     }
 
     /// Applies a connection's socket options (`TCP_NODELAY`, keepalive); failures are ignored, as a
     /// connection works without them. Nothing to do on an embedded stream.
     package func configureStream(_ fd: Int32, noDelay: Bool, keepAliveIdleSeconds: Int32?, receiveBufferSize: Int32? = nil) {
         if embeddedBackend != nil { return }
-        try? Sockets.configureStream(fd, noDelay: noDelay, keepAliveIdleSeconds: keepAliveIdleSeconds,
+        try? Sockets.configureStream(systemDescriptor(fd), noDelay: noDelay, keepAliveIdleSeconds: keepAliveIdleSeconds,
                                      receiveBufferSize: receiveBufferSize)
     }
 
     /// Enters a socket this thread will run operations on in its ring's registered file table
     /// (``KernelFeatures/registeredFiles``): its operations then skip the kernel's file look-up. The
-    /// descriptor stays an ordinary one; close it with ``closeDescriptor(_:)``, which takes it out.
+    /// descriptor stays an ordinary one; close it with ``closeDescriptor(_:)``, which takes it out. Does
+    /// nothing for a direct descriptor (already there) or while the thread accepts direct descriptors
+    /// (the kernel hands out the table's slots then).
     package func registerDescriptor(_ fd: Int32) {
         backend.registerDescriptor(fd)
     }
 
     /// Closes a socket this thread ran operations on. On io_uring the close (and the registered file
-    /// table's update before it) goes out with the thread's next submission, before it next waits.
+    /// table's update before it) goes out with the thread's next submission, before it next waits; a
+    /// direct descriptor's slot is freed, and its installed ordinary descriptor, if any, closed.
     package func closeDescriptor(_ fd: Int32) {
         backend.closeDescriptor(fd)
     }
@@ -82,12 +118,12 @@ extension IOThread {
     /// The peer's address of a connected socket.
     package func peerAddress(_ fd: Int32) -> SocketAddress? {
         if let embeddedBackend { return embeddedBackend.stream(fd)?.remoteAddress }
-        return try? Sockets.peerAddress(fd)
+        return try? Sockets.peerAddress(systemDescriptor(fd))
     }
 
     /// The local address of a socket.
     package func localAddress(_ fd: Int32) -> SocketAddress? {
         if let embeddedBackend { return embeddedBackend.stream(fd)?.localAddress }
-        return try? Sockets.localAddress(fd)
+        return try? Sockets.localAddress(systemDescriptor(fd))
     }
 }

@@ -46,15 +46,26 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// from Linux 6.15), so the kernel skips pinning and unpinning the pages of each send. Linux 6.18
     /// honours registered buffers only on zero-copy sends; a slab past the memlock limit goes without.
     public static let registeredBuffers = KernelFeatures(rawValue: 1 << 6)
+    /// Accepted sockets are direct descriptors (needs ``registeredFiles`` and Linux 6.8): a server's
+    /// multishot accept puts each connection in a free slot of its thread's registered file table
+    /// (`IORING_FILE_INDEX_ALLOC`) and never in the process's descriptor table, its operations name the
+    /// slot, and its close frees the slot, so accepting and closing skip the descriptor table's
+    /// allocation, installation and removal. A call that needs an ordinary descriptor (the peer's or
+    /// local address, a socket option, out-of-band data, shutdown) gets one installed on first use
+    /// (`IORING_OP_FIXED_FD_INSTALL`), closed with the connection. Used by acceptors whose connections
+    /// stay on their own thread (one `SO_REUSEPORT` listener per thread, or one thread); outgoing
+    /// connections and UDP sockets keep ordinary descriptors, and while this is in use they are not
+    /// entered in the table, whose slots the kernel hands out.
+    public static let directDescriptors = KernelFeatures(rawValue: 1 << 7)
 
     /// Every feature Keel knows.
     public static let all: KernelFeatures = [
-        .registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend, .registeredBuffers, .udpSegmentation,
-        .udpReceiveCoalescing,
+        .registeredRing, .registeredFiles, .directDescriptors, .receiveBundles, .zeroCopySend, .registeredBuffers,
+        .udpSegmentation, .udpReceiveCoalescing,
     ]
     /// The features of an io_uring ring.
     public static let ringFeatures: KernelFeatures = [
-        .registeredRing, .registeredFiles, .receiveBundles, .zeroCopySend, .registeredBuffers,
+        .registeredRing, .registeredFiles, .directDescriptors, .receiveBundles, .zeroCopySend, .registeredBuffers,
     ]
     /// The socket features, probed once per process.
     public static let socketFeatures: KernelFeatures = [.udpSegmentation, .udpReceiveCoalescing]
@@ -63,6 +74,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public static let named: [(feature: KernelFeatures, name: String)] = [
         (.registeredRing, "registered-ring"),
         (.registeredFiles, "registered-files"),
+        (.directDescriptors, "direct-descriptors"),
         (.receiveBundles, "receive-bundles"),
         (.zeroCopySend, "zero-copy-send"),
         (.registeredBuffers, "registered-buffers"),

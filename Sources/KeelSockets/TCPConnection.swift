@@ -91,8 +91,19 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     @exclusivity(unchecked) private var readState = TCPReadState()
     /// Read by readiness (poll, then recv) so urgent bytes are taken before the stream passes them.
     @exclusivity(unchecked) private var receivesUrgentData = false
-    /// The socket descriptor (-1 once closed).
+    /// The socket as the thread's operations name it (-1 once closed): an ordinary descriptor, or, for a
+    /// connection accepted into the ring's file table (``KernelFeatures/directDescriptors``), the slot
+    /// marked with ``IOThread/directDescriptorFlag``. For system calls of your own use
+    /// ``systemDescriptor``.
     @exclusivity(unchecked) public private(set) var descriptor: Int32 = -1
+    /// An ordinary descriptor of the socket for system calls of your own (a socket option, say), nil once
+    /// closed: ``descriptor`` itself, or for a direct descriptor one the kernel installs on first use.
+    /// The connection closes it; do not. I/O thread only.
+    public var systemDescriptor: Int32? {
+        guard descriptor >= 0 else { return nil }
+        let fd = thread.systemDescriptor(descriptor)
+        return fd >= 0 ? fd : nil
+    }
 
     @exclusivity(unchecked) private var sendOperation: OperationID?
     @exclusivity(unchecked) private var sendInFlight = false

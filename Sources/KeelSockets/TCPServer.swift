@@ -208,19 +208,26 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 
     private func startAccepting(_ acceptor: Acceptor) {
         guard !acceptor.closed, acceptor.acceptOperation == nil else { return }
-        acceptor.acceptOperation = acceptor.thread.submit(.accept(acceptor.listener, multishot: true)) { [self] completion in
-            self.acceptCompleted(completion, acceptor)
+        let direct = acceptsDirect(acceptor)
+        acceptor.acceptOperation = acceptor.thread.submit(.accept(acceptor.listener, multishot: true, direct: direct)) { [self] completion in
+            self.acceptCompleted(completion, acceptor, direct: direct)
         }
     }
 
-    private func acceptCompleted(_ completion: IOCompletion, _ acceptor: Acceptor) {
+    /// Whether `acceptor` accepts into its thread's file table (``KernelFeatures/directDescriptors``):
+    /// only when its connections stay on its thread, as a direct descriptor is its ring's alone.
+    private func acceptsDirect(_ acceptor: Acceptor) -> Bool {
+        acceptor.thread.acceptsDirectDescriptors && (acceptors.count > 1 || pool.threads.count == 1)
+    }
+
+    private func acceptCompleted(_ completion: IOCompletion, _ acceptor: Acceptor, direct: Bool) {
         if !completion.hasMore {
             acceptor.acceptOperation = nil
             if acceptor.closed { acceptor.stopped.open() }
         }
         if completion.result >= 0 {
             acceptor.backoff = .milliseconds(10)
-            admit(descriptor: completion.result, acceptor)
+            admit(descriptor: direct ? acceptor.thread.acceptedDescriptor(completion.result) : completion.result, acceptor)
         } else if completion.result == -EMFILE || completion.result == -ENFILE || completion.result == -ENOBUFS
             || completion.result == -ENOMEM
         {
@@ -243,7 +250,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 
     private func admit(descriptor fd: Int32, _ acceptor: Acceptor, wasParked: Bool = false) {
         if stopped.load(ordering: .relaxed) {
-            Descriptors.close(fd)
+            acceptor.thread.closeDescriptor(fd)
             return
         }
         // Over the accept rate: hold it until the next one-second window.
@@ -299,7 +306,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
             acceptor.parked.append(fd)
         } else {
             counters.refused.wrappingAdd(1, ordering: .relaxed)
-            Descriptors.close(fd)
+            acceptor.thread.closeDescriptor(fd)
         }
     }
 
@@ -359,7 +366,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         acceptor.closed = true
         if let operation = acceptor.acceptOperation { acceptor.thread.cancel(operation) }
         if let timer = acceptor.resumeTimer { acceptor.thread.cancelTimer(timer) }
-        for fd in acceptor.parked { Descriptors.close(fd) }
+        for fd in acceptor.parked { acceptor.thread.closeDescriptor(fd) }
         acceptor.parked = []
         // Closing the listener now is safe: the cancelled accept holds its own file reference (io_uring)
         // or is no longer armed (epoll). The socket is gone once that accept has completed.

@@ -18,7 +18,7 @@ struct SocketOptionsRecorder: TCPConnectionHandler {
     let seen: Collector<SocketOptions>
 
     mutating func connectionEstablished(_ connection: TCPConnection) {
-        let fd = connection.descriptor
+        let fd = connection.systemDescriptor ?? -1  // an accepted direct descriptor gets an ordinary one
         func option(_ level: Int32, _ name: Int32) -> Int32 {
             var value: Int32 = -1
             var length = socklen_t(MemoryLayout<Int32>.size)

@@ -538,6 +538,35 @@ static inline void ckeel_sqe_files_update(struct io_uring_sqe *sqe, const int32_
 /* Makes a prepared SQE name its `fd` as a slot of the registered file table. */
 static inline void ckeel_sqe_use_fixed_file(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_FIXED_FILE; }
 
+/* ---- Direct descriptors (sockets that live only in the registered file table) ---- */
+
+/* IORING_OP_FIXED_FD_INSTALL (Linux 6.8), newer than some installed headers. */
+static const uint8_t CKEEL_OP_FIXED_FD_INSTALL = 54;
+
+/* Accepts into a free slot of the registered file table (IORING_FILE_INDEX_ALLOC, Linux 5.19): the
+ * completion's result is the slot, and the process's descriptor table is not touched. -ENFILE when
+ * the table is full. Non-blocking, so that an ordinary descriptor installed for it later (below) is
+ * too; the kernel refuses SOCK_CLOEXEC here (the install sets close-on-exec). */
+static inline void ckeel_sqe_accept_direct(struct io_uring_sqe *sqe, int fd, int multishot, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_ACCEPT, fd, 0, 0, 0, user_data);
+    sqe->accept_flags = SOCK_NONBLOCK;
+    sqe->file_index = IORING_FILE_INDEX_ALLOC;
+    if (multishot) sqe->ioprio |= IORING_ACCEPT_MULTISHOT;
+}
+
+/* Closes the direct descriptor in `slot` and frees the slot (the kernel wants fd 0 and slot + 1). */
+static inline void ckeel_sqe_close_direct(struct io_uring_sqe *sqe, uint32_t slot, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, IORING_OP_CLOSE, 0, 0, 0, 0, user_data);
+    sqe->file_index = slot + 1;
+}
+
+/* Gives the direct descriptor in `slot` an ordinary descriptor too (close-on-exec): the completion's
+ * result. The kernel completes it while submitting. */
+static inline void ckeel_sqe_install_direct(struct io_uring_sqe *sqe, uint32_t slot, uint64_t user_data) {
+    ckeel_sqe_prep(sqe, CKEEL_OP_FIXED_FD_INSTALL, (int)slot, 0, 0, 0, user_data);
+    sqe->flags |= IOSQE_FIXED_FILE;
+}
+
 /* ---- Registered (fixed) buffers ---- */
 
 /* Registers an empty buffer table of `count` slots, filled later by ckeel_register_buffer. Returns 0,

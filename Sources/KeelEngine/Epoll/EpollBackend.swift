@@ -213,7 +213,7 @@ final class EpollBackend {
 
     private static func descriptor(of operation: IOOperation.Core) -> Int32 {
         switch operation {
-        case .read(let fd, _, _), .write(let fd, _, _), .accept(let fd, _), .receive(let fd, _, _),
+        case .read(let fd, _, _), .write(let fd, _, _), .accept(let fd, _, _), .receive(let fd, _, _),
             .receivePooled(let fd, _), .send(let fd, _, _, _), .sendMessage(let fd, _, _), .connect(let fd, _, _), .sendMessageZeroCopy(let fd, _, _),
             .receiveMessagePooled(let fd, _, _), .pollReadable(let fd):
             return fd
@@ -385,7 +385,7 @@ final class EpollBackend {
                 n = ckeel_send(fd, UnsafeRawPointer(bitPattern: address), Int(length), Int32(flags))
             case .sendMessage(let fd, let message, let flags), .sendMessageZeroCopy(let fd, let message, let flags):
                 n = ckeel_sendmsg(fd, UnsafePointer(bitPattern: message), Int32(flags))
-            case .accept(let fd, _):
+            case .accept(let fd, _, _):
                 n = Int(ckeel_accept4(fd))
             case .receivePooled:
                 preconditionFailure("pooled stream receives go through receiveStream")

@@ -150,6 +150,11 @@ final class Ring {
             }
         }
         fileTableSlots = slots
+        if wanted.contains(.directDescriptors) && inUse.contains(.registeredFiles)
+            && ckeel_probe_opcode(ringFD, CKEEL_OP_FIXED_FD_INSTALL) == 1
+        {
+            inUse.insert(.directDescriptors)
+        }
         // A zero-copy sendmsg reads registered buffers from Linux 6.15 (before, only a single-buffer send).
         if wanted.contains(.registeredBuffers) && inUse.contains(.zeroCopySend) && bufferSlots > 0
             && ckeel_kernel_at_least(6, 15) == 1 && ckeel_register_buffers_sparse(ringFD, bufferSlots) == 0
@@ -253,6 +258,23 @@ final class Ring {
         case EINTR, ETIME, EBUSY, EAGAIN: return
         default: throw SystemError(code: code, call: "io_uring_enter", context: "submit \(toSubmit)")
         }
+    }
+
+    /// Submits what is queued and returns the result of the completion with `userData`, which must be
+    /// of an operation the kernel completes while submitting. The completion stays in the queue (for the
+    /// loop to drain and drop); nil when it did not appear.
+    func submitForResult(of userData: UInt64) -> Int32? {
+        for _ in 0..<3 {
+            try? submitAndWait(waitNanoseconds: 0)
+            var head = cqHead.pointee
+            let tail = ckeel_load_acquire(cqTail)
+            while head != tail {
+                let cqe = cqes + Int(head & cqMask)
+                if cqe.pointee.user_data == userData { return cqe.pointee.res }
+                head &+= 1
+            }
+        }
+        return nil
     }
 
     /// True when the kernel has task work queued for this ring (DEFER_TASKRUN/COOP_TASKRUN).

@@ -22,8 +22,17 @@ final class RingBackend {
     /// One byte per slot of the ring's registered file table (slot number = descriptor): 1 while the
     /// descriptor is entered there. Nil without ``KernelFeatures/registeredFiles``.
     private let fileSlotsInUse: UnsafeMutablePointer<UInt8>?
-    /// Descriptors entered in the registered file table now.
+    /// Sockets in the registered file table now: entered by ``registerDescriptor(_:)`` or accepted there
+    /// (``noteDirectDescriptor()``).
     private(set) var registeredDescriptorCount = 0
+    /// True with ``KernelFeatures/directDescriptors``: direct accepts allocate slots of the file table,
+    /// and ``registerDescriptor(_:)`` does nothing (it would overwrite them).
+    let acceptsDirectDescriptors: Bool
+    /// Per file-table slot, the ordinary descriptor installed for its direct descriptor, or -1. Made on
+    /// the first install.
+    private var installedDescriptors: UnsafeMutablePointer<Int32>?
+    /// Numbers the installs, so each one's completion is told from an earlier one's still in the queue.
+    private var installs: UInt32 = 0
     /// The pool's slabs as fixed buffers. Nil without ``KernelFeatures/registeredBuffers``.
     private let registeredSlabs: RegisteredSlabs?
     /// Zero-copy sends that named a registered slab.
@@ -51,6 +60,7 @@ final class RingBackend {
         }
         wakeupValue = .allocate(capacity: 1)
         wakeupValue.initialize(to: 0)
+        acceptsDirectDescriptors = ring.featuresInUse.contains(.directDescriptors)
         if ring.fileTableSlots > 0 {
             let slots = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(ring.fileTableSlots))
             slots.initialize(repeating: 0, count: Int(ring.fileTableSlots))
@@ -72,6 +82,7 @@ final class RingBackend {
         // Closes queued through the ring (``closeDescriptor(_:)``) must still happen.
         try? ring.submitAndWait(waitNanoseconds: 0)
         fileSlotsInUse?.deallocate()
+        installedDescriptors?.deallocate()
         if registeredSlabs != nil { pool.observeSlabs(nil) }
         providedBuffers?.close()
         providedBuffers = nil
@@ -115,8 +126,12 @@ final class RingBackend {
             ckeel_sqe_read(sqe, fd, UnsafeMutableRawPointer(bitPattern: address), length, token.rawValue)
         case .write(let fd, let address, let length):
             ckeel_sqe_write(sqe, fd, UnsafeRawPointer(bitPattern: address), length, token.rawValue)
-        case .accept(let fd, let multishot):
-            ckeel_sqe_accept(sqe, fd, multishot ? 1 : 0, token.rawValue)
+        case .accept(let fd, let multishot, let direct):
+            if direct && acceptsDirectDescriptors {
+                ckeel_sqe_accept_direct(sqe, fd, multishot ? 1 : 0, token.rawValue)
+            } else {
+                ckeel_sqe_accept(sqe, fd, multishot ? 1 : 0, token.rawValue)
+            }
         case .receive(let fd, let address, let length):
             ckeel_sqe_recv(sqe, fd, UnsafeMutableRawPointer(bitPattern: address), length, 0, token.rawValue)
         case .receivePooled(let fd, let multishot):
@@ -153,7 +168,10 @@ final class RingBackend {
         }
         if let fileSlotsInUse {
             let fd = sqe.pointee.fd
-            if fd >= 0 && UInt32(fd) < ring.fileTableSlots && fileSlotsInUse[Int(fd)] != 0 {
+            if fd >= 0 && fd & IOThread.directDescriptorFlag != 0 {
+                sqe.pointee.fd = fd & ~IOThread.directDescriptorFlag
+                ckeel_sqe_use_fixed_file(sqe)
+            } else if fd >= 0 && UInt32(fd) < ring.fileTableSlots && fileSlotsInUse[Int(fd)] != 0 {
                 ckeel_sqe_use_fixed_file(sqe)
             }
         }
@@ -165,7 +183,7 @@ final class RingBackend {
     /// per-operation file look-up. The update goes out ahead of them in the same submission. Does
     /// nothing without the feature, for a descriptor past the table, or one already entered.
     func registerDescriptor(_ fd: Int32) {
-        guard let fileSlotsInUse, fd >= 0, UInt32(fd) < ring.fileTableSlots, fileSlotsInUse[Int(fd)] == 0 else { return }
+        guard !acceptsDirectDescriptors, let fileSlotsInUse, fd >= 0, UInt32(fd) < ring.fileTableSlots, fileSlotsInUse[Int(fd)] == 0 else { return }
         fileSlotsInUse[Int(fd)] = 1
         registeredDescriptorCount += 1
         queueFileTableUpdate(slot: fd, descriptor: fd)
@@ -175,9 +193,51 @@ final class RingBackend {
     /// go out with the next submission, which the loop makes anyway, so closing a connection costs no
     /// system call of its own. The number stays taken until then, so no new socket can get it early.
     func closeDescriptor(_ fd: Int32) {
+        if fd >= 0 && fd & IOThread.directDescriptorFlag != 0 {
+            let slot = fd & ~IOThread.directDescriptorFlag
+            if let installedDescriptors, UInt32(slot) < ring.fileTableSlots, installedDescriptors[Int(slot)] >= 0 {
+                let (sqe, _) = nextSQE()
+                ckeel_sqe_close(sqe, installedDescriptors[Int(slot)], Token.ignored.rawValue)
+                installedDescriptors[Int(slot)] = -1
+            }
+            let (sqe, _) = nextSQE()
+            ckeel_sqe_close_direct(sqe, UInt32(slot), Token.ignored.rawValue)
+            registeredDescriptorCount -= 1
+            return
+        }
         unregisterDescriptor(fd)
         let (sqe, _) = nextSQE()
         ckeel_sqe_close(sqe, fd, Token.ignored.rawValue)
+    }
+
+    /// Counts a socket a direct accept put in the table (until ``closeDescriptor(_:)``).
+    func noteDirectDescriptor() { registeredDescriptorCount += 1 }
+
+    /// An ordinary descriptor for direct descriptor `fd`: the one installed before, or a new one
+    /// (`IORING_OP_FIXED_FD_INSTALL`, which the kernel completes while submitting, so the answer is in
+    /// the completion queue when the submission returns). Submits what is queued. -1 when the kernel
+    /// refuses (descriptor limit) or `fd` is not a direct descriptor of this ring.
+    func systemDescriptor(_ fd: Int32) -> Int32 {
+        guard fd >= 0, fd & IOThread.directDescriptorFlag != 0 else { return fd }
+        let slot = fd & ~IOThread.directDescriptorFlag
+        guard acceptsDirectDescriptors, UInt32(slot) < ring.fileTableSlots else { return -1 }
+        let installed: UnsafeMutablePointer<Int32>
+        if let installedDescriptors {
+            installed = installedDescriptors
+        } else {
+            installed = .allocate(capacity: Int(ring.fileTableSlots))
+            installed.initialize(repeating: -1, count: Int(ring.fileTableSlots))
+            installedDescriptors = installed
+        }
+        if installed[Int(slot)] >= 0 { return installed[Int(slot)] }
+        installs &+= 1
+        // An ignored-kind token: the loop drops the completion when it drains it later.
+        let token = Token(kind: .ignored, generation: installs, slot: UInt32(slot))
+        let (sqe, _) = nextSQE()
+        ckeel_sqe_install_direct(sqe, UInt32(slot), token.rawValue)
+        let result = ring.submitForResult(of: token.rawValue) ?? -1
+        if result >= 0 { installed[Int(slot)] = result }
+        return result
     }
 
     /// Empties `fd`'s slot; call it before closing the descriptor. The ring's own reference to the socket
