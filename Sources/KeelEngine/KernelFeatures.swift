@@ -53,7 +53,8 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// allocation, installation and removal. A call that needs an ordinary descriptor (the peer's or
     /// local address, a socket option, out-of-band data, shutdown) gets one installed on first use
     /// (`IORING_OP_FIXED_FD_INSTALL`), closed with the connection. Used by acceptors whose connections
-    /// stay on their own thread (one `SO_REUSEPORT` listener per thread, or one thread); outgoing
+    /// stay on their own thread (one `SO_REUSEPORT` listener per thread, or one thread) and have no
+    /// filters (whose setup reads both addresses, so each would install one at once); outgoing
     /// connections and UDP sockets keep ordinary descriptors, and while this is in use they are not
     /// entered in the table, whose slots the kernel hands out.
     public static let directDescriptors = KernelFeatures(rawValue: 1 << 7)

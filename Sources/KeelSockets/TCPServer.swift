@@ -215,9 +215,12 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     }
 
     /// Whether `acceptor` accepts into its thread's file table (``KernelFeatures/directDescriptors``):
-    /// only when its connections stay on its thread, as a direct descriptor is its ring's alone.
+    /// only when its connections stay on its thread, as a direct descriptor is its ring's alone, and
+    /// have no filters, whose setup asks for both addresses at once (an ordinary descriptor installed
+    /// per connection would cost a system call more than accepting one).
     private func acceptsDirect(_ acceptor: Acceptor) -> Bool {
         acceptor.thread.acceptsDirectDescriptors && (acceptors.count > 1 || pool.threads.count == 1)
+            && configuration.connection.makeFilters == nil
     }
 
     private func acceptCompleted(_ completion: IOCompletion, _ acceptor: Acceptor, direct: Bool) {
