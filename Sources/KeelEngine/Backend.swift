@@ -18,7 +18,9 @@ enum Backend {
         }
     }
 
-    /// Pooled buffer `index` of those a receive completion carries, as an ``IOBuffer``.
+    /// Pooled buffer `index` of those a receive completion carries, as an ``IOBuffer``. Inlined into the
+    /// loop's one caller: the call and the switch's set-up cost ~20 instructions per receive (callgrind).
+    @inline(__always)
     func takeBuffer(_ completion: IOCompletion, index: Int) -> IOBuffer? {
         switch self {
         case .ring(let ring):

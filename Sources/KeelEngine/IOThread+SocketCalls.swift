@@ -17,6 +17,12 @@ extension IOThread {
     /// (`>= 0`) keep working; process descriptors never reach this bit.
     public static let directDescriptorFlag: Int32 = 1 << 30
 
+    /// True when `fd` is a direct descriptor (not negative, flag set): one mask and one compare.
+    @inlinable
+    public static func isDirectDescriptor(_ fd: Int32) -> Bool {
+        fd & (Int32.min | directDescriptorFlag) == directDescriptorFlag
+    }
+
     /// True when a direct accept (``IOOperation/accept(_:multishot:direct:)``) on this thread puts
     /// connections in its registered file table (io_uring with ``KernelFeatures/directDescriptors``).
     public var acceptsDirectDescriptors: Bool { backend.acceptsDirectDescriptors }
@@ -33,7 +39,7 @@ extension IOThread {
     /// ``closeDescriptor(_:)`` closes with the slot. -1 when the kernel refuses. Do not close it yourself.
     @inlinable
     public func systemDescriptor(_ fd: Int32) -> Int32 {
-        guard fd >= 0, fd & IOThread.directDescriptorFlag != 0 else { return fd }
+        guard IOThread.isDirectDescriptor(fd) else { return fd }
         return installedDescriptor(direct: fd)
     }
 

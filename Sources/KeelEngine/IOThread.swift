@@ -122,6 +122,7 @@ public final class IOThread: @unchecked Sendable {
 
     /// True when called on this I/O thread.
     @inline(__always)
+    @inlinable
     public var isCurrent: Bool { ckeel_current_io_thread() == Unmanaged.passUnretained(self).toOpaque() }
 
     @inline(__always)

@@ -35,7 +35,7 @@ struct AcceptedSocketRecorder: TCPConnectionHandler {
             _ = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length)
             flags = fcntl(fd, F_GETFL)
         }
-        seen.add(AcceptedSocket(isDirect: connection.descriptor & IOThread.directDescriptorFlag != 0,
+        seen.add(AcceptedSocket(isDirect: IOThread.isDirectDescriptor(connection.descriptor),
                                 peerPort: connection.remoteAddress?.port, socketType: type,
                                 isNonBlocking: flags >= 0 && flags & O_NONBLOCK != 0))
     }

@@ -168,7 +168,7 @@ final class RingBackend {
         }
         if let fileSlotsInUse {
             let fd = sqe.pointee.fd
-            if fd >= 0 && fd & IOThread.directDescriptorFlag != 0 {
+            if IOThread.isDirectDescriptor(fd) {
                 sqe.pointee.fd = fd & ~IOThread.directDescriptorFlag
                 ckeel_sqe_use_fixed_file(sqe)
             } else if fd >= 0 && UInt32(fd) < ring.fileTableSlots && fileSlotsInUse[Int(fd)] != 0 {
@@ -193,7 +193,7 @@ final class RingBackend {
     /// go out with the next submission, which the loop makes anyway, so closing a connection costs no
     /// system call of its own. The number stays taken until then, so no new socket can get it early.
     func closeDescriptor(_ fd: Int32) {
-        if fd >= 0 && fd & IOThread.directDescriptorFlag != 0 {
+        if IOThread.isDirectDescriptor(fd) {
             let slot = fd & ~IOThread.directDescriptorFlag
             if let installedDescriptors, UInt32(slot) < ring.fileTableSlots, installedDescriptors[Int(slot)] >= 0 {
                 let (sqe, _) = nextSQE()
@@ -218,7 +218,7 @@ final class RingBackend {
     /// the completion queue when the submission returns). Submits what is queued. -1 when the kernel
     /// refuses (descriptor limit) or `fd` is not a direct descriptor of this ring.
     func systemDescriptor(_ fd: Int32) -> Int32 {
-        guard fd >= 0, fd & IOThread.directDescriptorFlag != 0 else { return fd }
+        guard IOThread.isDirectDescriptor(fd) else { return fd }
         let slot = fd & ~IOThread.directDescriptorFlag
         guard acceptsDirectDescriptors, UInt32(slot) < ring.fileTableSlots else { return -1 }
         let installed: UnsafeMutablePointer<Int32>
