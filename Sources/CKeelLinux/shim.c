@@ -16,4 +16,5 @@ void ckeel_thread_set_name(const char *name) {
 
 int ckeel_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 
-int ckeel_accept4(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+/* Through syscall(): glibc's accept4 is a cancellation point (see ckeel_sendmsg in the header). */
+int ckeel_accept4(int fd) { return (int)syscall(__NR_accept4, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }

@@ -7,7 +7,7 @@ import SystemPackage
 public enum Descriptors {
     /// Closes `fd`. EINTR is not retried (on Linux the descriptor is released even then).
     public static func close(_ fd: Int32) {
-        _ = CKeelLinux.close(fd)
+        _ = ckeel_close(fd)
     }
 
     /// Creates a non-blocking, close-on-exec eventfd with initial value 0.

@@ -55,6 +55,13 @@ public final class AsyncWebSocket: @unchecked Sendable {
     /// How the connection ended, once it has: the closing handshake's code and the TCP reason.
     public private(set) var closed: (close: WebSocketClose, reason: TCPCloseReason)?
 
+    /// Orders a client socket's construction on its I/O thread before its first use by the task that
+    /// awaited it (``AsyncWebSocketConnector/connect(to:)``), in a way ThreadSanitizer sees: the
+    /// continuation's resume goes through the concurrency runtime, which TSan does not always see as
+    /// synchronising (it reported the new socket's `compression`, set in `init`, as raced in about half
+    /// of the WebSocket socket tests' runs). Taken once on each side per connect; never per message.
+    static let handoff = Locked(0)  // a counter, not Void (see AsyncTCPConnection.handoff)
+
     init(_ socket: WebSocket, thread: IOThread, inboundLimit: Int) {
         self.socket = socket
         self.thread = thread
@@ -283,10 +290,12 @@ public final class AsyncWebSocketConnector: Sendable {
     /// - Throws: ``KeelSockets/TCPConnectError`` when the TCP connection cannot be made, or
     ///   ``AsyncWebSocketError`` when the handshake failed (the reason names the server's answer).
     public func connect(to address: SocketAddress) async throws -> AsyncWebSocket {
-        try await withCheckedThrowingContinuation { continuation in
+        let socket = try await withCheckedThrowingContinuation { continuation in
             connector.connect(to: address, makeHandler: { AsyncWebSocketDialer(continuation: continuation) },
                               failed: { error in continuation.resume(throwing: error) })
         }
+        AsyncWebSocket.handoff.withLock { $0 &+= 1 }  // see `handoff`
+        return socket
     }
 }
 
@@ -298,6 +307,7 @@ struct AsyncWebSocketDialer: TCPConnectionHandler {
     mutating func connectionEstablished(_ connection: TCPConnection) {
         guard let continuation = continuation.take() else { return }
         if let socket = connection.filter(ofType: WebSocketFilter.self)?.asyncSocket {
+            AsyncWebSocket.handoff.withLock { $0 &+= 1 }  // see `AsyncWebSocket.handoff`
             continuation.resume(returning: socket)
         } else {
             continuation.resume(throwing: AsyncWebSocketError(

@@ -324,6 +324,10 @@ static inline ssize_t ckeel_recv(int fd, void *buffer, size_t length, int flags)
 static inline ssize_t ckeel_send(int fd, const void *buffer, size_t length, int flags) {
     return syscall(__NR_sendto, fd, buffer, length, flags, NULL, 0);
 }
+/* close(2) without the cancellation toggling (once per connection on epoll: ~60 instructions). */
+static inline int ckeel_close(int fd) {
+    return (int)syscall(__NR_close, fd);
+}
 
 /* The kernel's struct mmsghdr (glibc declares it only under _GNU_SOURCE). */
 struct ckeel_mmsghdr {

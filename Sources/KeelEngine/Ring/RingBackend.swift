@@ -18,7 +18,13 @@ final class RingBackend {
     let pool: BufferPool
     private let providedBufferCount: UInt32
     /// Registered on first use by a pooled receive, so engines without sockets hold no buffers.
-    private(set) var providedBuffers: ProvidedBufferRing?
+    private(set) var providedBuffers: ProvidedBufferRing? {
+        didSet { providedBuffersUnretained = providedBuffers.map { Unmanaged.passUnretained($0) } }
+    }
+    /// ``providedBuffers`` unretained, for the per-receive calls: a call through the optional stored
+    /// property cost a retain and a release per received buffer (the compiler cannot tell the call
+    /// leaves the property alone). Valid while ``providedBuffers`` holds the object.
+    private var providedBuffersUnretained: Unmanaged<ProvidedBufferRing>?
     /// One byte per slot of the ring's registered file table (slot number = descriptor): 1 while the
     /// descriptor is entered there. Nil without ``KernelFeatures/registeredFiles``.
     private let fileSlotsInUse: UnsafeMutablePointer<UInt8>?
@@ -276,12 +282,15 @@ final class RingBackend {
     /// Turns buffer `index` of a receive completion (more than one only in a bundle) into an
     /// ``IOBuffer`` and restocks the ring.
     func takeBuffer(_ completion: IOCompletion, index: Int) -> IOBuffer? {
-        providedBuffers?.takeBuffer(from: completion, index: index)
+        guard let provided = providedBuffersUnretained else { return nil }
+        var buffer: IOBuffer?
+        provided._withUnsafeGuaranteedRef { buffer = $0.takeBuffer(from: completion, index: index) }
+        return buffer
     }
 
     /// How many pool buffers a receive completion carries (1 unless it is a bundle).
     func bufferCount(_ completion: IOCompletion) -> Int {
-        providedBuffers?.bufferCount(completion) ?? 1
+        providedBuffersUnretained?._withUnsafeGuaranteedRef { $0.bufferCount(completion) } ?? 1
     }
 
     /// Asks the kernel to cancel the operation under `token`. Its completion arrives with -ECANCELED
