@@ -186,6 +186,19 @@ public final class IOThread: @unchecked Sendable {
         return OperationID(token: token)
     }
 
+    /// ``submit(_:handler:)`` without retaining `handler`, for a handler its owner keeps alive until
+    /// the operation's final completion (Keel's connection objects and their completion handlers, which
+    /// their thread keeps for its life): a retain and a release less per operation.
+    ///
+    /// I/O thread only.
+    @discardableResult
+    package func submit(_ operation: IOOperation, unretainedHandler handler: IOCompletionHandler) -> OperationID {
+        preconditionCurrent()
+        let token = loop.pointee.operations.insert(handler, retains: false)
+        backend.push(operation, token: token)
+        return OperationID(token: token)
+    }
+
     /// Submits `operation`; `completion` runs on this thread with the result. Convenient, but wraps the
     /// closure in a new handler object per call: hot paths use ``submit(_:handler:)`` with a handler
     /// made once.
@@ -415,9 +428,9 @@ public final class IOThread: @unchecked Sendable {
             if completion.hasMore {
                 deliver(completion, to: loop.pointee.operations.lookup(token))
             } else {
-                let handler = loop.pointee.operations.remove(token)
-                deliver(completion, to: handler)
-                handler?.release()
+                let removed = loop.pointee.operations.remove(token)
+                deliver(completion, to: removed?.handler)
+                if let removed, removed.retained { removed.handler.release() }
             }
         case .wakeup?:
             if case .ring(let ring) = backend { ring.armWakeup() }

@@ -418,12 +418,15 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         guard readState.shouldReceive(isOpen: lifecycle.isOpen, peerHalfClosed: peerHalfClosed) else { return }
         readState.receiveStarted()
         pendingOperations += 1
+        // Handlers unretained by the thread: this object and its completion handlers live as long as
+        // their registry (its flush list holds them), and a connection finishes, letting the registry
+        // retire, only when no operation of it is pending.
         if let accumulator {
-            receiveOperation = thread.submit(.receive(descriptor, into: accumulator.writableRegion), handler: onReceiveInto)
+            receiveOperation = thread.submit(.receive(descriptor, into: accumulator.writableRegion), unretainedHandler: onReceiveInto)
         } else if receivesUrgentData {
-            receiveOperation = thread.submit(.pollReadable(descriptor), handler: onReadable)
+            receiveOperation = thread.submit(.pollReadable(descriptor), unretainedHandler: onReadable)
         } else {
-            receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), handler: self)
+            receiveOperation = thread.submit(.receivePooled(descriptor, multishot: true), unretainedHandler: self)
         }
     }
 
@@ -955,7 +958,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         }
         sendInFlight = true
         pendingOperations += 1
-        sendOperation = thread.submit(operation, handler: onSend)
+        sendOperation = thread.submit(operation, unretainedHandler: onSend)  // unretained: see startReceiving
     }
 
     private func sendCompleted(_ completion: IOCompletion) {

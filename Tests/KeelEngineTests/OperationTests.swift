@@ -222,7 +222,8 @@ struct OperationTests {
         /// Removes `token`'s handler, releasing the table's retain. - Returns: whether it was there.
         func remove(_ token: Token) -> Bool {
             guard let removed = table.remove(token) else { return false }
-            removed.release()
+            #expect(removed.retained)
+            removed.handler.release()
             return true
         }
         let first = table.insert(handler)
@@ -242,6 +243,24 @@ struct OperationTests {
         #expect(table.inFlight == 0)
         // Every retain the table took was given back.
         #expect(isKnownUniquelyReferenced(&handler))
+    }
+
+    /// A handler its owner keeps alive (Keel's connections) goes in unretained: the table takes no
+    /// reference, says so on removal, and releases nothing for it when deallocated.
+    @Test func anUnretainedHandlerIsNeitherRetainedNorReleased() {
+        var table = OperationTable(initialCapacity: 2)
+        var handler = IOCompletionHandler()
+        let token = table.insert(handler, retains: false)
+        #expect(isKnownUniquelyReferenced(&handler))
+        #expect(table.lookup(token)?.takeUnretainedValue() === handler)
+        let removed = table.remove(token)
+        #expect(removed?.retained == false)
+        #expect(removed?.handler.takeUnretainedValue() === handler)
+        for _ in 0..<5 { _ = table.insert(handler, retains: false) }
+        _ = table.insert(handler)  // one retained, beside them
+        #expect(!isKnownUniquelyReferenced(&handler))
+        table.deallocate()
+        #expect(isKnownUniquelyReferenced(&handler), "only the retained one was released")
     }
 
     @Test func deallocatingTheTableReleasesHandlersStillHeld() {
