@@ -91,6 +91,10 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     /// `ConnectionRegistry<Handler>`, kept as `AnyObject`: indexing an array of the generic type in this
     /// unspecialised code looked up its metadata on every accept. Reach them through `registry(on:)`.
     private let registries: [any AnyObject & Sendable]
+    /// `registries`, unretained (they own the objects): the accept path reaches its registry through
+    /// these without a retain and a release per connection. `nonisolated(unsafe)`: set once in `init`,
+    /// and each is used only on its registry's thread, as the registry itself is.
+    nonisolated(unsafe) private let registryReferences: [Unmanaged<AnyObject>]
     private let counters = Counters()
     private let stopped = Atomic<Bool>(false)
     private let listenersClosed = Atomic<Bool>(false)
@@ -142,6 +146,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         registries = pool.threads.map {
             ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces, coalescingDelay: coalescingDelay) { finished.run($0) } as any AnyObject & Sendable
         }
+        registryReferences = registries.map { Unmanaged.passUnretained($0 as AnyObject) }
         acceptors = listeners.enumerated().map { index, fd in
             Acceptor(listener: fd, thread: pool.threads[index])
         }
@@ -287,13 +292,10 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
             }
         }
         // With one listener, spread connections round robin; with SO_REUSEPORT the kernel already did.
-        let target: IOThread
-        if acceptors.count == 1 && pool.threads.count > 1 {
-            target = pool.threads[acceptor.nextThread % pool.threads.count]
-            acceptor.nextThread &+= 1
-        } else {
-            target = acceptor.thread
-        }
+        // (The common case apart: a `target` variable for both cost a retain and a release per connection.)
+        guard acceptors.count == 1 && pool.threads.count > 1 else { return establish(descriptor: fd, on: acceptor.thread) }
+        let target = pool.threads[acceptor.nextThread % pool.threads.count]
+        acceptor.nextThread &+= 1
         if target === acceptor.thread {
             establish(descriptor: fd, on: target)
         } else {
@@ -380,10 +382,11 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     // MARK: Connections (on their threads)
 
     private func establish(descriptor fd: Int32, on thread: IOThread) {
-        let registry = registry(on: thread)
-        let connection = registry.take()
-        connection.install(makeHandler())
-        connection.open(descriptor: fd, settings: settings, inheritedSocketOptions: true, endpoint: .listener(localAddress))
+        registryReferences[thread.index]._withUnsafeGuaranteedRef { object in
+            let connection = unsafeDowncast(object, to: ConnectionRegistry<Handler>.self).take()
+            connection.install(makeHandler())
+            connection.open(descriptor: fd, settings: settings, inheritedSocketOptions: true, endpoint: .listener(localAddress))
+        }
     }
 
     /// `thread`'s registry.
