@@ -66,10 +66,10 @@ enum Backend {
         if case .ring(let ring) = self { ring.noteDirectDescriptor() }
     }
 
-    /// An ordinary descriptor for direct descriptor `fd` (io_uring only; elsewhere `fd` itself).
-    func systemDescriptor(_ fd: Int32) -> Int32 {
-        if case .ring(let ring) = self { return ring.systemDescriptor(fd) }
-        return fd
+    /// An ordinary descriptor for direct descriptor `fd` (io_uring only; -1 elsewhere, which has none).
+    func installedDescriptor(forDirect fd: Int32) -> Int32 {
+        if case .ring(let ring) = self { return ring.installedDescriptor(forDirect: fd) }
+        return -1
     }
 
     /// Closes a socket this backend ran operations on (on io_uring, out of the registered file table

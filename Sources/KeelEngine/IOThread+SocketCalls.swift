@@ -44,7 +44,7 @@ extension IOThread {
     }
 
     @usableFromInline
-    func installedDescriptor(direct fd: Int32) -> Int32 { backend.systemDescriptor(fd) }
+    func installedDescriptor(direct fd: Int32) -> Int32 { backend.installedDescriptor(forDirect: fd) }
 
     /// Non-blocking send (never SIGPIPE); `urgent` sends out-of-band data.
     @inlinable
@@ -61,7 +61,7 @@ extension IOThread {
     @inlinable
     package func sendBytes(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
         if let embeddedBackend { return embeddedBackend.sendBytes(fd, bytes) }
-        let fd = systemDescriptor(fd)
+        // No direct-descriptor mapping: only the epoll flush sends this way, and epoll has none.
         while true {
             let sent = ckeel_send(fd, bytes.baseAddress, bytes.count, Int32(CKEEL_MSG_NOSIGNAL))
             if sent >= 0 { return sent }
@@ -74,7 +74,7 @@ extension IOThread {
     @inlinable
     package func sendMessage(_ fd: Int32, _ message: UnsafePointer<msghdr>) throws(SystemError) -> IOOutcome<Int> {
         if let embeddedBackend { return try embeddedBackend.sendMessage(fd, message) }
-        return try Sockets.sendMessage(systemDescriptor(fd), message)
+        return try Sockets.sendMessage(fd, message)  // epoll's flush only, as sendBytes
     }
 
     /// Non-blocking receive into `buffer`; `urgent` takes the out-of-band byte. 0: end of stream.

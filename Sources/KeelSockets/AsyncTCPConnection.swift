@@ -32,12 +32,6 @@ public final class AsyncTCPConnection: @unchecked Sendable {
     /// Why the connection closed, once it has.
     public private(set) var closeReason: TCPCloseReason?
 
-    /// Orders a connection's construction on its I/O thread before its first use by the task that
-    /// awaited it, in a way ThreadSanitizer sees: the continuation's resume goes through the concurrency
-    /// runtime, which TSan does not always see as synchronising (it once reported the new connection's
-    /// fields as raced). Taken once on each side per connect; never per message.
-    static let handoff = Locked(0)  // a counter, not Void: TSan reported accesses to a zero-sized value as racing
-
     init(_ connection: TCPConnection, inboundLimit: Int) {
         handle = connection.handle
         thread = connection.thread
@@ -256,7 +250,7 @@ struct AsyncBridgeHandler: TCPConnectionHandler {
                 bridge.close()
             }
         case .deliver(let continuation):
-            AsyncTCPConnection.handoff.withLock { $0 &+= 1 }  // see `handoff`
+            TaskHandoff.beforeResuming()
             continuation.resume(returning: bridge)
         }
     }
@@ -347,7 +341,7 @@ public final class AsyncTCPConnector: Sendable {
                 AsyncBridgeHandler(purpose: .deliver(continuation), inboundLimit: limit)
             }, failed: { error in continuation.resume(throwing: error) })
         }
-        AsyncTCPConnection.handoff.withLock { $0 &+= 1 }  // see `handoff`
+        TaskHandoff.afterResuming()
         return connection
     }
 
@@ -360,7 +354,7 @@ public final class AsyncTCPConnector: Sendable {
                 AsyncBridgeHandler(purpose: .deliver(continuation), inboundLimit: limit)
             }, failed: { error in continuation.resume(throwing: error) })
         }
-        AsyncTCPConnection.handoff.withLock { $0 &+= 1 }  // see `handoff`
+        TaskHandoff.afterResuming()
         return connection
     }
 }

@@ -91,8 +91,8 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     /// `ConnectionRegistry<Handler>`, kept as `AnyObject`: indexing an array of the generic type in this
     /// unspecialised code looked up its metadata on every accept. Reach them through `registry(on:)`.
     private let registries: [any AnyObject & Sendable]
-    /// `registries`, unretained (they own the objects): the accept path reaches its registry through
-    /// these without a retain and a release per connection. `nonisolated(unsafe)`: set once in `init`,
+    /// `registries`, unretained (they own the objects): `registry(on:)` and the accept path reach a
+    /// registry through these, without a retain and a release per connection. `nonisolated(unsafe)`: set once in `init`,
     /// and each is used only on its registry's thread, as the registry itself is.
     nonisolated(unsafe) private let registryReferences: [Unmanaged<AnyObject>]
     private let counters = Counters()
@@ -392,7 +392,7 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     /// `thread`'s registry.
     @inline(__always)
     private func registry(on thread: IOThread) -> ConnectionRegistry<Handler> {
-        unsafeDowncast(registries[thread.index], to: ConnectionRegistry<Handler>.self)
+        unsafeDowncast(registryReferences[thread.index].takeUnretainedValue(), to: ConnectionRegistry<Handler>.self)
     }
 
     /// Closes this server's connections on `thread` and retires its registry there (the server has stopped).

@@ -55,13 +55,6 @@ public final class AsyncWebSocket: @unchecked Sendable {
     /// How the connection ended, once it has: the closing handshake's code and the TCP reason.
     public private(set) var closed: (close: WebSocketClose, reason: TCPCloseReason)?
 
-    /// Orders a client socket's construction on its I/O thread before its first use by the task that
-    /// awaited it (``AsyncWebSocketConnector/connect(to:)``), in a way ThreadSanitizer sees: the
-    /// continuation's resume goes through the concurrency runtime, which TSan does not always see as
-    /// synchronising (it reported the new socket's `compression`, set in `init`, as raced in about half
-    /// of the WebSocket socket tests' runs). Taken once on each side per connect; never per message.
-    static let handoff = Locked(0)  // a counter, not Void (see AsyncTCPConnection.handoff)
-
     init(_ socket: WebSocket, thread: IOThread, inboundLimit: Int) {
         self.socket = socket
         self.thread = thread
@@ -294,7 +287,7 @@ public final class AsyncWebSocketConnector: Sendable {
             connector.connect(to: address, makeHandler: { AsyncWebSocketDialer(continuation: continuation) },
                               failed: { error in continuation.resume(throwing: error) })
         }
-        AsyncWebSocket.handoff.withLock { $0 &+= 1 }  // see `handoff`
+        TaskHandoff.afterResuming()
         return socket
     }
 }
@@ -307,7 +300,7 @@ struct AsyncWebSocketDialer: TCPConnectionHandler {
     mutating func connectionEstablished(_ connection: TCPConnection) {
         guard let continuation = continuation.take() else { return }
         if let socket = connection.filter(ofType: WebSocketFilter.self)?.asyncSocket {
-            AsyncWebSocket.handoff.withLock { $0 &+= 1 }  // see `AsyncWebSocket.handoff`
+            TaskHandoff.beforeResuming()
             continuation.resume(returning: socket)
         } else {
             continuation.resume(throwing: AsyncWebSocketError(

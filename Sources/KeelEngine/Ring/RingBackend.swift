@@ -222,9 +222,9 @@ final class RingBackend {
     /// An ordinary descriptor for direct descriptor `fd`: the one installed before, or a new one
     /// (`IORING_OP_FIXED_FD_INSTALL`, which the kernel completes while submitting, so the answer is in
     /// the completion queue when the submission returns). Submits what is queued. -1 when the kernel
-    /// refuses (descriptor limit) or `fd` is not a direct descriptor of this ring.
-    func systemDescriptor(_ fd: Int32) -> Int32 {
-        guard IOThread.isDirectDescriptor(fd) else { return fd }
+    /// refuses (descriptor limit) or `fd` is not a direct descriptor of this ring. The caller checked
+    /// that `fd` is direct (``IOThread/systemDescriptor(_:)``).
+    func installedDescriptor(forDirect fd: Int32) -> Int32 {
         let slot = fd & ~IOThread.directDescriptorFlag
         guard acceptsDirectDescriptors, UInt32(slot) < ring.fileTableSlots else { return -1 }
         let installed: UnsafeMutablePointer<Int32>
