@@ -7,6 +7,7 @@
 #   scripts/instructions-per-message.sh [--depth D] [--connections C] [--messages M]
 #   scripts/instructions-per-message.sh --storm [--seconds S]
 #
+# KEEP_CALLGRIND=DIR keeps both profiles (small.out, large.out) in DIR; TOP=N lists N functions.
 # --storm counts instructions per connection of a connect storm instead (keel-bench storm, 32 in
 # progress, each connect, one 64-byte echo, close), from runs of S and 3S seconds.
 # Runs on the epoll backend: valgrind 3.19 blocks the whole process in io_uring_enter (the I/O thread
@@ -58,6 +59,9 @@ else
     run "$messages" "$work/small.out" >/dev/null
     run $((messages * 3)) "$work/large.out" >/dev/null
     per=$((messages * 2 * connections)) unit="echoed message"
+fi
+if [ -n "${KEEP_CALLGRIND:-}" ]; then  # keep the profiles (e.g. for callgrind_annotate --tree=caller)
+    mkdir -p "$KEEP_CALLGRIND" && cp "$work/small.out" "$work/large.out" "$KEEP_CALLGRIND/"
 fi
 UNIT=$unit python3 - "$work/small.out" "$work/large.out" "$per" <<'PY'
 import re, subprocess, sys

@@ -46,11 +46,11 @@ public final class IOThread: @unchecked Sendable {
         /// Run once when the thread begins stopping, before in-flight operations are cancelled.
         var shutdownHooks: [(id: UInt64, hook: (() -> Void)?)] = []
         /// Run every loop iteration just before the thread submits and waits (write coalescing), with
-        /// their registration ids beside them (a plain closure array: calling a closure kept inside a
-        /// tuple or optional costs a reabstraction thunk, an allocation per loop turn in debug builds).
-        /// A removed hook becomes a no-op with id 0 (it may be removed while the hooks run) and is
-        /// compacted away after.
-        var beforeWaitHooks: [() -> Void] = []
+        /// their registration ids beside them. Each hook is retained once, here, and called borrowed
+        /// (calling a closure loaded from this array retained and released its context every turn). A
+        /// removed hook gets id 0 and is skipped; it is released when the array is compacted after the
+        /// hooks ran, so one that removes itself while running stays alive until it returns.
+        var beforeWaitHooks: [Unmanaged<IOThreadWaitHook>] = []
         var beforeWaitHookIDs: [UInt64] = []
         var removedBeforeWaitHooks = 0
         var nextHookID: UInt64 = 0
@@ -390,6 +390,7 @@ public final class IOThread: @unchecked Sendable {
     func finishLoop() {
         inbox.closeAndDrain()
         // Hooks hold their owners (registries, servers); dropping them breaks the cycles through this thread.
+        for hook in loop.pointee.beforeWaitHooks { hook.release() }
         loop.pointee.beforeWaitHooks = []
         loop.pointee.beforeWaitHookIDs = []
         loop.pointee.shutdownHooks = []
@@ -403,12 +404,18 @@ public final class IOThread: @unchecked Sendable {
         // Index loop: a hook may register or remove hooks while they run.
         var index = 0
         while index < loop.pointee.beforeWaitHooks.count {
-            loop.pointee.beforeWaitHooks[index]()
+            if loop.pointee.beforeWaitHookIDs[index] != 0 {
+                loop.pointee.beforeWaitHooks[index]._withUnsafeGuaranteedRef { $0.beforeWait() }
+            }
             index += 1
         }
         if loop.pointee.removedBeforeWaitHooks > 0 {
             var kept = 0
-            for i in loop.pointee.beforeWaitHookIDs.indices where loop.pointee.beforeWaitHookIDs[i] != 0 {
+            for i in loop.pointee.beforeWaitHookIDs.indices {
+                guard loop.pointee.beforeWaitHookIDs[i] != 0 else {
+                    loop.pointee.beforeWaitHooks[i].release()
+                    continue
+                }
                 loop.pointee.beforeWaitHooks[kept] = loop.pointee.beforeWaitHooks[i]
                 loop.pointee.beforeWaitHookIDs[kept] = loop.pointee.beforeWaitHookIDs[i]
                 kept += 1
@@ -476,9 +483,16 @@ public final class IOThread: @unchecked Sendable {
     /// I/O thread only. - Returns: the registration, for ``removeHook(_:)``.
     @discardableResult
     public func beforeEachWait(_ hook: @escaping () -> Void) -> IOThreadHook {
+        beforeEachWait(running: ClosureWaitHook(hook))
+    }
+
+    /// ``beforeEachWait(_:)`` for a hook object: the thread retains it until the hook is removed or
+    /// the thread ends, and calls it without reference counting (per-turn hooks on the message path).
+    @discardableResult
+    public func beforeEachWait(running hook: IOThreadWaitHook) -> IOThreadHook {
         preconditionCurrent()
         loop.pointee.nextHookID += 1
-        loop.pointee.beforeWaitHooks.append(hook)
+        loop.pointee.beforeWaitHooks.append(.passRetained(hook))
         loop.pointee.beforeWaitHookIDs.append(loop.pointee.nextHookID)
         return IOThreadHook(id: loop.pointee.nextHookID, kind: .beforeEachWait)
     }
@@ -496,7 +510,8 @@ public final class IOThread: @unchecked Sendable {
     }
 
     /// Removes a hook registered with ``beforeEachWait(_:)`` or ``onShutdown(_:)`` and releases it (and
-    /// what it captured). Removing one twice, or one already run (a shutdown hook), does nothing.
+    /// what it captured): a shutdown hook at once, a before-wait hook when the hooks next run (it may
+    /// be running now). Removing one twice, or one already run (a shutdown hook), does nothing.
     ///
     /// I/O thread only.
     public func removeHook(_ registration: IOThreadHook) {
@@ -504,8 +519,7 @@ public final class IOThread: @unchecked Sendable {
         switch registration.kind {
         case .beforeEachWait:
             guard let index = loop.pointee.beforeWaitHookIDs.firstIndex(of: registration.id) else { return }
-            loop.pointee.beforeWaitHooks[index] = {}
-            loop.pointee.beforeWaitHookIDs[index] = 0
+            loop.pointee.beforeWaitHookIDs[index] = 0  // released when the hooks are next compacted
             loop.pointee.removedBeforeWaitHooks += 1
         case .shutdown:
             loop.pointee.shutdownHooks.removeAll { $0.id == registration.id }

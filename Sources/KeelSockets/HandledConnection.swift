@@ -178,7 +178,7 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
         // The thread's hook holds the registry (and through it the flush list and every connection
         // object) for as long as the thread runs: a server or connector dropped while connections are
         // open leaves them able to finish, and their completions never reach a freed object.
-        thread.execute { [self] in flushHook = thread.beforeEachWait { [self] in flushList.flushBeforeWait() } }
+        thread.execute { [self] in flushHook = thread.beforeEachWait(running: FlushHook(registry: self, flushList: flushList)) }
     }
 
     /// A connection object ready to open: recycled when one is free, new otherwise.
@@ -253,6 +253,23 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
 /// the registry and so the list: connection objects live as long as the thread runs, even if their
 /// server is dropped first, and the completion handlers that refer to them unretained stay valid
 /// until every operation has completed.
+/// A registry's before-wait hook: flushes its coalesced writes every loop turn, and holds the registry
+/// (see ``ConnectionRegistry/init(thread:coalescesWrites:coalescingDelay:finished:)``).
+private final class FlushHook: IOThreadWaitHook {
+    let registry: AnyObject
+    /// The registry's own (it lives as long as the registry this hook holds).
+    unowned(unsafe) let flushList: FlushList
+
+    init(registry: AnyObject, flushList: FlushList) {
+        self.registry = registry
+        self.flushList = flushList
+    }
+
+    override func beforeWait() {
+        flushList.flushBeforeWait()
+    }
+}
+
 final class FlushList: @unchecked Sendable {
     // @unchecked Sendable: touched only on its I/O thread (the registry's); for the same reason its
     // storage needs no dynamic exclusivity check (it is touched for every coalesced write).

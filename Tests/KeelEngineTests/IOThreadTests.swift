@@ -207,6 +207,51 @@ struct IOThreadTests {
         #expect(!runs.snapshot.contains("shutdown"), "a removed shutdown hook does not run")
     }
 
+    /// A hook object: counts its runs and says when it is freed.
+    final class CountingWaitHook: IOThreadWaitHook, @unchecked Sendable {
+        // @unchecked Sendable: no stored state of its own besides the (Sendable) collectors.
+        let runs: Collector<Int>
+        let freed: Collector<String>
+        init(runs: Collector<Int>, freed: Collector<String>) {
+            self.runs = runs
+            self.freed = freed
+        }
+        override func beforeWait() { runs.add(1) }
+        deinit { freed.add("hook") }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func hookObjectsRunEveryTurnAndAreReleasedOnceRemoved(backend: BackendKind) async throws {
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let freed = Collector<String>()
+            let runs = Collector<Int>()
+            let registration = try await thread.submit { () -> IOThreadHook in
+                thread.beforeEachWait(running: CountingWaitHook(runs: runs, freed: freed))
+            }
+            // Tasks given close together may share a turn: wake the loop until it has turned a few times.
+            for _ in 0..<500 where runs.snapshot.count < 3 {
+                _ = try await thread.submit { 0 }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            #expect(runs.snapshot.count >= 3, "it runs every turn")
+            #expect(freed.snapshot.isEmpty, "the thread holds a registered hook")
+            try await thread.submit { thread.removeHook(registration) }
+            // Released when the hooks next run: by the end of the turn that ran the removal.
+            for _ in 0..<200 where freed.snapshot.isEmpty {
+                _ = try await thread.submit { 0 }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            #expect(freed.snapshot == ["hook"])
+            let runsWhenFreed = runs.snapshot.count
+            for _ in 0..<3 {
+                _ = try await thread.submit { 0 }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            #expect(runs.snapshot.count == runsWhenFreed, "a removed hook no longer runs")
+        }
+    }
+
     @Test func backendNamesParse() {
         #expect(BackendKind(name: "io_uring") == .ioUring)
         #expect(BackendKind(name: "EPOLL") == .epoll)
