@@ -379,7 +379,7 @@ public final class IOThread: @unchecked Sendable {
             } catch {
                 BackendKind.logger.error("I/O thread \(index): \(error)")
             }
-            backend.drain(dispatch)
+            backend.drain { token, completion in dispatch(token, completion) }  // not `drain(dispatch)`: a method reference retains self per turn
             bufferPool.drainReturns()
         }
         finishLoop()

@@ -18,15 +18,16 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
     #if DEBUG
     private var handlerCallDepth = 0
     #endif
-    /// The registry that recycles this object when the connection has closed. Unowned, and unchecked:
-    /// the registry owns its connection objects (through its flush list) and outlives every use of
-    /// them, and a checked `unowned` load costs a retain and release per connection finished.
-    unowned(unsafe) let registry: ConnectionRegistry<Handler>
+    /// The registry that recycles this object when the connection has closed. Unretained, and
+    /// borrowed when used: the registry owns its connection objects (through its flush list) and
+    /// outlives every use of them; a checked `unowned` load, and even an `unowned(unsafe)` one, costs
+    /// a retain and release per connection finished.
+    let registry: Unmanaged<ConnectionRegistry<Handler>>
     /// Position in its registry's live list (for O(1) removal).
     var liveIndex = -1
 
     init(thread: IOThread, registry: ConnectionRegistry<Handler>) {
-        self.registry = registry
+        self.registry = .passUnretained(registry)
         // An address of its own even for a handler without stored state (one shared address made
         // ThreadSanitizer see every connection's in-place handler calls as one variable raced on), but
         // not an allocation of its own: malloc's smallest chunk is 32 bytes per connection.
@@ -109,7 +110,7 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
         }
         let refused = closedBeforeOpening
         closedBeforeOpening = false
-        registry.connectionFinished(self, closedBeforeOpening: refused)
+        registry._withUnsafeGuaranteedRef { $0.connectionFinished(self, closedBeforeOpening: refused) }
     }
 }
 
@@ -183,16 +184,24 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
 
     /// A connection object ready to open: recycled when one is free, new otherwise.
     func take() -> HandledConnection<Handler> {
-        let connection: HandledConnection<Handler>
+        takeUnretained().takeUnretainedValue()
+    }
+
+    /// ``take()``, unretained: the registry owns its connection objects (through its flush list), and
+    /// a returned counted reference cost a retain and two releases per connection accepted.
+    func takeUnretained() -> Unmanaged<HandledConnection<Handler>> {
+        let connection: Unmanaged<HandledConnection<Handler>>
         if !free.isEmpty {
-            connection = unsafeDowncast(free.removeLast().takeUnretainedValue(), to: HandledConnection<Handler>.self)
+            connection = .fromOpaque(free.removeLast().toOpaque())
         } else {
-            connection = HandledConnection<Handler>(thread: thread, registry: self)
-            if coalescesWrites { connection.flushList = Unmanaged.passUnretained(flushList) }
-            flushList.adopt(connection)
+            let made = HandledConnection<Handler>(thread: thread, registry: self)
+            if coalescesWrites { made.flushList = Unmanaged.passUnretained(flushList) }
+            flushList.adopt(made)
+            connection = .passUnretained(made)
         }
-        connection.liveIndex = live.count
-        live.append(.passUnretained(connection))
+        let index = live.count
+        connection._withUnsafeGuaranteedRef { $0.liveIndex = index }
+        live.append(.fromOpaque(connection.toOpaque()))
         return connection
     }
 
@@ -257,16 +266,17 @@ final class ConnectionRegistry<Handler: TCPConnectionHandler>: @unchecked Sendab
 /// (see ``ConnectionRegistry/init(thread:coalescesWrites:coalescingDelay:finished:)``).
 private final class FlushHook: IOThreadWaitHook {
     let registry: AnyObject
-    /// The registry's own (it lives as long as the registry this hook holds).
-    unowned(unsafe) let flushList: FlushList
+    /// The registry's own (it lives as long as the registry this hook holds). Unmanaged and borrowed:
+    /// an `unowned(unsafe)` reference is still retained for the call.
+    let flushList: Unmanaged<FlushList>
 
     init(registry: AnyObject, flushList: FlushList) {
         self.registry = registry
-        self.flushList = flushList
+        self.flushList = .passUnretained(flushList)
     }
 
     override func beforeWait() {
-        flushList.flushBeforeWait()
+        flushList._withUnsafeGuaranteedRef { $0.flushBeforeWait() }
     }
 }
 

@@ -140,25 +140,21 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
             throw error
         }
         localAddress = address
-        let finished = LateBoundAction()
         let coalesces = configuration.connection.coalescesWrites
         let coalescingDelay = configuration.connection.writeCoalescingDelay
-        registries = pool.threads.map {
-            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces, coalescingDelay: coalescingDelay) { finished.run($0) } as any AnyObject & Sendable
-        }
-        registryReferences = registries.map { Unmanaged.passUnretained($0 as AnyObject) }
         acceptors = listeners.enumerated().map { index, fd in
             Acceptor(listener: fd, thread: pool.threads[index])
         }
-        // The counting needs no server; the server is reached (weakly: the application may drop it
-        // while connections are open, which still finish) only to wake an acceptor that waits for room.
-        // Loading a weak reference per closed connection cost ~150 instructions (callgrind).
-        let counters = counters, acceptors = acceptors, maximum = configuration.maximumConnections
-        finished.bind { [weak self] closedBeforeOpening in
-            if TCPServer.countFinished(closedBeforeOpening: closedBeforeOpening, counters, acceptors, maximum) {
-                self?.wakeAcceptorsWaitingForRoom()
-            }
+        let finished = FinishedConnectionCounter(counters: counters, acceptors: acceptors, maximum: configuration.maximumConnections)
+        registries = pool.threads.map {
+            ConnectionRegistry<Handler>(thread: $0, coalescesWrites: coalesces, coalescingDelay: coalescingDelay) {
+                finished.connectionFinished(closedBeforeOpening: $0)
+            } as any AnyObject & Sendable
         }
+        registryReferences = registries.map { Unmanaged.passUnretained($0 as AnyObject) }
+        // The server is reached (weakly: the application may drop it while connections are open, which
+        // still finish) only to wake an acceptor that waits for room.
+        finished.bindWake { [weak self] in self?.wakeAcceptorsWaitingForRoom() }
         for acceptor in acceptors {
             acceptor.thread.execute { [self] in self.startAccepting(acceptor) }
         }
@@ -340,23 +336,6 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
         if !acceptor.paused { startAccepting(acceptor) }
     }
 
-    /// Counts a connection that closed (on any thread). Allocation-free, and touches no server: the
-    /// registries' closure calls it with what it captured. - Returns: true when an acceptor waits for
-    /// the room the connection left.
-    private static func countFinished(
-        closedBeforeOpening: Bool, _ counters: Counters, _ acceptors: [Acceptor], _ maximum: Int
-    ) -> Bool {
-        if closedBeforeOpening { counters.refusedByFilters.wrappingAdd(1, ordering: .relaxed) }
-        let active = counters.active.wrappingSubtract(1, ordering: .relaxed).newValue
-        guard active < maximum else { return false }
-        var index = 0
-        while index < acceptors.count {
-            if acceptors[index].waitingForRoom.load(ordering: .relaxed) { return true }
-            index += 1
-        }
-        return false
-    }
-
     /// Lets paused acceptors that waited for room go on (on their threads).
     private func wakeAcceptorsWaitingForRoom() {
         for acceptor in acceptors where acceptor.waitingForRoom.load(ordering: .relaxed) {
@@ -383,9 +362,10 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
 
     private func establish(descriptor fd: Int32, on thread: IOThread) {
         registryReferences[thread.index]._withUnsafeGuaranteedRef { object in
-            let connection = unsafeDowncast(object, to: ConnectionRegistry<Handler>.self).take()
-            connection.install(makeHandler())
-            connection.open(descriptor: fd, settings: settings, inheritedSocketOptions: true, endpoint: .listener(localAddress))
+            unsafeDowncast(object, to: ConnectionRegistry<Handler>.self).takeUnretained()._withUnsafeGuaranteedRef { connection in
+                connection.install(makeHandler())
+                connection.open(descriptor: fd, settings: settings, inheritedSocketOptions: true, endpoint: .listener(localAddress))
+            }
         }
     }
 
@@ -403,14 +383,38 @@ public final class TCPServer<Handler: TCPConnectionHandler>: Sendable {
     }
 }
 
-/// An action bound after construction (a registry is made before the server it reports to exists).
-final class LateBoundAction: @unchecked Sendable {
-    // @unchecked Sendable: `action` is written once, in the server's init, before any connection
-    // exists (thread starts and `execute` publish it to the I/O threads).
-    // Not optional: calling an optional closure copied (retained and released) its context each time.
-    private var action: @Sendable (Bool) -> Void = { _ in }
-    func bind(_ action: @escaping @Sendable (Bool) -> Void) { self.action = action }
-    func run(_ value: Bool) { action(value) }
+/// Counts a server's connections that finished (on any thread) and, when an acceptor paused at the
+/// connection limit, wakes it. Allocation-free and without reference counting per connection: the
+/// registries' closure calls it with what it holds (a closure or weak reference loaded per finished
+/// connection cost a retain and release, or ~150 instructions, each; callgrind).
+final class FinishedConnectionCounter: @unchecked Sendable {
+    // @unchecked Sendable: `wake` is written once, in the server's init, before any connection exists
+    // (thread starts and `execute` publish it to the I/O threads); the rest is immutable or atomic.
+    private let counters: TCPServerCounters
+    private let acceptors: [TCPAcceptor]
+    private let maximum: Int
+    private var wake: @Sendable () -> Void = {}
+
+    init(counters: TCPServerCounters, acceptors: [TCPAcceptor], maximum: Int) {
+        self.counters = counters
+        self.acceptors = acceptors
+        self.maximum = maximum
+    }
+
+    /// Sets what wakes the acceptors waiting for room (once, before any connection exists).
+    func bindWake(_ wake: @escaping @Sendable () -> Void) { self.wake = wake }
+
+    /// One connection finished (`closedBeforeOpening`: its filters refused it).
+    func connectionFinished(closedBeforeOpening: Bool) {
+        if closedBeforeOpening { counters.refusedByFilters.wrappingAdd(1, ordering: .relaxed) }
+        let active = counters.active.wrappingSubtract(1, ordering: .relaxed).newValue
+        guard active < maximum else { return }
+        var index = 0
+        while index < acceptors.count {
+            if acceptors[index].waitingForRoom.load(ordering: .relaxed) { return wake() }
+            index += 1
+        }
+    }
 }
 
 /// A one-way gate for async waiters: ``wait()`` returns once ``open()`` was called (before or after).

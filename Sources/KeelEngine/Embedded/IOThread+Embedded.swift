@@ -42,7 +42,7 @@ extension IOThread {
             runBeforeWaitHooks()
             embedded.submitAndWait(waitNanoseconds: 0)
             let completions = embedded.hasCompletions
-            embedded.drain(dispatch)
+            embedded.drain { token, completion in dispatch(token, completion) }
             bufferPool.drainReturns()
             if tasks == 0 && fired == 0 && !completions { return turn }
         }
