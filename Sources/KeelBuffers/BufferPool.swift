@@ -361,6 +361,25 @@ public final class BufferPool: @unchecked Sendable {
         return buffer
     }
 
+    /// Puts a buffer of this pool back in the state of a chunk lent to the kernel and filled with its
+    /// readable bytes (which must start at offset 0), for a completion that names it by chunk:
+    /// ``adoptFromKernel(chunk:length:)`` makes the buffer again. For a backend that reads into buffers
+    /// itself and then has to hand one over the way the kernel hands provided buffers.
+    ///
+    /// **Threading:** owner thread only.
+    /// - Returns: the chunk.
+    package func lendBack(_ buffer: consuming IOBuffer) -> UInt32 {
+        assertOwner()
+        precondition(buffer.readerIndex == 0, "only a buffer read from its start can be lent back")
+        let parts = buffer.detach()
+        debugMove(parts.chunk, from: .application, to: .kernel, "lending back a chunk the application does not hold")
+        state.pointee.inUse -= 1
+        state.pointee.acquisitions &-= 1  // adopting it again counts the one acquisition
+        state.pointee.heldByKernel += 1
+        parts.pool.release()
+        return parts.chunk
+    }
+
     /// Takes back a chunk the kernel no longer holds (its buffer ring was unregistered) without use.
     ///
     /// **Threading:** owner thread only.

@@ -95,6 +95,7 @@ public final class IOThread: @unchecked Sendable {
         if case .embedded(let embedded) = backend { embeddedBackend = embedded } else { embeddedBackend = nil }
         loop = .allocate(capacity: 1)
         loop.initialize(to: LoopState(timers: TimerWheel(nowNanoseconds: embeddedBackend?.nowNanoseconds ?? ckeel_monotonic_ns())))
+        if case .epoll(let epoll) = backend { epoll.serve(self) }
     }
 
     /// The descriptors this thread's backend holds (for leak checks: closed once the thread stopped).
@@ -444,6 +445,31 @@ public final class IOThread: @unchecked Sendable {
         case .ignored?, nil:
             break
         }
+    }
+
+    /// A pooled stream receive's buffer, filled by the backend at readiness (epoll): straight to the
+    /// handler's ``IOCompletionHandler/received(_:_:)``, with no queued completion or buffer hand-off.
+    @inline(__always)
+    func dispatchReceived(_ token: Token, _ buffer: consuming IOBuffer, _ completion: IOCompletion) {
+        // An optional to move the buffer through the borrowing closure (a capture cannot be consumed).
+        var handedOver: IOBuffer? = buffer
+        if completion.hasMore {
+            guard let handler = loop.pointee.operations.lookup(token) else { return }
+            handler._withUnsafeGuaranteedRef { $0.received(handedOver.take()!, completion) }
+        } else {
+            guard let removed = loop.pointee.operations.remove(token) else { return }
+            removed.handler._withUnsafeGuaranteedRef { $0.received(handedOver.take()!, completion) }
+            if removed.retained { removed.handler.release() }
+        }
+    }
+
+    /// What ``IOCompletionHandler/received(_:_:)`` does unless overridden: `buffer` goes back to the
+    /// form a queued completion carries (lent, named by chunk in the flags), and the handler's
+    /// ``IOCompletionHandler/complete(_:)`` takes it with ``takeReceivedBuffer(_:)``.
+    func completeHandingOver(_ buffer: consuming IOBuffer, _ completion: IOCompletion, to handler: IOCompletionHandler) {
+        let chunk = bufferPool.lendBack(buffer)
+        precondition(chunk == completion.bufferChunk, "a received buffer handed over with another's completion")
+        deliver(completion, to: .passUnretained(handler))
     }
 
     /// Calls `handler` (nil: a stale token) with `completion`; a pooled buffer it did not take goes

@@ -275,6 +275,14 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         receiveCompleted(completion)
     }
 
+    /// A pooled receive's buffer handed over at readiness (the epoll backend): the same as
+    /// ``complete(_:)`` without taking the buffer from the thread. Not for application code.
+    public override func received(_ buffer: consuming IOBuffer, _ completion: IOCompletion) {
+        if !completion.hasMore { receiveEnded() }
+        deliverInbound(buffer)
+        afterReceive(completion)
+    }
+
     deinit {
         writeQueue.deallocate()
         message?.deallocate()
@@ -551,11 +559,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
 
     @inline(__always)
     private func receiveCompleted(_ completion: IOCompletion) {
-        if !completion.hasMore {
-            readState.receiveEnded()
-            receiveOperation = nil
-            pendingOperations -= 1
-        }
+        if !completion.hasMore { receiveEnded() }
         if let buffer = thread.takeReceivedBufferInCompletion(completion) {
             // More than one buffer only in a bundle, whose buffers are filled in turn: asking again
             // after every receive cost ~20 instructions per message.
@@ -570,10 +574,16 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         afterReceive(completion)
     }
 
-    private func receiveIntoCompleted(_ completion: IOCompletion) {
+    /// The receive in flight gave its final completion.
+    @inline(__always)
+    private func receiveEnded() {
         readState.receiveEnded()
         receiveOperation = nil
         pendingOperations -= 1
+    }
+
+    private func receiveIntoCompleted(_ completion: IOCompletion) {
+        receiveEnded()
         guard var filled = accumulator.take() else { return finishIfQuiet() }
         if completion.result > 0 {
             filled.moveWriterIndex(forwardBy: Int(completion.result))

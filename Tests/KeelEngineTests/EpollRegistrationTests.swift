@@ -71,4 +71,53 @@ struct EpollRegistrationTests {
         #expect(scenario.eventsAfterCancel <= 2, "reported \(scenario.eventsAfterCancel) times with nothing waiting")
         #expect(scenario.receivedAfterResuming == 5)
     }
+
+    /// A handler that takes receives' buffers as handed over (``IOCompletionHandler/received(_:_:)``),
+    /// counting which way each arrived.
+    final class HandedOverReceiver: IOCompletionHandler, @unchecked Sendable {
+        // @unchecked Sendable: touched only on the I/O thread driving the scenario.
+        var handedOver = 0
+        var bytes = 0
+        var otherResults: [Int32] = []
+        var bufferSize = 0
+        var onHandedOver: () -> Void = {}
+        var onOther: () -> Void = {}
+
+        override func received(_ buffer: consuming IOBuffer, _ completion: IOCompletion) {
+            handedOver += 1
+            bytes += buffer.readableBytes
+            onHandedOver()
+        }
+
+        override func complete(_ completion: IOCompletion) {
+            otherResults.append(completion.result)
+            onOther()
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func readinessHandsBuffersStraightToTheHandlerAndStopsWhenTheHandlerCancelsMidBurst() async throws {
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | CKEEL_SOCK_NONBLOCK_CLOEXEC, 0, &pair) == 0)
+        defer { close(pair[0]); close(pair[1]) }
+        let (reader, writer) = (pair[0], pair[1])
+        let receiver = HandedOverReceiver()
+        try await withPool(.epoll) { pool in
+            let thread = pool.threads[0]
+            let done: Bool = await onThread(thread) { finish in
+                receiver.bufferSize = thread.bufferPool.bufferSize
+                // Armed before the bytes arrive, so readiness (not the first attempt) reads them: three
+                // full buffers, a burst the handler cuts short after the first.
+                let operation = thread.submit(.receivePooled(reader, multishot: true), handler: receiver)
+                receiver.onHandedOver = { thread.cancel(operation) }
+                receiver.onOther = { finish(true) }
+                let bytes = [UInt8](repeating: 1, count: 3 * receiver.bufferSize)
+                #expect(bytes.withUnsafeBytes { Glibc.write(writer, $0.baseAddress, $0.count) } == bytes.count)
+            }
+            #expect(done)
+        }
+        #expect(receiver.handedOver == 1, "nothing is handed over after the handler cancelled")
+        #expect(receiver.bytes == receiver.bufferSize)
+        #expect(receiver.otherResults == [-ECANCELED])
+    }
 }

@@ -49,7 +49,7 @@ final class EpollBackend {
     private(set) var registrationCalls = 0
     /// Readiness events handled (the wake-up descriptor's excepted), for tests: a descriptor with
     /// nothing waiting is not reported again and again.
-    private(set) var readinessEvents = 0
+    var readinessEvents: Int { state.pointee.readinessEvents }
 
     private struct PendingIO {
         var token: Token
@@ -103,6 +103,11 @@ final class EpollBackend {
         var operations = DenseTable<IOOperation.Core?>(count: 0, filler: nil)
         var completed = CompletionQueue()
         var timeouts: [(deadline: UInt64, token: Token)] = []
+        /// The thread this backend serves, which receives at readiness hand their buffers to
+        /// (``receiveStreamAtReadiness``). Unretained: the thread owns the backend and closes it.
+        var thread: Unmanaged<IOThread>?
+        /// Readiness events handled (see ``readinessEvents``).
+        var readinessEvents = 0
     }
 
     /// Completions produced and not yet delivered: a growable ring of plain values (no Array, so no
@@ -184,6 +189,11 @@ final class EpollBackend {
         state.pointee.operations.deallocate()
         state.deinitialize(count: 1)
         state.deallocate()
+    }
+
+    /// Makes `thread` the one receives hand their buffers to at readiness. Called once, by the thread.
+    func serve(_ thread: IOThread) {
+        state.pointee.thread = .passUnretained(thread)
     }
 
     /// Wakes the I/O thread from any thread.
@@ -317,6 +327,46 @@ final class EpollBackend {
             return false
         }
         return true  // a busy multishot yields to other descriptors; level-triggered readiness brings it back
+    }
+
+    /// A pooled stream receive on a readable socket, with no completion queued (any queued one might
+    /// be this receive's, and must be delivered first): each `recv` goes into a buffer acquired from the
+    /// pool and handed straight to the thread (``IOThread/dispatchReceived(_:_:_:)``), up to
+    /// ``multishotBurst`` of them. The end of the stream or an error is queued as usual.
+    ///
+    /// It keeps the descriptor's pending read itself: the handler, called in between, may cancel the
+    /// receive, or (after its final completion) submit the next, so the read is cleared before a final
+    /// completion and left alone once the handler changed it.
+    private func receiveStreamAtReadiness(_ token: Token, fd: Int32, multishot: Bool, thread: Unmanaged<IOThread>) {
+        for _ in 0..<(multishot ? Self.multishotBurst : 1) {
+            guard var buffer = try? pool.acquire() else {
+                setPending(fd, readable: true, nil)
+                return complete(token, -ENOBUFS)
+            }
+            var n: Int
+            repeat {
+                n = ckeel_recv(fd, buffer.unsafeWritableAddress, pool.bufferSize, 0)
+            } while n < 0 && ckeel_errno() == EINTR
+            if n > 0 {
+                buffer.moveWriterIndex(forwardBy: n)
+                let flags = CKEEL_CQE_F_BUFFER | buffer.chunk << CKEEL_CQE_BUFFER_SHIFT | (multishot ? CKEEL_CQE_F_MORE : 0)
+                if !multishot { setPending(fd, readable: true, nil) }
+                var handedOver: IOBuffer? = buffer  // moved through the borrowing closure
+                thread._withUnsafeGuaranteedRef {
+                    $0.dispatchReceived(token, handedOver.take()!, IOCompletion(result: Int32(n), flags: flags))
+                }
+                // Cancelled (or ended and replaced) by the handler: nothing more for this receive.
+                guard multishot, state.pointee.interests[Int(fd)].read == token.rawValue else { return }
+                // A read that did not fill its buffer emptied the socket (see receiveStream).
+                if n < pool.bufferSize { return }
+                continue
+            }
+            let code = n < 0 ? ckeel_errno() : 0
+            _ = consume buffer
+            if n < 0 && (code == EAGAIN || code == EWOULDBLOCK) { return }
+            setPending(fd, readable: true, nil)
+            return complete(token, n == 0 ? 0 : -code)  // end of stream, or the error
+        }
     }
 
     /// A multishot pooled RECVMSG on a readable socket: up to ``datagramBatch`` datagrams with one
@@ -577,11 +627,18 @@ final class EpollBackend {
 
     private func handleReadiness(fd: Int32, events: UInt32) {
         guard Int(fd) < state.pointee.interests.count else { return }
-        readinessEvents += 1
+        state.pointee.readinessEvents += 1
         let failed = events & (CKEEL_EPOLLERR | CKEEL_EPOLLHUP) != 0
         let before = state.pointee.interests[Int(fd)]
         if events & (CKEEL_EPOLLIN | CKEEL_EPOLLRDHUP | CKEEL_EPOLLPRI) != 0 || failed, let io = pendingRead(fd) {
-            if !run(io, fd: fd) { setPending(fd, readable: true, nil) }
+            if case .receivePooled(_, let multishot) = io.operation, state.pointee.completed.isEmpty,
+                let thread = state.pointee.thread
+            {
+                // Nothing queued that must come first: the data goes to the handler now.
+                receiveStreamAtReadiness(io.token, fd: fd, multishot: multishot, thread: thread)
+            } else if !run(io, fd: fd) {
+                setPending(fd, readable: true, nil)
+            }
         }
         if events & CKEEL_EPOLLOUT != 0 || failed, let io = pendingWrite(fd) {
             if !run(io, fd: fd) { setPending(fd, readable: false, nil) }
