@@ -14,7 +14,7 @@ import Musl
 /// **Threading:** like ``IOBuffer``, a chain has one owner and may move between threads.
 public struct BufferChain: ~Copyable, @unchecked Sendable {
     // @unchecked Sendable: the chunks and their metadata entries belong to this chain alone.
-    private var pool: Unmanaged<BufferPool>?
+    private var pool: UnsafeMutablePointer<BufferPoolCore>?
     private var head: UInt32 = BufferPool.none
     private var tail: UInt32 = BufferPool.none
     /// Number of buffers in the chain.
@@ -27,14 +27,12 @@ public struct BufferChain: ~Copyable, @unchecked Sendable {
 
     deinit {
         guard let pool else { return }
-        let owner = pool.takeUnretainedValue()
         var chunk = head
         while chunk != BufferPool.none {
-            let next = owner.links[Int(chunk)]
-            owner.release(chunk: chunk)
+            let next = pool.pointee.links[Int(chunk)]
+            BufferPoolCore.release(pool, chunk: chunk)
             chunk = next
         }
-        pool.release()
     }
 
     /// True when the chain holds no buffers.
@@ -60,18 +58,17 @@ public struct BufferChain: ~Copyable, @unchecked Sendable {
         if buffer.isEmpty { return }
         let parts = buffer._detach()
         if let pool {
-            precondition(pool.toOpaque() == parts.pool.toOpaque(), "a BufferChain holds buffers of one pool")
-            parts.pool.release()  // the chain already holds one retain of the pool
+            precondition(pool == parts.core, "a BufferChain holds buffers of one pool")
         } else {
-            pool = parts.pool
+            pool = parts.core
         }
-        let owner = parts.pool.takeUnretainedValue()
-        owner.links[Int(parts.chunk)] = BufferPool.none
-        owner.chainIndices[Int(parts.chunk)] = (parts.reader, parts.writer)
+        let owner = parts.core
+        owner.pointee.links[Int(parts.chunk)] = BufferPool.none
+        owner.pointee.chainIndices[Int(parts.chunk)] = (parts.reader, parts.writer)
         if tail == BufferPool.none {
             head = parts.chunk
         } else {
-            owner.links[Int(tail)] = parts.chunk
+            owner.pointee.links[Int(tail)] = parts.chunk
         }
         tail = parts.chunk
         count += 1
@@ -81,14 +78,14 @@ public struct BufferChain: ~Copyable, @unchecked Sendable {
     /// Removes and returns the first buffer, with its indices as they stand.
     public mutating func popFirst() -> IOBuffer? {
         guard let pool, head != BufferPool.none else { return nil }
-        let owner = pool.takeUnretainedValue()
+        let owner = pool
         let chunk = head
-        let (reader, writer) = owner.chainIndices[Int(chunk)]
-        head = owner.links[Int(chunk)]
+        let (reader, writer) = owner.pointee.chainIndices[Int(chunk)]
+        head = owner.pointee.links[Int(chunk)]
         if head == BufferPool.none { tail = BufferPool.none }
         count -= 1
         readableBytes -= Int(writer - reader)
-        let buffer = IOBuffer(retainedPool: count == 0 ? pool : pool.retain(), chunk: chunk, reader: reader, writer: writer)
+        let buffer = IOBuffer(core: pool, chunk: chunk, reader: reader, writer: writer)
         if count == 0 { self.pool = nil }
         return buffer
     }
@@ -98,26 +95,25 @@ public struct BufferChain: ~Copyable, @unchecked Sendable {
     public mutating func consume(_ byteCount: Int) {
         precondition(byteCount >= 0 && byteCount <= readableBytes, "consume(\(byteCount)) past readable bytes")
         guard let pool else { return }
-        let owner = pool.takeUnretainedValue()
+        let owner = pool
         var remaining = byteCount
         while remaining > 0 {
             let chunk = head
-            let (reader, writer) = owner.chainIndices[Int(chunk)]
+            let (reader, writer) = owner.pointee.chainIndices[Int(chunk)]
             let available = Int(writer - reader)
             if remaining < available {
-                owner.chainIndices[Int(chunk)].reader = reader + UInt32(remaining)
+                owner.pointee.chainIndices[Int(chunk)].reader = reader + UInt32(remaining)
                 readableBytes -= remaining
                 return
             }
             remaining -= available
             readableBytes -= available
-            head = owner.links[Int(chunk)]
+            head = owner.pointee.links[Int(chunk)]
             count -= 1
-            owner.release(chunk: chunk)
+            BufferPoolCore.release(owner, chunk: chunk)
         }
         if head == BufferPool.none {
             tail = BufferPool.none
-            pool.release()
             self.pool = nil
         }
     }
@@ -125,12 +121,12 @@ public struct BufferChain: ~Copyable, @unchecked Sendable {
     /// Calls `body` with each buffer's readable bytes, in order.
     public func forEachReadableRegion(_ body: (UnsafeRawBufferPointer) -> Void) {
         guard let pool else { return }
-        let owner = pool.takeUnretainedValue()
+        let owner = pool
         var chunk = head
         while chunk != BufferPool.none {
-            let (reader, writer) = owner.chainIndices[Int(chunk)]
-            body(UnsafeRawBufferPointer(start: owner.address(ofChunk: chunk) + Int(reader), count: Int(writer - reader)))
-            chunk = owner.links[Int(chunk)]
+            let (reader, writer) = owner.pointee.chainIndices[Int(chunk)]
+            body(UnsafeRawBufferPointer(start: owner.pointee.addresses[Int(chunk)].unsafelyUnwrapped + Int(reader), count: Int(writer - reader)))
+            chunk = owner.pointee.links[Int(chunk)]
         }
     }
 
@@ -144,14 +140,14 @@ public struct BufferChain: ~Copyable, @unchecked Sendable {
         return try withUnsafeTemporaryAllocation(of: iovec.self, capacity: capacity) { vectors in
             var filled = 0
             if let pool {
-                let owner = pool.takeUnretainedValue()
+                let owner = pool
                 var chunk = head
                 while chunk != BufferPool.none && filled < capacity {
-                    let (reader, writer) = owner.chainIndices[Int(chunk)]
+                    let (reader, writer) = owner.pointee.chainIndices[Int(chunk)]
                     vectors[filled] = iovec(
-                        iov_base: owner.address(ofChunk: chunk) + Int(reader), iov_len: Int(writer - reader))
+                        iov_base: owner.pointee.addresses[Int(chunk)].unsafelyUnwrapped + Int(reader), iov_len: Int(writer - reader))
                     filled += 1
-                    chunk = owner.links[Int(chunk)]
+                    chunk = owner.pointee.links[Int(chunk)]
                 }
             }
             return try body(UnsafeBufferPointer(rebasing: vectors[0..<filled]))

@@ -26,10 +26,14 @@ import Musl
 /// never takes a lock. Statistics can be read from any thread; the owner publishes them
 /// (``publishStatistics()``) rather than storing atomics on every acquire and release.
 ///
-/// **Lifetime:** every buffer retains its pool, so a pool lives until its last buffer is released.
+/// **Lifetime:** buffers do not retain the pool (no reference counting per buffer). What they use
+/// lives in memory the pool allocates by hand (``BufferPoolCore``), which outlives this object while
+/// buffers are out: when the pool goes, that memory is freed at once if every buffer is back, else by
+/// the release of the last one. Drop the pool's last reference on its owner thread, or once that
+/// thread no longer touches the pool's buffers (an I/O thread's pool: after its loop ended).
 public final class BufferPool: @unchecked Sendable {
-    // @unchecked Sendable: `state` is touched only on the owner thread (asserted in debug builds);
-    // the return queue and statistics are atomics; everything else is immutable after init.
+    // @unchecked Sendable: the core's owner state is touched only on the owner thread (asserted in
+    // debug builds); the return queue and statistics are atomics; everything else is immutable after init.
 
     /// The configuration the pool was made with.
     public let configuration: BufferPoolConfiguration
@@ -37,41 +41,16 @@ public final class BufferPool: @unchecked Sendable {
     public let bufferSize: Int
 
     @usableFromInline let maximumChunks: Int
-    /// The owner thread's ``ckeel_thread_identity()`` (an inline read, unlike `pthread_self()`).
-    private let owner: UInt
-    /// Owner-thread-only state, behind a pointer so mutation costs no exclusivity checks.
-    @usableFromInline let state: UnsafeMutablePointer<OwnerState>
-    /// Address of every chunk, indexed by chunk (valid for chunks of mapped slabs).
-    @usableFromInline let addresses: UnsafeMutablePointer<UnsafeMutableRawPointer?>
-    /// Per-chunk link used by the return queue and by ``BufferChain`` (only the chunk's owner touches it).
-    @usableFromInline let links: UnsafeMutablePointer<UInt32>
-    /// Per-chunk reader/writer indices while a chunk sits in a chain.
-    @usableFromInline let chainIndices: UnsafeMutablePointer<(reader: UInt32, writer: UInt32)>
-    private let slabs: UnsafeMutablePointer<UnsafeMutableRawPointer?>
-    #if DEBUG
-    /// Debug builds: who holds each chunk (``ChunkHolder``), to trap a double release or the use of a
-    /// released chunk (copyable ``DetachedBuffer``s make both possible) at the moment it happens.
-    private let holders: UnsafeMutablePointer<Atomic<UInt8>>
-    #endif
+    /// Everything buffers use (owner state, chunk addresses, the return queue), by hand-allocated
+    /// pointer so that it can outlive this object.
+    @usableFromInline let core: UnsafeMutablePointer<BufferPoolCore>
 
     /// Told of every slab the pool maps (``observeSlabs(_:)``). Owner thread only.
     private var slabObserver: ((Int, UnsafeMutableRawPointer, Int) -> Void)?
 
-    /// Head of the cross-thread return stack; `UInt32.max` when empty.
-    private let returnHead = Atomic<UInt32>(BufferPool.none)
     private let counters = Counters()
 
-    @usableFromInline static let none = UInt32.max
-
-    @usableFromInline struct OwnerState {
-        var freeCount: Int = 0
-        var free: UnsafeMutablePointer<UInt32>
-        var mappedSlabs: Int = 0
-        var inUse: Int = 0
-        var heldByKernel: Int = 0
-        var highWater: Int = 0
-        var acquisitions: Int = 0
-    }
+    @usableFromInline static let none = BufferPoolCore.none
 
     private final class Counters: Sendable {
         let inUse = Atomic<Int>(0)
@@ -88,66 +67,36 @@ public final class BufferPool: @unchecked Sendable {
         self.configuration = configuration
         self.bufferSize = configuration.bufferSize
         self.maximumChunks = configuration.maximumBuffers
-        precondition(maximumChunks < Int(BufferPool.none), "too many buffers for 32-bit chunk ids")
-        self.owner = ckeel_thread_identity()
-        let slabCount = maximumChunks / configuration.buffersPerSlab
-        self.slabs = .allocate(capacity: slabCount)
-        self.slabs.initialize(repeating: nil, count: slabCount)
-        self.addresses = .allocate(capacity: maximumChunks)
-        self.addresses.initialize(repeating: nil, count: maximumChunks)
-        self.links = .allocate(capacity: maximumChunks)
-        self.links.initialize(repeating: BufferPool.none, count: maximumChunks)
-        self.chainIndices = .allocate(capacity: maximumChunks)
-        self.chainIndices.initialize(repeating: (0, 0), count: maximumChunks)
-        let free = UnsafeMutablePointer<UInt32>.allocate(capacity: maximumChunks)
-        self.state = .allocate(capacity: 1)
-        self.state.initialize(to: OwnerState(free: free))
-        #if DEBUG
-        holders = .allocate(capacity: maximumChunks)
-        for i in 0..<maximumChunks { (holders + i).initialize(to: Atomic(ChunkHolder.pool.rawValue)) }
-        #endif
+        precondition(maximumChunks < Int(BufferPoolCore.orphaned), "too many buffers for 32-bit chunk ids")
+        core = .allocate(capacity: 1)
+        core.initialize(to: BufferPoolCore(configuration: configuration, owner: ckeel_thread_identity()))
     }
 
     deinit {
-        let slabBytes = configuration.bufferSize * configuration.buffersPerSlab
-        for i in 0..<state.pointee.mappedSlabs {
-            munmap(slabs[i], slabBytes)
-        }
-        state.pointee.free.deallocate()
-        state.deallocate()
-        slabs.deallocate()
-        addresses.deallocate()
-        links.deallocate()
-        chainIndices.deallocate()
-        #if DEBUG
-        holders.deinitialize(count: maximumChunks)
-        holders.deallocate()
-        #endif
+        BufferPoolCore.orphan(core)
     }
 
-    /// Debug builds: who holds a chunk.
-    enum ChunkHolder: UInt8 {
-        case pool, application, kernel
+    /// Has `body` called when the pool's memory is freed: with this object when every buffer is back
+    /// by then, else on the release of the last one (on whatever thread that happens). For tests.
+    package func whenMemoryFreed(_ body: @escaping @Sendable () -> Void) {
+        core.pointee.onDeallocate = body
     }
+
+    /// Chunk addresses, by chunk (valid for chunks of mapped slabs).
+    @usableFromInline var addresses: UnsafeMutablePointer<UnsafeMutableRawPointer?> { core.pointee.addresses }
+    /// Per-chunk links (the return queue's and ``BufferChain``'s).
+    @usableFromInline var links: UnsafeMutablePointer<UInt32> { core.pointee.links }
 
     /// Debug builds: moves `chunk` from holder `from` to `to`, trapping with `message` if it was elsewhere.
     @inline(__always)
-    func debugMove(_ chunk: UInt32, from: ChunkHolder, to: ChunkHolder, _ message: @autoclosure () -> String) {
-        #if DEBUG
-        let (exchanged, found) = holders[Int(chunk)].compareExchange(
-            expected: from.rawValue, desired: to.rawValue, ordering: .acquiringAndReleasing)
-        if !exchanged {
-            preconditionFailure("\(message()) (chunk \(chunk) is held by \(ChunkHolder(rawValue: found).map { "\($0)" } ?? "?"))")
-        }
-        #endif
+    func debugMove(_ chunk: UInt32, from: BufferPoolCore.ChunkHolder, to: BufferPoolCore.ChunkHolder,
+                   _ message: @autoclosure () -> String) {
+        core.pointee.debugMove(chunk, from: from, to: to, message())
     }
 
     /// Debug builds: traps unless `chunk` is held by the application (not released, not lent to the kernel).
     package func debugCheckHeld(_ chunk: UInt32, _ what: StaticString) {
-        #if DEBUG
-        let holder = holders[Int(chunk)].load(ordering: .acquiring)
-        precondition(holder == ChunkHolder.application.rawValue, "\(what): pooled buffer chunk \(chunk) was already released")
-        #endif
+        core.pointee.debugCheckHeld(chunk, what)
     }
 
     // MARK: Acquire and release
@@ -163,60 +112,37 @@ public final class BufferPool: @unchecked Sendable {
     public func acquire() throws(BufferPoolError) -> IOBuffer {
         let chunk = try takeChunk()
         noteAcquired()
-        return IOBuffer(pool: self, chunk: chunk, base: addresses[Int(chunk)].unsafelyUnwrapped)
+        return IOBuffer(core: core, chunk: chunk, base: addresses[Int(chunk)].unsafelyUnwrapped)
     }
 
     @usableFromInline
     func takeChunk() throws(BufferPoolError) -> UInt32 {
         assertOwner()
-        if state.pointee.freeCount == 0 {
+        if core.pointee.freeCount == 0 {
             drainReturns()
-            if state.pointee.freeCount == 0 {
+            if core.pointee.freeCount == 0 {
                 try mapSlab()
             }
         }
-        state.pointee.freeCount -= 1
-        let chunk = state.pointee.free[state.pointee.freeCount]
+        core.pointee.freeCount -= 1
+        let chunk = core.pointee.free[core.pointee.freeCount]
         debugMove(chunk, from: .pool, to: .application, "a free chunk was taken twice")
         return chunk
     }
 
     @usableFromInline
     func noteAcquired() {
-        let inUse = state.pointee.inUse + 1
-        state.pointee.inUse = inUse
-        if inUse > state.pointee.highWater { state.pointee.highWater = inUse }
-        state.pointee.acquisitions &+= 1
+        let inUse = core.pointee.inUse + 1
+        core.pointee.inUse = inUse
+        if inUse > core.pointee.highWater { core.pointee.highWater = inUse }
+        core.pointee.acquisitions &+= 1
     }
 
     /// Returns a chunk to the pool. On the owner thread it goes straight onto the free stack; on any
     /// other thread it goes onto the lock-free return queue.
     @usableFromInline
     func release(chunk: UInt32) {
-        debugMove(chunk, from: .application, to: .pool, "double release of a pooled buffer")
-        #if DEBUG
-        // Poison freed memory so use-after-release shows up as garbage, not as plausible data.
-        addresses[Int(chunk)].unsafelyUnwrapped.initializeMemory(as: UInt8.self, repeating: 0xDD, count: bufferSize)
-        #endif
-        if ckeel_thread_identity() == owner {
-            pushFree(chunk)
-            state.pointee.inUse -= 1
-        } else {
-            var head = returnHead.load(ordering: .relaxed)
-            while true {
-                links[Int(chunk)] = head
-                let (exchanged, current) = returnHead.compareExchange(
-                    expected: head, desired: chunk, successOrdering: .releasing, failureOrdering: .relaxed)
-                if exchanged { break }
-                head = current
-            }
-        }
-    }
-
-    @inline(__always)
-    private func pushFree(_ chunk: UInt32) {
-        state.pointee.free[state.pointee.freeCount] = chunk
-        state.pointee.freeCount += 1
+        BufferPoolCore.release(core, chunk: chunk)
     }
 
     /// Moves buffers released on other threads back onto the free stack. Cheap when there are none
@@ -228,18 +154,11 @@ public final class BufferPool: @unchecked Sendable {
     @discardableResult
     public func drainReturns() -> Int {
         assertOwner()
-        if returnHead.load(ordering: .relaxed) == BufferPool.none { return 0 }
-        var chunk = returnHead.exchange(BufferPool.none, ordering: .acquiring)
-        var count = 0
-        while chunk != BufferPool.none {
-            let next = links[Int(chunk)]
-            pushFree(chunk)
-            chunk = next
-            count += 1
+        let count = core.pointee.drainReturns()
+        if count > 0 {
+            counters.crossThreadReturns.store(
+                counters.crossThreadReturns.load(ordering: .relaxed) &+ count, ordering: .relaxed)
         }
-        state.pointee.inUse -= count
-        counters.crossThreadReturns.store(
-            counters.crossThreadReturns.load(ordering: .relaxed) &+ count, ordering: .relaxed)
         return count
     }
 
@@ -250,15 +169,15 @@ public final class BufferPool: @unchecked Sendable {
     /// **Threading:** owner thread only.
     public func publishStatistics() {
         assertOwner()
-        counters.inUse.store(state.pointee.inUse, ordering: .relaxed)
-        counters.highWater.store(state.pointee.highWater, ordering: .relaxed)
-        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
-        counters.acquisitions.store(state.pointee.acquisitions, ordering: .relaxed)
+        counters.inUse.store(core.pointee.inUse, ordering: .relaxed)
+        counters.highWater.store(core.pointee.highWater, ordering: .relaxed)
+        counters.heldByKernel.store(core.pointee.heldByKernel, ordering: .relaxed)
+        counters.acquisitions.store(core.pointee.acquisitions, ordering: .relaxed)
     }
 
     private func mapSlab() throws(BufferPoolError) {
         let perSlab = configuration.buffersPerSlab
-        let slabIndex = state.pointee.mappedSlabs
+        let slabIndex = core.pointee.mappedSlabs
         guard (slabIndex + 1) * perSlab <= maximumChunks else {
             counters.failed.store(counters.failed.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
             throw BufferPoolError(
@@ -274,16 +193,16 @@ public final class BufferPool: @unchecked Sendable {
             counters.failed.store(counters.failed.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
             throw BufferPoolError(code: .outOfMemory, context: "mmap of a \(slabBytes)-byte slab failed")
         }
-        slabs[slabIndex] = memory
+        core.pointee.slabs[slabIndex] = memory
         let first = slabIndex * perSlab
         for i in 0..<perSlab {
             addresses[first + i] = memory! + i * bufferSize
         }
         // Push in reverse so the lowest chunk is handed out first.
         for i in stride(from: perSlab - 1, through: 0, by: -1) {
-            pushFree(UInt32(first + i))
+            core.pointee.pushFree(UInt32(first + i))
         }
-        state.pointee.mappedSlabs = slabIndex + 1
+        core.pointee.mappedSlabs = slabIndex + 1
         counters.slabBytes.store((slabIndex + 1) * slabBytes, ordering: .relaxed)
         slabObserver?(slabIndex, memory!, slabBytes)
     }
@@ -301,19 +220,19 @@ public final class BufferPool: @unchecked Sendable {
         slabObserver = observer
         guard let observer else { return }
         let slabBytes = bufferSize * configuration.buffersPerSlab
-        for index in 0..<state.pointee.mappedSlabs {
-            observer(index, slabs[index]!, slabBytes)
+        for index in 0..<core.pointee.mappedSlabs {
+            observer(index, core.pointee.slabs[index]!, slabBytes)
         }
     }
 
     @inline(__always)
     @usableFromInline
     func assertOwner() {
-        assert(ckeel_thread_identity() == owner, "BufferPool used off its owner thread")
+        assert(isOwnedByCurrentThread, "BufferPool used off its owner thread")
     }
 
     /// True when the calling thread owns this pool.
-    public var isOwnedByCurrentThread: Bool { ckeel_thread_identity() == owner }
+    public var isOwnedByCurrentThread: Bool { ckeel_thread_identity() == core.pointee.owner.load(ordering: .relaxed) }
 
     // MARK: Statistics
 
@@ -342,7 +261,7 @@ public final class BufferPool: @unchecked Sendable {
     public func lendToKernel() -> (chunk: UInt32, address: UnsafeMutableRawPointer)? {
         guard let chunk = try? takeChunk() else { return nil }
         debugMove(chunk, from: .application, to: .kernel, "lending a chunk to the kernel")
-        state.pointee.heldByKernel += 1
+        core.pointee.heldByKernel += 1
         return (chunk, addresses[Int(chunk)].unsafelyUnwrapped)
     }
 
@@ -354,9 +273,9 @@ public final class BufferPool: @unchecked Sendable {
         assertOwner()
         precondition(length >= 0 && length <= bufferSize, "kernel reported \(length) bytes in a \(bufferSize)-byte buffer")
         debugMove(chunk, from: .kernel, to: .application, "adopting a chunk the kernel does not hold")
-        state.pointee.heldByKernel -= 1
+        core.pointee.heldByKernel -= 1
         noteAcquired()
-        var buffer = IOBuffer(pool: self, chunk: chunk, base: addresses[Int(chunk)].unsafelyUnwrapped)
+        var buffer = IOBuffer(core: core, chunk: chunk, base: addresses[Int(chunk)].unsafelyUnwrapped)
         buffer.moveWriterIndex(forwardBy: length)
         return buffer
     }
@@ -371,13 +290,13 @@ public final class BufferPool: @unchecked Sendable {
     package func lendBack(_ buffer: consuming IOBuffer) -> UInt32 {
         assertOwner()
         precondition(buffer.readerIndex == 0, "only a buffer read from its start can be lent back")
-        let parts = buffer.detach()
-        debugMove(parts.chunk, from: .application, to: .kernel, "lending back a chunk the application does not hold")
-        state.pointee.inUse -= 1
-        state.pointee.acquisitions &-= 1  // adopting it again counts the one acquisition
-        state.pointee.heldByKernel += 1
-        parts.pool.release()
-        return parts.chunk
+        precondition(buffer._core == core, "lending back a buffer of another pool")
+        let chunk = buffer._detach().chunk
+        debugMove(chunk, from: .application, to: .kernel, "lending back a chunk the application does not hold")
+        core.pointee.inUse -= 1
+        core.pointee.acquisitions &-= 1  // adopting it again counts the one acquisition
+        core.pointee.heldByKernel += 1
+        return chunk
     }
 
     /// Takes back a chunk the kernel no longer holds (its buffer ring was unregistered) without use.
@@ -386,8 +305,8 @@ public final class BufferPool: @unchecked Sendable {
     public func reclaimFromKernel(chunk: UInt32) {
         assertOwner()
         debugMove(chunk, from: .kernel, to: .pool, "reclaiming a chunk the kernel does not hold")
-        state.pointee.heldByKernel -= 1
-        pushFree(chunk)
+        core.pointee.heldByKernel -= 1
+        core.pointee.pushFree(chunk)
     }
 
     /// The stable address of a chunk.

@@ -5,7 +5,7 @@
 /// ``reattach()``. Keel's own layers use it; applications use ``IOBuffer``.
 package struct DetachedBuffer: @unchecked Sendable {
     // @unchecked Sendable: the chunk is owned by exactly one holder at a time (by contract).
-    @usableFromInline let pool: Unmanaged<BufferPool>
+    @usableFromInline let core: UnsafeMutablePointer<BufferPoolCore>
     /// The chunk's address, kept so the write path (which asks for the readable region several times
     /// per message) does not look it up in the pool each time.
     @usableFromInline let base: UnsafeMutableRawPointer
@@ -13,8 +13,8 @@ package struct DetachedBuffer: @unchecked Sendable {
     @usableFromInline private(set) var reader: UInt32
     @usableFromInline private(set) var writer: UInt32
 
-    init(pool: Unmanaged<BufferPool>, base: UnsafeMutableRawPointer, chunk: UInt32, reader: UInt32, writer: UInt32) {
-        self.pool = pool
+    init(core: UnsafeMutablePointer<BufferPoolCore>, base: UnsafeMutableRawPointer, chunk: UInt32, reader: UInt32, writer: UInt32) {
+        self.core = core
         self.base = base
         self.chunk = chunk
         self.reader = reader
@@ -31,7 +31,7 @@ package struct DetachedBuffer: @unchecked Sendable {
 
     /// The free space after the readable bytes; valid until the buffer is released.
     package var writableRegion: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: base + Int(writer), count: pool.takeUnretainedValue().bufferSize - Int(writer))
+        UnsafeMutableRawBufferPointer(start: base + Int(writer), count: core.pointee.bufferSize - Int(writer))
     }
 
     /// Marks `count` more bytes as written (after a receive filled them).
@@ -48,14 +48,13 @@ package struct DetachedBuffer: @unchecked Sendable {
 
     /// Returns the chunk to its pool (on any thread).
     package func release() {
-        let owner = pool.takeRetainedValue()
-        owner.release(chunk: chunk)
+        BufferPoolCore.release(core, chunk: chunk)
     }
 
     /// Turns it back into an owning ``IOBuffer``.
     package func reattach() -> IOBuffer {
-        pool.takeUnretainedValue().debugCheckHeld(chunk, "reattach")
-        return IOBuffer(retainedPool: pool, chunk: chunk, reader: reader, writer: writer)
+        core.pointee.debugCheckHeld(chunk, "reattach")
+        return IOBuffer(core: core, chunk: chunk, reader: reader, writer: writer)
     }
 }
 
@@ -63,6 +62,6 @@ extension IOBuffer {
     /// Gives up ownership as a ``DetachedBuffer`` (see its contract).
     package consuming func detach() -> DetachedBuffer {
         let parts = _detach()
-        return DetachedBuffer(pool: parts.pool, base: parts.base, chunk: parts.chunk, reader: parts.reader, writer: parts.writer)
+        return DetachedBuffer(core: parts.core, base: parts.base, chunk: parts.chunk, reader: parts.reader, writer: parts.writer)
     }
 }

@@ -15,15 +15,16 @@
 /// reading into a fresh one; framing code sees the chain's bytes in order.
 ///
 /// **Ownership:** `~Copyable`, so exactly one owner exists and the chunk goes back to the pool exactly
-/// once, when the buffer is dropped. No reference counting on the data path: the pool is retained once
-/// per buffer so a pool outlives its buffers. To send one payload to many connections, ``share()`` it.
+/// once, when the buffer is dropped. No reference counting on the data path, not even of the pool: a
+/// pool's memory outlives its buffers by itself (see ``BufferPool``). To send one payload to many
+/// connections, ``share()`` it.
 ///
 /// **Threading:** a buffer may move to and be dropped on any thread; acquiring happens on the pool's
 /// owner thread.
 public struct IOBuffer: ~Copyable, @unchecked Sendable {
     // @unchecked Sendable: the chunk's bytes are owned exclusively by this value (it is ~Copyable), and
     // releasing from a foreign thread goes through the pool's lock-free return queue.
-    @usableFromInline let _pool: Unmanaged<BufferPool>
+    @usableFromInline let _core: UnsafeMutablePointer<BufferPoolCore>
     @usableFromInline let _base: UnsafeMutableRawPointer
     @usableFromInline let _chunk: UInt32
     @usableFromInline let _capacity: UInt32
@@ -31,35 +32,33 @@ public struct IOBuffer: ~Copyable, @unchecked Sendable {
     @usableFromInline var _writer: UInt32
 
     @usableFromInline
-    init(pool: BufferPool, chunk: UInt32, base: UnsafeMutableRawPointer) {
-        self._pool = .passRetained(pool)
+    init(core: UnsafeMutablePointer<BufferPoolCore>, chunk: UInt32, base: UnsafeMutableRawPointer) {
+        self._core = core
         self._base = base
         self._chunk = chunk
-        self._capacity = UInt32(truncatingIfNeeded: pool.bufferSize)
+        self._capacity = UInt32(truncatingIfNeeded: core.pointee.bufferSize)
         self._reader = 0
         self._writer = 0
     }
 
     @usableFromInline
-    init(retainedPool: Unmanaged<BufferPool>, chunk: UInt32, reader: UInt32, writer: UInt32) {
-        let pool = retainedPool.takeUnretainedValue()
-        self._pool = retainedPool
-        self._base = pool.address(ofChunk: chunk)
+    init(core: UnsafeMutablePointer<BufferPoolCore>, chunk: UInt32, reader: UInt32, writer: UInt32) {
+        self._core = core
+        self._base = core.pointee.addresses[Int(chunk)].unsafelyUnwrapped
         self._chunk = chunk
-        self._capacity = UInt32(truncatingIfNeeded: pool.bufferSize)
+        self._capacity = UInt32(truncatingIfNeeded: core.pointee.bufferSize)
         self._reader = reader
         self._writer = writer
     }
 
     deinit {
-        let pool = _pool.takeRetainedValue()
-        pool.release(chunk: _chunk)
+        BufferPoolCore.release(_core, chunk: _chunk)
     }
 
-    /// Gives up ownership without returning the chunk: the caller takes over the pool retain and chunk.
+    /// Gives up ownership without returning the chunk: the caller takes over the chunk.
     @usableFromInline
-    consuming func _detach() -> (pool: Unmanaged<BufferPool>, base: UnsafeMutableRawPointer, chunk: UInt32, reader: UInt32, writer: UInt32) {
-        let parts = (_pool, _base, _chunk, _reader, _writer)
+    consuming func _detach() -> (core: UnsafeMutablePointer<BufferPoolCore>, base: UnsafeMutableRawPointer, chunk: UInt32, reader: UInt32, writer: UInt32) {
+        let parts = (_core, _base, _chunk, _reader, _writer)
         discard self
         return parts
     }
@@ -78,8 +77,6 @@ public struct IOBuffer: ~Copyable, @unchecked Sendable {
     @inlinable public var writableBytes: Int { Int(_capacity &- _writer) }
     /// True when there is nothing to read.
     @inlinable public var isEmpty: Bool { _reader == _writer }
-    /// The pool this buffer returns to.
-    public var pool: BufferPool { _pool.takeUnretainedValue() }
     /// The chunk id in the pool (the provided-buffer id the kernel uses).
     public var chunk: UInt32 { _chunk }
 
@@ -211,6 +208,6 @@ public struct IOBuffer: ~Copyable, @unchecked Sendable {
     /// reference goes. Costs one object allocation per payload, not per receiver.
     public consuming func share() -> SharedBuffer {
         let parts = _detach()
-        return SharedBuffer(retainedPool: parts.pool, chunk: parts.chunk, reader: parts.reader, writer: parts.writer)
+        return SharedBuffer(core: parts.core, chunk: parts.chunk, reader: parts.reader, writer: parts.writer)
     }
 }

@@ -6,22 +6,23 @@
 ///
 /// **Threading:** immutable, so it may be read and released on any thread.
 public final class SharedBuffer: Sendable {
-    private let pool: Unmanaged<BufferPool>
+    /// The chunk's pool. `nonisolated(unsafe)`: only released through, which any thread may do.
+    nonisolated(unsafe) private let core: UnsafeMutablePointer<BufferPoolCore>
     private let chunk: UInt32
     /// Start of the payload. `nonisolated(unsafe)`: the bytes are immutable once shared.
     nonisolated(unsafe) private let start: UnsafeRawPointer
     /// Length of the payload in bytes.
     public let readableBytes: Int
 
-    init(retainedPool: Unmanaged<BufferPool>, chunk: UInt32, reader: UInt32, writer: UInt32) {
-        self.pool = retainedPool
+    init(core: UnsafeMutablePointer<BufferPoolCore>, chunk: UInt32, reader: UInt32, writer: UInt32) {
+        self.core = core
         self.chunk = chunk
-        self.start = UnsafeRawPointer(retainedPool.takeUnretainedValue().address(ofChunk: chunk) + Int(reader))
+        self.start = UnsafeRawPointer(core.pointee.addresses[Int(chunk)].unsafelyUnwrapped + Int(reader))
         self.readableBytes = Int(writer - reader)
     }
 
     deinit {
-        pool.takeRetainedValue().release(chunk: chunk)
+        BufferPoolCore.release(core, chunk: chunk)
     }
 
     /// Calls `body` with the payload. The pointer is valid only inside `body`.

@@ -139,6 +139,7 @@ struct WriteQueue {
         bytes = 0
     }
 
+    @inline(__always)
     private mutating func popFront(retiringInto retired: UnsafeMutablePointer<WriteQueue>?) {
         let item = (storage + head).move()
         head = (head + 1) & (capacity - 1)

@@ -191,6 +191,69 @@ struct IOBufferTests {
     }
 }
 
+/// Buffers hold no reference to their pool: its memory outlives the pool object while buffers are out.
+@Suite("BufferPool lifetime")
+struct BufferPoolLifetimeTests {
+    static let small = BufferPoolConfiguration(bufferSize: 64, buffersPerSlab: 4, maximumBytes: 64 * 4 * 2)
+
+    @Test func aPoolWhoseBuffersAreAllBackIsFreedWithTheObject() throws {
+        let freed = Atomic<Int>(0)
+        do {
+            let pool = BufferPool(configuration: Self.small)
+            pool.whenMemoryFreed { freed.wrappingAdd(1, ordering: .relaxed) }
+            var buffer = try pool.acquire()
+            buffer.append(contentsOf: [1, 2, 3])
+            _ = consume buffer
+            check(freed.load(ordering: .relaxed) == 0, "the pool object still lives")
+        }
+        check(freed.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func buffersChainsAndSharedPayloadsOutliveThePoolAndTheLastOneFreesItsMemory() throws {
+        let freed = Atomic<Int>(0)
+        var pool: BufferPool? = BufferPool(configuration: Self.small)
+        pool!.whenMemoryFreed { freed.wrappingAdd(1, ordering: .relaxed) }
+        var buffer = try pool!.acquire()
+        var chain = BufferChain()
+        [UInt8](repeating: 7, count: 100).withUnsafeBytes { check(chain.append(copying: $0, from: pool!)) }
+        var payload = try pool!.acquire()
+        payload.append(contentsOf: Array("payload".utf8))
+        let shared = payload.share()
+        pool = nil
+        check(freed.load(ordering: .relaxed) == 0, "buffers are still out")
+        // Their memory is still theirs: writable and readable as before.
+        buffer.append(contentsOf: Array("still here".utf8))
+        check(buffer.readableByteArray == Array("still here".utf8))
+        check(chain.readableBytes == 100 && chain.readableByteArray.allSatisfy { $0 == 7 })
+        check(shared.readableByteArray == Array("payload".utf8))
+        _ = consume buffer
+        chain.consume(64)
+        check(freed.load(ordering: .relaxed) == 0)
+        _ = consume chain
+        check(freed.load(ordering: .relaxed) == 0)
+        blackHole(shared)
+        _ = consume shared
+        check(freed.load(ordering: .relaxed) == 1, "the last release freed the memory, once")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func releasesOnOtherThreadsBeforeAndAfterThePoolGoesFreeItsMemoryOnce() throws {
+        for _ in 0..<20 {
+            let freed = Atomic<Int>(0)
+            var pool: BufferPool? = BufferPool(configuration: .init(bufferSize: 256, buffersPerSlab: 64, maximumBytes: 256 * 256))
+            pool!.whenMemoryFreed { freed.wrappingAdd(1, ordering: .relaxed) }
+            let quarters = (0..<4).map { _ in ThreadConfined<[SharedBuffer]>([]) }
+            for i in 0..<200 { quarters[i % 4].value.append(try pool!.acquire().share()) }
+            // Foreign threads drop their buffers while the pool object goes: some releases reach the
+            // return queue before it closes, the others count down after.
+            let releasers = quarters.map { quarter in SystemThreadForTests.spawn { quarter.value.removeAll() } }
+            pool = nil
+            releasers.forEach { $0.join() }
+            check(freed.load(ordering: .relaxed) == 1)
+        }
+    }
+}
+
 /// A plain thread for tests that need a real foreign thread (not a Swift concurrency task).
 enum SystemThreadForTests {
     final class Handle: @unchecked Sendable {
