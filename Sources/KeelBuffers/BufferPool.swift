@@ -44,6 +44,8 @@ public final class BufferPool: @unchecked Sendable {
     /// Everything buffers use (owner state, chunk addresses, the return queue), by hand-allocated
     /// pointer so that it can outlive this object.
     @usableFromInline let core: UnsafeMutablePointer<BufferPoolCore>
+    /// The core's owner state (``BufferPoolCore/owned``).
+    @usableFromInline let state: UnsafeMutablePointer<BufferPoolCore.OwnerState>
 
     /// Told of every slab the pool maps (``observeSlabs(_:)``). Owner thread only.
     private var slabObserver: ((Int, UnsafeMutableRawPointer, Int) -> Void)?
@@ -70,6 +72,7 @@ public final class BufferPool: @unchecked Sendable {
         precondition(maximumChunks < Int(BufferPoolCore.orphaned), "too many buffers for 32-bit chunk ids")
         core = .allocate(capacity: 1)
         core.initialize(to: BufferPoolCore(configuration: configuration, owner: ckeel_thread_identity()))
+        state = core.pointee.owned
     }
 
     deinit {
@@ -79,7 +82,7 @@ public final class BufferPool: @unchecked Sendable {
     /// Has `body` called when the pool's memory is freed: with this object when every buffer is back
     /// by then, else on the release of the last one (on whatever thread that happens). For tests.
     package func whenMemoryFreed(_ body: @escaping @Sendable () -> Void) {
-        core.pointee.onDeallocate = body
+        state.pointee.onDeallocate = body
     }
 
     /// Chunk addresses, by chunk (valid for chunks of mapped slabs).
@@ -118,24 +121,24 @@ public final class BufferPool: @unchecked Sendable {
     @usableFromInline
     func takeChunk() throws(BufferPoolError) -> UInt32 {
         assertOwner()
-        if core.pointee.freeCount == 0 {
+        if state.pointee.freeCount == 0 {
             drainReturns()
-            if core.pointee.freeCount == 0 {
+            if state.pointee.freeCount == 0 {
                 try mapSlab()
             }
         }
-        core.pointee.freeCount -= 1
-        let chunk = core.pointee.free[core.pointee.freeCount]
+        state.pointee.freeCount -= 1
+        let chunk = state.pointee.free[state.pointee.freeCount]
         debugMove(chunk, from: .pool, to: .application, "a free chunk was taken twice")
         return chunk
     }
 
     @usableFromInline
     func noteAcquired() {
-        let inUse = core.pointee.inUse + 1
-        core.pointee.inUse = inUse
-        if inUse > core.pointee.highWater { core.pointee.highWater = inUse }
-        core.pointee.acquisitions &+= 1
+        let inUse = state.pointee.inUse + 1
+        state.pointee.inUse = inUse
+        if inUse > state.pointee.highWater { state.pointee.highWater = inUse }
+        state.pointee.acquisitions &+= 1
     }
 
     /// Returns a chunk to the pool. On the owner thread it goes straight onto the free stack; on any
@@ -169,15 +172,15 @@ public final class BufferPool: @unchecked Sendable {
     /// **Threading:** owner thread only.
     public func publishStatistics() {
         assertOwner()
-        counters.inUse.store(core.pointee.inUse, ordering: .relaxed)
-        counters.highWater.store(core.pointee.highWater, ordering: .relaxed)
-        counters.heldByKernel.store(core.pointee.heldByKernel, ordering: .relaxed)
-        counters.acquisitions.store(core.pointee.acquisitions, ordering: .relaxed)
+        counters.inUse.store(state.pointee.inUse, ordering: .relaxed)
+        counters.highWater.store(state.pointee.highWater, ordering: .relaxed)
+        counters.heldByKernel.store(state.pointee.heldByKernel, ordering: .relaxed)
+        counters.acquisitions.store(state.pointee.acquisitions, ordering: .relaxed)
     }
 
     private func mapSlab() throws(BufferPoolError) {
         let perSlab = configuration.buffersPerSlab
-        let slabIndex = core.pointee.mappedSlabs
+        let slabIndex = state.pointee.mappedSlabs
         guard (slabIndex + 1) * perSlab <= maximumChunks else {
             counters.failed.store(counters.failed.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
             throw BufferPoolError(
@@ -202,7 +205,7 @@ public final class BufferPool: @unchecked Sendable {
         for i in stride(from: perSlab - 1, through: 0, by: -1) {
             core.pointee.pushFree(UInt32(first + i))
         }
-        core.pointee.mappedSlabs = slabIndex + 1
+        state.pointee.mappedSlabs = slabIndex + 1
         counters.slabBytes.store((slabIndex + 1) * slabBytes, ordering: .relaxed)
         slabObserver?(slabIndex, memory!, slabBytes)
     }
@@ -220,7 +223,7 @@ public final class BufferPool: @unchecked Sendable {
         slabObserver = observer
         guard let observer else { return }
         let slabBytes = bufferSize * configuration.buffersPerSlab
-        for index in 0..<core.pointee.mappedSlabs {
+        for index in 0..<state.pointee.mappedSlabs {
             observer(index, core.pointee.slabs[index]!, slabBytes)
         }
     }
@@ -261,7 +264,7 @@ public final class BufferPool: @unchecked Sendable {
     public func lendToKernel() -> (chunk: UInt32, address: UnsafeMutableRawPointer)? {
         guard let chunk = try? takeChunk() else { return nil }
         debugMove(chunk, from: .application, to: .kernel, "lending a chunk to the kernel")
-        core.pointee.heldByKernel += 1
+        state.pointee.heldByKernel += 1
         return (chunk, addresses[Int(chunk)].unsafelyUnwrapped)
     }
 
@@ -273,7 +276,7 @@ public final class BufferPool: @unchecked Sendable {
         assertOwner()
         precondition(length >= 0 && length <= bufferSize, "kernel reported \(length) bytes in a \(bufferSize)-byte buffer")
         debugMove(chunk, from: .kernel, to: .application, "adopting a chunk the kernel does not hold")
-        core.pointee.heldByKernel -= 1
+        state.pointee.heldByKernel -= 1
         noteAcquired()
         var buffer = IOBuffer(core: core, chunk: chunk, base: addresses[Int(chunk)].unsafelyUnwrapped)
         buffer.moveWriterIndex(forwardBy: length)
@@ -293,9 +296,9 @@ public final class BufferPool: @unchecked Sendable {
         precondition(buffer._core == core, "lending back a buffer of another pool")
         let chunk = buffer._detach().chunk
         debugMove(chunk, from: .application, to: .kernel, "lending back a chunk the application does not hold")
-        core.pointee.inUse -= 1
-        core.pointee.acquisitions &-= 1  // adopting it again counts the one acquisition
-        core.pointee.heldByKernel += 1
+        state.pointee.inUse -= 1
+        state.pointee.acquisitions &-= 1  // adopting it again counts the one acquisition
+        state.pointee.heldByKernel += 1
         return chunk
     }
 
@@ -305,7 +308,7 @@ public final class BufferPool: @unchecked Sendable {
     public func reclaimFromKernel(chunk: UInt32) {
         assertOwner()
         debugMove(chunk, from: .kernel, to: .pool, "reclaiming a chunk the kernel does not hold")
-        core.pointee.heldByKernel -= 1
+        state.pointee.heldByKernel -= 1
         core.pointee.pushFree(chunk)
     }
 

@@ -31,14 +31,9 @@ struct BufferPoolCore: ~Copyable {
     /// later release goes through the return queue (and finds it orphaned).
     let owner: Atomic<UInt>
 
-    // Owner thread only.
-    var freeCount = 0
-    let free: UnsafeMutablePointer<UInt32>
-    var mappedSlabs = 0
-    var inUse = 0
-    var heldByKernel = 0
-    var highWater = 0
-    var acquisitions = 0
+    /// The owner thread's state, in memory of its own: the core itself is only read once made (a
+    /// mutating access to it would overlap other threads' reads of its fields).
+    @usableFromInline let owned: UnsafeMutablePointer<OwnerState>
 
     /// Address of every chunk, indexed by chunk (valid for chunks of mapped slabs).
     @usableFromInline let addresses: UnsafeMutablePointer<UnsafeMutableRawPointer?>
@@ -54,14 +49,25 @@ struct BufferPoolCore: ~Copyable {
     let returnHead = Atomic<UInt32>(BufferPoolCore.none)
     /// After orphaning: buffers still out (see the type's comment).
     let outstanding = Atomic<Int>(0)
-    /// Called when the core is freed, for tests (``BufferPool/whenMemoryFreed(_:)``).
-    var onDeallocate: (@Sendable () -> Void)?
 
     #if DEBUG
     /// Debug builds: who holds each chunk (``ChunkHolder``), to trap a double release or the use of a
     /// released chunk (copyable ``DetachedBuffer``s make both possible) at the moment it happens.
     let holders: UnsafeMutablePointer<Atomic<UInt8>>
     #endif
+
+    /// The owner thread's state (and, once the pool object is gone, the orphaning thread's).
+    @usableFromInline struct OwnerState {
+        var freeCount = 0
+        let free: UnsafeMutablePointer<UInt32>
+        var mappedSlabs = 0
+        var inUse = 0
+        var heldByKernel = 0
+        var highWater = 0
+        var acquisitions = 0
+        /// Called when the core is freed, for tests (``BufferPool/whenMemoryFreed(_:)``).
+        var onDeallocate: (@Sendable () -> Void)?
+    }
 
     @usableFromInline static let none = UInt32.max
     /// The return queue's head once the pool object is gone.
@@ -86,7 +92,8 @@ struct BufferPoolCore: ~Copyable {
         links.initialize(repeating: Self.none, count: maximumChunks)
         chainIndices = .allocate(capacity: maximumChunks)
         chainIndices.initialize(repeating: (0, 0), count: maximumChunks)
-        free = .allocate(capacity: maximumChunks)
+        owned = .allocate(capacity: 1)
+        owned.initialize(to: OwnerState(free: .allocate(capacity: maximumChunks)))
         #if DEBUG
         holders = .allocate(capacity: maximumChunks)
         for i in 0..<maximumChunks { (holders + i).initialize(to: Atomic(ChunkHolder.pool.rawValue)) }
@@ -118,14 +125,14 @@ struct BufferPoolCore: ~Copyable {
     // MARK: Free stack and return queue
 
     @inline(__always)
-    mutating func pushFree(_ chunk: UInt32) {
-        free[freeCount] = chunk
-        freeCount += 1
+    func pushFree(_ chunk: UInt32) {
+        owned.pointee.free[owned.pointee.freeCount] = chunk
+        owned.pointee.freeCount += 1
     }
 
     /// Moves chunks released on other threads onto the free stack. Owner thread only.
     /// - Returns: how many came back.
-    mutating func drainReturns() -> Int {
+    func drainReturns() -> Int {
         let head = returnHead.load(ordering: .relaxed)
         if head == Self.none || head == Self.orphaned { return 0 }
         var chunk = returnHead.exchange(Self.none, ordering: .acquiring)
@@ -136,7 +143,7 @@ struct BufferPoolCore: ~Copyable {
             chunk = next
             count += 1
         }
-        inUse -= count
+        owned.pointee.inUse -= count
         return count
     }
 
@@ -152,7 +159,7 @@ struct BufferPoolCore: ~Copyable {
         #endif
         if ckeel_thread_identity() == core.pointee.owner.load(ordering: .relaxed) {
             core.pointee.pushFree(chunk)
-            core.pointee.inUse -= 1
+            core.pointee.owned.pointee.inUse -= 1
             return
         }
         var head = core.pointee.returnHead.load(ordering: .relaxed)
@@ -174,20 +181,23 @@ struct BufferPoolCore: ~Copyable {
         var chunk = core.pointee.returnHead.exchange(orphaned, ordering: .acquiring)
         while chunk != none {
             let next = core.pointee.links[Int(chunk)]
-            core.pointee.inUse -= 1
+            core.pointee.owned.pointee.inUse -= 1
             chunk = next
         }
-        let out = core.pointee.inUse
+        let out = core.pointee.owned.pointee.inUse
         if core.pointee.outstanding.add(out, ordering: .acquiringAndReleasing).newValue == 0 { deallocate(core) }
     }
 
     /// Unmaps the slabs and frees the core.
     private static func deallocate(_ core: UnsafeMutablePointer<BufferPoolCore>) {
-        core.pointee.onDeallocate?()
-        for i in 0..<core.pointee.mappedSlabs {
+        let owned = core.pointee.owned
+        owned.pointee.onDeallocate?()
+        for i in 0..<owned.pointee.mappedSlabs {
             munmap(core.pointee.slabs[i], core.pointee.slabBytes)
         }
-        core.pointee.free.deallocate()
+        owned.pointee.free.deallocate()
+        owned.deinitialize(count: 1)
+        owned.deallocate()
         core.pointee.slabs.deallocate()
         core.pointee.addresses.deallocate()
         core.pointee.links.deallocate()

@@ -35,7 +35,9 @@ struct GatewayRelayTests {
         let gateway = try TestGateway(backend, to: [echo.address])
         let address = gateway.address
         let payload = patternBytes(1 << 20)
-        let clients = try await blocking { try (0..<4).map { _ in try TestClient(address) } }
+        // Reads wait up to 20 s: in the full suite, running beside the descriptor-exhaustion tests, a
+        // relayed mebibyte has taken ~5 s (the default timeout) on io_uring, before this test's changes too.
+        let clients = try await blocking { try (0..<4).map { _ in try TestClient(address, receiveTimeout: 20) } }
         for client in clients {
             let back = await echoThrough(client, payload)
             // A Bool, not `back == payload`: on a mismatch the testing library diffs the two 1 MiB arrays

@@ -2,7 +2,7 @@ import Glibc
 import KeelSystem
 import Synchronization
 
-/// A blocking socket client for the tests (TCP or UDP, 5 s receive timeout). A class, so that closing
+/// A blocking socket client for the tests (TCP or UDP, 5 s receive timeout unless told). A class, so that closing
 /// twice (an early close and a `defer`) closes once: a second close of a number the process has since
 /// reused would close another test's socket or ring.
 public final class TestClient: Sendable {
@@ -12,7 +12,8 @@ public final class TestClient: Sendable {
 
     /// Connects to `address` (a UDP socket connected to it with `udp`). `receiveBuffer` sets SO_RCVBUF
     /// before connecting, so the window the peer sees is small from the start (a slow reader).
-    public init(_ address: SocketAddress, udp: Bool = false, receiveBuffer: Int32? = nil) throws {
+    /// `receiveTimeout`: how long a read waits for bytes before giving up.
+    public init(_ address: SocketAddress, udp: Bool = false, receiveBuffer: Int32? = nil, receiveTimeout: Int = 5) throws {
         fd = socket(AF_INET, Int32(udp ? SOCK_DGRAM.rawValue : SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if var size = receiveBuffer {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
@@ -22,7 +23,7 @@ public final class TestClient: Sendable {
             Glibc.close(fd)
             throw SystemError(code: code, call: "connect")
         }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        var timeout = timeval(tv_sec: receiveTimeout, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
