@@ -124,10 +124,11 @@ struct IOThreadTests {
             }
             #expect(firedCount == count)
             #expect(earlyCount == 0)
-            #expect(armedAt < 2_000_000_000, "arming 100k timers took \(armedAt) ns")
-            // Generous: the suite runs in parallel on two cores; a loop that scanned its timers would
-            // take many seconds here.
-            #expect(worstRoundTrip < 2_000_000_000, "a task waited \(worstRoundTrip) ns behind the timers")
+            // Generous bounds, against scanning, not for speed (the figures belong to benchmarks): the
+            // suite runs in parallel on two cores, under AddressSanitizer too, where arming took 2.2 s;
+            // arming or firing that scanned the pending timers would take minutes here.
+            #expect(armedAt < 10_000_000_000, "arming 100k timers took \(armedAt) ns")
+            #expect(worstRoundTrip < 10_000_000_000, "a task waited \(worstRoundTrip) ns behind the timers")
         }
     }
 
