@@ -14,6 +14,9 @@ public struct EchoHandler: TCPConnectionHandler {
     /// An echo handler.
     public init() {}
 
+    /// Echoing needs no word of what reached the kernel.
+    public static var observesWriteCompletion: Bool { false }
+
     public mutating func connectionEstablished(_ connection: TCPConnection) {
         guard Self.logsConnections else { return }
         Self.logger.debug("connection from \(connection.remoteAddress.map { "\($0)" } ?? "an unknown address")")

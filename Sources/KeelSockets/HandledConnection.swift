@@ -35,6 +35,7 @@ final class HandledConnection<Handler: TCPConnectionHandler>: TCPConnection, @un
             ? registry.addressForStatelessHandler().bindMemory(to: Handler.self, capacity: 1)
             : .allocate(capacity: 1)
         super.init(thread: thread)
+        reportsWriteCompletion = Handler.observesWriteCompletion
     }
 
     deinit {
@@ -290,6 +291,12 @@ final class FlushList: @unchecked Sendable {
     @exclusivity(unchecked) private var pending: UnsafeMutablePointer<Unmanaged<TCPConnection>>
     @exclusivity(unchecked) private var pendingCount = 0
     @exclusivity(unchecked) private var pendingCapacity = 16
+    /// A write held until the end of the receive callback that made it, to leave in one `send` without
+    /// the write queue or this list (``TCPConnection`` on epoll). One slot per thread is enough: one
+    /// connection's receive callback runs at a time, and a nested one finds the slot taken and queues.
+    /// In memory of its own, allocated once: a connection reaches it through its unretained reference
+    /// to this list, which can only borrow copyable values.
+    let heldWrite: UnsafeMutablePointer<IOBuffer?>
     private let thread: IOThread
     /// ``TCPConnectionOptions/writeCoalescingDelay``: nil flushes before each wait; otherwise a timer
     /// armed by the first connection scheduled flushes them all.
@@ -302,9 +309,15 @@ final class FlushList: @unchecked Sendable {
         self.thread = thread
         self.delay = delay.flatMap { $0 > .zero ? $0 : nil }
         pending = .allocate(capacity: pendingCapacity)
+        heldWrite = .allocate(capacity: 1)
+        heldWrite.initialize(to: nil)
     }
 
-    deinit { pending.deallocate() }
+    deinit {
+        pending.deallocate()
+        heldWrite.deinitialize(count: 1)  // (empty: a held write leaves before its callback ends)
+        heldWrite.deallocate()
+    }
 
     /// True when flushes wait for a window's timer (``TCPConnectionOptions/writeCoalescingDelay``):
     /// writes that arrive while a send is in flight then wait for the next window too, rather than

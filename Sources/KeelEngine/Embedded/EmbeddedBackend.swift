@@ -293,6 +293,9 @@ package final class EmbeddedStream {
     package var abortiveClose = false
     /// This side closed the descriptor.
     package var isClosed = false
+    /// Sends of stream bytes asked of the "kernel" (each `send` or `sendmsg`, made at once or by a
+    /// queued operation), refused ones included.
+    package private(set) var sendCalls = 0
 
     init(descriptor: Int32, local: SocketAddress, remote: SocketAddress) {
         self.descriptor = descriptor
@@ -339,6 +342,11 @@ package final class EmbeddedStream {
 
     /// A send of `bytes`: the result a syscall would give (`-EAGAIN` when the window is shut).
     func write(_ bytes: UnsafeRawBufferPointer, urgent: Bool) -> Int32 {
+        if !urgent { sendCalls += 1 }
+        return take(bytes, urgent: urgent)
+    }
+
+    private func take(_ bytes: UnsafeRawBufferPointer, urgent: Bool) -> Int32 {
         if let failure = sendFailure { return failure }
         if urgent {
             guard let byte = bytes.first else { return 0 }
@@ -355,12 +363,13 @@ package final class EmbeddedStream {
 
     /// A `sendmsg` of the message's iovecs, in order, as far as the window allows.
     func write(message: UnsafePointer<msghdr>) -> Int32 {
+        sendCalls += 1
         if let failure = sendFailure { return failure }
         var total: Int32 = 0
         for index in 0..<Int(message.pointee.msg_iovlen) {
             let vector = message.pointee.msg_iov[index]
             let bytes = UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len)
-            let n = write(bytes, urgent: false)
+            let n = take(bytes, urgent: false)
             if n < 0 { return total > 0 ? total : n }
             total += n
             if n < bytes.count { break }

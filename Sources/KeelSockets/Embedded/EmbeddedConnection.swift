@@ -176,6 +176,10 @@ public final class EmbeddedConnection<Handler: TCPConnectionHandler> {
         String(decoding: takeWritten(), as: UTF8.self)
     }
 
+    /// How many sends (`send` or `sendmsg`, made at once or completed by the loop) carried the
+    /// connection's stream bytes so far, refused ones included: how writes were batched.
+    public var sendCalls: Int { stream.sendCalls }
+
     /// Urgent bytes the connection sent.
     public var urgentWritten: [UInt8] { stream.urgentOutbound }
 
