@@ -21,8 +21,10 @@ public struct TCPConnectionOptions: Sendable {
     /// Bounds on each connection's write queue.
     public var flowControl: TCPFlowControl
     /// Coalesce the writes a connection makes during one loop iteration into one `sendmsg`, flushed
-    /// before the thread waits (like flushing at the end of a read batch). Off: every write is tried
-    /// at once (the inline fast path). Default on.
+    /// before the thread waits (like flushing at the end of a read batch). On epoll, what a
+    /// connection's own receive callback writes leaves as soon as that callback returns, still in one
+    /// system call, so a lone reply skips the write queue. Off: every write is tried at once (the
+    /// inline fast path). Default on.
     public var coalescesWrites: Bool
     /// With ``coalescesWrites``: hold coalesced writes for up to this long and send everything written
     /// meanwhile together, instead of at the end of each loop iteration. Each connection then makes one
