@@ -360,11 +360,17 @@ public final class IOThread: @unchecked Sendable {
         var shutdownDeadline: UInt64 = 0
         while true {
             let moreTasks = runInbox()
-            let now = ckeel_monotonic_ns()
-            loop.pointee.timers.fireExpired(nowNanoseconds: now)
+            // The clock is read only with timers armed or while stopping: a vDSO clock read every loop
+            // turn cost ~130 ns per connection of a connect storm (perf, io_uring, no timers armed).
+            var now: UInt64 = 0
+            if loop.pointee.timers.count > 0 || loop.pointee.stopping {
+                now = ckeel_monotonic_ns()
+                loop.pointee.timers.fireExpired(nowNanoseconds: now)
+            }
 
             if stopRequested.load(ordering: .relaxed) && !loop.pointee.stopping {
                 beginStopping()
+                now = ckeel_monotonic_ns()
                 shutdownDeadline = now + 5_000_000_000
             }
             if loop.pointee.stopping && (loop.pointee.operations.inFlight == 0 || now >= shutdownDeadline) {
@@ -373,6 +379,8 @@ public final class IOThread: @unchecked Sendable {
 
             runBeforeWaitHooks()
             bufferPool.publishStatistics()
+            // Hooks and timer callbacks may have armed the first timer since the clock was read.
+            if now == 0 && loop.pointee.timers.count > 0 { now = ckeel_monotonic_ns() }
             var wait = moreTasks ? 0 : loop.pointee.timers.nanosecondsUntilNextTimer(nowNanoseconds: now)
             if loop.pointee.stopping { wait = min(wait ?? 10_000_000, 10_000_000) }
             do {

@@ -79,6 +79,9 @@ struct TimerWheel {
         nowNanoseconds now: UInt64, delay: UInt64, interval: UInt64?, _ callback: @escaping () -> Void
     ) -> TimerHandle {
         if freeHead < 0 { grow() }
+        // With no timer armed the loop does not read the clock, so the wheel's tick may lag: catch up
+        // (nothing can be due in the ticks skipped).
+        if count == 0 && now / Self.tickNanoseconds > currentTick { currentTick = now / Self.tickNanoseconds }
         let index = freeHead
         freeHead = nodes[Int(index)].next
         nodes[Int(index)].callback = callback

@@ -208,6 +208,24 @@ struct IOThreadTests {
         #expect(!runs.snapshot.contains("shutdown"), "a removed shutdown hook does not run")
     }
 
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aTimerArmedByAHookWhenNoneWasArmedBoundsTheWait(backend: BackendKind) async throws {
+        // The loop reads the clock only while timers are armed: a first timer armed after that point
+        // of the turn (by a before-wait hook) must still bound the wait, with nothing else to wake it.
+        try await withPool(backend) { pool in
+            let thread = pool.threads[0]
+            let fired = Collector<Int>()
+            try await thread.submit {
+                nonisolated(unsafe) var hook: IOThreadHook?
+                hook = thread.beforeEachWait {
+                    thread.removeHook(hook!)
+                    _ = thread.scheduleTimer(after: .milliseconds(5)) { fired.add(1) }
+                }
+            }
+            #expect(await fired.wait(for: 1, timeout: .seconds(20)).count == 1)
+        }
+    }
+
     /// A hook object: counts its runs and says when it is freed.
     final class CountingWaitHook: IOThreadWaitHook, @unchecked Sendable {
         // @unchecked Sendable: no stored state of its own besides the (Sendable) collectors.
