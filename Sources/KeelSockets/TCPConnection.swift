@@ -731,10 +731,9 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         return true
     }
 
-    /// Queues `buffer` for the socket (the bottom of the filter stack). Ignored once the close reached
-    /// the socket.
-    /// A receive callback's first write is held (see ``LoneWrite``); the rest goes on to
-    /// ``writeToSocketNow(_:)``. Small and inlined, so holding needs no register saves.
+    /// Queues `buffer` for the socket (the bottom of the filter stack). A receive callback's first
+    /// write is held (see ``LoneWrite``); anything else goes on to ``writeToSocketNow(_:)``. Small and
+    /// inlined, so holding needs no register saves.
     @inline(__always)
     func writeToSocket(_ buffer: consuming IOBuffer) {
         if loneWrite == .mayHold, lifecycle.acceptsWrites, buffer.readableBytes > 0,
@@ -747,7 +746,8 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         writeToSocketNow(buffer)
     }
 
-    /// Sends or queues `buffer` after anything held or queued before it.
+    /// Sends or queues `buffer` after anything held or queued before it. Ignored once the close
+    /// reached the socket.
     @inline(never)
     func writeToSocketNow(_ buffer: consuming IOBuffer) {
         guard lifecycle.acceptsWrites else { return }
