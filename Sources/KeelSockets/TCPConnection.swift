@@ -825,12 +825,19 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
         enqueue(.shared(buffer, offset: offset), size: buffer.readableBytes - offset)
     }
 
+    /// Ends this callback's holding: the held write, if there is one, taken from the thread's slot.
+    @inline(__always)
+    private func takeLoneWrite() -> IOBuffer? {
+        let wasHolding = loneWrite == .holding
+        loneWrite = .none
+        guard wasHolding else { return nil }
+        return flushList?._withUnsafeGuaranteedRef({ $0.heldWrite }).pointee.take()
+    }
+
     /// Moves a held lone write into the write queue (which then flushes it as usual), and holds no more
     /// writes in this callback.
     private func queueLoneWrite() {
-        let wasHolding = loneWrite == .holding
-        loneWrite = .none
-        guard wasHolding, let held = flushList?._withUnsafeGuaranteedRef({ $0.heldWrite }).pointee.take() else { return }
+        guard let held = takeLoneWrite() else { return }
         let size = held.readableBytes
         enqueue(.owned(held.detach()), size: size)
     }
@@ -838,9 +845,7 @@ public class TCPConnection: IOCompletionHandler, @unchecked Sendable {
     /// The receive callback that may have held a lone write has ended: send it. What the kernel does
     /// not take is queued.
     private func sendLoneWrite() {
-        let wasHolding = loneWrite == .holding
-        loneWrite = .none
-        guard wasHolding, var held = flushList?._withUnsafeGuaranteedRef({ $0.heldWrite }).pointee.take() else { return }
+        guard var held = takeLoneWrite() else { return }
         guard state == .open else { return }  // (released with `held`)
         let size = held.readableBytes
         let sent = thread.sendBytes(descriptor, UnsafeRawBufferPointer(start: held.unsafeReadableAddress, count: size))
