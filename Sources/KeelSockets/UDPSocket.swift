@@ -3,6 +3,8 @@ import Glibc
 import KeelBuffers
 import KeelEngine
 import KeelSystem
+import Logging
+import Synchronization
 import SystemPackage
 
 /// Your logic for a ``UDPSocket``: a value stored in the socket, called on its I/O thread.
@@ -137,7 +139,8 @@ public struct UDPSocketConfiguration: Sendable {
     /// ``UDPHandler/datagramRunReceived(_:segmentSize:from:on:)``. A run can be 64 KiB, so this
     /// applies only where the thread's pool buffers are at least ``UDPSocket/runBufferSize`` bytes
     /// (`BufferPoolConfiguration.bufferSize`; keel-udp-echo `--buffer-kib 68`); with the default
-    /// 16 KiB buffers, datagrams arrive one by one. Default on.
+    /// 16 KiB buffers, datagrams arrive one by one (logged once per process).
+    /// ``UDPSocket/receivesDatagramRuns`` says what a bound socket got. Default on.
     public var receivesDatagramRuns: Bool
 
     /// Creates a configuration.
@@ -212,9 +215,23 @@ public class UDPSocket: @unchecked Sendable {
     private var batch: SendBatch?
     /// UDP_GRO is on: a receive may carry a run of datagrams.
     private let receivesRuns: Bool
+    /// Whether the kernel may hand this socket a run of datagrams in one receive (UDP GRO): the
+    /// configuration asked for runs (``UDPSocketConfiguration/receivesDatagramRuns``), the kernel has
+    /// ``KernelFeatures/udpReceiveCoalescing`` and it is not turned off, and the thread's pool buffers
+    /// hold a run (``runBufferSize``). False means datagrams arrive one by one.
+    public var receivesDatagramRuns: Bool { receivesRuns }
     /// The pool buffer size from which a socket asks for runs: a 64 KiB run, the kernel's header, an
     /// address and a control message.
     public static let runBufferSize = 65_536 + 1024
+    private static let loggedBuffersTooSmall = Atomic<Bool>(false)
+
+    /// Says once per process that sockets asking for runs get datagrams one by one, and why: the
+    /// start-up line lists `udp-gro` whenever the kernel has it.
+    private static func noteBuffersTooSmallForRuns(_ bufferSize: Int) {
+        guard !loggedBuffersTooSmall.exchange(true, ordering: .relaxed) else { return }
+        Logger(label: "keel.udp").info(
+            "UDP sockets receive datagrams one by one: runs (udp-gro) need pool buffers of at least \(runBufferSize) bytes, these hold \(bufferSize) (BufferPoolConfiguration.bufferSize)")
+    }
 
     /// Counts a datagram of a run dropped for want of a buffer (``UDPHandler``'s default splitting).
     func noteReceiveDrop() { counters.receiveDrops += 1 }
@@ -297,8 +314,9 @@ public class UDPSocket: @unchecked Sendable {
             throw error
         }
         let target = thread ?? pool.next()
-        let receivesRuns = configuration.receivesDatagramRuns && target.kernelFeatures.contains(.udpReceiveCoalescing)
-            && target.bufferPool.bufferSize >= runBufferSize && ckeel_enable_udp_gro(fd) == 0
+        let mayReceiveRuns = configuration.receivesDatagramRuns && target.kernelFeatures.contains(.udpReceiveCoalescing)
+        if mayReceiveRuns && target.bufferPool.bufferSize < runBufferSize { noteBuffersTooSmallForRuns(target.bufferPool.bufferSize) }
+        let receivesRuns = mayReceiveRuns && target.bufferPool.bufferSize >= runBufferSize && ckeel_enable_udp_gro(fd) == 0
         let socket = HandledUDPSocket<Handler>(thread: target, descriptor: fd, localAddress: bound, sendLimits: configuration.sendLimits,
                                                coalescesSends: configuration.coalescesSends, receivesRuns: receivesRuns)
         socket.handler = handler

@@ -137,6 +137,27 @@ struct UDPReceivedRunTests {
         }
     }
 
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func aSocketReceivesRunsOnlyWhereItsPoolBuffersHoldOne(backend: BackendKind) throws {
+        let small = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        defer { small.shutdown() }
+        let big = try IOPool(configuration: .init(threadCount: 1, backend: backend, bufferPool: Self.bigBuffers, workPoolThreadCount: 1))
+        defer { big.shutdown() }
+        let bigWithoutRuns = try IOPool(configuration: .init(threadCount: 1, backend: backend, bufferPool: Self.bigBuffers, workPoolThreadCount: 1,
+                                                             kernelFeatures: KernelFeatures.all.subtracting(.udpReceiveCoalescing)))
+        defer { bigWithoutRuns.shutdown() }
+        #expect(small.threads[0].bufferPool.bufferSize < UDPSocket.runBufferSize)
+        func bind(_ pool: IOPool, asksForRuns: Bool = true) throws -> UDPSocket {
+            try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, receivesDatagramRuns: asksForRuns),
+                               handler: UDPRecorder(received: Collector()))
+        }
+        let kernelHasRuns = big.kernelFeatures.contains(.udpReceiveCoalescing)
+        #expect(try bind(small).receivesDatagramRuns == false)
+        #expect(try bind(big).receivesDatagramRuns == kernelHasRuns)
+        #expect(try bind(big, asksForRuns: false).receivesDatagramRuns == false)
+        #expect(try bind(bigWithoutRuns).receivesDatagramRuns == false)
+    }
+
     @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest, [true, false])
     func runsEchoedWholeComeBackWhole(backend: BackendKind, runs: Bool) async throws {
         let features = runs ? KernelFeatures.all : KernelFeatures.all.subtracting(.udpReceiveCoalescing)
