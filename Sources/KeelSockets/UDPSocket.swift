@@ -213,13 +213,11 @@ public class UDPSocket: @unchecked Sendable {
     fileprivate var flushHook: IOThreadHook?
     /// The message headers of a flush, made on the first one.
     private var batch: SendBatch?
-    /// UDP_GRO is on: a receive may carry a run of datagrams.
-    private let receivesRuns: Bool
-    /// Whether the kernel may hand this socket a run of datagrams in one receive (UDP GRO): the
+    /// Whether the kernel may hand this socket a run of datagrams in one receive (UDP GRO is on): the
     /// configuration asked for runs (``UDPSocketConfiguration/receivesDatagramRuns``), the kernel has
     /// ``KernelFeatures/udpReceiveCoalescing`` and it is not turned off, and the thread's pool buffers
     /// hold a run (``runBufferSize``). False means datagrams arrive one by one.
-    public var receivesDatagramRuns: Bool { receivesRuns }
+    public let receivesDatagramRuns: Bool
     /// The pool buffer size from which a socket asks for runs: a 64 KiB run, the kernel's header, an
     /// address and a control message.
     public static let runBufferSize = 65_536 + 1024
@@ -244,7 +242,7 @@ public class UDPSocket: @unchecked Sendable {
         self.sendLimits = sendLimits
         self.coalescesSends = coalescesSends && sendLimits.sendsInline
         segmentsSends = thread.kernelFeatures.contains(.udpSegmentation)
-        self.receivesRuns = receivesRuns
+        self.receivesDatagramRuns = receivesRuns
         template = .allocate(capacity: 1)
         template.initialize(to: msghdr())
         template.pointee.msg_namelen = socklen_t(Self.addressSpace)
@@ -314,9 +312,10 @@ public class UDPSocket: @unchecked Sendable {
             throw error
         }
         let target = thread ?? pool.next()
-        let mayReceiveRuns = configuration.receivesDatagramRuns && target.kernelFeatures.contains(.udpReceiveCoalescing)
-        if mayReceiveRuns && target.bufferPool.bufferSize < runBufferSize { noteBuffersTooSmallForRuns(target.bufferPool.bufferSize) }
-        let receivesRuns = mayReceiveRuns && target.bufferPool.bufferSize >= runBufferSize && ckeel_enable_udp_gro(fd) == 0
+        let wantsRuns = configuration.receivesDatagramRuns && target.kernelFeatures.contains(.udpReceiveCoalescing)
+        let buffersHoldRuns = target.bufferPool.bufferSize >= runBufferSize
+        if wantsRuns && !buffersHoldRuns { noteBuffersTooSmallForRuns(target.bufferPool.bufferSize) }
+        let receivesRuns = wantsRuns && buffersHoldRuns && ckeel_enable_udp_gro(fd) == 0
         let socket = HandledUDPSocket<Handler>(thread: target, descriptor: fd, localAddress: bound, sendLimits: configuration.sendLimits,
                                                coalescesSends: configuration.coalescesSends, receivesRuns: receivesRuns)
         socket.handler = handler
