@@ -125,8 +125,14 @@ public struct UDPSocketConfiguration: Sendable {
     /// Bounds on pending sends.
     public var sendLimits: UDPSendLimits
     /// `SO_REUSEPORT`: several sockets (one per I/O thread) share the port; the kernel spreads
-    /// datagrams over them by sender.
+    /// datagrams over them by sender. Only sockets of the same user can join. With port 0 the
+    /// first socket gets a port no other socket holds, and the others bind its port.
     public var reusePort: Bool
+    /// `SO_REUSEADDR`: any socket that also asks may bind this socket's address and port, and a
+    /// unicast datagram then goes to only one of them. For several receivers of one multicast
+    /// group's port; off by default, because with port 0 the kernel may then pick a port another
+    /// such socket already holds.
+    public var reuseAddress: Bool
     /// Datagrams sent during one loop iteration leave together, just before the thread waits: a run
     /// of equal-sized datagrams (at most 1,452 bytes each) to one destination as one `sendmsg` with UDP
     /// segmentation offload where the kernel has it (``KernelFeatures/udpSegmentation``: the kernel
@@ -146,7 +152,8 @@ public struct UDPSocketConfiguration: Sendable {
     /// Creates a configuration.
     public init(host: String = "127.0.0.1", port: UInt16 = 0, receiveBufferSize: Int32? = nil,
                 sendBufferSize: Int32? = nil, sendLimits: UDPSendLimits = .init(), reusePort: Bool = false,
-                coalescesSends: Bool = true, receivesDatagramRuns: Bool = true) {
+                reuseAddress: Bool = false, coalescesSends: Bool = true, receivesDatagramRuns: Bool = true) {
+        self.reuseAddress = reuseAddress
         self.coalescesSends = coalescesSends
         self.receivesDatagramRuns = receivesDatagramRuns
         self.reusePort = reusePort
@@ -301,11 +308,17 @@ public class UDPSocket: @unchecked Sendable {
         let fd = try Sockets.makeDatagramSocket(family: address.addressFamily)
         let bound: SocketAddress
         do {
-            try Sockets.setReuseAddress(fd)
-            if configuration.reusePort { try Sockets.setReusePort(fd) }
+            // Linux's search for a free port (port 0) counts a port held only by sockets this one may
+            // share with as free, so a sharing option set before such a bind can land on another
+            // socket's port and lose every datagram to it. SO_REUSEPORT set after the bind still lets later
+            // sockets join the port the kernel picked.
+            let kernelPicksPort = configuration.port == 0
+            if configuration.reuseAddress { try Sockets.setReuseAddress(fd) }
+            if configuration.reusePort && !kernelPicksPort { try Sockets.setReusePort(fd) }
             if address.family == .ipv6 { try Sockets.setIPv6Only(fd, true) }
             try Sockets.setBufferSizes(fd, send: configuration.sendBufferSize, receive: configuration.receiveBufferSize)
             try Sockets.bind(fd, to: address)
+            if configuration.reusePort && kernelPicksPort { try Sockets.setReusePort(fd) }
             bound = try Sockets.localAddress(fd)
         } catch {
             Descriptors.close(fd)

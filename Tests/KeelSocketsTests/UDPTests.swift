@@ -196,6 +196,28 @@ struct UDPTests {
         }
         #expect(notJoined == "typed error")
     }
+
+    /// Port 0 gets a port no other socket holds, with or without `SO_REUSEPORT` (set before the bind,
+    /// Linux may pick a port another sharing socket holds, which then takes every datagram), and a
+    /// later reuse-port socket still joins a reuse-port socket's port.
+    @Test(.timeLimit(.minutes(1)), arguments: backendsUnderTest)
+    func portZeroNeverLandsOnAPortAnotherSocketHolds(backend: BackendKind) async throws {
+        let pool = try IOPool(configuration: .init(threadCount: 1, backend: backend, workPoolThreadCount: 1))
+        defer { pool.shutdown() }
+        // 600 sockets: with a sharing option set before each bind, about six pairs would share a port.
+        let sockets = try (0..<600).map { i in
+            try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: 0, reusePort: i % 2 == 0),
+                               handler: UDPRecorder(received: Collector()))
+        }
+        let ports = sockets.map(\.localAddress.port)
+        #expect(Set(ports).count == ports.count, "\(ports.count - Set(ports).count) ports handed out twice")
+        let joined = try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: ports[0], reusePort: true),
+                                        handler: UDPRecorder(received: Collector()))
+        #expect(joined.localAddress.port == ports[0])
+        #expect(throws: SystemError.self, "a socket that did not ask to share cannot take a port") {
+            try UDPSocket.bind(pool: pool, configuration: .init(host: "127.0.0.1", port: ports[1]), handler: UDPRecorder(received: Collector()))
+        }
+    }
 }
 
 /// Reads a socket's counters on its thread (blocking the caller briefly).
