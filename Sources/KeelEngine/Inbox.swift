@@ -7,8 +7,9 @@ import Synchronization
 /// No locks, so producers never park on a futex and the consumer never waits for them. Order per
 /// producer is kept.
 ///
-/// Wake-ups are coalesced: the consumer clears `wakeupRequested` before each drain, and only the
-/// producer that flips it back to true signals the backend, so a burst costs one eventfd write.
+/// Wake-ups are coalesced: the consumer clears `wakeupRequested` (when set) before each drain, and
+/// only the producer that flips it back to true signals the backend, so a burst costs one eventfd
+/// write.
 ///
 /// Closing (when the thread stops) refuses further tasks without losing accepted ones: producers
 /// announce themselves in `activeProducers` before checking `closed`, and ``close()`` waits for the
@@ -67,7 +68,11 @@ final class Inbox: @unchecked Sendable {
     /// - Returns: how many ran; at `limit`, tasks may remain and the caller must not sleep.
     @discardableResult
     func drain(limit: Int = .max) -> Int {
-        wakeupRequested.store(false, ordering: .sequentiallyConsistent)
+        // Clearing the flag is a full fence (a locked instruction on x86), paid only when a producer
+        // set it: while it is clear, the next producer finds it clear and wakes the thread itself.
+        if wakeupRequested.load(ordering: .relaxed) {
+            wakeupRequested.store(false, ordering: .sequentiallyConsistent)
+        }
         var count = 0
         while count < limit, let task = pop() {
             task()
