@@ -62,6 +62,8 @@ start_server() {  # name -> sets SERVER_PID and SERVER_PORT
         keel-io_uring-nobundles) launch_server env KEEL_FEATURES_OFF=receive-bundles .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
         # Without the registered file table: its before/after.
         keel-io_uring-nofiles) launch_server env KEEL_FEATURES_OFF=registered-files .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
+        # Without skipped completions (every close posts one): their before/after.
+        keel-io_uring-noskip) launch_server env KEEL_FEATURES_OFF=cqe-skip .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
         # Without direct descriptors (accepted sockets get ordinary descriptors): their before/after.
         keel-io_uring-nodirect) launch_server env KEEL_FEATURES_OFF=direct-descriptors .build/release/keel-echo --port 0 --threads 1 --backend io_uring ;;
         # An earlier keel-echo build (KEEL_BEFORE=PATH): a change's before/after in one run.

@@ -64,6 +64,7 @@ public final class IOThread: @unchecked Sendable {
         var stopping = false
         var zeroCopy = ZeroCopySendStatistics()
         var receiveBundles = ReceiveBundleStatistics()
+        var ignoredCompletions = 0
     }
 
     /// Receive completions that carried several pool buffers (``KernelFeatures/receiveBundles``).
@@ -268,6 +269,14 @@ public final class IOThread: @unchecked Sendable {
         return 0
     }
 
+    /// Completions reaped so far of operations nobody waits for (closes, registered-table updates and
+    /// cancels through the ring): with ``KernelFeatures/completionSkipping``, only failed ones. I/O
+    /// thread only.
+    public var ignoredCompletionCount: Int {
+        preconditionCurrent()
+        return loop.pointee.ignoredCompletions
+    }
+
     /// Receive bundles so far. I/O thread only.
     public var receiveBundleStatistics: ReceiveBundleStatistics {
         preconditionCurrent()
@@ -450,7 +459,9 @@ public final class IOThread: @unchecked Sendable {
             }
         case .wakeup?:
             if case .ring(let ring) = backend { ring.armWakeup() }
-        case .ignored?, nil:
+        case .ignored?:
+            loop.pointee.ignoredCompletions += 1
+        case nil:
             break
         }
     }

@@ -58,15 +58,20 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// connections and UDP sockets keep ordinary descriptors, and while this is in use they are not
     /// entered in the table, whose slots the kernel hands out.
     public static let directDescriptors = KernelFeatures(rawValue: 1 << 7)
+    /// Operations whose outcome nobody waits for (a connection's close, registered-table updates,
+    /// cancels) post no completion when they succeed (`IOSQE_CQE_SKIP_SUCCESS`, Linux 5.17): the
+    /// kernel fills, and the thread reaps, one completion fewer for each. A failure still posts one.
+    public static let completionSkipping = KernelFeatures(rawValue: 1 << 8)
 
     /// Every feature Keel knows.
     public static let all: KernelFeatures = [
         .registeredRing, .registeredFiles, .directDescriptors, .receiveBundles, .zeroCopySend, .registeredBuffers,
-        .udpSegmentation, .udpReceiveCoalescing,
+        .completionSkipping, .udpSegmentation, .udpReceiveCoalescing,
     ]
     /// The features of an io_uring ring.
     public static let ringFeatures: KernelFeatures = [
         .registeredRing, .registeredFiles, .directDescriptors, .receiveBundles, .zeroCopySend, .registeredBuffers,
+        .completionSkipping,
     ]
     /// The socket features, probed once per process.
     public static let socketFeatures: KernelFeatures = [.udpSegmentation, .udpReceiveCoalescing]
@@ -79,6 +84,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         (.receiveBundles, "receive-bundles"),
         (.zeroCopySend, "zero-copy-send"),
         (.registeredBuffers, "registered-buffers"),
+        (.completionSkipping, "cqe-skip"),
         (.udpSegmentation, "udp-gso"),
         (.udpReceiveCoalescing, "udp-gro"),
     ]

@@ -54,6 +54,12 @@
 #ifndef IORING_FEAT_SINGLE_MMAP
 #define IORING_FEAT_SINGLE_MMAP (1U << 0)
 #endif
+#ifndef IORING_FEAT_CQE_SKIP
+#define IORING_FEAT_CQE_SKIP (1U << 11)
+#endif
+#ifndef IOSQE_CQE_SKIP_SUCCESS
+#define IOSQE_CQE_SKIP_SUCCESS (1U << 6)
+#endif
 
 /* Setup flags and feature bits, as plain constants Swift can import. */
 static const uint32_t CKEEL_SETUP_CLAMP = IORING_SETUP_CLAMP;
@@ -65,6 +71,7 @@ static const uint32_t CKEEL_SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN;
 static const uint32_t CKEEL_FEAT_SINGLE_MMAP = IORING_FEAT_SINGLE_MMAP;
 static const uint32_t CKEEL_FEAT_NODROP = IORING_FEAT_NODROP;
 static const uint32_t CKEEL_FEAT_EXT_ARG = IORING_FEAT_EXT_ARG;
+static const uint32_t CKEEL_FEAT_CQE_SKIP = IORING_FEAT_CQE_SKIP;
 static const uint32_t CKEEL_ENTER_GETEVENTS = IORING_ENTER_GETEVENTS;
 static const uint32_t CKEEL_ENTER_EXT_ARG = IORING_ENTER_EXT_ARG;
 static const uint32_t CKEEL_SQ_NEED_WAKEUP = IORING_SQ_NEED_WAKEUP;
@@ -158,6 +165,10 @@ static inline void ckeel_sqe_prep(struct io_uring_sqe *sqe, uint8_t opcode, int 
 static inline void ckeel_sqe_close(struct io_uring_sqe *sqe, int fd, uint64_t user_data) {
     ckeel_sqe_prep(sqe, IORING_OP_CLOSE, fd, 0, 0, 0, user_data);
 }
+
+/* No completion when the operation succeeds (IOSQE_CQE_SKIP_SUCCESS, IORING_FEAT_CQE_SKIP); a failure
+ * still posts one. For operations nobody waits for; never on a linked SQE. */
+static inline void ckeel_sqe_skip_success(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_CQE_SKIP_SUCCESS; }
 
 static inline void ckeel_sqe_nop(struct io_uring_sqe *sqe, uint64_t user_data) {
     ckeel_sqe_prep(sqe, IORING_OP_NOP, -1, 0, 0, 0, user_data);

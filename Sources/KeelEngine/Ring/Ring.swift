@@ -140,6 +140,9 @@ final class Ring {
         {
             inUse.insert(.receiveBundles)
         }
+        if wanted.contains(.completionSkipping) && params.features & CKEEL_FEAT_CQE_SKIP != 0 {
+            inUse.insert(.completionSkipping)
+        }
         var slots: UInt32 = 0
         let descriptorLimit = ckeel_descriptor_limit()
         if wanted.contains(.registeredFiles) && descriptorLimit > 0 {

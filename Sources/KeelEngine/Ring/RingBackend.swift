@@ -51,6 +51,9 @@ final class RingBackend {
     static let buffersPerBundle = 4
     /// ``buffersPerBundle`` in bytes.
     private let bundleLimit: UInt32
+    /// ``KernelFeatures/completionSkipping`` in use: closes, table updates and cancels, which nobody
+    /// waits for, post no completion when they succeed. Failures still post theirs (ignored).
+    private let skipsQuietCompletions: Bool
 
     init(entries: UInt32, pool: BufferPool, providedBuffers: UInt32, features: KernelFeatures) throws(SystemError) {
         self.pool = pool
@@ -67,6 +70,7 @@ final class RingBackend {
         wakeupValue = .allocate(capacity: 1)
         wakeupValue.initialize(to: 0)
         acceptsDirectDescriptors = ring.featuresInUse.contains(.directDescriptors)
+        skipsQuietCompletions = ring.featuresInUse.contains(.completionSkipping)
         if ring.fileTableSlots > 0 {
             let slots = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(ring.fileTableSlots))
             slots.initialize(repeating: 0, count: Int(ring.fileTableSlots))
@@ -204,16 +208,26 @@ final class RingBackend {
             if let installedDescriptors, UInt32(slot) < ring.fileTableSlots, installedDescriptors[Int(slot)] >= 0 {
                 let (sqe, _) = nextSQE()
                 ckeel_sqe_close(sqe, installedDescriptors[Int(slot)], Token.ignored.rawValue)
+                quieten(sqe)
                 installedDescriptors[Int(slot)] = -1
             }
             let (sqe, _) = nextSQE()
             ckeel_sqe_close_direct(sqe, UInt32(slot), Token.ignored.rawValue)
+            quieten(sqe)
             registeredDescriptorCount -= 1
             return
         }
         unregisterDescriptor(fd)
         let (sqe, _) = nextSQE()
         ckeel_sqe_close(sqe, fd, Token.ignored.rawValue)
+        quieten(sqe)
+    }
+
+    /// Asks for no completion when the operation in `sqe` succeeds, where the kernel can
+    /// (``skipsQuietCompletions``). Only for operations under `Token.ignored`.
+    @inline(__always)
+    private func quieten(_ sqe: UnsafeMutablePointer<io_uring_sqe>) {
+        if skipsQuietCompletions { ckeel_sqe_skip_success(sqe) }
     }
 
     /// Counts a socket a direct accept put in the table (until ``closeDescriptor(_:)``).
@@ -259,6 +273,7 @@ final class RingBackend {
         let (sqe, index) = nextSQE()
         ckeel_sqe_files_update(sqe, ring.fileUpdateValue(at: index, descriptor: descriptor), 1, UInt32(slot),
                                Token.ignored.rawValue)
+        quieten(sqe)
     }
 
     /// Registers the provided-buffer ring on first use. A failure leaves no ring: pooled receives then
@@ -298,6 +313,7 @@ final class RingBackend {
     func cancel(_ token: Token) {
         let (sqe, _) = nextSQE()
         ckeel_sqe_cancel(sqe, token.rawValue, Token.ignored.rawValue)
+        quieten(sqe)
     }
 
     /// Submits queued SQEs and waits up to `waitNanoseconds` (nil: no limit; 0: don't wait).
