@@ -130,8 +130,7 @@ public struct UDPSocketConfiguration: Sendable {
     public var reusePort: Bool
     /// `SO_REUSEADDR`: any socket that also asks may bind this socket's address and port, and a
     /// unicast datagram then goes to only one of them. For several receivers of one multicast
-    /// group's port; off by default, because with port 0 the kernel may then pick a port another
-    /// such socket already holds.
+    /// group's port; off by default. With port 0 the socket gets a port no other socket holds.
     public var reuseAddress: Bool
     /// Datagrams sent during one loop iteration leave together, just before the thread waits: a run
     /// of equal-sized datagrams (at most 1,452 bytes each) to one destination as one `sendmsg` with UDP
@@ -310,15 +309,18 @@ public class UDPSocket: @unchecked Sendable {
         do {
             // Linux's search for a free port (port 0) counts a port held only by sockets this one may
             // share with as free, so a sharing option set before such a bind can land on another
-            // socket's port and lose every datagram to it. SO_REUSEPORT set after the bind still lets later
-            // sockets join the port the kernel picked.
+            // socket's port and lose every datagram to it. Set after the bind, the options still let
+            // later sockets join the port the kernel picked.
+            func allowSharing() throws(SystemError) {
+                if configuration.reuseAddress { try Sockets.setReuseAddress(fd) }
+                if configuration.reusePort { try Sockets.setReusePort(fd) }
+            }
             let kernelPicksPort = configuration.port == 0
-            if configuration.reuseAddress { try Sockets.setReuseAddress(fd) }
-            if configuration.reusePort && !kernelPicksPort { try Sockets.setReusePort(fd) }
+            if !kernelPicksPort { try allowSharing() }
             if address.family == .ipv6 { try Sockets.setIPv6Only(fd, true) }
             try Sockets.setBufferSizes(fd, send: configuration.sendBufferSize, receive: configuration.receiveBufferSize)
             try Sockets.bind(fd, to: address)
-            if configuration.reusePort && kernelPicksPort { try Sockets.setReusePort(fd) }
+            if kernelPicksPort { try allowSharing() }
             bound = try Sockets.localAddress(fd)
         } catch {
             Descriptors.close(fd)
